@@ -1,0 +1,1 @@
+//! gatelet-agent: the data plane.

@@ -1,0 +1,1 @@
+//! Hardware-level test harness: network namespaces, veth pairs and real processes.
