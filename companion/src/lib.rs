@@ -1,0 +1,22 @@
+//! gatelet-companion: the control plane.
+//!
+//! Layout, following a config from the server to the agent:
+//! - `client`: HTTP calls to GateControl (`/config/check`, `/config`, `/heartbeat`).
+//! - `sync`: pure state machines (backoff, request budget, check schedule) and their driver.
+//! - `config`: the server's config document: route-by-route validation, canonical hash,
+//!   translation to the agent's config; the standalone routes file.
+//! - `store`: SQLite: last-known-good config, history, events.
+//! - `agent_link`: the agent's control socket.
+//! - `heartbeat` and `telemetry`: the heartbeat body and what goes in it.
+//! - `mgmt`: the management API the server calls (through the agent's relay).
+//! - `state`: what all of the above know right now, for status.
+
+pub mod agent_link;
+pub mod state;
+pub mod client;
+pub mod config;
+pub mod heartbeat;
+pub mod mgmt;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
