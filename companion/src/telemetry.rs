@@ -1,1 +1,632 @@
-//! (being written)
+//! Telemetry for the heartbeat: what this box is and what its LAN looks like.
+//!
+//! Everything here is a cheap local read: `/proc`, `uname`, `statvfs`, `getifaddrs`. Nothing
+//! shells out, nothing touches the network, nothing is written (the state-dir writability
+//! probe creates and removes one empty file, at most every [`WRITE_PROBE_INTERVAL`]). The
+//! parsers are pure functions over the files' text, so they are tested without a real `/proc`.
+
+use std::ffi::CStr;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gatelet_agent_api::env::Cidr;
+use serde::Serialize;
+
+/// The self-update flag file in the state dir (same name as the reference gateway's).
+pub const PENDING_UPDATE_FILE: &str = "pending-update";
+
+/// How often the state-dir writability probe really creates a file; in between, a
+/// permission and read-only-mount check answers (flash wear: no file churn per heartbeat).
+pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Interface name prefixes that are never the LAN: containers, bridges of VMs, VPNs.
+pub const NON_LAN_PREFIXES: &[&str] = &[
+    "lo",
+    "docker",
+    "br-",
+    "veth",
+    "virbr",
+    "wg",
+    "tun",
+    "tap",
+    "tailscale",
+    "zt",
+    "nebula",
+    "gatecontrol",
+    "gatelet",
+];
+
+/// Where collection reads from; the defaults are the real system paths.
+#[derive(Debug, Clone)]
+pub struct TelemetrySource {
+    /// The state dir: disk usage, writability and the self-update flag.
+    pub state_dir: PathBuf,
+    /// The tunnel interface (never a LAN), e.g. `gatelet0`.
+    pub tunnel_iface: String,
+    /// The tunnel address (never a LAN address, whatever interface carries it).
+    pub tunnel_ip: Option<Ipv4Addr>,
+}
+
+/// Disk usage of the filesystem holding the state dir, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Disk {
+    /// Size of the filesystem.
+    pub total: u64,
+    /// Space available to the companion.
+    pub free: u64,
+    /// Space in use.
+    pub used: u64,
+}
+
+/// One IPv4 LAN subnet of this box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanSubnet {
+    /// Interface name.
+    pub iface: String,
+    /// This box's own address on it.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Whether it carries the default route (exactly one is primary when any exist).
+    pub primary: bool,
+}
+
+impl LanSubnet {
+    /// The network address (host bits cleared).
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & prefix_mask(self.prefix))
+    }
+
+    /// The subnet as a [`Cidr`] with the network address.
+    pub fn cidr(&self) -> Cidr {
+        Cidr {
+            addr: self.network().into(),
+            prefix: self.prefix,
+        }
+    }
+
+    /// Whether `ip` lies in this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = prefix_mask(self.prefix);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl Serialize for LanSubnet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("LanSubnet", 3)?;
+        st.serialize_field("cidr", &self.cidr().to_string())?;
+        st.serialize_field("iface", &self.iface)?;
+        st.serialize_field("primary", &self.primary)?;
+        st.end()
+    }
+}
+
+/// The `telemetry` object of the heartbeat (protocol §5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Telemetry {
+    /// The companion's crate version.
+    pub gateway_version: String,
+    /// Always `linux`.
+    pub os_platform: String,
+    /// Kernel release (`uname -r`).
+    pub os_release: Option<String>,
+    /// CPU architecture in the reference's words (`x64`, `arm64`, `arm`).
+    pub arch: String,
+    /// Online CPUs.
+    pub cpu_cores: u32,
+    /// Load average over 1, 5 and 15 minutes.
+    pub cpu_load_avg: Vec<f64>,
+    /// Memory size in bytes.
+    pub mem_total: Option<u64>,
+    /// Available memory in bytes (`MemAvailable`).
+    pub mem_free: Option<u64>,
+    /// `mem_total - mem_free`.
+    pub mem_used: Option<u64>,
+    /// Disk of the state dir.
+    pub disk: Option<Disk>,
+    /// `nameserver` lines of `/etc/resolv.conf`.
+    pub dns_resolvers: Vec<String>,
+    /// Next hop of the default route.
+    pub default_gateway_ip: Option<String>,
+    /// Primary private IPv4 LAN address (the server uses it for failover rewrites).
+    pub lan_ip: Option<String>,
+    /// LAN subnets.
+    pub lan_subnets: Vec<LanSubnet>,
+    /// False until LAN scanning exists.
+    pub lan_discovery: bool,
+    /// Whether the state dir accepts writes.
+    pub state_dir_writable: bool,
+    /// When the self-updater last pulled (not implemented: always null).
+    pub last_pull_at: Option<u64>,
+    /// Whether that pull worked (null).
+    pub last_pull_ok: Option<bool>,
+    /// The request that caused it (null).
+    pub last_pull_request_id: Option<String>,
+    /// Whether the self-update flag file exists.
+    pub pending_update: bool,
+}
+
+/// Collects everything. Every part that cannot be read is reported as null/empty, never
+/// as an error: telemetry must not fail a heartbeat.
+pub fn collect(src: &TelemetrySource) -> Telemetry {
+    let started = Instant::now();
+    let (default_gw, default_iface) = read("/proc/net/route")
+        .as_deref()
+        .and_then(parse_default_route)
+        .map_or((None, None), |(gw, iface)| (Some(gw), Some(iface)));
+    let subnets = lan_subnets_with(src, default_gw, default_iface.as_deref());
+    let mem = read("/proc/meminfo").as_deref().map(parse_meminfo);
+    let (mem_total, mem_free) = mem.unwrap_or((None, None));
+    let t = Telemetry {
+        gateway_version: env!("CARGO_PKG_VERSION").to_owned(),
+        os_platform: "linux".to_owned(),
+        os_release: uname_release(),
+        arch: reference_arch(std::env::consts::ARCH).to_owned(),
+        cpu_cores: cpu_cores(),
+        cpu_load_avg: read("/proc/loadavg")
+            .as_deref()
+            .and_then(parse_loadavg)
+            .map(|l| l.to_vec())
+            .unwrap_or_default(),
+        mem_total,
+        mem_free,
+        mem_used: mem_total.zip(mem_free).map(|(t, f)| t.saturating_sub(f)),
+        disk: disk_usage(&src.state_dir),
+        dns_resolvers: read("/etc/resolv.conf")
+            .as_deref()
+            .map(parse_resolv_conf)
+            .unwrap_or_default(),
+        default_gateway_ip: default_gw.map(|ip| ip.to_string()),
+        lan_ip: primary_lan_ip(&subnets).map(|ip| ip.to_string()),
+        lan_subnets: subnets,
+        lan_discovery: false,
+        state_dir_writable: state_dir_writable(&src.state_dir),
+        last_pull_at: None,
+        last_pull_ok: None,
+        last_pull_request_id: None,
+        pending_update: src.state_dir.join(PENDING_UPDATE_FILE).exists(),
+    };
+    let took = started.elapsed();
+    if took > Duration::from_millis(100) {
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            "telemetry collection was slow"
+        );
+    }
+    t
+}
+
+/// The LAN subnets of this box right now (for `/api/probe`'s scope check and telemetry).
+pub fn lan_subnets(src: &TelemetrySource) -> Vec<LanSubnet> {
+    let (gw, iface) = read("/proc/net/route")
+        .as_deref()
+        .and_then(parse_default_route)
+        .map_or((None, None), |(gw, iface)| (Some(gw), Some(iface)));
+    lan_subnets_with(src, gw, iface.as_deref())
+}
+
+fn lan_subnets_with(
+    src: &TelemetrySource,
+    default_gw: Option<Ipv4Addr>,
+    default_iface: Option<&str>,
+) -> Vec<LanSubnet> {
+    select_lan_subnets(
+        &interface_addrs(),
+        &src.tunnel_iface,
+        src.tunnel_ip,
+        default_gw,
+        default_iface,
+    )
+}
+
+/// One IPv4 address of an interface, as `getifaddrs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    /// Interface name.
+    pub iface: String,
+    /// Address.
+    pub addr: Ipv4Addr,
+    /// Prefix length from the netmask.
+    pub prefix: u8,
+    /// `IFF_LOOPBACK` is set.
+    pub loopback: bool,
+}
+
+/// Picks the LAN subnets out of every interface address: IPv4 only, no loopback, no tunnel
+/// (by name or by address), no container/VM/VPN interfaces, no /0 or /32; one entry per
+/// subnet. Primary: the subnet holding the default gateway, else the default route's
+/// interface, else the first.
+pub fn select_lan_subnets(
+    addrs: &[IfAddr],
+    tunnel_iface: &str,
+    tunnel_ip: Option<Ipv4Addr>,
+    default_gw: Option<Ipv4Addr>,
+    default_iface: Option<&str>,
+) -> Vec<LanSubnet> {
+    let mut out: Vec<LanSubnet> = Vec::new();
+    for a in addrs {
+        if a.loopback
+            || a.addr.is_loopback()
+            || a.iface == tunnel_iface
+            || Some(a.addr) == tunnel_ip
+            || !(1..=31).contains(&a.prefix)
+            || NON_LAN_PREFIXES.iter().any(|p| a.iface.starts_with(p))
+        {
+            continue;
+        }
+        let s = LanSubnet {
+            iface: a.iface.clone(),
+            addr: a.addr,
+            prefix: a.prefix,
+            primary: false,
+        };
+        if out.iter().any(|o| o.cidr() == s.cidr()) {
+            continue;
+        }
+        out.push(s);
+    }
+    let primary = default_gw
+        .and_then(|gw| out.iter().position(|s| s.contains(gw)))
+        .or_else(|| default_iface.and_then(|i| out.iter().position(|s| s.iface == i)))
+        .or(if out.is_empty() { None } else { Some(0) });
+    if let Some(i) = primary {
+        out[i].primary = true;
+    }
+    out
+}
+
+/// The primary private (RFC 1918) address among the LAN subnets: the primary subnet's if it
+/// is private, else the first private one.
+pub fn primary_lan_ip(subnets: &[LanSubnet]) -> Option<Ipv4Addr> {
+    let mut private = subnets.iter().filter(|s| s.addr.is_private());
+    let first = private.clone().next();
+    private.find(|s| s.primary).or(first).map(|s| s.addr)
+}
+
+/// The reference gateway's (Node.js `process.arch`) name for a Rust target architecture.
+pub fn reference_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "x64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "x86" => "ia32",
+        "powerpc64" => "ppc64",
+        other => other,
+    }
+}
+
+/// `/proc/loadavg` → the three load averages.
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// `/proc/meminfo` → (`MemTotal`, `MemAvailable` or else `MemFree`), in bytes.
+pub fn parse_meminfo(text: &str) -> (Option<u64>, Option<u64>) {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+    };
+    (
+        field("MemTotal"),
+        field("MemAvailable").or_else(|| field("MemFree")),
+    )
+}
+
+/// `/etc/resolv.conf` → the `nameserver` addresses, in order.
+pub fn parse_resolv_conf(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver"))
+                .then(|| w.next())
+                .flatten()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// `/proc/net/route` → the default route's gateway and interface (lowest metric wins).
+pub fn parse_default_route(text: &str) -> Option<(Ipv4Addr, String)> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            if c.len() < 8 || c[1] != "00000000" || c[7] != "00000000" {
+                return None;
+            }
+            let flags = u32::from_str_radix(c[3], 16).ok()?;
+            if flags & (RTF_UP | RTF_GATEWAY) != RTF_UP | RTF_GATEWAY {
+                return None;
+            }
+            // The kernel prints the address in host (little-endian) byte order.
+            let gw = u32::from_str_radix(c[2], 16).ok()?;
+            let metric: u32 = c[6].parse().ok()?;
+            Some((metric, Ipv4Addr::from(gw.swap_bytes()), c[0].to_owned()))
+        })
+        .min_by_key(|(metric, _, _)| *metric)
+        .map(|(_, gw, iface)| (gw, iface))
+}
+
+fn prefix_mask(prefix: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0)
+}
+
+fn read(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+fn uname_release() -> Option<String> {
+    // SAFETY: `uname` fills a caller-owned struct; zeroed is a valid initial value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel NUL-terminates every utsname field.
+    let r = unsafe { CStr::from_ptr(u.release.as_ptr()) };
+    Some(r.to_string_lossy().into_owned())
+}
+
+/// This box's host name (`uname -n`), or `unknown`.
+pub fn hostname() -> String {
+    // SAFETY: as in `uname_release`.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".to_owned();
+    }
+    // SAFETY: the kernel NUL-terminates every utsname field.
+    let n = unsafe { CStr::from_ptr(u.nodename.as_ptr()) };
+    n.to_string_lossy().into_owned()
+}
+
+fn cpu_cores() -> u32 {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as u32
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    }
+}
+
+fn statvfs(path: &Path) -> Option<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed is a valid statvfs; the call fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path, `st` a valid out pointer.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st)
+}
+
+// The field types differ by target (u32 on 32-bit glibc), hence the casts.
+#[allow(clippy::unnecessary_cast)]
+fn disk_usage(path: &Path) -> Option<Disk> {
+    let st = statvfs(path)?;
+    let frsize = st.f_frsize as u64;
+    let total = (st.f_blocks as u64).saturating_mul(frsize);
+    let free = (st.f_bavail as u64).saturating_mul(frsize);
+    let used = (st.f_blocks as u64)
+        .saturating_sub(st.f_bfree as u64)
+        .saturating_mul(frsize);
+    Some(Disk { total, free, used })
+}
+
+static WRITE_PROBE: Mutex<Option<(PathBuf, Instant, bool)>> = Mutex::new(None);
+
+/// Whether the state dir accepts writes. A real create-and-remove probe runs at most every
+/// [`WRITE_PROBE_INTERVAL`]; in between the answer is the probe's result combined with a
+/// no-write check (`access(W_OK)` and a read-only mount flag).
+pub fn state_dir_writable(dir: &Path) -> bool {
+    let cheap = cheap_writable(dir);
+    if !cheap {
+        return false;
+    }
+    let mut cache = WRITE_PROBE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((p, at, ok)) = cache.as_ref() {
+        if p == dir && at.elapsed() < WRITE_PROBE_INTERVAL {
+            return *ok;
+        }
+    }
+    let ok = probe_write(dir);
+    *cache = Some((dir.to_owned(), Instant::now(), ok));
+    ok
+}
+
+fn cheap_writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path.
+    let access_ok = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+    let rw_mount = statvfs(dir).is_some_and(|st| st.f_flag & libc::ST_RDONLY == 0);
+    access_ok && rw_mount
+}
+
+fn probe_write(dir: &Path) -> bool {
+    let name = format!(".gatelet-write-probe-{}", std::process::id());
+    let p = dir.join(name);
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .is_ok();
+    let removed = fs::remove_file(&p).is_ok();
+    created && removed
+}
+
+/// Every IPv4 address of every interface (via `getifaddrs`; empty when it fails).
+pub fn interface_addrs() -> Vec<IfAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out pointer; freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    // Bounded by the kernel's list; the guard stops a corrupt list from looping forever.
+    let mut guard = 0usize;
+    while !cur.is_null() && guard < 4096 {
+        guard += 1;
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: the family is AF_INET, so the storage is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        let prefix = if ifa.ifa_netmask.is_null() {
+            32
+        } else {
+            // SAFETY: the netmask of an AF_INET address is a sockaddr_in.
+            let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+        };
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let iface = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.push(IfAddr {
+            iface,
+            addr,
+            prefix,
+            loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
+        });
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ifa(iface: &str, addr: [u8; 4], prefix: u8) -> IfAddr {
+        IfAddr {
+            iface: iface.into(),
+            addr: addr.into(),
+            prefix,
+            loopback: iface == "lo",
+        }
+    }
+
+    #[test]
+    fn default_route_is_decoded_from_little_endian_hex() {
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(
+            parse_default_route(text),
+            Some((Ipv4Addr::new(192, 0, 2, 1), "eth0".into()))
+        );
+        assert_eq!(parse_default_route("Iface\n"), None);
+    }
+
+    #[test]
+    fn meminfo_reports_available_not_free_in_bytes() {
+        let text = "MemTotal:        4006556 kB\nMemFree:          200000 kB\nMemAvailable:    2803916 kB\n";
+        assert_eq!(
+            parse_meminfo(text),
+            (Some(4006556 * 1024), Some(2803916 * 1024))
+        );
+        assert_eq!(
+            parse_meminfo("MemTotal: 10 kB\nMemFree: 4 kB\n"),
+            (Some(10240), Some(4096))
+        );
+    }
+
+    #[test]
+    fn loadavg_and_resolvers_parse() {
+        assert_eq!(
+            parse_loadavg("0.12 0.08 0.05 1/123 4567\n"),
+            Some([0.12, 0.08, 0.05])
+        );
+        assert_eq!(parse_loadavg("garbage"), None);
+        let r = "# comment\nsearch lan\nnameserver 10.8.0.1\nnameserver  192.168.1.1 \noptions x\n";
+        assert_eq!(parse_resolv_conf(r), vec!["10.8.0.1", "192.168.1.1"]);
+    }
+
+    #[test]
+    fn arch_uses_the_reference_names() {
+        assert_eq!(reference_arch("x86_64"), "x64");
+        assert_eq!(reference_arch("aarch64"), "arm64");
+        assert_eq!(reference_arch("arm"), "arm");
+        assert_eq!(reference_arch("riscv64"), "riscv64");
+    }
+
+    #[test]
+    fn lan_subnets_exclude_tunnel_containers_and_host_routes() {
+        let addrs = vec![
+            ifa("lo", [127, 0, 0, 1], 8),
+            ifa("gatelet0", [10, 8, 0, 2], 24),
+            ifa("eth9", [10, 8, 0, 2], 24),
+            ifa("docker0", [172, 17, 0, 1], 16),
+            ifa("br-1234", [172, 18, 0, 1], 16),
+            ifa("veth0a", [169, 254, 1, 1], 16),
+            ifa("wg0", [10, 9, 0, 1], 24),
+            ifa("tailscale0", [100, 64, 0, 1], 10),
+            ifa("eth1", [203, 0, 113, 7], 32),
+            ifa("wlan0", [10, 0, 0, 9], 8),
+            ifa("eth0", [192, 168, 1, 5], 24),
+            ifa("eth0", [192, 168, 1, 6], 24),
+        ];
+        let s = select_lan_subnets(
+            &addrs,
+            "gatelet0",
+            Some(Ipv4Addr::new(10, 8, 0, 2)),
+            Some(Ipv4Addr::new(192, 168, 1, 1)),
+            Some("eth0"),
+        );
+        let cidrs: Vec<String> = s.iter().map(|s| s.cidr().to_string()).collect();
+        assert_eq!(cidrs, vec!["10.0.0.0/8", "192.168.1.0/24"]);
+        assert!(!s[0].primary && s[1].primary, "{s:?}");
+        assert_eq!(primary_lan_ip(&s), Some(Ipv4Addr::new(192, 168, 1, 5)));
+        let json = serde_json::to_string(&s[1]).unwrap();
+        assert_eq!(
+            json,
+            r#"{"cidr":"192.168.1.0/24","iface":"eth0","primary":true}"#
+        );
+    }
+
+    #[test]
+    fn collection_is_cheap_and_fills_what_the_system_has() {
+        let src = TelemetrySource {
+            state_dir: std::env::temp_dir(),
+            tunnel_iface: "gatelet0".into(),
+            tunnel_ip: None,
+        };
+        let started = Instant::now();
+        let t = collect(&src);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+        assert_eq!(t.os_platform, "linux");
+        assert!(t.cpu_cores >= 1);
+        assert_eq!(t.cpu_load_avg.len(), 3);
+        assert!(t.mem_total.is_some() && t.disk.is_some());
+        assert!(t.state_dir_writable);
+        assert!(!t.lan_discovery);
+    }
+}
