@@ -1,0 +1,198 @@
+//! gatelet-agent as the gateway against wireguard-go as the hub, on real network namespaces
+//! (see `Testbed`): handshake, traffic both ways, a hub that moves behind its name,
+//! cryptokey routing and a rekey forced by the hub. Needs root.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gatelet_tests_hw::{
+    product_binary, require_root, udp_socket, wait_until, GatewayRole, HarnessError, Process,
+    Result, TempDir, Testbed, WgPeer, GW_TUNNEL_IP, HUB_PORT, HUB_TUNNEL_IP,
+};
+
+/// A handshake between two processes on one host takes milliseconds; this is generous.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The agent re-resolves `WG_ENDPOINT` after 3 minutes without a handshake; allow 20 s more
+/// for the handshake that follows.
+const MOVED_HUB_DEADLINE: Duration = Duration::from_secs(180 + 20);
+/// Bytes echoed over TCP through the tunnel (many full-size packets).
+const ECHO_BYTES: usize = 256 * 1024;
+/// Where the hub moves to in the re-resolution test.
+const MOVED_HUB_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 3);
+/// A tunnel address the hub owns but the gateway's WG_ALLOWED_IPS (10.8.0.1/32) excludes.
+const FOREIGN_TUNNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 99);
+/// How long a datagram that should be dropped gets to (wrongly) arrive.
+const DROP_WAIT: Duration = Duration::from_secs(2);
+
+fn agent_testbed() -> Testbed {
+    require_root().unwrap();
+    let binary = product_binary("gatelet-agent").unwrap();
+    Testbed::start(&GatewayRole::Agent(binary)).unwrap()
+}
+
+/// Unwraps, or panics with the agent's and the hub's logs so a failure explains itself.
+fn ok<T>(tb: &Testbed, r: Result<T>) -> T {
+    r.unwrap_or_else(|e| {
+        let agent = tb.agent().map(|a| a.log()).unwrap_or_default();
+        panic!(
+            "{e}\n--- agent log ---\n{agent}\n--- hub log ---\n{}",
+            tb.hub.process().log()
+        )
+    })
+}
+
+#[test]
+fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
+    let tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let status = ok(&tb, tb.agent_status());
+    assert!(status.tunnel.handshake_age_s.is_some(), "{status:?}");
+    assert_eq!(
+        status.tunnel.endpoint.as_deref(),
+        Some(format!("{}:{HUB_PORT}", tb.hub_lan_ip).as_str()),
+        "the agent should report the address {} resolved from hub.test",
+        tb.hub_lan_ip
+    );
+}
+
+#[test]
+fn agent_carries_ping_and_tcp_echo_both_ways() {
+    let tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let before = ok(&tb, tb.agent_status()).tunnel;
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+    let after = ok(&tb, tb.agent_status()).tunnel;
+    assert!(
+        after.rx_bytes >= before.rx_bytes + ECHO_BYTES as u64
+            && after.tx_bytes >= before.tx_bytes + ECHO_BYTES as u64,
+        "the agent's byte counters should grow by at least the echoed payload: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.rx_packets > before.rx_packets && after.tx_packets > before.tx_packets,
+        "{before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn agent_finds_the_hub_again_after_it_moves_to_a_new_address_behind_the_same_name() {
+    let mut tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let moved = tb.move_hub(MOVED_HUB_LAN_IP);
+    ok(&tb, moved);
+    let moved = Instant::now();
+    // The new hub has no session and no endpoint for the gateway: only the agent can
+    // re-establish the tunnel, by resolving hub.test again.
+    ok(&tb, tb.wait_handshake(None, MOVED_HUB_DEADLINE));
+    let took = moved.elapsed();
+    eprintln!("agent found the moved hub after {took:?}");
+    let status = ok(&tb, tb.agent_status());
+    assert_eq!(
+        status.tunnel.endpoint.as_deref(),
+        Some(format!("{MOVED_HUB_LAN_IP}:{HUB_PORT}").as_str()),
+        "{status:?}"
+    );
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+}
+
+#[test]
+fn packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway() {
+    let tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let sent_before = ok(&tb, tb.hub.transfer(&tb.gw_key.public)).1;
+    let (received, delivered_after) = ok(
+        &tb,
+        tb.foreign_then_allowed_datagrams(FOREIGN_TUNNEL_IP, DROP_WAIT),
+    );
+    assert_eq!(
+        received, b"allowed",
+        "the first datagram to arrive must be the one from {HUB_TUNNEL_IP}, not from {FOREIGN_TUNNEL_IP}"
+    );
+    assert_eq!(
+        delivered_after, None,
+        "a datagram from {FOREIGN_TUNNEL_IP} (outside WG_ALLOWED_IPS) reached the gateway"
+    );
+    // The hub did encrypt and send the foreign datagrams: the agent received and dropped them.
+    let sent_after = ok(&tb, tb.hub.transfer(&tb.gw_key.public)).1;
+    assert!(
+        sent_after >= sent_before + 4 * 32,
+        "the hub should have sent the datagrams into the tunnel ({sent_before} -> {sent_after} bytes)"
+    );
+}
+
+#[test]
+fn agent_accepts_a_new_handshake_forced_by_the_hub_and_keeps_carrying_traffic() {
+    let tb = agent_testbed();
+    let first = ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let gw_endpoint = ok(&tb, tb.hub.endpoint(&tb.gw_key.public));
+    let gw_endpoint = gw_endpoint.expect("after a handshake the hub knows the gateway's endpoint");
+    // Let the session age, so that a new handshake is visible in both sides' clocks.
+    thread::sleep(Duration::from_secs(3));
+    // Forget the session on the hub and initiate a fresh one from the hub's side.
+    ok(&tb, tb.hub.remove_peer(&tb.gw_key.public));
+    ok(
+        &tb,
+        tb.hub.set_peer(&WgPeer {
+            public_key: tb.gw_key.public.clone(),
+            preshared_key: Some(tb.psk.clone()),
+            allowed_ips: vec![format!("{GW_TUNNEL_IP}/32")],
+            endpoint: Some(gw_endpoint),
+            persistent_keepalive: None,
+        }),
+    );
+    let _ = gatelet_tests_hw::ping(&tb.hub_ns, &GW_TUNNEL_IP.to_string(), 1);
+    let second = ok(&tb, tb.wait_handshake(Some(first), HANDSHAKE_TIMEOUT));
+    assert!(second > first);
+    let age = ok(
+        &tb,
+        wait_until(
+            "the agent's handshake age to restart",
+            HANDSHAKE_TIMEOUT,
+            || {
+                let s = tb.agent_status()?;
+                Ok::<_, HarnessError>(s.tunnel.handshake_age_s.filter(|age| *age <= 1))
+            },
+        ),
+    );
+    assert!(age <= 1);
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+}
+
+#[test]
+fn agent_exits_64_with_one_clear_line_for_a_bad_gateway_env() {
+    let binary = product_binary("gatelet-agent").unwrap();
+    let dir = TempDir::new("badenv").unwrap();
+    let env = dir.path().join("gateway.env");
+    std::fs::write(
+        &env,
+        "GC_TUNNEL_IP=10.8.0.2\n\
+         WG_PRIVATE_KEY=yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n\
+         WG_SERVER_PUBLIC_KEY=HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=\n\
+         WG_ENDPOINT=hub.test\n\
+         WG_ADDRESS=10.8.0.2/32\n\
+         WG_ALLOWED_IPS=10.8.0.1/32\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.arg("--env")
+        .arg(&env)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--control-socket")
+        .arg(dir.path().join("agent.sock"));
+    let mut agent = Process::spawn("gatelet-agent", cmd, &dir.path().join("agent.log")).unwrap();
+    let status = agent.wait_exit(Duration::from_secs(10)).unwrap();
+    let output = agent.log();
+    assert_eq!(
+        status.code(),
+        Some(64),
+        "exit status {status}, output:\n{output}"
+    );
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{output}");
+    assert!(
+        lines[0].contains("WG_ENDPOINT") && lines[0].contains("gateway.env"),
+        "the line should name the file and the key: {}",
+        lines[0]
+    );
+}
