@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Checks the deployment files without a target board:
+#   - systemd/*.service parse (systemd-analyze verify, with ExecStart pointed at /bin/true because
+#     the binaries are not installed here), sysusers and tmpfiles files parse;
+#   - every key of kernel-hooks/sysctl.d/*.conf exists in this kernel;
+#   - kernel-hooks/nftables/gatelet.nft loads twice (idempotent) and filters as documented, in two
+#     private network namespaces: a "hub" peer reaches the proxy port over the tunnel interface, not
+#     an unlisted port until that port is added to the set; the LAN side is not filtered.
+#   - shell scripts of the deployment trees pass `bash -n` / `sh -n`.
+# Needs root (network namespaces, nft). Creates and removes its own namespaces; touches nothing of
+# the host's network. Exit status non-zero on any failed check.
+set -euo pipefail
+exec </dev/null
+cd "$(dirname "$0")/.."
+
+failures=0
+fail() {
+  echo "deploy-check: FAIL: $*" >&2
+  failures=$((failures + 1))
+}
+ok() { echo "deploy-check: ok: $*"; }
+
+work=$(mktemp -d /tmp/gatelet-deploy-check.XXXXXX)
+NS_GW="gatelet-dc-gw-$$"
+NS_HUB="gatelet-dc-hub-$$"
+cleanup() {
+  ip netns pids "$NS_GW" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip netns del "$NS_GW" 2>/dev/null || true
+  ip netns del "$NS_HUB" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- systemd ---------------------------------------------------------------------------------
+if command -v systemd-analyze >/dev/null 2>&1; then
+  for unit in systemd/*.service; do
+    sed 's#^ExecStart=[^ ]*#ExecStart=/bin/true#' "$unit" >"$work/$(basename "$unit")"
+  done
+  if out=$(cd "$work" && systemd-analyze verify ./*.service 2>&1) && [ -z "$out" ]; then
+    ok "systemd units verify cleanly"
+  else
+    fail "systemd-analyze verify: $out"
+  fi
+else
+  echo "deploy-check: skip: systemd-analyze not installed"
+fi
+if command -v systemd-sysusers >/dev/null 2>&1; then
+  if out=$(systemd-sysusers --dry-run "$PWD/systemd/gatelet.sysusers.conf" 2>&1) &&
+    ! grep -qi 'ignoring\|failed' <<<"$out"; then
+    ok "sysusers file parses"
+  else
+    fail "systemd-sysusers: $out"
+  fi
+fi
+if command -v systemd-tmpfiles >/dev/null 2>&1; then
+  if out=$(systemd-tmpfiles --cat-config "$PWD/systemd/gatelet.tmpfiles.conf" 2>&1 >/dev/null) &&
+    [ -z "$out" ]; then
+    ok "tmpfiles file parses"
+  else
+    fail "systemd-tmpfiles: $out"
+  fi
+fi
+
+# --- sysctl ----------------------------------------------------------------------------------
+for f in kernel-hooks/sysctl.d/*.conf; do
+  while IFS= read -r line; do
+    case "$line" in '' | '#'*) continue ;; esac
+    key=$(echo "${line%%=*}" | tr -d ' ')
+    if [ -e "/proc/sys/${key//.//}" ]; then
+      :
+    else
+      fail "$f: $key does not exist in this kernel"
+    fi
+  done <"$f"
+  # every setting has a comment line right above it
+  if awk '/^[a-z]/ && prev !~ /^#/ { bad = 1; print FILENAME ": no comment above: " $0 > "/dev/stderr" } { prev = $0 } END { exit bad }' "$f"; then
+    ok "$f: every key exists and is commented"
+  else
+    fail "$f: a setting without a comment"
+  fi
+done
+
+# --- shell syntax ----------------------------------------------------------------------------
+while IFS= read -r script; do
+  if head -n 1 "$script" | grep -q bash; then
+    bash -n "$script" || fail "bash -n $script"
+  else
+    sh -n "$script" || fail "sh -n $script"
+  fi
+done < <(find buildroot board-configs kernel-hooks tests-hw .ci -type f \( -name '*.sh' -o -name run -o -name 'post-*' \) 2>/dev/null)
+ok "shell scripts parse"
+
+# --- nftables, functional --------------------------------------------------------------------
+NFT_FILE=kernel-hooks/nftables/gatelet.nft
+TUNNEL_IF=$(sed -n 's/^define TUNNEL_IF = "\(.*\)"$/\1/p' "$NFT_FILE")
+PROXY_PORT=$(sed -n 's/^define PROXY_PORT = \([0-9]*\)$/\1/p' "$NFT_FILE")
+# A port that is not open until it is added to the L4 set.
+L4_PORT=2222
+# Seconds a blocked connection attempt may take before it counts as dropped.
+CONNECT_TIMEOUT_S=2
+
+if ! command -v nft >/dev/null 2>&1 || ! command -v socat >/dev/null 2>&1; then
+  fail "nft and socat are needed for the nftables check (apt-get install nftables socat)"
+elif [ "$(id -u)" -ne 0 ]; then
+  fail "the nftables check needs root (network namespaces)"
+else
+  ip netns add "$NS_GW"
+  ip netns add "$NS_HUB"
+  # The gateway's tunnel interface is a veth named like the TUN device; the rules only match names.
+  ip link add "$TUNNEL_IF" netns "$NS_GW" type veth peer name hub0 netns "$NS_HUB"
+  ip -n "$NS_GW" addr add 10.99.0.2/24 dev "$TUNNEL_IF"
+  ip -n "$NS_HUB" addr add 10.99.0.1/24 dev hub0
+  ip -n "$NS_GW" link set "$TUNNEL_IF" up
+  ip -n "$NS_HUB" link set hub0 up
+  ip -n "$NS_GW" link set lo up
+
+  if ip netns exec "$NS_GW" nft -f "$NFT_FILE" && ip netns exec "$NS_GW" nft -f "$NFT_FILE"; then
+    ok "$NFT_FILE loads twice (idempotent)"
+  else
+    fail "$NFT_FILE does not load"
+  fi
+  for port in "$PROXY_PORT" "$L4_PORT"; do
+    ip netns exec "$NS_GW" socat "TCP-LISTEN:$port,fork,reuseaddr" SYSTEM:'echo hi' &
+  done
+  # wait (bounded) for both listeners
+  for _ in $(seq 1 50); do
+    if ip netns exec "$NS_GW" ss -ltn | grep -q ":$L4_PORT " &&
+      ip netns exec "$NS_GW" ss -ltn | grep -q ":$PROXY_PORT "; then break; fi
+    sleep 0.1
+  done
+  reach() { # ns host port -> 0 if a TCP connection gets the greeting
+    timeout $((CONNECT_TIMEOUT_S + 1)) ip netns exec "$1" \
+      socat -T "$CONNECT_TIMEOUT_S" - "TCP:$2:$3,connect-timeout=$CONNECT_TIMEOUT_S" </dev/null 2>/dev/null |
+      grep -q hi
+  }
+  if reach "$NS_HUB" 10.99.0.2 "$PROXY_PORT"; then ok "proxy port $PROXY_PORT open on $TUNNEL_IF"; else fail "proxy port $PROXY_PORT not reachable over $TUNNEL_IF"; fi
+  if reach "$NS_HUB" 10.99.0.2 "$L4_PORT"; then fail "port $L4_PORT reachable over $TUNNEL_IF before it is in the set"; else ok "unlisted port $L4_PORT dropped on $TUNNEL_IF"; fi
+  if reach "$NS_GW" 127.0.0.1 "$L4_PORT"; then ok "other interfaces (lo) not filtered"; else fail "port $L4_PORT blocked on lo"; fi
+  ip netns exec "$NS_GW" nft add element inet gatelet tunnel_tcp_ports "{ $L4_PORT }"
+  if reach "$NS_HUB" 10.99.0.2 "$L4_PORT"; then ok "port $L4_PORT open once added to tunnel_tcp_ports"; else fail "port $L4_PORT still dropped after adding it to the set"; fi
+fi
+
+if [ "$failures" -gt 0 ]; then
+  echo "deploy-check: $failures check(s) failed" >&2
+  exit 1
+fi
+echo "deploy-check: all deployment checks passed"
