@@ -1,0 +1,504 @@
+//! The request budget: how many `/api/v1/gateway/*` calls may go out, and when.
+//!
+//! The server allows [`SERVER_LIMIT`] successful requests (304 included) per
+//! [`SERVER_WINDOW`] per source IP, over all gateway calls, shared by every gateway behind the
+//! same NAT. The budget keeps a log of our own requests and never lets more than
+//! `limit - SAFETY_MARGIN` of them into any sliding window (a sliding bound also bounds the
+//! server's fixed window). It also believes the server: when `RateLimit-Remaining` says fewer
+//! requests remain than our log suggests (other gateways on the same address), that number
+//! holds until `RateLimit-Reset`; a 429's `Retry-After` stops everything until then.
+//!
+//! Sharing: heartbeats come first. Their share is one slot per shortest jittered heartbeat
+//! interval ([`HEARTBEAT_JITTER`] below the configured interval); hash checks and fetches
+//! (class [`Class::Sync`]) get the rest, spread evenly (see [`Budget::check_interval`]), minus
+//! [`SYNC_RESERVE`] slots kept for fetches and push-triggered checks. With the default 30 s
+//! heartbeat that is 34 heartbeat slots and a check every 17 s. When the configured
+//! heartbeat interval alone would leave fewer than [`MIN_CHECK_SLOTS`] checks per window, the
+//! heartbeat interval is stretched to fit ([`Budget::heartbeat_stretched`] reports it).
+//!
+//! Pure: no clock, no I/O. `now` is always passed in; [`Budget::earliest`] says when a request
+//! of a class becomes possible, in the manner of `quinn-proto`'s `poll_timeout`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::RateInfo;
+
+/// Requests the server allows per window and source IP.
+pub const SERVER_LIMIT: u32 = 100;
+/// The server's rate-limit window.
+pub const SERVER_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Requests per window never used: covers the delay between our send time and the server's
+/// count, and a request in flight on the other thread.
+pub const SAFETY_MARGIN: u32 = 5;
+/// Sync slots per window held back from the even check cadence, for fetches after a change
+/// and for checks triggered by pushes.
+pub const SYNC_RESERVE: u32 = 8;
+/// Check slots per window that heartbeats never take; below this the heartbeat stretches.
+pub const MIN_CHECK_SLOTS: u32 = 30;
+/// Heartbeat interval jitter, as a fraction of the interval (±10 %).
+pub const HEARTBEAT_JITTER: f64 = 0.10;
+/// Slots kept free when following the server's own `RateLimit-Remaining` count.
+pub const SERVER_MARGIN: u32 = 1;
+/// Pause after a 429 that carries neither `Retry-After` nor `RateLimit-Reset`.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The kind of a request, for sharing the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `POST /heartbeat`: first claim on the budget.
+    Heartbeat,
+    /// `GET /config/check` and `GET /config`: the rest.
+    Sync,
+}
+
+/// What the server last said about its window.
+#[derive(Debug, Clone, Copy)]
+struct ServerView {
+    remaining: u32,
+    reset_at: Instant,
+    sent_since: u32,
+}
+
+/// The request budget. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limit: u32,
+    window: Duration,
+    configured_heartbeat: Duration,
+    heartbeat: Duration,
+    log: VecDeque<(Instant, Class)>,
+    server: Option<ServerView>,
+    paused_until: Option<Instant>,
+}
+
+/// A budget shared by the sync thread and the heartbeat thread.
+pub type SharedBudget = Arc<Mutex<Budget>>;
+
+impl Budget {
+    /// The server's limits ([`SERVER_LIMIT`] per [`SERVER_WINDOW`]) with heartbeats every
+    /// `heartbeat_interval` (`GC_HEARTBEAT_INTERVAL_S`).
+    pub fn new(heartbeat_interval: Duration) -> Budget {
+        Budget::with_limit(SERVER_LIMIT, SERVER_WINDOW, heartbeat_interval)
+    }
+
+    /// Custom limits (tests, or a server announcing a smaller `RateLimit-Limit`).
+    pub fn with_limit(limit: u32, window: Duration, heartbeat_interval: Duration) -> Budget {
+        let mut b = Budget {
+            limit,
+            window,
+            configured_heartbeat: heartbeat_interval,
+            heartbeat: heartbeat_interval,
+            log: VecDeque::new(),
+            server: None,
+            paused_until: None,
+        };
+        b.plan();
+        b
+    }
+
+    /// Wraps the budget for sharing between threads.
+    pub fn shared(self) -> SharedBudget {
+        Arc::new(Mutex::new(self))
+    }
+
+    /// Requests of ours allowed into any window.
+    fn cap(&self) -> u32 {
+        self.limit.saturating_sub(SAFETY_MARGIN).max(2)
+    }
+
+    /// Most heartbeats per window at interval `interval` with jitter.
+    fn heartbeat_slots_for(&self, interval: Duration) -> u32 {
+        let shortest = interval.as_secs_f64() * (1.0 - HEARTBEAT_JITTER);
+        if shortest <= 0.0 {
+            return u32::MAX;
+        }
+        (self.window.as_secs_f64() / shortest)
+            .ceil()
+            .min(f64::from(u32::MAX)) as u32
+    }
+
+    /// Stretches the heartbeat interval when it would not leave [`MIN_CHECK_SLOTS`].
+    fn plan(&mut self) {
+        let cap = self.cap();
+        let max_hb = cap.saturating_sub(SYNC_RESERVE + MIN_CHECK_SLOTS).max(1);
+        self.heartbeat = self.configured_heartbeat;
+        if self.heartbeat_slots_for(self.heartbeat) > max_hb {
+            let secs = self.window.as_secs_f64() / (f64::from(max_hb) * (1.0 - HEARTBEAT_JITTER));
+            self.heartbeat = Duration::from_secs(secs.ceil() as u64);
+        }
+    }
+
+    /// The heartbeat interval to use: the configured one, or longer when stretched.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// `Some((configured, used))` when the configured heartbeat interval did not fit.
+    pub fn heartbeat_stretched(&self) -> Option<(Duration, Duration)> {
+        (self.heartbeat != self.configured_heartbeat)
+            .then_some((self.configured_heartbeat, self.heartbeat))
+    }
+
+    /// Heartbeat slots per window.
+    pub fn heartbeat_slots(&self) -> u32 {
+        self.heartbeat_slots_for(self.heartbeat)
+    }
+
+    /// Sync (check + fetch) slots per window.
+    pub fn sync_slots(&self) -> u32 {
+        self.cap().saturating_sub(self.heartbeat_slots()).max(1)
+    }
+
+    fn live(&self, now: Instant) -> impl Iterator<Item = &(Instant, Class)> {
+        let window = self.window;
+        self.log
+            .iter()
+            .filter(move |(t, _)| now.saturating_duration_since(*t) < window)
+    }
+
+    /// Our requests in the window ending now.
+    pub fn sent_in_window(&self, now: Instant) -> usize {
+        self.live(now).count()
+    }
+
+    /// Earliest time `>= now` at which fewer than `n` of the matching entries are live.
+    fn earliest_below(&self, now: Instant, n: u32, class: Option<Class>) -> Instant {
+        let times: Vec<Instant> = self
+            .live(now)
+            .filter(|(_, c)| class.is_none_or(|k| k == *c))
+            .map(|(t, _)| *t)
+            .collect();
+        let n = n as usize;
+        if times.len() < n {
+            return now;
+        }
+        // The log is in time order: drop the oldest `len - n + 1`.
+        times[times.len() - n] + self.window
+    }
+
+    fn server_available(&self, now: Instant) -> Option<(u32, Instant)> {
+        let s = self.server?;
+        (now < s.reset_at).then(|| (s.remaining.saturating_sub(s.sent_since), s.reset_at))
+    }
+
+    /// Heartbeats due before `reset_at`, counted from `t`.
+    fn heartbeats_until(&self, t: Instant, reset_at: Instant) -> u32 {
+        let shortest = self.heartbeat.as_secs_f64() * (1.0 - HEARTBEAT_JITTER);
+        let left = reset_at.saturating_duration_since(t).as_secs_f64();
+        if shortest <= 0.0 {
+            return u32::MAX;
+        }
+        (left / shortest).ceil().min(f64::from(u32::MAX)) as u32
+    }
+
+    /// When a request of `class` may be sent, at the earliest (`now` when it may go now).
+    pub fn earliest(&self, class: Class, now: Instant) -> Instant {
+        let mut at = now;
+        if let Some(p) = self.paused_until {
+            at = at.max(p);
+        }
+        at = at.max(self.earliest_below(now, self.cap(), None));
+        if class == Class::Sync {
+            at = at.max(self.earliest_below(now, self.sync_slots(), Some(Class::Sync)));
+        }
+        if let Some((avail, reset_at)) = self.server_available(now) {
+            let server_at = match class {
+                Class::Heartbeat if avail >= 1 => now,
+                Class::Heartbeat => reset_at,
+                Class::Sync => {
+                    // After this request, enough must remain for the heartbeats due before
+                    // the reset: ceil((reset - t) / h) <= k  <=>  t >= reset - k * h.
+                    let k = i64::from(avail) - 1 - i64::from(SERVER_MARGIN);
+                    if k < 0 {
+                        reset_at
+                    } else {
+                        let shortest = self.heartbeat.mul_f64(1.0 - HEARTBEAT_JITTER);
+                        let span = shortest.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+                        reset_at.checked_sub(span).unwrap_or(now).max(now)
+                    }
+                }
+            };
+            at = at.max(server_at);
+        }
+        at
+    }
+
+    /// Whether a request of `class` may go now.
+    pub fn allows(&self, class: Class, now: Instant) -> bool {
+        self.earliest(class, now) <= now
+    }
+
+    /// Takes a slot for a request of `class` about to be sent now. Returns false (and takes
+    /// nothing) when the budget does not allow it.
+    pub fn try_acquire(&mut self, class: Class, now: Instant) -> bool {
+        if !self.allows(class, now) {
+            return false;
+        }
+        self.prune(now);
+        self.log.push_back((now, class));
+        if let Some(s) = &mut self.server {
+            s.sent_since = s.sent_since.saturating_add(1);
+        }
+        true
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((t, _)) = self.log.front() {
+            if now.saturating_duration_since(*t) >= self.window {
+                self.log.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(p) = self.paused_until {
+            if now >= p {
+                self.paused_until = None;
+            }
+        }
+    }
+
+    /// Takes in what an answer's headers said. A smaller `RateLimit-Limit` than ours lowers our
+    /// limit; `RateLimit-Remaining` with `RateLimit-Reset` holds until that reset.
+    pub fn observe(&mut self, now: Instant, rate: &RateInfo) {
+        self.prune(now);
+        if let Some(limit) = rate.limit {
+            if limit > 0 && limit < self.limit {
+                self.limit = limit;
+                self.plan();
+            }
+        }
+        if let (Some(remaining), Some(reset_s)) = (rate.remaining, rate.reset_s) {
+            self.server = Some(ServerView {
+                remaining,
+                reset_at: now + Duration::from_secs(reset_s),
+                sent_since: 0,
+            });
+        }
+    }
+
+    /// A 429: nothing at all goes out before `Retry-After` (else `RateLimit-Reset`, else
+    /// [`DEFAULT_RETRY_AFTER`]).
+    pub fn rate_limited(&mut self, now: Instant, rate: &RateInfo) {
+        let wait = rate
+            .retry_after_s
+            .or(rate.reset_s)
+            .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+        let until = now + wait;
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        self.server = Some(ServerView {
+            remaining: 0,
+            reset_at: until,
+            sent_since: 0,
+        });
+    }
+
+    /// The end of a 429 pause, if one is running at `now`.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|p| *p > now)
+    }
+
+    /// The interval between regular hash checks: the sync slots (less [`SYNC_RESERVE`]) spread
+    /// evenly over the window, and, while the server reports fewer remaining requests, what
+    /// it leaves after the heartbeats spread evenly until its reset.
+    pub fn check_interval(&self, now: Instant) -> Duration {
+        let slots = self.sync_slots().saturating_sub(SYNC_RESERVE).max(1);
+        let mut interval = self.window / slots;
+        if let Some((avail, reset_at)) = self.server_available(now) {
+            let left = i64::from(avail)
+                - i64::from(self.heartbeats_until(now, reset_at))
+                - i64::from(SERVER_MARGIN);
+            if left > 0 {
+                let spread = reset_at.saturating_duration_since(now) / left as u32;
+                interval = interval.max(spread);
+            }
+        }
+        interval
+    }
+
+    /// Requests left for us right now: the smaller of our own window and the server's count.
+    pub fn remaining(&self, now: Instant) -> u32 {
+        let own = self
+            .cap()
+            .saturating_sub(u32::try_from(self.sent_in_window(now)).unwrap_or(u32::MAX));
+        match self.server_available(now) {
+            Some((avail, _)) => own.min(avail),
+            None => own,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HB30: Duration = Duration::from_secs(30);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn default_plan_gives_34_heartbeats_and_a_check_every_17_s() {
+        let b = Budget::new(HB30);
+        let now = Instant::now();
+        assert_eq!(b.heartbeat_slots(), 34);
+        assert_eq!(b.sync_slots(), 61);
+        let ci = b.check_interval(now);
+        assert!(ci > secs(16) && ci < secs(18), "check interval {ci:?}");
+        assert_eq!(b.heartbeat_stretched(), None);
+        assert!(
+            b.heartbeat_slots() + b.sync_slots() <= SERVER_LIMIT - SAFETY_MARGIN,
+            "the plan itself fits the limit"
+        );
+    }
+
+    #[test]
+    fn too_frequent_heartbeats_are_stretched_to_fit() {
+        let b = Budget::new(secs(5));
+        let (configured, used) = b.heartbeat_stretched().expect("5 s must be stretched");
+        assert_eq!(configured, secs(5));
+        assert_eq!(used, secs(18));
+        assert!(b.sync_slots() >= MIN_CHECK_SLOTS + SYNC_RESERVE);
+        assert!(b.heartbeat_slots() + b.sync_slots() <= SERVER_LIMIT - SAFETY_MARGIN);
+    }
+
+    #[test]
+    fn own_log_caps_every_window_and_frees_slots_as_they_age() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        let mut sent = 0;
+        for i in 0..200 {
+            if b.try_acquire(Class::Heartbeat, t0 + Duration::from_millis(i)) {
+                sent += 1;
+            }
+        }
+        assert_eq!(
+            sent, 95,
+            "heartbeats may use everything but the safety margin"
+        );
+        assert!(!b.allows(Class::Heartbeat, t0 + secs(899)));
+        assert_eq!(
+            b.earliest(Class::Heartbeat, t0 + secs(1)),
+            t0 + SERVER_WINDOW
+        );
+        assert!(b.allows(Class::Heartbeat, t0 + SERVER_WINDOW));
+    }
+
+    #[test]
+    fn sync_requests_cannot_take_the_heartbeat_share() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        let mut sent = 0;
+        for i in 0..200 {
+            if b.try_acquire(Class::Sync, t0 + Duration::from_millis(i)) {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 61);
+        assert!(b.allows(Class::Heartbeat, t0 + secs(1)));
+        assert!(!b.allows(Class::Sync, t0 + secs(1)));
+    }
+
+    #[test]
+    fn retry_after_stops_everything_until_it_passes() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        let rate = RateInfo {
+            limit: Some(100),
+            remaining: Some(0),
+            reset_s: Some(827),
+            retry_after_s: Some(827),
+        };
+        b.rate_limited(t0, &rate);
+        for class in [Class::Heartbeat, Class::Sync] {
+            assert_eq!(b.earliest(class, t0), t0 + secs(827));
+            assert!(!b.allows(class, t0 + secs(826)));
+            assert!(b.allows(class, t0 + secs(827)));
+        }
+        assert_eq!(b.paused_until(t0 + secs(1)), Some(t0 + secs(827)));
+    }
+
+    #[test]
+    fn server_reporting_fewer_remaining_is_believed() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        // Other gateways behind the same NAT used most of the window: 3 left, reset in 600 s.
+        b.observe(
+            t0,
+            &RateInfo {
+                limit: Some(100),
+                remaining: Some(3),
+                reset_s: Some(600),
+                retry_after_s: None,
+            },
+        );
+        assert_eq!(b.remaining(t0), 3);
+        // 600 s of heartbeats need more than 3 requests: no checks until the last
+        // (shortest, 27 s) heartbeat interval before the reset.
+        assert_eq!(b.earliest(Class::Sync, t0), t0 + secs(600 - 27));
+        // Heartbeats still get the 3.
+        for i in 0..3 {
+            assert!(b.try_acquire(Class::Heartbeat, t0 + secs(30 * i)));
+        }
+        assert!(!b.allows(Class::Heartbeat, t0 + secs(90)));
+        assert_eq!(b.earliest(Class::Heartbeat, t0 + secs(90)), t0 + secs(600));
+        assert!(b.allows(Class::Heartbeat, t0 + secs(600)));
+    }
+
+    #[test]
+    fn server_remaining_zero_blocks_until_its_reset() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        b.observe(
+            t0,
+            &RateInfo {
+                limit: Some(100),
+                remaining: Some(0),
+                reset_s: Some(120),
+                retry_after_s: None,
+            },
+        );
+        assert_eq!(b.earliest(Class::Heartbeat, t0), t0 + secs(120));
+        assert_eq!(b.earliest(Class::Sync, t0), t0 + secs(120));
+    }
+
+    #[test]
+    fn checks_allowed_near_reset_when_server_leaves_enough_for_heartbeats() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        b.observe(
+            t0,
+            &RateInfo {
+                limit: Some(100),
+                remaining: Some(10),
+                reset_s: Some(600),
+                retry_after_s: None,
+            },
+        );
+        // k = 10 - 1 - 1 = 8 heartbeats of 27 s fit in the last 216 s before the reset.
+        assert_eq!(b.earliest(Class::Sync, t0), t0 + secs(600 - 216));
+        // And the check cadence follows what the server leaves.
+        let later = t0 + secs(500);
+        let ci = b.check_interval(later);
+        assert!(ci >= secs(16), "{ci:?}");
+    }
+
+    #[test]
+    fn smaller_server_limit_lowers_ours() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        b.observe(
+            t0,
+            &RateInfo {
+                limit: Some(60),
+                remaining: None,
+                reset_s: None,
+                retry_after_s: None,
+            },
+        );
+        assert!(b.heartbeat_slots() + b.sync_slots() <= 60 - SAFETY_MARGIN);
+        assert!(b.heartbeat_stretched().is_some());
+    }
+}
