@@ -14,7 +14,7 @@ use serde_json::Value;
 const ROUTES: usize = 500;
 
 fn is_failed(i: usize) -> bool {
-    i % 13 == 0
+    i.is_multiple_of(13)
 }
 
 fn is_unreachable(i: usize) -> bool {
