@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use gatelet_agent_api::control::{AgentStatus, ListenerState, RouteKind};
 use serde::Serialize;
 
+use crate::state::Snapshot;
 use crate::telemetry::Telemetry;
 
 /// Largest heartbeat body the server accepts, in bytes (its `Content-Length` limit).
@@ -223,6 +224,32 @@ pub enum EncodeError {
 }
 
 impl Heartbeat {
+    /// The heartbeat for what the shared snapshot knows now. The agent's cached status
+    /// counts only while `agent_reachable` holds; `configured_l4_routes` comes from the
+    /// companion's current config (reported as missing when the agent is unreachable).
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        configured_l4_routes: Option<usize>,
+        api_serving: bool,
+        dns_resolve_ok: Option<bool>,
+        telemetry: Telemetry,
+        now_ms: u64,
+    ) -> Heartbeat {
+        let check = self_check(&SelfCheckInput {
+            agent: snap.agent.as_ref().filter(|_| snap.agent_reachable),
+            configured_l4_routes,
+            api_serving,
+            dns_resolve_ok,
+        });
+        Heartbeat {
+            check,
+            hostname: crate::telemetry::hostname(),
+            config_hash: snap.sync.config_hash.clone(),
+            uptime_s: now_ms.saturating_sub(snap.started_at_ms) / 1000,
+            telemetry,
+        }
+    }
+
     /// Encodes the body in at most `max` bytes ([`MAX_HEARTBEAT_BYTES`] for the server),
     /// trimming the lists as needed; `self.check` is left as sent (with the omitted counts).
     pub fn encode_bounded(&mut self, max: usize) -> Result<Vec<u8>, EncodeError> {
@@ -502,6 +529,33 @@ mod tests {
         assert!(v["wg_handshake_age_s"].is_null());
         assert_eq!(v["dns_resolve_ok"], false);
         assert!(v.get("tcp_listeners_omitted").is_none());
+    }
+
+    #[test]
+    fn heartbeat_from_snapshot_carries_hash_uptime_and_ignores_a_stale_agent() {
+        let snap = Snapshot {
+            sync: crate::state::SyncStatus {
+                config_hash: Some("sha256:abc".into()),
+                ..Default::default()
+            },
+            agent: Some(agent(vec![l4(1, 2222, ListenerState::Listening, None)])),
+            agent_reachable: false,
+            started_at_ms: 1_000_000,
+            ..Default::default()
+        };
+        let telemetry = crate::telemetry::collect(&crate::telemetry::TelemetrySource {
+            state_dir: std::env::temp_dir(),
+            tunnel_iface: "gatelet0".into(),
+            tunnel_ip: None,
+        });
+        let hb = Heartbeat::from_snapshot(&snap, Some(1), true, Some(true), telemetry, 1_090_500);
+        assert_eq!(hb.uptime_s, 90);
+        assert_eq!(hb.config_hash.as_deref(), Some("sha256:abc"));
+        assert!(!hb.check.agent_reachable && hb.check.tcp_listeners.is_empty());
+        assert_eq!(hb.check.l4_listeners_missing, 1);
+        let v: serde_json::Value = serde_json::to_value(&hb).unwrap();
+        assert_eq!(v["config_hash"], "sha256:abc");
+        assert!(v["telemetry"]["arch"].is_string());
     }
 
     #[test]
