@@ -1,1 +1,19 @@
-//! gatelet-agent: the data plane.
+//! gatelet-agent: the data plane of a gatelet gateway.
+//!
+//! Layout, following a packet:
+//! - [`cli`]: command line of the `gatelet-agent` binary.
+//! - [`netif`]: the TUN device (created and configured with ioctls and rtnetlink, no `ip`).
+//! - [`tunnel`]: WireGuard to the hub (boringtun `Tunn`, sans-IO core plus a batched driver).
+//! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
+//! - [`probe`]: TCP reachability checks of LAN targets.
+//! - [`notify`]: systemd readiness notification.
+//!
+//! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
+//! path thread, signals.
+
+pub mod cli;
+pub mod control;
+pub mod netif;
+pub mod notify;
+pub mod probe;
+pub mod tunnel;

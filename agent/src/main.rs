@@ -1,1 +1,169 @@
-fn main() {}
+//! `gatelet-agent`: the data plane daemon. See `gatelet-agent --help`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
+use gatelet_agent::control::{self, AgentState, ControlSocket};
+use gatelet_agent::netif::tun::{TunConfig, TunDevice};
+use gatelet_agent::notify;
+use gatelet_agent::tunnel::allowed::AllowedIps;
+use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
+use gatelet_agent::tunnel::driver::{self, DataPath};
+use gatelet_agent::tunnel::stats::TunnelStats;
+use gatelet_agent::tunnel::udp;
+use gatelet_agent_api::env::{GatewayEnv, ENV_PATH_VAR};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// Mode of the state directory when the agent creates it.
+const STATE_DIR_MODE: u32 = 0o750;
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            println!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("gatelet-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("gatelet-agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let env_var = std::env::var(ENV_PATH_VAR).ok();
+    let env_path = GatewayEnv::resolve_path(args.env.as_deref(), env_var.as_deref());
+    let env = match GatewayEnv::load(&env_path) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("gatelet-agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(args.log_level)
+        .with_target(false)
+        .init();
+    if !env.unknown_keys.is_empty() {
+        tracing::warn!(
+            file = %env_path.display(),
+            keys = %env.unknown_keys.join(","),
+            "ignoring keys gatelet does not know"
+        );
+    }
+    match run(&args, &env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(&args.state_dir)
+        .with_context(|| {
+            format!(
+                "cannot create the state directory {}",
+                args.state_dir.display()
+            )
+        })?;
+
+    let started = Instant::now();
+    let stats = Arc::new(TunnelStats::new(started, "tun"));
+    let socket = ControlSocket::bind(&args.control_socket)?;
+
+    let tun = TunDevice::open(&env.tun_name)?;
+    tun.configure(&TunConfig {
+        address: env.wg_address,
+        mtu: env.mtu,
+        routes: env.wg_allowed_ips.clone(),
+    })?;
+    tracing::info!(
+        device = tun.name(),
+        address = %env.wg_address,
+        mtu = env.mtu,
+        "TUN device up"
+    );
+
+    let udp_sock = udp::socket_for(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), false)
+        .context("cannot open the tunnel's UDP socket")?;
+    let keys = TunnelKeys {
+        private_key: env.wg_private_key.0,
+        peer_public_key: env.wg_server_public_key.0,
+        preshared_key: env.wg_preshared_key.as_ref().map(|k| k.0),
+    };
+    let core = TunnelCore::new(
+        &keys,
+        AllowedIps::new(env.wg_allowed_ips.clone()),
+        stats.clone(),
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let datapath = driver::spawn(
+        DataPath {
+            core,
+            iface: tun,
+            udp: udp_sock,
+            endpoint: env.wg_endpoint.clone(),
+            mtu: env.mtu,
+        },
+        stop_rx.clone(),
+    )
+    .context("cannot start the data path thread")?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the runtime")?;
+    let outcome = rt.block_on(async {
+        let state = Arc::new(AgentState::new(started, stats));
+        let server = tokio::spawn(control::serve(socket.listener()?, state, stop_rx));
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        match notify::notify("READY=1") {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+        }
+        tracing::info!(
+            control_socket = %socket.path().display(),
+            endpoint = %env.wg_endpoint,
+            "agent ready"
+        );
+        let mut datapath = tokio::task::spawn_blocking(move || datapath.join());
+        let mut joined = false;
+        let result: anyhow::Result<()> = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+            r = &mut datapath => {
+                joined = true;
+                match r {
+                    Ok(Ok(Ok(()))) => Err(anyhow::anyhow!("the data path stopped unexpectedly")),
+                    Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("the data path failed")),
+                    _ => Err(anyhow::anyhow!("the data path thread panicked")),
+                }
+            }
+        };
+        let _ = notify::notify("STOPPING=1");
+        let _ = stop.send(true);
+        if !joined {
+            let _ = datapath.await;
+        }
+        let _ = server.await;
+        result
+    });
+    drop(socket);
+    outcome
+}

@@ -236,6 +236,12 @@ pub struct TunnelStatus {
     /// Network interface mode: `tun` or `netstack`.
     #[serde(default)]
     pub mode: String,
+    /// Decrypted packets dropped because their source is outside `WG_ALLOWED_IPS`.
+    #[serde(default)]
+    pub rx_dropped_not_allowed: u64,
+    /// Packets to the tunnel dropped because their destination is outside `WG_ALLOWED_IPS`.
+    #[serde(default)]
+    pub tx_dropped_not_allowed: u64,
 }
 
 /// Everything the agent reports about itself.

@@ -1,0 +1,356 @@
+//! The control socket server: one JSON request per line, one JSON response per line
+//! (`gatelet_agent_api::control`).
+//!
+//! Each connection is served by its own task with an idle timeout, up to
+//! [`MAX_CONNECTIONS`] at once; nothing here touches the data path except reading its
+//! counters, so a slow client never stalls packets.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatelet_agent_api::control::{AgentStatus, Request, Response, API_VERSION, MAX_LINE_BYTES};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::probe;
+use crate::tunnel::stats::TunnelStats;
+
+/// Connections served at once; more are told to retry.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection with no complete request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Mode of the socket's directory when the agent creates it.
+pub const SOCKET_DIR_MODE: u32 = 0o750;
+/// Mode of the socket file: the companion's group may connect.
+pub const SOCKET_MODE: u32 = 0o660;
+/// Answer to requests this agent version does not carry out yet.
+pub const NOT_IMPLEMENTED: &str = "not implemented in this agent version";
+/// Pause after a failed accept, so a persistent error does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket's directory could not be created.
+    #[error("cannot create the control socket directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// Another process answers on the socket.
+    #[error("control socket {0} is in use: is another gatelet-agent running?")]
+    InUse(PathBuf),
+    /// Something other than a socket has the socket's path.
+    #[error("{0} exists and is not a socket: remove it or choose --control-socket")]
+    NotASocket(PathBuf),
+    /// Binding failed.
+    #[error("cannot listen on control socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+/// The bound socket; removes its file when dropped.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlSocket {
+    /// Binds `path`: creates a missing directory (mode [`SOCKET_DIR_MODE`]), replaces a stale
+    /// socket left by a crash, refuses when another agent still answers.
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(SOCKET_DIR_MODE)
+                    .create(dir)
+                    .map_err(|source| ControlError::Dir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+            }
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(ControlError::NotASocket(path.to_owned()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse(path.to_owned()));
+            }
+            tracing::info!(path = %path.display(), "replacing a stale control socket");
+            let _ = std::fs::remove_file(path);
+        }
+        let bind_err = |source| ControlError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+        let socket = ControlSocket {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+            .map_err(bind_err)?;
+        socket.listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(socket)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A tokio listener on the socket (call inside a runtime).
+    pub fn listener(&self) -> io::Result<UnixListener> {
+        UnixListener::from_std(self.listener.try_clone()?)
+    }
+}
+
+/// What the control socket reports about the agent.
+#[derive(Debug)]
+pub struct AgentState {
+    started: Instant,
+    tunnel: Arc<TunnelStats>,
+}
+
+impl AgentState {
+    /// State of an agent started at `started` with this tunnel.
+    pub fn new(started: Instant, tunnel: Arc<TunnelStats>) -> Self {
+        AgentState { started, tunnel }
+    }
+
+    /// The status at `now`.
+    pub fn status(&self, now: Instant) -> AgentStatus {
+        AgentStatus {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            tunnel: self.tunnel.snapshot(now),
+            ..AgentStatus::default()
+        }
+    }
+}
+
+/// The answer to one request.
+pub async fn answer(req: Request, state: &AgentState) -> Response {
+    match req {
+        Request::Hello { version } => {
+            if version != API_VERSION {
+                tracing::info!(
+                    client = version,
+                    agent = API_VERSION,
+                    "control client speaks another contract version"
+                );
+            }
+            Response::Hello {
+                version: API_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            }
+        }
+        Request::Status => Response::Status(Box::new(state.status(Instant::now()))),
+        Request::Probe(p) => Response::Probed(probe::probe(&p).await),
+        Request::Apply { .. } | Request::Wake(_) => Response::Error {
+            message: NOT_IMPLEMENTED.to_owned(),
+        },
+    }
+}
+
+/// Serves `listener` until `shutdown` turns true or its sender is dropped.
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<AgentState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.changed() => {
+                if shutdown.has_changed().is_err() || *shutdown.borrow() {
+                    return;
+                }
+                continue;
+            }
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = reply(
+                    &mut { stream },
+                    &Response::Error {
+                        message: format!(
+                            "too many control connections (limit {MAX_CONNECTIONS}); retry"
+                        ),
+                    },
+                )
+                .await;
+            });
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &state).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn reply(stream: &mut UnixStream, resp: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+async fn connection(stream: UnixStream, state: &AgentState) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        let read = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            (&mut reader).take(limit).read_until(b'\n', &mut line),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle"))??;
+        if read == 0 {
+            return Ok(());
+        }
+        let too_long = line.len() > MAX_LINE_BYTES;
+        let resp = if too_long {
+            Response::Error {
+                message: format!("request longer than {MAX_LINE_BYTES} bytes"),
+            }
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => answer(req, state).await,
+                Err(e) => Response::Error {
+                    message: format!("invalid request: {e}"),
+                },
+            }
+        };
+        let mut out = serde_json::to_vec(&resp).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+        if too_long {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatelet_agent_api::control::ProbeRequest;
+    use tokio::io::AsyncBufReadExt;
+
+    async fn ask(stream: &mut BufReader<UnixStream>, line: &str) -> Response {
+        stream.get_mut().write_all(line.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_line(&mut out).await.unwrap();
+        serde_json::from_str(&out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn socket_answers_hello_status_probe_and_not_implemented() {
+        let dir = std::env::temp_dir().join(format!("gatelet-ctl-{}", std::process::id()));
+        let path = dir.join("sub/agent.sock");
+        let sock = ControlSocket::bind(&path).unwrap();
+        let started = Instant::now();
+        let stats = Arc::new(TunnelStats::new(started, "tun"));
+        stats.count_rx(10);
+        let state = Arc::new(AgentState::new(started, stats));
+        let (stop, rx) = watch::channel(false);
+        let server = tokio::spawn(serve(sock.listener().unwrap(), state, rx));
+
+        // A second client that never sends anything must not hold up the first.
+        let _idle = UnixStream::connect(&path).await.unwrap();
+        let mut c = BufReader::new(UnixStream::connect(&path).await.unwrap());
+        match ask(&mut c, "{\"op\":\"hello\",\"version\":1}\n").await {
+            Response::Hello { version, .. } => assert_eq!(version, API_VERSION),
+            other => panic!("{other:?}"),
+        }
+        match ask(&mut c, "{\"op\":\"status\"}\n").await {
+            Response::Status(s) => {
+                assert_eq!(s.tunnel.rx_bytes, 10);
+                assert_eq!(s.tunnel.mode, "tun");
+                assert_eq!(s.agent_version, env!("CARGO_PKG_VERSION"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let probe_line = serde_json::to_string(&Request::Probe(ProbeRequest {
+            host: "127.0.0.1".into(),
+            port: l.local_addr().unwrap().port(),
+            timeout_ms: 1000,
+        }))
+        .unwrap();
+        match ask(&mut c, &format!("{probe_line}\n")).await {
+            Response::Probed(p) => assert!(p.reachable, "{p:?}"),
+            other => panic!("{other:?}"),
+        }
+        let wake = "{\"op\":\"wake\",\"mac\":\"aa:bb:cc:dd:ee:ff\",\"timeout_ms\":1}\n";
+        assert_eq!(
+            ask(&mut c, wake).await,
+            Response::Error {
+                message: NOT_IMPLEMENTED.into()
+            }
+        );
+        match ask(&mut c, "not json\n").await {
+            Response::Error { message } => assert!(message.starts_with("invalid request")),
+            other => panic!("{other:?}"),
+        }
+
+        // A second agent on the same path is refused while this one answers.
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::InUse(_))
+        ));
+        stop.send(true).unwrap();
+        server.await.unwrap();
+        drop(sock);
+        assert!(!path.exists(), "socket file removed on drop");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stale_socket_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("gatelet-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        // A socket file nobody listens on, as a crash leaves behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let sock = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE);
+        drop(sock);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,369 @@
+//! The TUN device, with ioctls on `/dev/net/tun` and an `AF_INET` socket (no `ip` process).
+//!
+//! [`TunDevice::open`] creates the device or attaches to one of the same name: a device a
+//! crashed agent left behind, or one an administrator pre-created (`ip tuntap add dev gatelet0
+//! mode tun user gatelet`) so that the agent runs without `CAP_NET_ADMIN`. A device of that
+//! name that cannot be attached to (a TAP device, or not a TUN device at all) is deleted and
+//! created again. [`TunDevice::configure`] sets only what differs from the wanted state, and
+//! without the privilege to change something it logs what stays as it is instead of failing.
+//! Dropping the device closes it: the kernel then removes a device the agent created; a
+//! pre-created persistent one stays.
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use gatelet_agent_api::env::Cidr;
+
+use super::netlink::{network_of, Netlink};
+use super::NetifError;
+
+const TUN_CLONE_PATH: &[u8] = b"/dev/net/tun\0";
+/// `IFF_PERSIST` as the kernel reports it in `/sys/class/net/<name>/tun_flags`.
+const IFF_PERSIST: u32 = 0x0800;
+
+/// What the device should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    /// IPv4 address and prefix (`WG_ADDRESS`).
+    pub address: Cidr,
+    /// MTU in bytes (`GATELET_MTU`).
+    pub mtu: u16,
+    /// Networks routed into the device (`WG_ALLOWED_IPS`).
+    pub routes: Vec<Cidr>,
+}
+
+/// An open TUN device (IFF_TUN | IFF_NO_PI, non-blocking): read and write whole IP packets.
+#[derive(Debug)]
+pub struct TunDevice {
+    fd: OwnedFd,
+    name: String,
+    ifindex: u32,
+    persistent: bool,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && !name.contains(['/', ':', ' ', '\t', '\n', '\0'])
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `cname` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// `tun_flags` of an existing TUN/TAP device, None when no such TUN/TAP device exists.
+fn tun_flags(name: &str) -> Option<u32> {
+    let text = fs::read_to_string(format!("/sys/class/net/{name}/tun_flags")).ok()?;
+    u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+}
+
+fn set_iff(fd: RawFd, name: &str) -> io::Result<()> {
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: `req` is a valid ifreq for TUNSETIFF and outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETIFF as libc::Ioctl, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn open_clone() -> Result<OwnedFd, NetifError> {
+    // SAFETY: the path is NUL-terminated; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            TUN_CLONE_PATH.as_ptr().cast(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(NetifError::sys(
+            "cannot open /dev/net/tun",
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl TunDevice {
+    /// Creates the TUN device `name`, or attaches to an existing one.
+    pub fn open(name: &str) -> Result<Self, NetifError> {
+        if !valid_name(name) {
+            return Err(NetifError::BadName(name.to_owned()));
+        }
+        let persistent = tun_flags(name).is_some_and(|f| f & IFF_PERSIST != 0);
+        let fd = open_clone()?;
+        if let Err(e) = set_iff(fd.as_raw_fd(), name) {
+            // EINVAL: the name belongs to a TAP device, a multi-queue TUN device or another
+            // kind of interface. It is ours by name: replace it, once.
+            let idx = ifindex_of(name);
+            if e.raw_os_error() != Some(libc::EINVAL) || idx.is_none() {
+                return Err(NetifError::sys(
+                    format!("cannot create or attach TUN device {name}"),
+                    e,
+                ));
+            }
+            tracing::warn!(
+                device = name,
+                "replacing an interface of the same name that is not a usable TUN device"
+            );
+            let mut nl =
+                Netlink::open().map_err(|e| NetifError::sys("cannot open a netlink socket", e))?;
+            if let Some(idx) = idx {
+                nl.del_link(idx).map_err(|e| {
+                    NetifError::sys(format!("cannot delete the old interface {name}"), e)
+                })?;
+            }
+            set_iff(fd.as_raw_fd(), name)
+                .map_err(|e| NetifError::sys(format!("cannot create TUN device {name}"), e))?;
+        }
+        let ifindex = ifindex_of(name).ok_or_else(|| {
+            NetifError::sys(
+                format!("TUN device {name} has no interface index"),
+                io::Error::last_os_error(),
+            )
+        })?;
+        if persistent {
+            tracing::info!(
+                device = name,
+                "attached to a pre-created persistent TUN device"
+            );
+        }
+        Ok(TunDevice {
+            fd,
+            name: name.to_owned(),
+            ifindex,
+            persistent,
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the device existed as a persistent device before the agent attached (it then
+    /// outlives the agent).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Brings the device to `cfg`: MTU, address, up, routes. Changes only what differs;
+    /// what cannot be changed for lack of privilege is logged and left as it is.
+    pub fn configure(&self, cfg: &TunConfig) -> Result<(), NetifError> {
+        let IpAddr::V4(addr) = cfg.address.addr else {
+            return Err(NetifError::sys(
+                format!("cannot address {}", self.name),
+                io::Error::new(io::ErrorKind::InvalidInput, "WG_ADDRESS must be IPv4"),
+            ));
+        };
+        let ctl = IoctlSocket::open()?;
+        let mut skipped: Vec<String> = Vec::new();
+        let mut check = |what: String, r: Result<(), NetifError>| -> Result<(), NetifError> {
+            match r {
+                Err(e) if e.is_permission() => {
+                    skipped.push(what);
+                    Ok(())
+                }
+                other => other,
+            }
+        };
+
+        if ctl.mtu(&self.name)? != i32::from(cfg.mtu) {
+            check(
+                format!("set MTU {}", cfg.mtu),
+                ctl.set_mtu(&self.name, cfg.mtu),
+            )?;
+        }
+        let netmask = Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(cfg.address.prefix))
+                .unwrap_or(0),
+        );
+        let current = ctl.addr(&self.name, libc::SIOCGIFADDR)?;
+        let current_mask = ctl.addr(&self.name, libc::SIOCGIFNETMASK)?;
+        if current != Some(addr) || current_mask != Some(netmask) {
+            check(
+                format!("set address {}", cfg.address),
+                ctl.set_addr(&self.name, libc::SIOCSIFADDR, addr)
+                    .and_then(|()| ctl.set_addr(&self.name, libc::SIOCSIFNETMASK, netmask)),
+            )?;
+        }
+        let flags = ctl.flags(&self.name)?;
+        if flags & libc::IFF_UP as libc::c_short == 0 {
+            check(
+                "bring it up".into(),
+                ctl.set_flags(&self.name, flags | libc::IFF_UP as libc::c_short),
+            )?;
+        }
+
+        let mut nl =
+            Netlink::open().map_err(|e| NetifError::sys("cannot open a netlink socket", e))?;
+        for route in &cfg.routes {
+            let net = network_of(route);
+            match nl.add_route(&net, self.ifindex) {
+                Ok(()) => tracing::debug!(route = %net, device = %self.name, "route added"),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::debug!(route = %net, "route already present")
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+                    skipped.push(format!("add route {net}"))
+                }
+                Err(e) if net.addr.is_ipv6() => {
+                    tracing::warn!(route = %net, error = %e, "cannot add an IPv6 route (IPv6 disabled on the device?)")
+                }
+                Err(e) => {
+                    return Err(NetifError::sys(
+                        format!("cannot add route {net} via {}", self.name),
+                        e,
+                    ))
+                }
+            }
+        }
+        if !skipped.is_empty() {
+            tracing::warn!(
+                device = %self.name,
+                skipped = %skipped.join(", "),
+                "no CAP_NET_ADMIN: using the device as it is configured; configure it as root if the tunnel does not work"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for TunDevice {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// An `AF_INET` datagram socket, the handle for interface ioctls.
+struct IoctlSocket(OwnedFd);
+
+impl IoctlSocket {
+    fn open() -> Result<Self, NetifError> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(NetifError::sys(
+                "cannot open a socket for interface ioctls",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        Ok(IoctlSocket(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ioctl(&self, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
+        // SAFETY: `req` is a valid ifreq for these interface requests and outlives the call.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request as libc::Ioctl, req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn mtu(&self, name: &str) -> Result<i32, NetifError> {
+        let mut req = ifreq(name);
+        self.ioctl(libc::SIOCGIFMTU, &mut req)
+            .map_err(|e| NetifError::sys(format!("cannot read the MTU of {name}"), e))?;
+        // SAFETY: SIOCGIFMTU filled the mtu member.
+        Ok(unsafe { req.ifr_ifru.ifru_mtu })
+    }
+
+    fn set_mtu(&self, name: &str, mtu: u16) -> Result<(), NetifError> {
+        let mut req = ifreq(name);
+        req.ifr_ifru.ifru_mtu = i32::from(mtu);
+        self.ioctl(libc::SIOCSIFMTU, &mut req)
+            .map_err(|e| NetifError::sys(format!("cannot set MTU {mtu} on {name}"), e))
+    }
+
+    fn flags(&self, name: &str) -> Result<libc::c_short, NetifError> {
+        let mut req = ifreq(name);
+        self.ioctl(libc::SIOCGIFFLAGS, &mut req)
+            .map_err(|e| NetifError::sys(format!("cannot read the flags of {name}"), e))?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        Ok(unsafe { req.ifr_ifru.ifru_flags })
+    }
+
+    fn set_flags(&self, name: &str, flags: libc::c_short) -> Result<(), NetifError> {
+        let mut req = ifreq(name);
+        req.ifr_ifru.ifru_flags = flags;
+        self.ioctl(libc::SIOCSIFFLAGS, &mut req)
+            .map_err(|e| NetifError::sys(format!("cannot bring {name} up"), e))
+    }
+
+    /// The IPv4 address (or netmask) `request` reads; None when the device has none.
+    fn addr(&self, name: &str, request: libc::c_ulong) -> Result<Option<Ipv4Addr>, NetifError> {
+        let mut req = ifreq(name);
+        match self.ioctl(request, &mut req) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
+            Err(e) => {
+                return Err(NetifError::sys(
+                    format!("cannot read the address of {name}"),
+                    e,
+                ))
+            }
+        }
+        // SAFETY: the kernel filled an AF_INET sockaddr, which sockaddr_in overlays.
+        let sin: libc::sockaddr_in = unsafe {
+            std::ptr::read_unaligned((&req.ifr_ifru.ifru_addr as *const libc::sockaddr).cast())
+        };
+        Ok(Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+    }
+
+    fn set_addr(
+        &self,
+        name: &str,
+        request: libc::c_ulong,
+        addr: Ipv4Addr,
+    ) -> Result<(), NetifError> {
+        let mut req = ifreq(name);
+        // SAFETY: sockaddr_in is plain old data.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(addr).to_be();
+        // SAFETY: sockaddr_in fits in the sockaddr member it is written over.
+        unsafe {
+            std::ptr::write_unaligned(
+                (&mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast(),
+                sin,
+            );
+        }
+        self.ioctl(request, &mut req)
+            .map_err(|e| NetifError::sys(format!("cannot set address {addr} on {name}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked_before_any_system_call() {
+        assert!(valid_name("gatelet0"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a-name-that-is-too-long"));
+        assert!(!valid_name("bad/name"));
+        assert!(matches!(
+            TunDevice::open("bad name"),
+            Err(NetifError::BadName(_))
+        ));
+    }
+}

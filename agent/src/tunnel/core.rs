@@ -1,0 +1,351 @@
+//! The tunnel's protocol logic, free of I/O: boringtun's [`Tunn`] plus cryptokey routing,
+//! counters and the decision when to resolve the hub's name again.
+//!
+//! The driver ([`super::driver`]) owns the sockets and the clock and feeds this core: packets
+//! from the interface ([`TunnelCore::from_tun`]), datagrams from the hub
+//! ([`TunnelCore::from_network`] then [`TunnelCore::poll_queued`]), timer ticks
+//! ([`TunnelCore::on_timer`]) and resolution results. Every call writes its output into a buffer
+//! the caller provides, so the steady state allocates nothing. Tests drive two cores against
+//! each other in memory with virtual time.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use super::allowed::{destination_ip, AllowedIps};
+use super::stats::TunnelStats;
+
+/// `PersistentKeepalive`: an empty packet to the hub after this many idle seconds, so the hub
+/// can always reach a gateway behind NAT.
+pub const PERSISTENT_KEEPALIVE_S: u16 = 25;
+/// Resolve the hub's name again when no handshake has completed for this long.
+pub const RESOLVE_AFTER_NO_HANDSHAKE: Duration = Duration::from_secs(180);
+/// Least time between two resolutions triggered by a failure (no address yet, send failed).
+pub const RESOLVE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the driver calls [`TunnelCore::on_timer`]; boringtun's timers have a 1 s grain
+/// and need periodic calls.
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Bytes a data datagram adds to an IP packet (header 16 + authentication tag 16).
+pub const WG_OVERHEAD: usize = 32;
+/// Size of a handshake initiation, the largest message that is not data.
+pub const HANDSHAKE_INIT_LEN: usize = 148;
+/// Size of a handshake response.
+const HANDSHAKE_RESPONSE_LEN: usize = 92;
+/// WireGuard message types (first byte of a datagram).
+const MSG_HANDSHAKE_INIT: u8 = 1;
+const MSG_HANDSHAKE_RESPONSE: u8 = 2;
+
+/// The keys of the tunnel. `Debug` never shows them.
+#[derive(Clone)]
+pub struct TunnelKeys {
+    /// Our static private key (`WG_PRIVATE_KEY`).
+    pub private_key: [u8; 32],
+    /// The hub's static public key (`WG_SERVER_PUBLIC_KEY`).
+    pub peer_public_key: [u8; 32],
+    /// The optional pre-shared key (`WG_PRESHARED_KEY`).
+    pub preshared_key: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for TunnelKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TunnelKeys(<redacted>)")
+    }
+}
+
+/// What a datagram from the hub turned into.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromNetwork<'a> {
+    /// Write this IP packet to the interface.
+    ToTun(&'a [u8]),
+    /// Send this datagram to the hub, then call [`TunnelCore::poll_queued`] until it returns
+    /// None (boringtun may hold packets queued during the handshake).
+    ToNetwork(&'a [u8]),
+    /// Nothing to deliver (a keepalive, an invalid datagram or a dropped packet).
+    Nothing,
+}
+
+/// One WireGuard peer (the hub) and everything decided about it without I/O.
+pub struct TunnelCore {
+    tunn: Tunn,
+    allowed: AllowedIps,
+    stats: Arc<TunnelStats>,
+    endpoint: Option<SocketAddr>,
+    last_handshake: Option<Instant>,
+    last_resolve: Option<Instant>,
+    resolving: bool,
+    send_failed: bool,
+    handshake_due: bool,
+    expired_reported: bool,
+}
+
+impl fmt::Debug for TunnelCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelCore")
+            .field("endpoint", &self.endpoint)
+            .field("last_handshake", &self.last_handshake)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The part of the buffer at address `base` that `out` (a slice boringtun returned from
+/// it) occupies.
+fn span(base: usize, out: &[u8]) -> Range<usize> {
+    let start = (out.as_ptr() as usize).saturating_sub(base);
+    start..start + out.len()
+}
+
+impl TunnelCore {
+    /// A tunnel to the hub with `keys`, accepting and sending only `allowed` addresses and
+    /// counting into `stats`. No endpoint is known until [`TunnelCore::resolve_finished`].
+    pub fn new(keys: &TunnelKeys, allowed: AllowedIps, stats: Arc<TunnelStats>) -> Self {
+        let tunn = Tunn::new(
+            StaticSecret::from(keys.private_key),
+            PublicKey::from(keys.peer_public_key),
+            keys.preshared_key,
+            Some(PERSISTENT_KEEPALIVE_S),
+            fastrand::u32(..1 << 24),
+            None,
+        );
+        TunnelCore {
+            tunn,
+            allowed,
+            stats,
+            endpoint: None,
+            last_handshake: None,
+            last_resolve: None,
+            resolving: false,
+            send_failed: false,
+            handshake_due: false,
+            expired_reported: false,
+        }
+    }
+
+    /// Smallest output buffer for packets up to `max_packet` bytes.
+    pub fn dst_len(max_packet: usize) -> usize {
+        (max_packet + WG_OVERHEAD).max(HANDSHAKE_INIT_LEN)
+    }
+
+    /// The hub address datagrams go to, once resolved.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// When the last handshake completed.
+    pub fn last_handshake(&self) -> Option<Instant> {
+        self.last_handshake
+    }
+
+    /// The shared counters.
+    pub fn stats(&self) -> &Arc<TunnelStats> {
+        &self.stats
+    }
+
+    /// An IP packet read from the interface: the datagram to send to the hub (a data packet,
+    /// or a handshake initiation while the packet waits for a session), or None when the
+    /// packet was dropped (destination outside the allowed IPs) or queued.
+    pub fn from_tun<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> Option<&'a [u8]> {
+        let base = dst.as_ptr() as usize;
+        match destination_ip(packet) {
+            Some(ip) if self.allowed.contains(ip) => {}
+            _ => {
+                self.stats.count_tx_dropped();
+                return None;
+            }
+        }
+        let range = match self.tunn.encapsulate(packet, dst) {
+            TunnResult::WriteToNetwork(out) => Some(span(base, out)),
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, "cannot encapsulate a packet");
+                return None;
+            }
+            _ => None,
+        };
+        self.stats.count_tx(packet.len());
+        range.map(|r| &dst[r])
+    }
+
+    /// A datagram received from the hub at `now`.
+    pub fn from_network<'a>(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> FromNetwork<'a> {
+        let base = dst.as_ptr() as usize;
+        let kind = datagram.first().copied();
+        let src = self.endpoint.map(|e| e.ip());
+        enum Out {
+            Net(Range<usize>),
+            Tun(Range<usize>, IpAddr),
+            Nothing,
+        }
+        let out = match self.tunn.decapsulate(src, datagram, dst) {
+            TunnResult::WriteToNetwork(out) => {
+                let completed = match kind {
+                    Some(MSG_HANDSHAKE_INIT) => out.len() == HANDSHAKE_RESPONSE_LEN,
+                    Some(MSG_HANDSHAKE_RESPONSE) => true,
+                    _ => false,
+                };
+                let r = span(base, out);
+                if completed {
+                    self.handshake_completed(now);
+                }
+                Out::Net(r)
+            }
+            TunnResult::WriteToTunnelV4(p, ip) => Out::Tun(span(base, p), IpAddr::V4(ip)),
+            TunnResult::WriteToTunnelV6(p, ip) => Out::Tun(span(base, p), IpAddr::V6(ip)),
+            TunnResult::Done => Out::Nothing,
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, "dropped a datagram from the hub");
+                Out::Nothing
+            }
+        };
+        match out {
+            Out::Net(r) => FromNetwork::ToNetwork(&dst[r]),
+            Out::Tun(r, ip) => {
+                if self.allowed.contains(ip) {
+                    self.stats.count_rx(r.len());
+                    FromNetwork::ToTun(&dst[r])
+                } else {
+                    tracing::trace!(source = %ip, "dropped a packet from outside the allowed IPs");
+                    self.stats.count_rx_dropped();
+                    FromNetwork::Nothing
+                }
+            }
+            Out::Nothing => FromNetwork::Nothing,
+        }
+    }
+
+    /// The next packet boringtun queued while it had no session, encrypted; call after
+    /// [`FromNetwork::ToNetwork`] until None.
+    pub fn poll_queued<'a>(&mut self, dst: &'a mut [u8]) -> Option<&'a [u8]> {
+        let base = dst.as_ptr() as usize;
+        let range = match self.tunn.decapsulate(None, &[], dst) {
+            TunnResult::WriteToNetwork(out) => span(base, out),
+            _ => return None,
+        };
+        Some(&dst[range])
+    }
+
+    /// Timer work at `now` (call every [`TIMER_TICK`]): handshake retries, keepalives, rekeys,
+    /// and a new handshake after the endpoint changed. Returns a datagram to send, if any.
+    pub fn on_timer<'a>(&mut self, now: Instant, dst: &'a mut [u8]) -> Option<&'a [u8]> {
+        let base = dst.as_ptr() as usize;
+        let _ = now;
+        if self.handshake_due && self.endpoint.is_some() {
+            self.handshake_due = false;
+            let range = match self.tunn.format_handshake_initiation(dst, false) {
+                TunnResult::WriteToNetwork(out) => Some(span(base, out)),
+                _ => None,
+            };
+            if let Some(r) = range {
+                return Some(&dst[r]);
+            }
+        }
+        let range = match self.tunn.update_timers(dst) {
+            TunnResult::WriteToNetwork(out) => Some(span(base, out)),
+            TunnResult::Err(WireGuardError::ConnectionExpired) => None,
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, "timer error");
+                return None;
+            }
+            _ => return None,
+        };
+        if let Some(r) = range {
+            return Some(&dst[r]);
+        }
+        // The handshake expired (no answer for 90 s, or keys 9 minutes old). A gateway must
+        // stay reachable, so it keeps knocking instead of waiting for outgoing traffic.
+        if !self.expired_reported {
+            self.expired_reported = true;
+            self.stats
+                .set_error("no handshake with the hub for 90 s; still trying");
+            tracing::warn!("no handshake with the hub for 90 s; still trying");
+        }
+        self.endpoint?;
+        let range = match self.tunn.format_handshake_initiation(dst, false) {
+            TunnResult::WriteToNetwork(out) => span(base, out),
+            _ => return None,
+        };
+        Some(&dst[range])
+    }
+
+    /// Whether the driver should resolve the hub's name now: at start, after a failure
+    /// ([`RESOLVE_RETRY_INTERVAL`] apart) and when no handshake completed for
+    /// [`RESOLVE_AFTER_NO_HANDSHAKE`].
+    pub fn wants_resolve(&self, now: Instant) -> bool {
+        if self.resolving {
+            return false;
+        }
+        let Some(last) = self.last_resolve else {
+            return true;
+        };
+        if self.endpoint.is_none() || self.send_failed {
+            return now.saturating_duration_since(last) >= RESOLVE_RETRY_INTERVAL;
+        }
+        let quiet_since = self.last_handshake.map_or(last, |h| h.max(last));
+        now.saturating_duration_since(quiet_since) >= RESOLVE_AFTER_NO_HANDSHAKE
+    }
+
+    /// The driver started a resolution at `now`.
+    pub fn resolve_started(&mut self, now: Instant) {
+        self.resolving = true;
+        self.last_resolve = Some(now);
+        self.send_failed = false;
+    }
+
+    /// A resolution finished with these addresses (best first) or an error message. Keeps
+    /// the current endpoint when it is still listed, else takes the first address. Returns
+    /// the new endpoint when it changed; a handshake to it follows on the next
+    /// [`TunnelCore::on_timer`].
+    pub fn resolve_finished(
+        &mut self,
+        result: Result<Vec<SocketAddr>, String>,
+    ) -> Option<SocketAddr> {
+        self.resolving = false;
+        let addrs = match result {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => {
+                self.stats.set_error("hub endpoint resolved to no address");
+                return None;
+            }
+            Err(message) => {
+                self.stats.set_error(message);
+                return None;
+            }
+        };
+        if let Some(current) = self.endpoint {
+            if addrs.contains(&current) {
+                return None;
+            }
+        }
+        let new = addrs[0];
+        self.endpoint = Some(new);
+        self.stats.set_endpoint(Some(new));
+        self.handshake_due = true;
+        Some(new)
+    }
+
+    /// Sending to the hub failed with `message`: resolve again soon.
+    pub fn on_send_error(&mut self, message: &str) {
+        if !self.send_failed {
+            self.send_failed = true;
+            self.stats.set_error(message.to_owned());
+        }
+    }
+
+    fn handshake_completed(&mut self, now: Instant) {
+        self.last_handshake = Some(now);
+        self.expired_reported = false;
+        self.stats.set_handshake(now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,392 @@
+//! Two cores (gateway and hub) against each other in memory, with boringtun's mock clock and
+//! a virtual `Instant` advanced together.
+
+use super::*;
+use mock_instant::MockClock;
+use std::collections::VecDeque;
+
+const GW_IP: [u8; 4] = [10, 8, 0, 2];
+const HUB_IP: [u8; 4] = [10, 8, 0, 1];
+const MAX_PACKET: usize = 1500;
+/// WireGuard's REKEY_AFTER_TIME.
+const REKEY_AFTER: Duration = Duration::from_secs(120);
+
+fn keys() -> (TunnelKeys, TunnelKeys) {
+    let gw_secret = [0x11u8; 32];
+    let hub_secret = [0x22u8; 32];
+    let public = |s: [u8; 32]| PublicKey::from(&StaticSecret::from(s)).to_bytes();
+    let psk = Some([0x33u8; 32]);
+    (
+        TunnelKeys {
+            private_key: gw_secret,
+            peer_public_key: public(hub_secret),
+            preshared_key: psk,
+        },
+        TunnelKeys {
+            private_key: hub_secret,
+            peer_public_key: public(gw_secret),
+            preshared_key: psk,
+        },
+    )
+}
+
+/// An IPv4 packet with a correct total length and `payload_len` payload bytes.
+fn ipv4(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + payload_len];
+    p[0] = 0x45;
+    let len = u16::try_from(p.len()).unwrap();
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    for (i, b) in p[20..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    ToHub,
+    ToGw,
+}
+
+struct Side {
+    core: TunnelCore,
+    stats: Arc<TunnelStats>,
+    delivered: Vec<Vec<u8>>,
+}
+
+/// The two ends and the wire between them.
+struct Pair {
+    gw: Side,
+    hub: Side,
+    now: Instant,
+    start: Instant,
+    wire: VecDeque<(Dir, Vec<u8>)>,
+    /// Every datagram that went on the wire, with its virtual time since start.
+    log: Vec<(Duration, Dir, Vec<u8>)>,
+    /// When false, datagrams to the gateway are lost (the hub is gone).
+    hub_answers: bool,
+    buf: Vec<u8>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let start = Instant::now();
+        let (gw_keys, hub_keys) = keys();
+        let side = |k: &TunnelKeys, allowed: &str| {
+            let stats = Arc::new(TunnelStats::new(start, "tun"));
+            let allowed = AllowedIps::new(vec![allowed.parse().unwrap()]);
+            Side {
+                core: TunnelCore::new(k, allowed, stats.clone()),
+                stats,
+                delivered: Vec::new(),
+            }
+        };
+        let mut gw = side(&gw_keys, "10.8.0.1/32");
+        let hub = side(&hub_keys, "10.8.0.2/32");
+        gw.core.resolve_started(start);
+        gw.core
+            .resolve_finished(Ok(vec!["192.0.2.1:51820".parse().unwrap()]));
+        Pair {
+            gw,
+            hub,
+            now: start,
+            start,
+            wire: VecDeque::new(),
+            log: Vec::new(),
+            hub_answers: true,
+            buf: vec![0; TunnelCore::dst_len(MAX_PACKET)],
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn put(&mut self, dir: Dir, datagram: &[u8]) {
+        self.log.push((self.elapsed(), dir, datagram.to_vec()));
+        if dir == Dir::ToHub || self.hub_answers {
+            self.wire.push_back((dir, datagram.to_vec()));
+        }
+    }
+
+    fn side(&mut self, dir: Dir) -> &mut Side {
+        match dir {
+            Dir::ToHub => &mut self.hub,
+            Dir::ToGw => &mut self.gw,
+        }
+    }
+
+    /// Delivers everything on the wire, including the answers it causes.
+    fn deliver(&mut self) {
+        for _ in 0..10_000 {
+            let Some((dir, datagram)) = self.wire.pop_front() else {
+                return;
+            };
+            let back = match dir {
+                Dir::ToHub => Dir::ToGw,
+                Dir::ToGw => Dir::ToHub,
+            };
+            let now = self.now;
+            let mut buf = std::mem::take(&mut self.buf);
+            let mut replies = Vec::new();
+            let side = self.side(dir);
+            match side.core.from_network(now, &datagram, &mut buf) {
+                FromNetwork::ToTun(p) => side.delivered.push(p.to_vec()),
+                FromNetwork::ToNetwork(d) => {
+                    replies.push(d.to_vec());
+                    while let Some(q) = side.core.poll_queued(&mut buf) {
+                        replies.push(q.to_vec());
+                    }
+                }
+                FromNetwork::Nothing => {}
+            }
+            self.buf = buf;
+            for r in replies {
+                self.put(back, &r);
+            }
+        }
+        panic!("the wire never went quiet");
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        if let Some(d) = self.gw.core.on_timer(now, &mut buf) {
+            let d = d.to_vec();
+            self.put(Dir::ToHub, &d);
+        }
+        if let Some(d) = self.hub.core.on_timer(now, &mut buf) {
+            let d = d.to_vec();
+            self.put(Dir::ToGw, &d);
+        }
+        self.buf = buf;
+        self.deliver();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        MockClock::advance(d);
+        self.now += d;
+    }
+
+    /// Runs timers for `d` of virtual time, one tick at a time.
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.advance(TIMER_TICK);
+            self.tick();
+        }
+    }
+
+    fn connect(&mut self) {
+        self.run_for(TIMER_TICK);
+        assert!(self.gw.core.last_handshake().is_some(), "no handshake");
+    }
+
+    fn send(&mut self, dir: Dir, packet: &[u8]) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let from = match dir {
+            Dir::ToHub => &mut self.gw,
+            Dir::ToGw => &mut self.hub,
+        };
+        if let Some(d) = from.core.from_tun(packet, &mut buf) {
+            let d = d.to_vec();
+            self.buf = buf;
+            self.put(dir, &d);
+        } else {
+            self.buf = buf;
+        }
+        self.deliver();
+    }
+
+    /// Times of the gateway's datagrams of message type `kind` and length `len` (any length
+    /// when None), since start.
+    fn gw_sent(&self, kind: u8, len: Option<usize>) -> Vec<Duration> {
+        self.log
+            .iter()
+            .filter(|(_, d, p)| {
+                *d == Dir::ToHub && p[0] == kind && len.is_none_or(|l| p.len() == l)
+            })
+            .map(|(t, _, _)| *t)
+            .collect()
+    }
+}
+
+#[test]
+fn handshake_completes_and_data_flows_both_ways() {
+    let mut p = Pair::new();
+    p.connect();
+    assert!(p.hub.core.last_handshake().is_some());
+    let up = ipv4(GW_IP, HUB_IP, 100);
+    let down = ipv4(HUB_IP, GW_IP, 1000);
+    p.send(Dir::ToHub, &up);
+    p.send(Dir::ToGw, &down);
+    assert_eq!(p.hub.delivered, vec![up.clone()]);
+    assert_eq!(p.gw.delivered, vec![down.clone()]);
+    let gw = p.gw.stats.snapshot(p.now);
+    assert_eq!((gw.tx_packets, gw.tx_bytes), (1, up.len() as u64));
+    assert_eq!((gw.rx_packets, gw.rx_bytes), (1, down.len() as u64));
+    assert_eq!(gw.handshake_age_s, Some(0));
+    assert_eq!(gw.endpoint.as_deref(), Some("192.0.2.1:51820"));
+}
+
+#[test]
+fn packet_sent_before_the_handshake_is_delivered_after_it() {
+    let mut p = Pair::new();
+    let up = ipv4(GW_IP, HUB_IP, 60);
+    p.send(Dir::ToHub, &up);
+    assert_eq!(p.gw_sent(MSG_HANDSHAKE_INIT, None).len(), 1);
+    assert_eq!(p.hub.delivered, vec![up]);
+}
+
+#[test]
+fn persistent_keepalive_is_sent_every_25_s_when_idle() {
+    let mut p = Pair::new();
+    p.connect();
+    let after_handshake = p.log.len();
+    p.run_for(Duration::from_secs(60));
+    let keepalives: Vec<Duration> = p.log[after_handshake..]
+        .iter()
+        .filter(|(_, d, pkt)| *d == Dir::ToHub && pkt.len() == WG_OVERHEAD && pkt[0] == 4)
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert!(keepalives.len() >= 2, "keepalives at {keepalives:?}");
+    assert!(keepalives[0] >= Duration::from_secs(24), "{keepalives:?}");
+    for w in keepalives.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_secs(25) && gap <= Duration::from_secs(26),
+            "{keepalives:?}"
+        );
+    }
+}
+
+#[test]
+fn sender_rekeys_after_rekey_after_time() {
+    let mut p = Pair::new();
+    p.connect();
+    let first = p.gw.core.last_handshake().unwrap();
+    let up = ipv4(GW_IP, HUB_IP, 40);
+    for _ in 0..130 {
+        p.send(Dir::ToHub, &up);
+        p.run_for(Duration::from_secs(1));
+    }
+    let inits = p.gw_sent(MSG_HANDSHAKE_INIT, None);
+    assert_eq!(inits.len(), 2, "handshake initiations at {inits:?}");
+    assert!(
+        inits[1] >= Duration::from_secs(120) && inits[1] <= Duration::from_secs(123),
+        "{inits:?}"
+    );
+    let second = p.gw.core.last_handshake().unwrap();
+    // boringtun stamps events with the time of its last timer update: one tick of grain.
+    assert!(
+        second - first >= REKEY_AFTER - TIMER_TICK,
+        "{:?}",
+        second - first
+    );
+    assert_eq!(
+        p.hub.delivered.len(),
+        130,
+        "no packet lost across the rekey"
+    );
+}
+
+#[test]
+fn resolve_is_requested_after_3_minutes_without_handshake() {
+    let mut p = Pair::new();
+    p.connect();
+    let handshake = p.gw.core.last_handshake().unwrap();
+    p.hub_answers = false;
+    assert!(!p.gw.core.wants_resolve(p.now));
+    while !p.gw.core.wants_resolve(p.now) {
+        p.run_for(TIMER_TICK);
+        assert!(p.now - handshake <= RESOLVE_AFTER_NO_HANDSHAKE + TIMER_TICK);
+    }
+    assert!(p.now - handshake >= RESOLVE_AFTER_NO_HANDSHAKE);
+    // Once resolved again (same address), the next request waits another 3 minutes.
+    p.gw.core.resolve_started(p.now);
+    assert!(!p.gw.core.wants_resolve(p.now));
+    assert_eq!(
+        p.gw.core
+            .resolve_finished(Ok(vec!["192.0.2.1:51820".parse().unwrap()])),
+        None
+    );
+    p.run_for(Duration::from_secs(179));
+    assert!(!p.gw.core.wants_resolve(p.now));
+    p.run_for(Duration::from_secs(1));
+    assert!(p.gw.core.wants_resolve(p.now));
+}
+
+#[test]
+fn failed_send_requests_a_resolve_after_the_retry_interval() {
+    let mut p = Pair::new();
+    p.connect();
+    p.gw.core
+        .on_send_error("send to 192.0.2.1:51820: network unreachable");
+    assert!(!p.gw.core.wants_resolve(p.now));
+    p.advance(RESOLVE_RETRY_INTERVAL);
+    assert!(p.gw.core.wants_resolve(p.now));
+    let st = p.gw.stats.snapshot(p.now);
+    assert!(st.last_error.unwrap().contains("network unreachable"));
+}
+
+#[test]
+fn new_address_replaces_a_vanished_endpoint_and_triggers_a_handshake() {
+    let mut p = Pair::new();
+    p.connect();
+    let a: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+    let b: SocketAddr = "192.0.2.2:51820".parse().unwrap();
+    p.gw.core.resolve_started(p.now);
+    assert_eq!(p.gw.core.resolve_finished(Ok(vec![b, a])), None, "kept");
+    p.gw.core.resolve_started(p.now);
+    assert_eq!(p.gw.core.resolve_finished(Ok(vec![b])), Some(b));
+    assert_eq!(p.gw.core.endpoint(), Some(b));
+    let inits = p.gw_sent(MSG_HANDSHAKE_INIT, None).len();
+    p.advance(Duration::from_secs(1));
+    p.tick();
+    assert_eq!(p.gw_sent(MSG_HANDSHAKE_INIT, None).len(), inits + 1);
+    assert_eq!(
+        p.gw.stats.snapshot(p.now).endpoint.as_deref(),
+        Some("192.0.2.2:51820")
+    );
+    p.gw.core.resolve_started(p.now);
+    assert_eq!(p.gw.core.resolve_finished(Err("no such host".into())), None);
+    assert_eq!(p.gw.core.endpoint(), Some(b), "an error keeps the address");
+}
+
+#[test]
+fn packets_from_outside_allowed_ips_are_dropped() {
+    let mut p = Pair::new();
+    p.connect();
+    let spoofed = ipv4([10, 9, 9, 9], GW_IP, 20);
+    p.send(Dir::ToGw, &spoofed);
+    assert!(p.gw.delivered.is_empty());
+    assert_eq!(p.gw.stats.rx_dropped_not_allowed(), 1);
+    assert_eq!(p.gw.stats.snapshot(p.now).rx_packets, 0);
+
+    let wire_before = p.log.len();
+    let elsewhere = ipv4(GW_IP, [192, 168, 1, 1], 20);
+    p.send(Dir::ToHub, &elsewhere);
+    assert_eq!(p.log.len(), wire_before, "nothing was sent");
+    assert_eq!(p.gw.stats.tx_dropped_not_allowed(), 1);
+    assert_eq!(p.gw.stats.snapshot(p.now).tx_packets, 0);
+}
+
+#[test]
+fn silent_hub_keeps_getting_handshake_initiations_after_expiry() {
+    let mut p = Pair::new();
+    p.hub_answers = false;
+    p.run_for(Duration::from_secs(200));
+    let inits = p.gw_sent(MSG_HANDSHAKE_INIT, Some(HANDSHAKE_INIT_LEN));
+    assert!(
+        inits.iter().any(|t| *t > Duration::from_secs(100)),
+        "initiations stopped: {inits:?}"
+    );
+    // Retries are REKEY_TIMEOUT (5 s) apart, never a flood.
+    assert!(inits.len() <= 200 / 5 + 2, "{} initiations", inits.len());
+    assert!(p.gw.stats.snapshot(p.now).last_error.is_some());
+    assert!(p.gw.core.wants_resolve(p.now));
+}

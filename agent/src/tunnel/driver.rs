@@ -1,0 +1,307 @@
+//! The data path: moves packets between the interface and the hub through a [`TunnelCore`].
+//!
+//! One task on its own current-thread runtime (see [`spawn`]) waits for the interface or the
+//! UDP socket to become readable, for the timer tick and for a pending name resolution.
+//! Readable UDP: up to [`BATCH`] datagrams per `recvmmsg`, each decrypted and written to the
+//! interface. Readable interface: up to [`BATCH`] packets read and encrypted into a batch that
+//! leaves in one `sendmmsg`. Buffers are allocated once; nothing here waits on the control
+//! socket.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use gatelet_agent_api::env::Endpoint;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use super::core::{FromNetwork, TunnelCore, TIMER_TICK};
+use super::resolve::resolve;
+use super::udp::{self, PacketBatch, BATCH};
+
+/// Batches handled per readiness before the loop looks at the other sources again.
+const ROUNDS_PER_WAKEUP: usize = 8;
+/// Times a full send batch waits for socket space before the rest is dropped.
+const MAX_SEND_WAITS: usize = 64;
+/// Extra room above the MTU for datagrams from a hub with a larger MTU.
+const PACKET_HEADROOM: usize = 128;
+
+/// Everything the data path needs.
+#[derive(Debug)]
+pub struct DataPath<T: AsRawFd> {
+    /// The protocol logic.
+    pub core: TunnelCore,
+    /// The interface: a TUN device, or any descriptor that reads and writes one IP packet
+    /// per call (a `SOCK_SEQPACKET` socket in tests). Must be non-blocking.
+    pub iface: T,
+    /// The UDP socket to the hub (non-blocking); replaced when the hub's address family
+    /// changes.
+    pub udp: UdpSocket,
+    /// The hub's name and port, resolved again when the core asks.
+    pub endpoint: Endpoint,
+    /// The interface MTU, which sizes the buffers.
+    pub mtu: u16,
+}
+
+/// Starts the data path on a thread of its own; it runs until `shutdown` turns true or its
+/// sender is dropped.
+pub fn spawn<T: AsRawFd + Send + 'static>(
+    dp: DataPath<T>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<JoinHandle<io::Result<()>>> {
+    std::thread::Builder::new()
+        .name("gatelet-datapath".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .max_blocking_threads(1)
+                .build()?;
+            rt.block_on(run(dp, shutdown))
+        })
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn write_fd(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
+    // SAFETY: `packet` is valid for reads of its length.
+    let n = unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Runs the data path until shutdown (see [`spawn`]). Must run inside a tokio runtime with
+/// I/O and time enabled.
+pub async fn run<T: AsRawFd>(
+    dp: DataPath<T>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let max_packet = usize::from(dp.mtu).max(1500) + PACKET_HEADROOM;
+    let out_len = TunnelCore::dst_len(max_packet);
+    let mut core = dp.core;
+    // SAFETY: the AsyncFd owns the descriptor and nothing else closes or replaces it.
+    let iface = unsafe { AsyncFd::register(dp.iface)? };
+    // SAFETY: as above.
+    let mut udp = unsafe { AsyncFd::register(dp.udp)? };
+    let endpoint = dp.endpoint;
+    let mut rx = PacketBatch::new(out_len);
+    let mut tx = PacketBatch::new(out_len);
+    let mut plain = vec![0u8; out_len];
+    let mut packet = vec![0u8; max_packet];
+    let mut resolving: Option<tokio::task::JoinHandle<Result<Vec<SocketAddr>, String>>> = None;
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    loop {
+        let now = Instant::now();
+        if resolving.is_none() && core.wants_resolve(now) {
+            core.resolve_started(now);
+            let ep = endpoint.clone();
+            resolving = Some(tokio::task::spawn_blocking(move || resolve(&ep)));
+        }
+        let resolved = async {
+            match resolving.as_mut() {
+                Some(h) => h.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if shutdown.has_changed().is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            r = udp.readable() => {
+                let mut g = r?;
+                on_udp_readable(&mut g, &mut core, &iface, &mut rx, &mut plain);
+            }
+            r = iface.readable() => {
+                let mut g = r?;
+                read_iface(&mut g, &mut core, &mut packet, &mut tx)?;
+                drop(g);
+                flush(&udp, &mut core, &tx).await?;
+            }
+            _ = tick.tick() => {
+                if let Some(d) = core.on_timer(Instant::now(), &mut plain) {
+                    send_one(&mut core, udp.get_ref(), d);
+                }
+            }
+            result = resolved => {
+                resolving = None;
+                let result = result.unwrap_or_else(|e| Err(format!("name resolution failed: {e}")));
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "hub endpoint not resolved");
+                }
+                let old = core.endpoint();
+                if let Some(new) = core.resolve_finished(result) {
+                    tracing::info!(old = ?old, new = %new, endpoint = %endpoint, "hub endpoint address in use");
+                    let same_family = udp.get_ref().local_addr()?.is_ipv4() == new.is_ipv4();
+                    if same_family {
+                        udp.get_ref().connect(new)?;
+                    } else {
+                        let fresh = udp::socket_for(new, true)?;
+                        // SAFETY: the AsyncFd owns the fresh socket.
+                        udp = unsafe { AsyncFd::register(fresh)? };
+                    }
+                    if let Some(d) = core.on_timer(Instant::now(), &mut plain) {
+                        send_one(&mut core, udp.get_ref(), d);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decrypts what the hub sent and writes it to the interface.
+fn on_udp_readable<T: AsRawFd>(
+    g: &mut AsyncFdReadyGuard<'_, UdpSocket>,
+    core: &mut TunnelCore,
+    iface: &AsyncFd<T>,
+    rx: &mut PacketBatch,
+    plain: &mut [u8],
+) {
+    let iface_fd = iface.get_ref().as_raw_fd();
+    for _ in 0..ROUNDS_PER_WAKEUP {
+        let n = match g.try_io(|s| udp::recv_batch(s.get_ref(), rx)) {
+            Err(_would_block) => return,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => {
+                // On a connected socket an ICMP error from the hub's address shows up here.
+                let msg = match core.endpoint() {
+                    Some(ep) => format!("the hub at {ep} does not accept datagrams: {e}"),
+                    None => format!("UDP receive failed: {e}"),
+                };
+                tracing::debug!(error = %e, "UDP receive error");
+                core.on_send_error(&msg);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let sock = g.get_ref().get_ref();
+        for i in 0..n {
+            let datagram = rx.get(i);
+            if datagram.is_empty() {
+                continue;
+            }
+            match core.from_network(now, datagram, plain) {
+                FromNetwork::ToTun(p) => {
+                    if let Err(e) = write_fd(iface_fd, p) {
+                        tracing::debug!(error = %e, "dropped a packet the interface refused");
+                    }
+                }
+                FromNetwork::ToNetwork(d) => {
+                    send_one(core, sock, d);
+                    for _ in 0..BATCH * 8 {
+                        match core.poll_queued(plain) {
+                            Some(q) => send_one(core, sock, q),
+                            None => break,
+                        }
+                    }
+                }
+                FromNetwork::Nothing => {}
+            }
+        }
+        if n < BATCH {
+            return;
+        }
+    }
+}
+
+/// Reads up to a batch of packets from the interface and encrypts them into `tx`.
+fn read_iface<T: AsRawFd>(
+    g: &mut AsyncFdReadyGuard<'_, T>,
+    core: &mut TunnelCore,
+    packet: &mut [u8],
+    tx: &mut PacketBatch,
+) -> io::Result<()> {
+    tx.clear();
+    let fd = g.get_ref().get_ref().as_raw_fd();
+    for _ in 0..BATCH {
+        let Some(slot) = tx.free_slot() else {
+            break;
+        };
+        let len = match g.try_io(|_| read_fd(fd, packet)) {
+            Err(_would_block) => break,
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot read from the interface: {e}"),
+                ))
+            }
+        };
+        if let Some(out) = core.from_tun(&packet[..len], slot) {
+            let n = out.len();
+            tx.push(n);
+        }
+    }
+    Ok(())
+}
+
+/// Sends the batch, waiting for socket space when the kernel's buffer is full.
+async fn flush(
+    udp: &AsyncFd<UdpSocket>,
+    core: &mut TunnelCore,
+    tx: &PacketBatch,
+) -> io::Result<()> {
+    if core.endpoint().is_none() {
+        return Ok(());
+    }
+    let mut sent = 0;
+    for _ in 0..MAX_SEND_WAITS {
+        if sent >= tx.len() {
+            return Ok(());
+        }
+        match udp::send_batch(udp.get_ref(), tx, sent) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut g = udp.writable().await?;
+                g.clear_ready();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                send_failed(core, &e);
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn send_one(core: &mut TunnelCore, sock: &UdpSocket, datagram: &[u8]) {
+    if core.endpoint().is_none() {
+        return;
+    }
+    match sock.send(datagram) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => send_failed(core, &e),
+    }
+}
+
+fn send_failed(core: &mut TunnelCore, e: &io::Error) {
+    let msg = match core.endpoint() {
+        Some(ep) => format!("cannot send to the hub at {ep}: {e}"),
+        None => format!("cannot send to the hub: {e}"),
+    };
+    tracing::debug!(error = %e, "UDP send error");
+    core.on_send_error(&msg);
+}

@@ -1,0 +1,206 @@
+//! Batched UDP I/O: one `recvmmsg` or `sendmmsg` call moves up to [`BATCH`] datagrams.
+//!
+//! The socket is connected to the hub, so no addresses travel with the datagrams.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+
+/// [`BATCH`] equal-size slots in one allocation, each holding one datagram.
+#[derive(Debug)]
+pub struct PacketBatch {
+    data: Vec<u8>,
+    slot: usize,
+    lens: [usize; BATCH],
+    count: usize,
+}
+
+impl PacketBatch {
+    /// Slots of `slot` bytes each.
+    pub fn new(slot: usize) -> Self {
+        PacketBatch {
+            data: vec![0; slot * BATCH],
+            slot,
+            lens: [0; BATCH],
+            count: 0,
+        }
+    }
+
+    /// Number of filled slots.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no slot is filled.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Forgets every datagram.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// Datagram `i` (empty if it was truncated).
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = i * self.slot;
+        &self.data[start..start + self.lens[i]]
+    }
+
+    /// The next free slot, to be filled and then committed with [`PacketBatch::push`]; None
+    /// when the batch is full.
+    pub fn free_slot(&mut self) -> Option<&mut [u8]> {
+        if self.count == BATCH {
+            return None;
+        }
+        let start = self.count * self.slot;
+        Some(&mut self.data[start..start + self.slot])
+    }
+
+    /// Commits `len` bytes written at the start of the slot [`PacketBatch::free_slot`] gave.
+    pub fn push(&mut self, len: usize) {
+        if self.count < BATCH {
+            self.lens[self.count] = len.min(self.slot);
+            self.count += 1;
+        }
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// Receives up to [`BATCH`] datagrams without blocking into `batch` (cleared first). Returns
+/// how many arrived, or `WouldBlock` when none is waiting.
+pub fn recv_batch(sock: &UdpSocket, batch: &mut PacketBatch) -> io::Result<usize> {
+    batch.clear();
+    let slot = batch.slot;
+    // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let base = batch.data.as_mut_ptr();
+    for i in 0..BATCH {
+        // SAFETY: slot i lies within `data` (BATCH * slot bytes).
+        iov[i].iov_base = unsafe { base.add(i * slot) }.cast();
+        iov[i].iov_len = slot;
+        hdr[i].msg_hdr.msg_iov = &mut iov[i];
+        hdr[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at a valid, exclusively borrowed buffer.
+    let n = check(unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            hdr.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    })?;
+    for (i, h) in hdr.iter().enumerate().take(n) {
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        batch.lens[i] = if truncated { 0 } else { h.msg_len as usize };
+    }
+    batch.count = n;
+    Ok(n)
+}
+
+/// Sends datagrams `from..` of `batch` without blocking. Returns how many the kernel took
+/// (possibly fewer), or the error of the first one.
+pub fn send_batch(sock: &UdpSocket, batch: &PacketBatch, from: usize) -> io::Result<usize> {
+    let count = batch.count.saturating_sub(from);
+    if count == 0 {
+        return Ok(0);
+    }
+    // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for k in 0..count {
+        let d = batch.get(from + k);
+        iov[k].iov_base = d.as_ptr() as *mut libc::c_void;
+        iov[k].iov_len = d.len();
+        hdr[k].msg_hdr.msg_iov = &mut iov[k];
+        hdr[k].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the headers point at datagrams borrowed from `batch` for the call; the kernel
+    // only reads them.
+    check(unsafe {
+        libc::sendmmsg(
+            sock.as_raw_fd(),
+            hdr.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// A non-blocking UDP socket of `peer`'s address family on an ephemeral port, connected to
+/// `peer` when given.
+pub fn socket_for(peer: SocketAddr, connect: bool) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_nonblocking(true)?;
+    if connect {
+        sock.connect(peer)?;
+    }
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_datagrams_goes_through_loopback_in_order() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut out = PacketBatch::new(64);
+        for i in 0..5u8 {
+            let slot = out.free_slot().unwrap();
+            slot[..3].copy_from_slice(&[i, i, i]);
+            out.push(3);
+        }
+        assert_eq!(send_batch(&a, &out, 1).unwrap(), 4);
+        let mut inb = PacketBatch::new(64);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match recv_batch(&b, &mut inb) {
+                Ok(n) => (0..n).for_each(|i| got.push(inb.get(i).to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got.len() == 4 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, vec![vec![1; 3], vec![2; 3], vec![3; 3], vec![4; 3]]);
+    }
+
+    #[test]
+    fn a_full_batch_has_no_free_slot() {
+        let mut b = PacketBatch::new(8);
+        for _ in 0..BATCH {
+            assert!(b.free_slot().is_some());
+            b.push(1);
+        }
+        assert!(b.free_slot().is_none());
+        assert_eq!(b.len(), BATCH);
+    }
+}
