@@ -1,0 +1,633 @@
+//! The GateControl client and the sync/heartbeat loops against the fake GateControl server,
+//! which replays the real fixtures and records every request byte for byte.
+
+mod fake_gatecontrol;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fake_gatecontrol::{fixture_dir, FakeGateControl, Fault, Recorded};
+use gatelet_agent_api::env::{EnvFile, GatewayEnv, Secret};
+use gatelet_companion::client::{CheckOutcome, Client, ClientError, USER_AGENT};
+use gatelet_companion::state::Shared;
+use gatelet_companion::sync::{ApplyOutcome, Budget, HeartbeatLoop, PushSignal, SyncLoop};
+
+const HASH_BEFORE: &str = "sha256:7a03de71d95adb86fda87c5bfebc7791915b233fd9c035769ee0cc3ecca9fca0";
+const HASH_AFTER: &str = "sha256:826bd13fe367fe929b269438284a80c5078af728de0feceb5bfade3f6cdce93f";
+
+fn env_text() -> String {
+    std::fs::read_to_string(fixture_dir().join("gateway-env.txt")).expect("fixture gateway-env.txt")
+}
+
+/// The token of the fixture gateway.env, through the real parser.
+fn token_from(text: &str) -> Secret {
+    let file = EnvFile::parse(text).expect("fixture parses");
+    GatewayEnv::from_file(&file)
+        .expect("fixture validates")
+        .api_token
+        .expect("fixture has GC_API_TOKEN")
+}
+
+fn fixture_token() -> Secret {
+    token_from(&env_text())
+}
+
+fn client(server: &FakeGateControl) -> Client {
+    Client::new(&format!("{}/", server.url()), fixture_token())
+}
+
+fn assert_common_headers(r: &Recorded) {
+    let token = fixture_token();
+    assert_eq!(
+        r.header("Authorization"),
+        Some(format!("Bearer {}", token.expose()).as_str()),
+        "exactly one Authorization header with the Bearer scheme"
+    );
+    assert_eq!(r.header("Accept"), Some("application/json"));
+    assert_eq!(r.header("User-Agent"), Some(USER_AGENT));
+    assert!(USER_AGENT.starts_with("gatelet/"));
+    assert!(
+        r.header_all("X-Gateway-Token").is_empty(),
+        "push token never sent"
+    );
+}
+
+#[test]
+fn check_echoes_the_stored_hash_byte_for_byte_and_sends_exact_headers() {
+    let server = FakeGateControl::start_default().unwrap();
+    let c = client(&server);
+    let (outcome, rate) = c.check(Some(HASH_BEFORE)).unwrap();
+    assert_eq!(outcome, CheckOutcome::Unchanged, "304 is Unchanged");
+    assert_eq!(rate.limit, Some(100));
+    assert_eq!(rate.remaining, Some(99), "304 counts against the limit");
+    assert!(rate.reset_s.is_some_and(|r| r <= 900));
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.path(), "/api/v1/gateway/config/check", "no double slash");
+    assert_eq!(
+        r.raw_query(),
+        Some("hash=sha256%3A7a03de71d95adb86fda87c5bfebc7791915b233fd9c035769ee0cc3ecca9fca0")
+    );
+    assert_eq!(r.query_param("hash").as_deref(), Some(HASH_BEFORE));
+    assert_common_headers(r);
+    assert!(r.header_all("Content-Type").is_empty());
+    assert!(r.body.is_empty());
+    assert_eq!(r.status, 304);
+}
+
+#[test]
+fn odd_stored_hash_is_echoed_exactly_and_changed_hash_is_returned() {
+    let server = FakeGateControl::start_default().unwrap();
+    let c = client(&server);
+    // Whatever the server once gave is sent back as is, even characters that need escaping.
+    let odd = "sha256:AB+/= &x";
+    let (outcome, _) = c.check(Some(odd)).unwrap();
+    assert_eq!(outcome, CheckOutcome::Changed(HASH_BEFORE.into()));
+    assert_eq!(
+        server.requests()[0].query_param("hash").as_deref(),
+        Some(odd)
+    );
+    // No stored hash: no parameter; the server answers with its hash.
+    let (outcome, _) = c.check(None).unwrap();
+    assert_eq!(outcome, CheckOutcome::Changed(HASH_BEFORE.into()));
+    assert_eq!(server.requests()[1].target, "/api/v1/gateway/config/check");
+}
+
+#[test]
+fn change_leads_to_changed_hash_then_fetch_of_the_new_document() {
+    let server = FakeGateControl::start_default().unwrap();
+    let c = client(&server);
+    server
+        .set_config_fixture("gateway-config-after-change.json")
+        .unwrap();
+    let (outcome, _) = c.check(Some(HASH_BEFORE)).unwrap();
+    assert_eq!(outcome, CheckOutcome::Changed(HASH_AFTER.into()));
+    let (doc, rate) = c.fetch_config().unwrap();
+    let want = std::fs::read(fixture_dir().join("gateway-config-after-change.json")).unwrap();
+    assert_eq!(doc, want, "document returned raw, byte for byte");
+    assert_eq!(rate.remaining, Some(98));
+    let reqs = server.requests();
+    assert_eq!(reqs[1].method, "GET");
+    assert_eq!(reqs[1].target, "/api/v1/gateway/config");
+    assert_common_headers(&reqs[1]);
+}
+
+#[test]
+fn heartbeat_is_posted_as_json_with_exact_headers() {
+    let server = FakeGateControl::start_default().unwrap();
+    let c = client(&server);
+    let body = std::fs::read(fixture_dir().join("heartbeat-request.json")).unwrap();
+    let rate = c.heartbeat(&body).unwrap();
+    assert_eq!(rate.remaining, Some(99));
+    let r = &server.requests()[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.target, "/api/v1/gateway/heartbeat");
+    assert_common_headers(r);
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert_eq!(r.body, body);
+    let stored = server.heartbeats();
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stored, vec![sent], "stored as sent, not as {{}}");
+}
+
+#[test]
+fn heartbeat_type_error_is_a_status_error_with_the_servers_message() {
+    let server = FakeGateControl::start_default().unwrap();
+    let err = client(&server)
+        .heartbeat(br#"{"uptime_s":"12"}"#)
+        .unwrap_err();
+    match err {
+        ClientError::Status {
+            code: 400, body, ..
+        } => {
+            assert!(body.contains("uptime_s must be number"), "{body}")
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+#[test]
+fn rate_limit_429_is_reported_with_retry_after() {
+    let server = FakeGateControl::start_default().unwrap();
+    server.set_rate_limit(3, Duration::from_secs(900));
+    let c = client(&server);
+    for left in [2, 1, 0] {
+        let (_, rate) = c.check(Some(HASH_BEFORE)).unwrap();
+        assert_eq!(rate.remaining, Some(left));
+    }
+    match c.check(Some(HASH_BEFORE)).unwrap_err() {
+        ClientError::RateLimited {
+            retry_after_s,
+            rate,
+            ..
+        } => {
+            let ra = retry_after_s.expect("Retry-After");
+            assert!((890..=900).contains(&ra), "Retry-After {ra}");
+            assert_eq!(rate.remaining, Some(0));
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+#[test]
+fn auth_errors_surface_the_servers_error_string() {
+    let server = FakeGateControl::start_default().unwrap();
+    let other = env_text().replace(
+        "gc_gw_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "gc_gw_1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a",
+    );
+    let c = Client::new(&server.url(), token_from(&other));
+    let err = c.check(Some(HASH_BEFORE)).unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Forbidden {
+            what: "config check",
+            error: "invalid_token".into()
+        }
+    );
+    let shown = err.to_string();
+    assert!(shown.contains("invalid_token"), "{shown}");
+    assert!(
+        !shown.contains("1a1a1a"),
+        "the token is never shown: {shown}"
+    );
+    assert!(!format!("{c:?}").contains("1a1a1a"), "nor in Debug");
+    // A failed answer does not count against the limit.
+    let (_, rate) = client(&server).check(Some(HASH_BEFORE)).unwrap();
+    assert_eq!(rate.remaining, Some(99));
+}
+
+#[test]
+fn connection_cut_mid_response_is_not_reused() {
+    let server = FakeGateControl::start_default().unwrap();
+    let c = client(&server);
+    c.fetch_config().unwrap();
+    c.fetch_config().unwrap();
+    let reqs = server.requests();
+    assert_eq!(
+        reqs[0].conn, reqs[1].conn,
+        "keep-alive reuses a healthy connection"
+    );
+
+    server.inject(Fault::TruncateBody);
+    let err = c.fetch_config().unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+
+    let (doc, _) = c
+        .fetch_config()
+        .expect("the next call works on a new connection");
+    assert_eq!(doc, server.config());
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(
+        reqs[2].conn, reqs[1].conn,
+        "the cut answer came on the pooled one"
+    );
+    assert_ne!(
+        reqs[3].conn, reqs[2].conn,
+        "the broken connection was not reused"
+    );
+}
+
+#[test]
+fn connection_closed_without_answer_fails_once_then_recovers() {
+    let server = FakeGateControl::start_default().unwrap();
+    let c = client(&server);
+    c.check(Some(HASH_BEFORE)).unwrap();
+    server.inject(Fault::CloseWithoutAnswer);
+    assert!(matches!(
+        c.check(Some(HASH_BEFORE)),
+        Err(ClientError::Transport { .. })
+    ));
+    c.check(Some(HASH_BEFORE)).unwrap();
+    let reqs = server.requests();
+    assert_ne!(reqs[2].conn, reqs[1].conn);
+}
+
+/// Runs the sync and heartbeat loops on threads; stops and joins them on drop.
+struct Loops {
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    push: PushSignal,
+    shared: Shared,
+    applied: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_loops(server: &FakeGateControl, stored_hash: Option<&str>, heartbeats: bool) -> Loops {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let push = PushSignal::new();
+    let hb_now = PushSignal::new();
+    let shared = Shared::default();
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let budget = Budget::new(Duration::from_secs(30)).shared();
+    let c = client(server);
+    let sink = {
+        let applied = applied.clone();
+        move |raw: &[u8]| {
+            let hash = serde_json::from_slice::<serde_json::Value>(raw)
+                .ok()
+                .and_then(|v| v.get("config_hash")?.as_str().map(str::to_owned));
+            match hash {
+                Some(hash) => {
+                    applied.lock().unwrap().push(hash.clone());
+                    ApplyOutcome::Applied { hash }
+                }
+                None => ApplyOutcome::Rejected {
+                    hash: None,
+                    reason: "no config_hash".into(),
+                },
+            }
+        }
+    };
+    let mut threads = Vec::new();
+    {
+        let mut sync = SyncLoop::new(
+            c.clone(),
+            stored_hash.map(str::to_owned),
+            budget.clone(),
+            sink,
+            shared.clone(),
+            push.clone(),
+            hb_now.clone(),
+        );
+        let shutdown = shutdown.clone();
+        threads.push(std::thread::spawn(move || sync.run(&shutdown)));
+    }
+    if heartbeats {
+        let shared_hb = shared.clone();
+        let mut hb = HeartbeatLoop::new(
+            c,
+            budget,
+            move || {
+                let hash = shared_hb.snapshot().sync.config_hash;
+                serde_json::to_vec(&serde_json::json!({"config_hash": hash})).unwrap_or_default()
+            },
+            shared.clone(),
+            hb_now,
+        );
+        let shutdown = shutdown.clone();
+        threads.push(std::thread::spawn(move || hb.run(&shutdown)));
+    }
+    Loops {
+        shutdown,
+        threads,
+        push,
+        shared,
+        applied,
+    }
+}
+
+fn checks(reqs: &[Recorded]) -> Vec<&Recorded> {
+    reqs.iter()
+        .filter(|r| r.path() == "/api/v1/gateway/config/check")
+        .collect()
+}
+
+#[test]
+fn sync_loop_fetches_applies_and_follows_a_push_within_a_second() {
+    let server = FakeGateControl::start_default().unwrap();
+    let loops = start_loops(&server, None, true);
+    // Boot: check without a hash, fetch, apply, heartbeat carrying the new hash.
+    server
+        .wait_for(Duration::from_secs(5), |r| {
+            r.iter().any(|r| {
+                r.path() == "/api/v1/gateway/heartbeat"
+                    && String::from_utf8_lossy(&r.body).contains(HASH_BEFORE)
+            })
+        })
+        .expect("heartbeat with the applied hash");
+    assert_eq!(*loops.applied.lock().unwrap(), vec![HASH_BEFORE.to_owned()]);
+    let snap = loops.shared.snapshot();
+    assert_eq!(snap.sync.config_hash.as_deref(), Some(HASH_BEFORE));
+    assert_eq!(snap.sync.state, "in_sync");
+    assert_eq!(snap.sync.mode, "server");
+    assert!(snap.heartbeat.as_ref().is_some_and(|h| h.ok));
+    let reqs = server.requests();
+    assert_eq!(reqs[0].target, "/api/v1/gateway/config/check");
+    for r in &reqs {
+        assert_common_headers(r);
+        if r.method == "POST" {
+            assert_eq!(r.header("Content-Type"), Some("application/json"));
+        }
+    }
+
+    // Push after a change: a check with the stored hash within 1 s, then the fetch.
+    std::thread::sleep(Duration::from_millis(300));
+    server
+        .set_config_fixture("gateway-config-after-change.json")
+        .unwrap();
+    let before = server.requests().len();
+    let pushed = Instant::now();
+    loops.push.notify();
+    let reqs = server
+        .wait_for(Duration::from_secs(3), |r| {
+            r[before..]
+                .iter()
+                .any(|r| r.target == "/api/v1/gateway/config")
+        })
+        .expect("fetch after push");
+    let check = checks(&reqs[before..])[0].clone();
+    assert_eq!(check.query_param("hash").as_deref(), Some(HASH_BEFORE));
+    assert!(pushed.elapsed() < Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while loops.shared.snapshot().sync.config_hash.as_deref() != Some(HASH_AFTER) {
+        assert!(Instant::now() < deadline, "new hash never stored");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // And an immediate heartbeat with the new hash.
+    server
+        .wait_for(Duration::from_secs(3), |r| {
+            r.iter().any(|r| {
+                r.path() == "/api/v1/gateway/heartbeat"
+                    && String::from_utf8_lossy(&r.body).contains(HASH_AFTER)
+            })
+        })
+        .expect("heartbeat with the new hash at once");
+}
+
+#[test]
+fn sync_loop_push_reaches_the_server_within_one_second() {
+    let server = FakeGateControl::start_default().unwrap();
+    let loops = start_loops(&server, Some(HASH_BEFORE), false);
+    server
+        .wait_for(Duration::from_secs(5), |r| checks(r).len() == 1)
+        .expect("boot check");
+    std::thread::sleep(Duration::from_millis(500));
+    let pushed = Instant::now();
+    loops.push.notify();
+    server
+        .wait_for(Duration::from_secs(2), |r| checks(r).len() == 2)
+        .expect("check after push");
+    let took = pushed.elapsed();
+    assert!(took < Duration::from_secs(1), "push to check took {took:?}");
+    assert_eq!(loops.shared.snapshot().sync.state, "in_sync");
+}
+
+#[test]
+fn sync_loop_honours_429_retry_after() {
+    let server = FakeGateControl::start_default().unwrap();
+    // Other gateways behind the same address used everything but one request.
+    server.add_foreign_requests(99);
+    let loops = start_loops(&server, Some(HASH_BEFORE), true);
+    // One request gets through, the next gets a 429 (or the budget already holds it back).
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        loops.push.notify();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let reqs = server.requests();
+    assert!(
+        reqs.len() <= 3,
+        "after the server said no requests remain, nothing more is sent: {:?}",
+        reqs.iter()
+            .map(|r| (&r.target, r.status))
+            .collect::<Vec<_>>()
+    );
+    let snap = loops.shared.snapshot();
+    assert_eq!(snap.sync.budget_remaining, Some(0));
+}
+
+#[test]
+fn sync_loop_surfaces_auth_errors_in_status_and_backs_off() {
+    let server = FakeGateControl::start_default().unwrap();
+    let other = env_text().replace(
+        "gc_gw_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "gc_gw_1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a",
+    );
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let shared = Shared::default();
+    let mut sync = SyncLoop::new(
+        Client::new(&server.url(), token_from(&other)),
+        None,
+        Budget::new(Duration::from_secs(30)).shared(),
+        |_: &[u8]| ApplyOutcome::Failed {
+            reason: "unreachable".into(),
+        },
+        shared.clone(),
+        PushSignal::new(),
+        PushSignal::new(),
+    );
+    let t = {
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || sync.run(&shutdown))
+    };
+    server
+        .wait_for(Duration::from_secs(5), |r| !r.is_empty())
+        .expect("first check");
+    std::thread::sleep(Duration::from_millis(200));
+    let snap = shared.snapshot();
+    shutdown.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    assert_eq!(snap.sync.state, "backing_off");
+    let err = snap.sync.last_error.unwrap_or_default();
+    assert!(err.contains("invalid_token"), "{err}");
+}
+
+/// Raw calls, to check that the fake enforces the real server's rules (fixtures).
+fn raw(
+    server: &FakeGateControl,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}{path}", server.url());
+    let mut resp = if method == "GET" {
+        let mut req = agent.get(&url);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        req.call().unwrap()
+    } else {
+        let mut req = agent.post(&url);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        req.send(body).unwrap()
+    };
+    let status = resp.status().as_u16();
+    let hs = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, hs, body)
+}
+
+fn has_header(hs: &[(String, String)], name: &str) -> bool {
+    hs.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+#[test]
+fn fake_server_enforces_the_bearer_scheme_and_token_format() {
+    let server = FakeGateControl::start_default().unwrap();
+    let tok = fixture_token();
+    let cases: [(&str, String, u16, &str); 5] = [
+        ("none", String::new(), 401, "missing_bearer_token"),
+        (
+            "lowercase scheme",
+            format!("bearer {}", tok.expose()),
+            401,
+            "missing_bearer_token",
+        ),
+        (
+            "push token",
+            "Bearer fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210".into(),
+            401,
+            "invalid_token_format",
+        ),
+        (
+            "unknown",
+            "Bearer gc_gw_1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a".into(),
+            403,
+            "invalid_token",
+        ),
+        ("valid", format!("Bearer {}", tok.expose()), 200, ""),
+    ];
+    for (name, auth, want, error) in cases {
+        let headers: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("Authorization", auth.as_str())]
+        };
+        let (status, hs, body) = raw(&server, "GET", "/api/v1/gateway/config", &headers, b"");
+        assert_eq!(status, want, "{name}");
+        assert!(body.contains(error), "{name}: {body}");
+        assert!(
+            has_header(&hs, "RateLimit-Remaining"),
+            "{name}: rate headers on every answer"
+        );
+    }
+    let auth = format!("Bearer {}", tok.expose());
+    let (status, _, body) = raw(
+        &server,
+        "GET",
+        "/api/v1/gateway/nope",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"ok": false, "error": "Unauthorized"})
+    );
+}
+
+#[test]
+fn fake_server_stores_heartbeat_without_json_content_type_as_empty_and_caps_bodies() {
+    let server = FakeGateControl::start_default().unwrap();
+    let auth = format!("Bearer {}", fixture_token().expose());
+    let (status, _, _) = raw(
+        &server,
+        "POST",
+        "/api/v1/gateway/heartbeat",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        br#"{"hostname":"x"}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(server.heartbeats(), vec![serde_json::json!({})]);
+    let big = vec![b' '; 16 * 1024 + 1];
+    let (status, hs, body) = raw(
+        &server,
+        "POST",
+        "/api/v1/gateway/heartbeat",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &big,
+    );
+    assert_eq!(status, 413);
+    assert!(body.contains("Payload too large"));
+    assert!(
+        !has_header(&hs, "RateLimit-Remaining"),
+        "413 comes before the limiter, as in the fixture"
+    );
+}
+
+#[test]
+fn fake_server_answers_429_with_the_fixture_headers_once_the_limit_is_used() {
+    let server = FakeGateControl::start_default().unwrap();
+    server.add_foreign_requests(100);
+    let auth = format!("Bearer {}", fixture_token().expose());
+    let (status, hs, body) = raw(
+        &server,
+        "GET",
+        "/api/v1/gateway/config/check",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(status, 429);
+    assert!(body.contains("Too many requests"), "{body}");
+    for h in [
+        "RateLimit-Policy",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+        "Retry-After",
+    ] {
+        assert!(has_header(&hs, h), "{h} missing");
+    }
+}
