@@ -199,6 +199,11 @@ impl Agent {
         })
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The control socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -166,7 +166,12 @@ impl Testbed {
 
     /// Waits until both sides report a handshake: the hub's `wg show` has one later than
     /// `after` (Unix seconds), and the agent (if the gateway is one) reports an age.
+    /// A reference gateway is nudged with a ping to the hub first: boringtun-cli does not
+    /// initiate before it has something to send.
     pub fn wait_handshake(&self, after: Option<u64>, timeout: Duration) -> Result<u64> {
+        if let Gateway::Userspace(_) = &self.gateway {
+            let _ = ping(&self.gw_ns, &HUB_TUNNEL_IP.to_string(), 1);
+        }
         let t = wait_until("the hub to see a handshake", timeout, || {
             Ok::<_, HarnessError>(self.hub_handshake()?.filter(|t| Some(*t) > after))
         })?;

@@ -2,13 +2,13 @@
 //! (see `Testbed`): handshake, traffic both ways, a hub that moves behind its name,
 //! cryptokey routing and a rekey forced by the hub. Needs root.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use gatelet_tests_hw::{
-    product_binary, require_root, udp_socket, wait_until, GatewayRole, HarnessError, Process,
-    Result, TempDir, Testbed, WgPeer, GW_TUNNEL_IP, HUB_PORT, HUB_TUNNEL_IP,
+    product_binary, require_root, wait_until, GatewayRole, HarnessError, Process, Result, TempDir,
+    Testbed, WgPeer, GW_TUNNEL_IP, HUB_PORT, HUB_TUNNEL_IP,
 };
 
 /// A handshake between two processes on one host takes milliseconds; this is generous.

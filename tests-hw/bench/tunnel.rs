@@ -1,0 +1,331 @@
+//! Tunnel throughput benchmark (run by hand through `tests-hw/bench/tunnel.sh`, as root).
+//!
+//! iperf3 TCP for `--seconds` (10) from the hub to the gateway's tunnel IP, with the hub a
+//! fixed wireguard-go and the gateway played in turn by gatelet-agent (built with each
+//! `--agent-profile`, default `release`), wireguard-go and boringtun-cli. Prints Gbit/s per
+//! gateway, the gateway process's CPU use, the ratios agent/boringtun-cli and
+//! agent/wireguard-go, and the agent's VmHWM/VmRSS under that load. With `--runs N` every
+//! gateway is measured N times, interleaved, and the median is reported.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use gatelet_tests_hw::{
+    build, memory_kib, require_root, wait_until, Gateway, GatewayRole, Testbed, WgImpl,
+    GW_TUNNEL_IP,
+};
+
+const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
+                     [--runs N] [--only agent|wireguard-go|boringtun-cli]";
+/// iperf3's default port.
+const IPERF_PORT: u16 = 5201;
+/// How long a gateway gets to complete its first handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the agent's memory is sampled during the run.
+const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+/// Targets from the issue.
+const TARGET_VS_BORINGTUN: f64 = 1.0;
+const TARGET_VS_WIREGUARD_GO: f64 = 1.5;
+const TARGET_RSS_KIB: u64 = 8 * 1024;
+
+struct Args {
+    boringtun: PathBuf,
+    agent_profiles: Vec<String>,
+    seconds: u32,
+    runs: u32,
+    only: Option<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        boringtun: std::env::var_os("BORINGTUN_CLI")
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+        agent_profiles: Vec::new(),
+        seconds: 10,
+        runs: 1,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value; {USAGE}"))
+        };
+        match a.as_str() {
+            "--boringtun" => args.boringtun = value()?.into(),
+            "--agent-profile" => args.agent_profiles.push(value()?),
+            "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
+            "--runs" => args.runs = value()?.parse().context("--runs")?,
+            "--only" => args.only = Some(value()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}; {USAGE}"),
+        }
+    }
+    if args.agent_profiles.is_empty() {
+        args.agent_profiles.push("release".into());
+    }
+    if args.runs == 0 || args.seconds == 0 {
+        bail!("--runs and --seconds must be at least 1");
+    }
+    Ok(args)
+}
+
+/// One gateway to measure.
+struct Contender {
+    label: String,
+    role: GatewayRole,
+    is_agent: bool,
+}
+
+/// What one run of one contender measured.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    gbit_s: f64,
+    /// CPU time of the gateway process over the run, in percent of one core.
+    cpu_pct: f64,
+    /// The same for the hub's wireguard-go (to see which side is the bottleneck).
+    hub_cpu_pct: f64,
+    /// Peak and last resident memory in KiB (agent only).
+    hwm_kib: u64,
+    rss_kib: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    require_root()?;
+    let wanted = |label: &str| args.only.as_deref().is_none_or(|o| label.contains(o));
+    let mut contenders = Vec::new();
+    for profile in args
+        .agent_profiles
+        .iter()
+        .filter(|_| wanted("gatelet-agent"))
+    {
+        let dir = build(profile, &["gatelet-agent"])?;
+        contenders.push(Contender {
+            label: format!("gatelet-agent ({profile})"),
+            role: GatewayRole::Agent(dir.join("gatelet-agent")),
+            is_agent: true,
+        });
+    }
+    contenders.push(Contender {
+        label: "wireguard-go".into(),
+        role: GatewayRole::Userspace(WgImpl::WireguardGo),
+        is_agent: false,
+    });
+    if args.boringtun.as_os_str().is_empty() {
+        bail!("no boringtun-cli: pass --boringtun PATH or set BORINGTUN_CLI (tunnel.sh does)");
+    }
+    contenders.push(Contender {
+        label: "boringtun-cli".into(),
+        role: GatewayRole::Userspace(WgImpl::BoringtunCli(args.boringtun.clone())),
+        is_agent: false,
+    });
+    contenders.retain(|c| wanted(&c.label));
+    if contenders.is_empty() {
+        bail!("--only matches no gateway; {USAGE}");
+    }
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
+    for run in 1..=args.runs {
+        for (i, c) in contenders.iter().enumerate() {
+            eprintln!("run {run}/{}: {} ...", args.runs, c.label);
+            let s = measure(c, args.seconds).with_context(|| format!("measuring {}", c.label))?;
+            eprintln!(
+                "  {:.2} Gbit/s, gateway {:.0}% CPU, hub {:.0}% CPU",
+                s.gbit_s, s.cpu_pct, s.hub_cpu_pct
+            );
+            samples[i].push(s);
+        }
+    }
+
+    println!();
+    println!(
+        "iperf3 TCP {} s, hub (wireguard-go) -> gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
+        args.seconds, args.runs
+    );
+    println!(
+        "{:<26} {:>7} {:>9} {:>9} {:>10} {:>10}",
+        "gateway", "Gbit/s", "gw CPU%", "hub CPU%", "VmHWM KiB", "VmRSS KiB"
+    );
+    let medians: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
+    for (c, m) in contenders.iter().zip(&medians) {
+        let mem = |v: u64| {
+            if c.is_agent {
+                v.to_string()
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "{:<26} {:>7.2} {:>9.0} {:>9.0} {:>10} {:>10}",
+            c.label,
+            m.gbit_s,
+            m.cpu_pct,
+            m.hub_cpu_pct,
+            mem(m.hwm_kib),
+            mem(m.rss_kib)
+        );
+    }
+    let find = |name: &str| {
+        contenders
+            .iter()
+            .zip(&medians)
+            .find(|(c, _)| c.label == name)
+            .map(|(_, m)| m.gbit_s)
+    };
+    println!();
+    for (c, m) in contenders.iter().zip(&medians).filter(|(c, _)| c.is_agent) {
+        if let Some(bt) = find("boringtun-cli") {
+            let r = m.gbit_s / bt;
+            println!(
+                "{}: agent/boringtun-cli = {r:.2} (target >= {TARGET_VS_BORINGTUN}) {}",
+                c.label,
+                verdict(r >= TARGET_VS_BORINGTUN)
+            );
+        }
+        if let Some(wg) = find("wireguard-go") {
+            let r = m.gbit_s / wg;
+            println!(
+                "{}: agent/wireguard-go  = {r:.2} (target >= {TARGET_VS_WIREGUARD_GO}) {}",
+                c.label,
+                verdict(r >= TARGET_VS_WIREGUARD_GO)
+            );
+        }
+        println!(
+            "{}: memory under load VmHWM {} KiB, VmRSS {} KiB (target <= {TARGET_RSS_KIB} KiB) {}",
+            c.label,
+            m.hwm_kib,
+            m.rss_kib,
+            verdict(m.hwm_kib <= TARGET_RSS_KIB)
+        );
+    }
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The sample with the median throughput (memory and CPU from that same run).
+fn median(samples: &[Sample]) -> Sample {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.gbit_s.total_cmp(&b.gbit_s));
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+fn measure(c: &Contender, seconds: u32) -> anyhow::Result<Sample> {
+    let tb = Testbed::start(&c.role)?;
+    if let Err(e) = tb.wait_handshake(None, HANDSHAKE_TIMEOUT) {
+        bail!("{e}\n--- gateway log ---\n{}", gateway_log(&tb));
+    }
+    let pid = match &tb.gateway {
+        Gateway::Agent(a) => a.pid(),
+        Gateway::Userspace(wg) => wg.process().pid(),
+    };
+    let mut server = tb.gw_ns.command("iperf3");
+    server.args([
+        "-s",
+        "-1",
+        "-B",
+        &GW_TUNNEL_IP.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+    ]);
+    let _server = tb.gw_ns.spawn("iperf3-server", server)?;
+    let port_filter = format!("sport = :{IPERF_PORT}");
+    wait_until("iperf3 to listen", Duration::from_secs(10), || {
+        let out = tb.gw_ns.exec(&["ss", "-Hltn", &port_filter])?;
+        Ok::<_, anyhow::Error>((!out.trim().is_empty()).then_some(()))
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = c.is_agent.then(|| {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut peak_rss = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, rss)) = memory_kib(pid) {
+                    peak_rss = peak_rss.max(rss);
+                }
+                thread::sleep(MEMORY_SAMPLE_INTERVAL);
+            }
+            peak_rss
+        })
+    });
+    let hub_pid = tb.hub.process().pid();
+    let cpu_before = cpu_ticks(pid)?;
+    let hub_cpu_before = cpu_ticks(hub_pid)?;
+    let started = Instant::now();
+    let client = tb.hub_ns.exec(&[
+        "iperf3",
+        "-c",
+        &GW_TUNNEL_IP.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_ticks(pid)?;
+    let hub_cpu_after = cpu_ticks(hub_pid)?;
+    let (hwm_kib, _) = if c.is_agent { memory_kib(pid)? } else { (0, 0) };
+    stop.store(true, Ordering::Relaxed);
+    let rss_kib = sampler
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    let json = client?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("iperf3 -J output")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no end.sum_received.bits_per_second in iperf3 output: {json}"))?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let pct = |ticks: u64| ticks as f64 / ticks_per_s / elapsed.as_secs_f64() * 100.0;
+    Ok(Sample {
+        gbit_s: bps / 1e9,
+        cpu_pct: pct(cpu_after.saturating_sub(cpu_before)),
+        hub_cpu_pct: pct(hub_cpu_after.saturating_sub(hub_cpu_before)),
+        hwm_kib,
+        rss_kib,
+    })
+}
+
+fn gateway_log(tb: &Testbed) -> String {
+    match &tb.gateway {
+        Gateway::Agent(a) => a.log(),
+        Gateway::Userspace(wg) => wg.process().log(),
+    }
+}
+
+/// utime + stime of `pid` (all threads), in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("malformed /proc/<pid>/stat")
+    };
+    // `rest` starts at field 3 (state), so field n is rest[n - 3].
+    Ok(field(14 - 3)? + field(15 - 3)?)
+}

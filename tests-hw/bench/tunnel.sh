@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Tunnel throughput: iperf3 TCP, 10 s, hub (wireguard-go) -> gateway tunnel IP, with the gateway
+# played in turn by gatelet-agent (release build), wireguard-go and boringtun-cli. Prints a table,
+# the ratios agent/boringtun-cli and agent/wireguard-go, and the agent's VmHWM/VmRSS under load.
+#
+# Run by hand, as root (network namespaces): `bash tests-hw/bench/tunnel.sh [bench-tunnel args]`,
+# e.g. `--runs 3` (median of 3) or `--agent-profile release --agent-profile bench-release`.
+# Not a timed test: numbers depend on the machine and on whatever else it is doing.
+#
+# boringtun-cli: taken from $BORINGTUN_CLI, else PATH, else $BENCH_TOOLS_ROOT/bin (default
+# <target dir>/bench-tools), installed there from crates.io with `cargo install` if missing.
+# Needs wireguard-go, wireguard-tools, iproute2 and iperf3. Respects CARGO_TARGET_DIR.
+set -euo pipefail
+exec </dev/null
+cd "$(dirname "$0")/../.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tunnel.sh: needs root for network namespaces; run it as root" >&2
+  exit 1
+fi
+for prog in wireguard-go wg ip iperf3 ss; do
+  command -v "$prog" >/dev/null 2>&1 || {
+    echo "tunnel.sh: $prog is missing (apt-get install wireguard-go wireguard-tools iproute2 iperf3)" >&2
+    exit 1
+  }
+done
+
+target=${CARGO_TARGET_DIR:-$PWD/target}
+tools=${BENCH_TOOLS_ROOT:-$target/bench-tools}
+bt=${BORINGTUN_CLI:-}
+if [ -z "$bt" ]; then
+  if command -v boringtun-cli >/dev/null 2>&1; then
+    bt=$(command -v boringtun-cli)
+  elif [ -x "$tools/bin/boringtun-cli" ]; then
+    bt=$tools/bin/boringtun-cli
+  else
+    echo "tunnel.sh: installing boringtun-cli into $tools (cargo install, a few minutes)" >&2
+    CARGO_TARGET_DIR="$tools/build" cargo install --locked --root "$tools" boringtun-cli >&2
+    bt=$tools/bin/boringtun-cli
+  fi
+fi
+
+cargo build -q -p gatelet-tests-hw --bin bench-tunnel
+exec "$target/debug/bench-tunnel" --boringtun "$bt" "$@"
