@@ -752,3 +752,25 @@ fn without_a_gateway_token_every_call_but_health_is_refused() {
     let (s, _, b) = http(api.addr, None, "GET", "/api/health", None, b"");
     assert_eq!((s, b), (200, json!({"ok": true})));
 }
+
+#[test]
+fn serve_returns_after_shutdown_and_clears_the_serving_flag() {
+    let dir = TempDir::new("shutdown");
+    let ctx = ctx_for(&dir, AgentLink::new(dir.0.join("none")), Shared::default());
+    let serving = ctx.serving.clone();
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let addr = server.server_addr().to_ip().unwrap();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let sd = shutdown.clone();
+    let t = std::thread::spawn(move || serve(server, ctx, sd));
+    let (s, _, _) = http(addr, None, "GET", "/api/health", None, b"");
+    assert_eq!(s, 200);
+    assert!(serving.load(Ordering::SeqCst));
+    shutdown.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !t.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(t.is_finished(), "serve did not return after shutdown");
+    assert!(!serving.load(Ordering::SeqCst));
+}

@@ -398,6 +398,17 @@ fn status(ctx: &MgmtContext) -> Reply {
     }
 }
 
+/// A [`SubnetProvider`] reading this box's interfaces on each call (cheap: one
+/// `getifaddrs`), so a DHCP change is seen by the next probe.
+pub fn system_subnets(src: crate::telemetry::TelemetrySource) -> SubnetProvider {
+    Arc::new(move || {
+        crate::telemetry::lan_subnets(&src)
+            .iter()
+            .map(crate::telemetry::LanSubnet::cidr)
+            .collect()
+    })
+}
+
 /// Whether `ip` lies in one of `subnets`.
 pub fn in_scope(ip: IpAddr, subnets: &[Cidr]) -> bool {
     subnets.iter().any(|c| c.contains(ip))
