@@ -14,6 +14,11 @@
 //! translation fault, and serving nothing would turn one bug into a full outage. A document that
 //! holds no HTTP or L4 routes at all (the admin deleted them) is a valid, empty config.
 //!
+//! When two routes claim the same domain (HTTP) or listen port (L4), the first in document order
+//! is kept and the later one rejected; an L4 route that repeats an earlier one's port AND target
+//! is not an error (the server may list a service's TCP and UDP sides separately, and every L4
+//! port carries both): it is listed in [`Validated::unsupported`] as served by the first.
+//!
 //! Egress routes are parsed and kept, but the agent does not serve them yet: they are listed in
 //! [`Validated::unsupported`], which is shown in status and history but is not a failure.
 //!
@@ -74,6 +79,16 @@ pub struct ReservedPorts {
     pub api: u16,
 }
 
+impl ReservedPorts {
+    /// The ports of a parsed `gateway.env`.
+    pub fn from_env(env: &gatelet_agent_api::env::GatewayEnv) -> Self {
+        ReservedPorts {
+            proxy: env.proxy_port,
+            api: env.api_port,
+        }
+    }
+}
+
 impl Default for ReservedPorts {
     fn default() -> Self {
         ReservedPorts {
@@ -123,7 +138,9 @@ pub struct Validated {
     pub agent: AgentConfig,
     /// Routes rejected one by one, with the reason.
     pub rejected: Vec<RejectedRoute>,
-    /// Valid routes the agent cannot serve yet (egress). Shown, but not a failure.
+    /// Routes that are not served but are not failures either, with the reason: egress routes
+    /// (not supported yet), and an L4 route whose port and target repeat an earlier one (the
+    /// server's TCP and UDP twins; the earlier route serves both). Shown in status and history.
     pub unsupported: Vec<RejectedRoute>,
     /// The egress routes of the document, parsed where possible.
     pub egress: Vec<EgressRoute>,
@@ -479,7 +496,9 @@ fn validate(
         }
     }
 
-    let mut listen: HashMap<u16, u64> = HashMap::new();
+    let mut unsupported = Vec::new();
+    // listen port -> index in agent.l4_routes
+    let mut listen: HashMap<u16, usize> = HashMap::new();
     let mut ids: HashSet<u64> = HashSet::new();
     for route in l4 {
         match l4_route(route, mode) {
@@ -505,14 +524,30 @@ fn validate(
                             "listen_port {port} collides with GC_API_PORT (the management API)"
                         ),
                     ));
-                } else if let Some(first) = listen.get(&port) {
-                    rejected.push(reject(
-                        KIND_L4,
-                        Some(r.id),
-                        format!("listen_port {port} is already used by L4 route {first}"),
-                    ));
+                } else if let Some(first) = listen.get(&port).map(|&i| &agent.l4_routes[i]) {
+                    if first.target_host == r.target_host && first.target_port == r.target_port {
+                        // The server's TCP and UDP twins of one service: already served.
+                        unsupported.push(reject(
+                            KIND_L4,
+                            Some(r.id),
+                            format!(
+                                "listen_port {port} is served by L4 route {} with the same \
+                                 target (every L4 port carries both TCP and UDP)",
+                                first.id
+                            ),
+                        ));
+                    } else {
+                        rejected.push(reject(
+                            KIND_L4,
+                            Some(r.id),
+                            format!(
+                                "listen_port {port} is already used by L4 route {}",
+                                first.id
+                            ),
+                        ));
+                    }
                 } else {
-                    listen.insert(port, r.id);
+                    listen.insert(port, agent.l4_routes.len());
                     agent.l4_routes.push(r);
                 }
             }
@@ -520,7 +555,6 @@ fn validate(
         }
     }
 
-    let mut unsupported = Vec::new();
     let mut kept = Vec::new();
     for route in egress {
         if mode == Mode::File {
@@ -1379,7 +1413,10 @@ mod tests {
         ));
         cases.push((
             false,
-            l4(&|r| r["listen_port"] = json!(2222)),
+            l4(&|r| {
+                r["listen_port"] = json!(2222);
+                r["target_lan_port"] = json!(2223);
+            }),
             "listen_port 2222 is already used by L4 route 2",
             Some(60),
         ));
@@ -1452,6 +1489,39 @@ mod tests {
             assert_eq!(v.agent.l4_routes[0].id, 2, "{bad}");
             assert_eq!(v.agent.l4_routes[0].listen_port, 2222, "{bad}");
         }
+    }
+
+    #[test]
+    fn an_l4_twin_with_the_same_port_and_target_is_served_once_not_rejected() {
+        let mut twin = good_l4();
+        twin["id"] = json!(9);
+        let v = validate_document(
+            &doc_with(vec![], vec![good_l4(), twin]),
+            ReservedPorts::default(),
+        )
+        .unwrap();
+        assert!(v.rejected.is_empty(), "{:?}", v.rejected);
+        assert_eq!(v.agent.l4_routes.len(), 1);
+        assert_eq!(v.agent.l4_routes[0].id, 2);
+        assert_eq!(v.unsupported.len(), 1);
+        assert_eq!(v.unsupported[0].id, Some(9));
+        assert!(v.unsupported[0]
+            .reason
+            .starts_with("listen_port 2222 is served by L4 route 2 with the same target"));
+    }
+
+    #[test]
+    fn example_routes_file_loads_cleanly() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes-standalone.json");
+        let (v, _) = load_routes_file(&path, ReservedPorts::default()).unwrap();
+        assert!(v.rejected.is_empty(), "{:?}", v.rejected);
+        assert_eq!(v.agent.http_routes.len(), 2);
+        assert_eq!(v.agent.l4_routes.len(), 2);
+        assert!(v.agent.http_routes[1].backend_https);
+        assert_eq!(
+            v.agent.http_routes[0].wol.as_ref().map(|w| w.mac.as_str()),
+            Some("00:11:32:aa:bb:cc")
+        );
     }
 
     #[test]
