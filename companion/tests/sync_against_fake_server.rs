@@ -360,7 +360,8 @@ fn sync_loop_fetches_applies_and_follows_a_push_within_a_second() {
     assert_eq!(snap.sync.mode, "server");
     assert!(snap.heartbeat.as_ref().is_some_and(|h| h.ok));
     let reqs = server.requests();
-    assert_eq!(reqs[0].target, "/api/v1/gateway/config/check");
+    // Without a stored hash the first check carries no parameter.
+    assert_eq!(checks(&reqs)[0].target, "/api/v1/gateway/config/check");
     for r in &reqs {
         assert_common_headers(r);
         if r.method == "POST" {
@@ -423,25 +424,29 @@ fn sync_loop_push_reaches_the_server_within_one_second() {
 #[test]
 fn sync_loop_honours_429_retry_after() {
     let server = FakeGateControl::start_default().unwrap();
-    // Other gateways behind the same address used everything but one request.
-    server.add_foreign_requests(99);
+    // Other gateways behind the same address used the whole window: the first answers are
+    // 429 with Retry-After ~900 s.
+    server.add_foreign_requests(100);
     let loops = start_loops(&server, Some(HASH_BEFORE), true);
-    // One request gets through, the next gets a 429 (or the budget already holds it back).
-    std::thread::sleep(Duration::from_millis(300));
+    server
+        .wait_for(Duration::from_secs(5), |r| r.len() >= 2)
+        .expect("first check and first heartbeat");
+    // Pushes do not break through the pause either.
     for _ in 0..5 {
         loops.push.notify();
         std::thread::sleep(Duration::from_millis(300));
     }
     let reqs = server.requests();
-    assert!(
-        reqs.len() <= 3,
-        "after the server said no requests remain, nothing more is sent: {:?}",
-        reqs.iter()
-            .map(|r| (&r.target, r.status))
-            .collect::<Vec<_>>()
+    assert_eq!(
+        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![429, 429],
+        "nothing sent after the 429s: {:?}",
+        reqs.iter().map(|r| &r.target).collect::<Vec<_>>()
     );
     let snap = loops.shared.snapshot();
+    assert_eq!(snap.sync.state, "rate_limited");
     assert_eq!(snap.sync.budget_remaining, Some(0));
+    assert!(snap.heartbeat.is_some_and(|h| !h.ok));
 }
 
 #[test]
@@ -468,11 +473,12 @@ fn sync_loop_surfaces_auth_errors_in_status_and_backs_off() {
         let shutdown = shutdown.clone();
         std::thread::spawn(move || sync.run(&shutdown))
     };
-    server
-        .wait_for(Duration::from_secs(5), |r| !r.is_empty())
-        .expect("first check");
-    std::thread::sleep(Duration::from_millis(200));
-    let snap = shared.snapshot();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut snap = shared.snapshot();
+    while snap.sync.last_error.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        snap = shared.snapshot();
+    }
     shutdown.store(true, Ordering::SeqCst);
     t.join().unwrap();
     assert_eq!(snap.sync.state, "backing_off");
