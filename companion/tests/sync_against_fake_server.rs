@@ -637,3 +637,16 @@ fn fake_server_answers_429_with_the_fixture_headers_once_the_limit_is_used() {
         assert!(has_header(&hs, h), "{h} missing");
     }
 }
+
+#[test]
+fn oversized_config_document_is_refused_not_buffered() {
+    let server = FakeGateControl::start_default().unwrap();
+    let padding = "x".repeat(5 * 1024 * 1024);
+    let doc = serde_json::json!({"config_hash": HASH_AFTER, "routes": [], "padding": padding});
+    server.set_config(doc.to_string().into_bytes()).unwrap();
+    let err = client(&server).fetch_config().unwrap_err();
+    assert!(
+        matches!(err, ClientError::TooLarge { limit, .. } if limit == 4 * 1024 * 1024),
+        "{err:?}"
+    );
+}
