@@ -429,24 +429,28 @@ fn sync_loop_honours_429_retry_after() {
     server.add_foreign_requests(100);
     let loops = start_loops(&server, Some(HASH_BEFORE), true);
     server
-        .wait_for(Duration::from_secs(5), |r| r.len() >= 2)
-        .expect("first check and first heartbeat");
+        .wait_for(Duration::from_secs(5), |r| {
+            r.iter().any(|r| r.status == 429)
+        })
+        .expect("a first request");
     // Pushes do not break through the pause either.
     for _ in 0..5 {
         loops.push.notify();
         std::thread::sleep(Duration::from_millis(300));
     }
     let reqs = server.requests();
-    assert_eq!(
-        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
-        vec![429, 429],
-        "nothing sent after the 429s: {:?}",
-        reqs.iter().map(|r| &r.target).collect::<Vec<_>>()
+    // The first check, and the first heartbeat if it went out before the pause began.
+    assert!(
+        !reqs.is_empty() && reqs.len() <= 2 && reqs.iter().all(|r| r.status == 429),
+        "nothing sent after a 429: {:?}",
+        reqs.iter()
+            .map(|r| (&r.target, r.status))
+            .collect::<Vec<_>>()
     );
     let snap = loops.shared.snapshot();
     assert_eq!(snap.sync.state, "rate_limited");
     assert_eq!(snap.sync.budget_remaining, Some(0));
-    assert!(snap.heartbeat.is_some_and(|h| !h.ok));
+    assert!(snap.heartbeat.is_none_or(|h| !h.ok));
 }
 
 #[test]

@@ -231,7 +231,7 @@ impl<S: ConfigSink> SyncLoop<S> {
                 };
                 let budget = lock_budget(&self.budget);
                 self.engine.on_check_result(now, &budget, result);
-                self.publish(now, &budget);
+                self.publish(now, &budget, true);
             }
             Some(Action::Fetch) => {
                 let fetched = self.client.fetch_config();
@@ -267,14 +267,18 @@ impl<S: ConfigSink> SyncLoop<S> {
                 if self.engine.take_heartbeat_now() {
                     self.heartbeat_now.notify();
                 }
-                self.publish(now, &budget);
+                self.publish(now, &budget, true);
             }
             None => {
-                let wake = self
-                    .engine
-                    .poll_timeout(&lock_budget(&self.budget))
-                    .unwrap_or(now + SHUTDOWN_POLL)
-                    .min(now + SHUTDOWN_POLL);
+                let wake = {
+                    let budget = lock_budget(&self.budget);
+                    // The heartbeat thread may have run into a 429: show it.
+                    self.publish(now, &budget, false);
+                    self.engine
+                        .poll_timeout(&budget)
+                        .unwrap_or(now + SHUTDOWN_POLL)
+                        .min(now + SHUTDOWN_POLL)
+                };
                 if self.push.wait_until(wake) {
                     tracing::info!("config push received");
                     self.engine.on_push(Instant::now());
@@ -283,7 +287,9 @@ impl<S: ConfigSink> SyncLoop<S> {
         }
     }
 
-    fn publish(&self, now: Instant, budget: &Budget) {
+    /// Copies the engine's and the budget's view into the shared status; `completed` after a
+    /// request finished (a success then updates `last_success_ms`).
+    fn publish(&self, now: Instant, budget: &Budget, completed: bool) {
         let mut s = self.shared.lock();
         let sync = &mut s.sync;
         sync.config_hash = self.engine.stored_hash().map(str::to_owned);
@@ -303,7 +309,7 @@ impl<S: ConfigSink> SyncLoop<S> {
             "starting"
         }
         .into();
-        if self.engine.last_error().is_none() {
+        if completed && self.engine.last_error().is_none() {
             sync.last_success_ms = Some(now_ms());
         }
     }
