@@ -127,6 +127,13 @@ fn peer_id(raw: &str) -> u64 {
     doc["peer_id"].as_u64().unwrap()
 }
 
+/// Whether the rollback journal holds an uncommitted transaction (its header starts with the
+/// journal magic; in PERSIST mode a commit zeroes it), i.e. the kill landed mid-transaction.
+fn journal_is_hot(dir: &Path) -> bool {
+    const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+    std::fs::read(dir.join("gatelet.db-journal")).is_ok_and(|b| b.starts_with(&MAGIC))
+}
+
 /// Removes the directory on drop.
 struct TempDir(PathBuf);
 
@@ -197,6 +204,7 @@ fn store_keeps_a_valid_last_good_config_across_sigkills() {
     let mut lkg: Option<u64> = None;
     let mut advanced = 0;
     let mut early = 0;
+    let mut hot = 0;
     for kill in 0..KILLS {
         assert!(
             started.elapsed() < DEADLINE,
@@ -231,6 +239,9 @@ fn store_keeps_a_valid_last_good_config_across_sigkills() {
         reader.join().unwrap();
         let reported: Option<u64> = first.into_iter().chain(rx.try_iter()).max();
 
+        if journal_is_hot(&dir.0) {
+            hot += 1;
+        }
         let store = Store::open(&dir.0).unwrap();
         assert_eq!(
             store.recovered_from(),
@@ -273,10 +284,11 @@ fn store_keeps_a_valid_last_good_config_across_sigkills() {
     }
     let elapsed = started.elapsed();
     eprintln!(
-        "store crash test: {KILLS} SIGKILLs ({early} early) in {elapsed:?}, last good advanced \
-         {advanced} times, final config {lkg:?}"
+        "store crash test: {KILLS} SIGKILLs ({early} early, {hot} mid-transaction) in \
+         {elapsed:?}, last good advanced {advanced} times, final config {lkg:?}"
     );
     assert!(lkg.is_some(), "the child never committed anything");
+    assert!(hot > 0, "no kill landed inside a transaction (seed {seed})");
     assert!(
         advanced > KILLS / 2,
         "kills rarely landed after progress ({advanced} of {KILLS})"
