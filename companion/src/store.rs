@@ -994,6 +994,14 @@ mod tests {
             before
         );
         assert_eq!(s.history(100).unwrap().len(), 1);
+        // Nor does closing and opening the store again (a restart).
+        drop(s);
+        let mut s = Store::open(&dir.0).unwrap();
+        assert!(!s.save_applied_at(55, &raw, &v).unwrap());
+        assert_eq!(
+            (files(&dir.0), change_counter(&dir.0)),
+            (before.0.clone(), before.2)
+        );
         // A different config is written.
         let (raw2, v2) = doc(2);
         assert!(s.save_applied_at(60, &raw2, &v2).unwrap());
