@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_max_level(args.log_level)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !env.unknown_keys.is_empty() {
         tracing::warn!(

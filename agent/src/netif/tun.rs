@@ -106,7 +106,7 @@ impl TunDevice {
         if !valid_name(name) {
             return Err(NetifError::BadName(name.to_owned()));
         }
-        let persistent = tun_flags(name).is_some_and(|f| f & IFF_PERSIST != 0);
+        let mut persistent = tun_flags(name).is_some_and(|f| f & IFF_PERSIST != 0);
         let fd = open_clone()?;
         if let Err(e) = set_iff(fd.as_raw_fd(), name) {
             // EINVAL: the name belongs to a TAP device, a multi-queue TUN device or another
@@ -129,6 +129,8 @@ impl TunDevice {
                     NetifError::sys(format!("cannot delete the old interface {name}"), e)
                 })?;
             }
+            // The replacement is the agent's own: gone when the agent closes it.
+            persistent = false;
             set_iff(fd.as_raw_fd(), name)
                 .map_err(|e| NetifError::sys(format!("cannot create TUN device {name}"), e))?;
         }

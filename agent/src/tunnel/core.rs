@@ -28,6 +28,10 @@ pub const PERSISTENT_KEEPALIVE_S: u16 = 25;
 pub const RESOLVE_AFTER_NO_HANDSHAKE: Duration = Duration::from_secs(180);
 /// Least time between two resolutions triggered by a failure (no address yet, send failed).
 pub const RESOLVE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// Resolve again when handshake initiations have gone unanswered this long (a hub that moved
+/// to a new address on the same link produces no send error), and at most this often while
+/// they stay unanswered.
+pub const RESOLVE_AFTER_UNANSWERED: Duration = Duration::from_secs(15);
 /// How often the driver calls [`TunnelCore::on_timer`]; boringtun's timers have a 1 s grain
 /// and need periodic calls.
 pub const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -82,6 +86,7 @@ pub struct TunnelCore {
     send_failed: bool,
     handshake_due: bool,
     expired_reported: bool,
+    unanswered_since: Option<Instant>,
 }
 
 impl fmt::Debug for TunnelCore {
@@ -123,6 +128,7 @@ impl TunnelCore {
             send_failed: false,
             handshake_due: false,
             expired_reported: false,
+            unanswered_since: None,
         }
     }
 
@@ -236,29 +242,31 @@ impl TunnelCore {
     /// Timer work at `now` (call every [`TIMER_TICK`]): handshake retries, keepalives, rekeys,
     /// and a new handshake after the endpoint changed. Returns a datagram to send, if any.
     pub fn on_timer<'a>(&mut self, now: Instant, dst: &'a mut [u8]) -> Option<&'a [u8]> {
+        let range = self.timer_work(dst)?;
+        if dst.get(range.start) == Some(&MSG_HANDSHAKE_INIT) && self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
+        Some(&dst[range])
+    }
+
+    fn timer_work(&mut self, dst: &mut [u8]) -> Option<Range<usize>> {
         let base = dst.as_ptr() as usize;
-        let _ = now;
         if self.handshake_due && self.endpoint.is_some() {
             self.handshake_due = false;
-            let range = match self.tunn.format_handshake_initiation(dst, false) {
-                TunnResult::WriteToNetwork(out) => Some(span(base, out)),
-                _ => None,
-            };
-            if let Some(r) = range {
-                return Some(&dst[r]);
+            if let TunnResult::WriteToNetwork(out) =
+                self.tunn.format_handshake_initiation(dst, false)
+            {
+                return Some(span(base, out));
             }
         }
-        let range = match self.tunn.update_timers(dst) {
-            TunnResult::WriteToNetwork(out) => Some(span(base, out)),
-            TunnResult::Err(WireGuardError::ConnectionExpired) => None,
+        match self.tunn.update_timers(dst) {
+            TunnResult::WriteToNetwork(out) => return Some(span(base, out)),
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {}
             TunnResult::Err(e) => {
                 tracing::debug!(error = ?e, "timer error");
                 return None;
             }
             _ => return None,
-        };
-        if let Some(r) = range {
-            return Some(&dst[r]);
         }
         // The handshake expired (no answer for 90 s, or keys 9 minutes old). A gateway must
         // stay reachable, so it keeps knocking instead of waiting for outgoing traffic.
@@ -269,15 +277,15 @@ impl TunnelCore {
             tracing::warn!("no handshake with the hub for 90 s; still trying");
         }
         self.endpoint?;
-        let range = match self.tunn.format_handshake_initiation(dst, false) {
-            TunnResult::WriteToNetwork(out) => span(base, out),
-            _ => return None,
-        };
-        Some(&dst[range])
+        match self.tunn.format_handshake_initiation(dst, false) {
+            TunnResult::WriteToNetwork(out) => Some(span(base, out)),
+            _ => None,
+        }
     }
 
     /// Whether the driver should resolve the hub's name now: at start, after a failure
-    /// ([`RESOLVE_RETRY_INTERVAL`] apart) and when no handshake completed for
+    /// ([`RESOLVE_RETRY_INTERVAL`] apart), while handshake initiations go unanswered
+    /// ([`RESOLVE_AFTER_UNANSWERED`] apart) and when no handshake completed for
     /// [`RESOLVE_AFTER_NO_HANDSHAKE`].
     pub fn wants_resolve(&self, now: Instant) -> bool {
         if self.resolving {
@@ -288,6 +296,11 @@ impl TunnelCore {
         };
         if self.endpoint.is_none() || self.send_failed {
             return now.saturating_duration_since(last) >= RESOLVE_RETRY_INTERVAL;
+        }
+        if let Some(since) = self.unanswered_since {
+            if now.saturating_duration_since(since.max(last)) >= RESOLVE_AFTER_UNANSWERED {
+                return true;
+            }
         }
         let quiet_since = self.last_handshake.map_or(last, |h| h.max(last));
         now.saturating_duration_since(quiet_since) >= RESOLVE_AFTER_NO_HANDSHAKE
@@ -329,6 +342,7 @@ impl TunnelCore {
         self.endpoint = Some(new);
         self.stats.set_endpoint(Some(new));
         self.handshake_due = true;
+        self.unanswered_since = None;
         Some(new)
     }
 
@@ -343,6 +357,7 @@ impl TunnelCore {
     fn handshake_completed(&mut self, now: Instant) {
         self.last_handshake = Some(now);
         self.expired_reported = false;
+        self.unanswered_since = None;
         self.stats.set_handshake(now);
     }
 }
