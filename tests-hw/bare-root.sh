@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves the static binaries start on a machine with nothing else: an empty root directory holding
-# only the binaries, /dev/null and a gateway.env, entered with chroot (what the FROM-scratch Docker
-# image and a minimal router rootfs give them).
+# only the binaries, /dev/null and a gateway.env, entered with chroot as the unprivileged uid of
+# the Docker image (the layout of the FROM-scratch image in Dockerfile; CI has no Docker engine).
 #
 #   bash tests-hw/bare-root.sh [DIR]   # DIR holds gatelet-agent and gatelet-companion
 #                                      # (default target/x86_64-unknown-linux-musl/release)
@@ -30,12 +30,18 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+CHROOT=$(command -v chroot || echo /usr/sbin/chroot)
 root=$(mktemp -d /tmp/gatelet-bare-root.XXXXXX)
 cleanup() { rm -rf --one-file-system "$root"; }
 trap cleanup EXIT
 
-mkdir -p "$root/bin" "$root/dev" "$root/tmp" "$root/etc/gatelet" "$root/var/lib/gatelet" "$root/run/gatelet"
+# The uid:gid the Docker image runs as (Dockerfile: USER 65532:65532).
+IMAGE_UID=65532
+chmod 0755 "$root"
+mkdir -p "$root/usr/bin" "$root/dev" "$root/tmp" "$root/etc/gatelet" "$root/var/lib/gatelet" "$root/run/gatelet"
 chmod 1777 "$root/tmp"
+chown "$IMAGE_UID:$IMAGE_UID" "$root/var/lib/gatelet" "$root/run/gatelet"
+chmod 0750 "$root/var/lib/gatelet" "$root/run/gatelet"
 mknod -m 666 "$root/dev/null" c 1 3
 # The server-generated file with the one key that must never be empty left empty.
 sed 's/^WG_SERVER_PUBLIC_KEY=.*/WG_SERVER_PUBLIC_KEY=/' ../shared/protocol/fixtures/gateway-env.txt \
@@ -59,7 +65,8 @@ fail() {
 run_in_root() {
   # Clean environment: nothing of the host leaks in.
   local rc=0
-  timeout "$RUN_TIMEOUT_S" env -i PATH=/bin chroot "$root" "$@" >"$root/tmp/out" 2>&1 || rc=$?
+  timeout "$RUN_TIMEOUT_S" env -i PATH=/usr/bin "$CHROOT" --userspec="$IMAGE_UID:$IMAGE_UID" "$root" "$@" \
+    >"$root/tmp/out" 2>&1 || rc=$?
   echo "$rc"
 }
 
@@ -74,10 +81,10 @@ for b in "${BINARIES[@]}"; do
     *"statically linked"* | *"static-pie linked"*) ;;
     *) fail "$b is not statically linked: $desc" ;;
   esac
-  cp "$src" "$root/bin/$b"
+  install -m 0755 "$src" "$root/usr/bin/$b"
 
   for flag in --help --version; do
-    rc=$(run_in_root "/bin/$b" "$flag")
+    rc=$(run_in_root "/usr/bin/$b" "$flag")
     first=$(head -n 1 "$root/tmp/out")
     echo "bare-root.sh: $b $flag -> exit $rc: $first"
     if [ "$rc" -ne 0 ] && [ "$rc" -ne "$EXIT_CONFIG" ]; then
@@ -86,7 +93,7 @@ for b in "${BINARIES[@]}"; do
     fi
   done
 
-  rc=$(run_in_root "/bin/$b" --env /etc/gatelet/gateway.env --state-dir /var/lib/gatelet)
+  rc=$(run_in_root "/usr/bin/$b" --env /etc/gatelet/gateway.env --state-dir /var/lib/gatelet)
   echo "bare-root.sh: $b with an empty WG_SERVER_PUBLIC_KEY -> exit $rc: $(head -n 1 "$root/tmp/out")"
   if [ "$rc" -ne "$EXIT_CONFIG" ]; then
     fail "$b with an invalid gateway.env exited $rc, expected $EXIT_CONFIG"

@@ -90,6 +90,45 @@ while IFS= read -r script; do
 done < <(find buildroot board-configs kernel-hooks tests-hw .ci -type f \( -name '*.sh' -o -name run -o -name 'post-*' \) 2>/dev/null)
 ok "shell scripts parse"
 
+# --- board configs and the Buildroot post-build script ---------------------------------------
+for toml in board-configs/*/board.toml; do
+  board=$(basename "$(dirname "$toml")")
+  if ! python3 -c 'import sys, tomllib
+d = tomllib.load(open(sys.argv[1], "rb"))
+for section, key in [("board", "target"), ("interfaces", "lan"), ("interfaces", "wan"),
+                     ("interfaces", "tunnel"), ("memory", "agent_max"), ("memory", "companion_max"),
+                     ("defaults", "netif_mode")]:
+    assert str(d[section][key]), f"{section}.{key} is empty"
+assert d["board"]["name"] == sys.argv[2], "board.name must be the folder name"
+assert d["defaults"]["netif_mode"] in ("tun", "netstack"), "netif_mode is tun or netstack"
+' "$toml" "$board"; then
+    fail "$toml: not valid (see the error above)"
+    continue
+  fi
+  # A fake Buildroot target tree with what package/gatelet installs, then the post-build script.
+  fake="$work/target-$board"
+  mkdir -p "$fake/usr/bin" "$fake/etc/nftables.d"
+  touch "$fake/usr/bin/gatelet-agent" "$fake/usr/bin/gatelet-companion"
+  chmod +x "$fake/usr/bin/gatelet-agent" "$fake/usr/bin/gatelet-companion"
+  cp kernel-hooks/nftables/gatelet.nft "$fake/etc/nftables.d/"
+  echo 'flush ruleset' >"$fake/etc/nftables.conf"
+  for _ in 1 2; do # twice: the script is idempotent
+    GATELET_BOARD=$board sh buildroot/board/gatelet/post-build.sh "$fake" >/dev/null || fail "post-build.sh for $board failed"
+  done
+  agent_max=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["memory"]["agent_max"])' "$toml")
+  mode=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["defaults"]["netif_mode"])' "$toml")
+  dropin="$fake/etc/systemd/system/gatelet-agent.service.d/50-board.conf"
+  grep -qx "MemoryMax=$agent_max" "$dropin" || fail "$board: agent drop-in lacks MemoryMax=$agent_max"
+  if [ "$mode" = netstack ]; then
+    grep -qx "AmbientCapabilities=" "$dropin" || fail "$board: netstack mode must drop the agent's capabilities"
+  elif grep -q "AmbientCapabilities" "$dropin"; then
+    fail "$board: tun mode must keep the agent's capabilities"
+  fi
+  cmp -s "$toml" "$fake/etc/gatelet/board.toml" || fail "$board: board.toml not installed"
+  [ "$(grep -c 'nftables.d' "$fake/etc/nftables.conf")" -eq 1 ] || fail "$board: nftables include missing or repeated"
+done
+[ "$failures" -gt 0 ] || ok "board configs parse; post-build.sh applies each of them"
+
 # --- nftables, functional --------------------------------------------------------------------
 NFT_FILE=kernel-hooks/nftables/gatelet.nft
 TUNNEL_IF=$(sed -n 's/^define TUNNEL_IF = "\(.*\)"$/\1/p' "$NFT_FILE")

@@ -1,0 +1,92 @@
+################################################################################
+#
+# gatelet
+#
+################################################################################
+
+# The checkout this BR2_EXTERNAL tree lives in is the source (site method local): the Buildroot
+# image always carries the code of the checkout it was built from.
+GATELET_VERSION = 0.1.0
+GATELET_SITE = $(BR2_EXTERNAL_GATELET_PATH)/..
+GATELET_SITE_METHOD = local
+GATELET_LICENSE = MIT or Apache-2.0
+# Build outputs of the checkout (cargo target dirs) are not sources: keep them out of the rsync.
+GATELET_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = --exclude target --exclude 'target-*'
+
+GATELET_PREBUILT_DIR = $(call qstrip,$(BR2_PACKAGE_GATELET_PREBUILT_DIR))
+GATELET_BINARIES = gatelet-agent gatelet-companion
+GATELET_HOOKS_DIR = $(@D)/kernel-hooks
+
+# Both daemons run as this user (systemd/gatelet.sysusers.conf says the same for systemd-sysusers).
+define GATELET_USERS
+	gatelet -1 gatelet -1 * /var/lib/gatelet - - gatelet edge gateway
+endef
+
+define GATELET_PERMISSIONS
+	/etc/gatelet d 0750 0 gatelet - - - - -
+endef
+
+# The kernel options the daemons need (the full list with reasons: kernel-hooks/gatelet.config,
+# which the defconfig fragments in configs/ also pass as a kernel config fragment).
+define GATELET_LINUX_CONFIG_FIXUPS
+	$(call KCONFIG_ENABLE_OPT,CONFIG_TUN)
+	$(call KCONFIG_ENABLE_OPT,CONFIG_PACKET)
+	$(call KCONFIG_ENABLE_OPT,CONFIG_UNIX)
+	$(call KCONFIG_ENABLE_OPT,CONFIG_INET)
+endef
+
+ifeq ($(GATELET_PREBUILT_DIR),)
+
+# Build from source: only the two binaries (the tests-hw crate is not a default member anyway).
+GATELET_CARGO_BUILD_OPTS = -p gatelet-agent -p gatelet-companion --bins
+GATELET_BIN_DIR = $(@D)/target/$(RUSTC_TARGET_NAME)/$(if $(BR2_ENABLE_DEBUG),debug,release)
+
+# Site method local skips the download step, where the cargo infrastructure vendors the crates;
+# fetch them into Buildroot's cargo home instead, so the --offline build finds them. A pre-build
+# hook, because host-rustc (which provides cargo) is only guaranteed to be built by then.
+define GATELET_CARGO_FETCH
+	cd $(@D) && $(TARGET_MAKE_ENV) $(PKG_CARGO_ENV) cargo fetch --locked
+endef
+GATELET_PRE_BUILD_HOOKS += GATELET_CARGO_FETCH
+
+else
+
+GATELET_BIN_DIR = $(GATELET_PREBUILT_DIR)
+define GATELET_BUILD_CMDS
+	$(foreach b,$(GATELET_BINARIES),test -x $(GATELET_BIN_DIR)/$(b) || \
+		{ echo "gatelet: $(GATELET_BIN_DIR)/$(b) missing (BR2_PACKAGE_GATELET_PREBUILT_DIR)"; exit 1; }$(sep))
+endef
+
+endif
+
+# A workspace has no single crate to `cargo install`: install the built binaries directly.
+define GATELET_INSTALL_TARGET_CMDS
+	$(foreach b,$(GATELET_BINARIES),$(INSTALL) -D -m 0755 $(GATELET_BIN_DIR)/$(b) $(TARGET_DIR)/usr/bin/$(b)$(sep))
+	$(INSTALL) -D -m 0644 $(GATELET_HOOKS_DIR)/modules-load.d/gatelet.conf \
+		$(TARGET_DIR)/usr/lib/modules-load.d/gatelet.conf
+	$(INSTALL) -D -m 0644 $(GATELET_HOOKS_DIR)/sysctl.d/60-gatelet.conf \
+		$(TARGET_DIR)/usr/lib/sysctl.d/60-gatelet.conf
+	$(INSTALL) -D -m 0644 $(GATELET_HOOKS_DIR)/nftables/gatelet.nft \
+		$(TARGET_DIR)/etc/nftables.d/gatelet.nft
+	$(INSTALL) -d -m 0750 $(TARGET_DIR)/etc/gatelet
+endef
+
+define GATELET_INSTALL_INIT_SYSTEMD
+	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet-agent.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-agent.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet-companion.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-companion.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet.sysusers.conf \
+		$(TARGET_DIR)/usr/lib/sysusers.d/gatelet.conf
+	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet.tmpfiles.conf \
+		$(TARGET_DIR)/usr/lib/tmpfiles.d/gatelet.conf
+	$(INSTALL) -d -m 0755 $(TARGET_DIR)/usr/lib/systemd/system-preset
+	printf 'enable gatelet-agent.service\nenable gatelet-companion.service\n' > \
+		$(TARGET_DIR)/usr/lib/systemd/system-preset/80-gatelet.preset
+endef
+
+ifeq ($(GATELET_PREBUILT_DIR),)
+$(eval $(cargo-package))
+else
+$(eval $(generic-package))
+endif
