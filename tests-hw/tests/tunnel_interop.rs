@@ -100,6 +100,7 @@ fn packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway() {
     let tb = agent_testbed();
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let sent_before = ok(&tb, tb.hub.transfer(&tb.gw_key.public)).1;
+    let dropped_before = ok(&tb, tb.agent_status()).tunnel.rx_dropped_not_allowed;
     let (received, delivered_after) = ok(
         &tb,
         tb.foreign_then_allowed_datagrams(FOREIGN_TUNNEL_IP, DROP_WAIT),
@@ -117,6 +118,11 @@ fn packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway() {
     assert!(
         sent_after >= sent_before + 4 * 32,
         "the hub should have sent the datagrams into the tunnel ({sent_before} -> {sent_after} bytes)"
+    );
+    let dropped_after = ok(&tb, tb.agent_status()).tunnel.rx_dropped_not_allowed;
+    assert!(
+        dropped_after >= dropped_before + 3,
+        "the agent should count the 3 foreign datagrams it dropped: {dropped_before} -> {dropped_after}"
     );
 }
 
