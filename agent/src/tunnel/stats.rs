@@ -75,8 +75,11 @@ impl TunnelStats {
         self.tx_dropped_not_allowed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A handshake completed at `now`.
+    /// A handshake completed at `now`: the tunnel works, so the last error is cleared.
     pub fn set_handshake(&self, now: Instant) {
+        if self.lock().last_error.take().is_some() {
+            tracing::info!("handshake with the hub completed");
+        }
         let ms = now.saturating_duration_since(self.base).as_millis();
         self.last_handshake_ms
             .store(u64::try_from(ms).unwrap_or(NEVER - 1), Ordering::Relaxed);
@@ -87,7 +90,8 @@ impl TunnelStats {
         self.lock().endpoint = endpoint;
     }
 
-    /// Records the latest tunnel error (shown in status until the next one replaces it).
+    /// Records the latest tunnel error (shown in status until a handshake completes or the
+    /// next error replaces it).
     pub fn set_error(&self, message: impl Into<String>) {
         self.lock().last_error = Some(message.into());
     }

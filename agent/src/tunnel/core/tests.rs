@@ -386,6 +386,11 @@ fn silent_hub_keeps_getting_handshake_initiations_after_expiry() {
     assert!(inits.len() <= 200 / 5 + 2, "{} initiations", inits.len());
     assert!(p.gw.stats.snapshot(p.now).last_error.is_some());
     assert!(p.gw.core.wants_resolve(p.now));
+    // The hub comes back: the next initiation completes and the error is cleared.
+    p.hub_answers = true;
+    p.run_for(Duration::from_secs(6));
+    assert!(p.gw.core.last_handshake().is_some());
+    assert_eq!(p.gw.stats.snapshot(p.now).last_error, None);
 }
 
 #[test]
