@@ -55,8 +55,7 @@ impl AgentLink {
         })?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let mut line =
-            serde_json::to_vec(req).map_err(|e| LinkError::Protocol(e.to_string()))?;
+        let mut line = serde_json::to_vec(req).map_err(|e| LinkError::Protocol(e.to_string()))?;
         line.push(b'\n');
         (&stream).write_all(&line)?;
         let mut reader = BufReader::new(&stream).take(MAX_LINE_BYTES as u64);

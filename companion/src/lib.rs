@@ -12,11 +12,16 @@
 //! - `state`: what all of the above know right now, for status.
 
 pub mod agent_link;
-pub mod state;
+pub mod apply;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod heartbeat;
 pub mod mgmt;
+pub mod state;
+pub mod status;
 pub mod store;
+pub mod supervisor;
 pub mod sync;
 pub mod telemetry;

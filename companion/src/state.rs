@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use gatelet_agent_api::control::AgentStatus;
+use gatelet_agent_api::control::{AgentConfig, AgentStatus};
 use serde::{Deserialize, Serialize};
 
 /// A route the companion refused, and why (kept in history, shown in status).
@@ -57,6 +57,8 @@ pub struct HeartbeatStatus {
 pub struct Snapshot {
     /// Sync state.
     pub sync: SyncStatus,
+    /// The config in force: what the agent should run (the last-known-good one at start).
+    pub config: Option<AgentConfig>,
     /// The agent's last reported status, if it answered.
     pub agent: Option<AgentStatus>,
     /// Whether the last control-socket call reached the agent.
@@ -67,6 +69,26 @@ pub struct Snapshot {
     pub heartbeat: Option<HeartbeatStatus>,
     /// When the companion started (ms since the epoch).
     pub started_at_ms: u64,
+}
+
+impl Snapshot {
+    /// Every normalised `wol_mac` of the config in force (the `/api/wol` whitelist).
+    pub fn wol_macs(&self) -> Vec<String> {
+        let Some(c) = &self.config else {
+            return Vec::new();
+        };
+        let http = c.http_routes.iter().filter_map(|r| r.wol.as_ref());
+        let l4 = c.l4_routes.iter().filter_map(|r| r.wol.as_ref());
+        let mut macs: Vec<String> = http.chain(l4).map(|w| w.mac.clone()).collect();
+        macs.sort();
+        macs.dedup();
+        macs
+    }
+
+    /// Number of L4 routes in force, if a config is.
+    pub fn configured_l4_routes(&self) -> Option<usize> {
+        self.config.as_ref().map(|c| c.l4_routes.len())
+    }
 }
 
 /// The shared handle. Cheap to clone.

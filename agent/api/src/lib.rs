@@ -10,3 +10,6 @@
 
 pub mod control;
 pub mod env;
+#[cfg(feature = "logging")]
+pub mod logging;
+pub mod sd_notify;

@@ -24,7 +24,6 @@ use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatelet_agent_api::control::RouteKind;
 use gatelet_agent_api::env::{Cidr, Secret};
 use serde_json::{json, Value};
 
@@ -375,10 +374,7 @@ fn route(method: &str, path: &str, body: Option<&Value>, s: &Server) -> Reply {
 /// `/api/status`: the self-check from the cached snapshot. Never calls the agent.
 fn status(ctx: &MgmtContext) -> Reply {
     let snap = ctx.shared.snapshot();
-    let configured = snap
-        .agent
-        .as_ref()
-        .map(|a| a.routes.iter().filter(|r| r.kind == RouteKind::L4).count());
+    let configured = snap.configured_l4_routes();
     let check = self_check(&SelfCheckInput {
         agent: snap.agent.as_ref().filter(|_| snap.agent_reachable),
         configured_l4_routes: configured,

@@ -385,7 +385,7 @@ fn deletion_without_push_is_picked_up_within_20_s() {
 }
 
 #[test]
-fn push_leads_to_a_check_within_1_s() {
+fn push_leads_to_a_fetch_within_1_s() {
     let mut sim = Sim::new(Duration::from_secs(30), secs(0.05), 8);
     sim.run_until(sim.at(100.0));
     for k in 0..10 {
@@ -396,8 +396,8 @@ fn push_leads_to_a_check_within_1_s() {
         sim.run_until(p + secs(1.0));
         let checks = sim.sent_between(p, p + secs(1.0));
         assert!(
-            checks.iter().any(|c| c.1 == Kind::Check),
-            "no check within 1 s of push {k}"
+            checks.iter().any(|c| c.1 == Kind::Fetch),
+            "no fetch within 1 s of push {k}"
         );
         assert!(sim
             .applied
@@ -407,7 +407,7 @@ fn push_leads_to_a_check_within_1_s() {
 }
 
 #[test]
-fn push_during_in_flight_check_causes_a_second_check() {
+fn push_during_in_flight_check_causes_a_fetch_after_it() {
     // Slow server: each request takes 2 s.
     let mut sim = Sim::new(Duration::from_secs(30), secs(1.0), 8);
     sim.run_until(sim.at(50.0));
@@ -430,15 +430,15 @@ fn push_during_in_flight_check_causes_a_second_check() {
     sim.server.change_config(); // changed after the in-flight check was answered
     sim.engine.on_push(push_at);
     sim.run_until(check_at + secs(3.0));
-    let checks: Vec<_> = sim
+    let fetches: Vec<_> = sim
         .sent_between(check_at, check_at + secs(3.0))
         .into_iter()
-        .filter(|s| s.1 == Kind::Check)
+        .filter(|s| s.1 == Kind::Fetch)
         .collect();
     assert_eq!(
-        checks.len(),
+        fetches.len(),
         1,
-        "a second check right after the first: {checks:?}"
+        "a fetch right after the check: {fetches:?}"
     );
     sim.run_until(check_at + secs(8.0));
     assert!(sim.applied.iter().any(|(_, h)| *h == sim.server.hash));

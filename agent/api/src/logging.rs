@@ -1,0 +1,38 @@
+//! Logging for both daemons: structured records to journald when systemd started us
+//! (`$JOURNAL_STREAM` is set), plain lines on stderr elsewhere. Never log tokens or keys.
+
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::prelude::*;
+
+/// Parses `error`, `warn`, `info`, `debug` or `trace`.
+pub fn parse_level(s: &str) -> Option<LevelFilter> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" => Some(LevelFilter::ERROR),
+        "warn" | "warning" => Some(LevelFilter::WARN),
+        "info" => Some(LevelFilter::INFO),
+        "debug" => Some(LevelFilter::DEBUG),
+        "trace" => Some(LevelFilter::TRACE),
+        "off" => Some(LevelFilter::OFF),
+        _ => None,
+    }
+}
+
+/// Installs the global subscriber at `level` for the program `name`.
+pub fn init(name: &str, level: LevelFilter) {
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|l| l.with_syslog_identifier(name.to_owned()));
+    let registry = tracing_subscriber::registry().with(level);
+    let result = match journald {
+        Some(layer) => registry.with(layer).try_init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .try_init(),
+    };
+    // A second init (tests) keeps the first subscriber; nothing to report.
+    drop(result);
+}
