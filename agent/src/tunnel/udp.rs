@@ -8,6 +8,10 @@ use std::os::fd::AsRawFd;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
+/// Kernel buffer asked for in each direction, in bytes: bursts at Gbit/s rates overflow the
+/// default (about 208 KiB) before the data path gets the CPU. Kernel memory, used only
+/// while datagrams wait; not part of the agent's RSS.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// [`BATCH`] equal-size slots in one allocation, each holding one datagram.
 #[derive(Debug)]
@@ -152,10 +156,36 @@ pub fn socket_for(peer: SocketAddr, connect: bool) -> io::Result<UdpSocket> {
     };
     let sock = UdpSocket::bind(bind)?;
     sock.set_nonblocking(true)?;
+    set_buffer(&sock, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    set_buffer(&sock, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
     if connect {
         sock.connect(peer)?;
     }
     Ok(sock)
+}
+
+/// Sets a socket buffer to [`SOCKET_BUFFER_BYTES`]: beyond `net.core.*mem_max` with
+/// `CAP_NET_ADMIN` (`force`), else as far as the limit allows (`plain`). Best effort.
+fn set_buffer(sock: &UdpSocket, force: libc::c_int, plain: libc::c_int) {
+    let size = SOCKET_BUFFER_BYTES as libc::c_int;
+    let set = |opt| {
+        // SAFETY: `size` outlives the call and the length matches its type.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(force) != 0 && set(plain) != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "cannot enlarge the UDP socket buffer"
+        );
+    }
 }
 
 #[cfg(test)]
