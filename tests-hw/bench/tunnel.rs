@@ -5,7 +5,8 @@
 //! `--agent-profile`, default `release`), wireguard-go and boringtun-cli. Prints Gbit/s per
 //! gateway, the gateway process's CPU use, the ratios agent/boringtun-cli and
 //! agent/wireguard-go, and the agent's VmHWM/VmRSS under that load. With `--runs N` every
-//! gateway is measured N times, interleaved, and the median is reported.
+//! gateway is measured N times, interleaved, and the median is reported. `--hub boringtun-cli`
+//! swaps the hub's implementation, to check whether the hub limits the numbers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,8 @@ use gatelet_tests_hw::{
 };
 
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
-                     [--runs N] [--only agent|wireguard-go|boringtun-cli]";
+                     [--runs N] [--only agent|wireguard-go|boringtun-cli] \
+                     [--hub wireguard-go|boringtun-cli]";
 /// iperf3's default port.
 const IPERF_PORT: u16 = 5201;
 /// How long a gateway gets to complete its first handshake.
@@ -38,6 +40,7 @@ struct Args {
     seconds: u32,
     runs: u32,
     only: Option<String>,
+    hub: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 10,
         runs: 1,
         only: None,
+        hub: "wireguard-go".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -62,6 +66,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
             "--runs" => args.runs = value()?.parse().context("--runs")?,
             "--only" => args.only = Some(value()?),
+            "--hub" => args.hub = value()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -133,11 +138,17 @@ fn main() -> anyhow::Result<()> {
         bail!("--only matches no gateway; {USAGE}");
     }
 
+    let hub = match args.hub.as_str() {
+        "wireguard-go" => WgImpl::WireguardGo,
+        "boringtun-cli" => WgImpl::BoringtunCli(args.boringtun.clone()),
+        other => bail!("unknown hub {other:?}; {USAGE}"),
+    };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
     for run in 1..=args.runs {
         for (i, c) in contenders.iter().enumerate() {
             eprintln!("run {run}/{}: {} ...", args.runs, c.label);
-            let s = measure(c, args.seconds).with_context(|| format!("measuring {}", c.label))?;
+            let s =
+                measure(c, &hub, args.seconds).with_context(|| format!("measuring {}", c.label))?;
             eprintln!(
                 "  {:.2} Gbit/s, gateway {:.0}% CPU, hub {:.0}% CPU",
                 s.gbit_s, s.cpu_pct, s.hub_cpu_pct
@@ -148,8 +159,10 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "iperf3 TCP {} s, hub (wireguard-go) -> gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
-        args.seconds, args.runs
+        "iperf3 TCP {} s, hub ({}) -> gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
+        args.seconds,
+        hub.label(),
+        args.runs
     );
     println!(
         "{:<26} {:>7} {:>9} {:>9} {:>10} {:>10}",
@@ -225,8 +238,8 @@ fn median(samples: &[Sample]) -> Sample {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
-fn measure(c: &Contender, seconds: u32) -> anyhow::Result<Sample> {
-    let tb = Testbed::start(&c.role)?;
+fn measure(c: &Contender, hub: &WgImpl, seconds: u32) -> anyhow::Result<Sample> {
+    let tb = Testbed::start_with_hub(&c.role, hub)?;
     if let Err(e) = tb.wait_handshake(None, HANDSHAKE_TIMEOUT) {
         bail!("{e}\n--- gateway log ---\n{}", gateway_log(&tb));
     }

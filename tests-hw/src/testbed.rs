@@ -63,8 +63,10 @@ pub enum Gateway {
 pub struct Testbed {
     /// The gateway under test.
     pub gateway: Gateway,
-    /// The hub's WireGuard (wireguard-go).
+    /// The hub's WireGuard (wireguard-go unless started with another).
     pub hub: WgInterface,
+    /// The hub's implementation.
+    pub hub_impl: WgImpl,
     /// The veth between the namespaces.
     pub veth: VethPair,
     /// The gateway's namespace.
@@ -85,6 +87,12 @@ impl Testbed {
     /// Builds the topology, starts the hub (wireguard-go) and the gateway as `role`. Does not
     /// wait for the handshake.
     pub fn start(role: &GatewayRole) -> Result<Testbed> {
+        Testbed::start_with_hub(role, &WgImpl::WireguardGo)
+    }
+
+    /// As [`Testbed::start`], with `hub` as the hub's implementation (the benchmark uses this
+    /// to see whether the hub or the gateway limits throughput).
+    pub fn start_with_hub(role: &GatewayRole, hub: &WgImpl) -> Result<Testbed> {
         let hub_ns = Netns::new("hub")?;
         let gw_ns = Netns::new("gw")?;
         let veth = VethPair::new(
@@ -102,7 +110,8 @@ impl Testbed {
         let hub_key = KeyPair::generate()?;
         let gw_key = KeyPair::generate()?;
         let psk = generate_psk()?;
-        let hub = start_hub(&hub_ns, &hub_key)?;
+        let hub_impl = hub.clone();
+        let hub = start_hub(&hub_ns, &hub_impl, &hub_key)?;
         hub.set_peer(&hub_peer_for_gateway(&gw_key, &psk))?;
         let gateway = match role {
             GatewayRole::Agent(binary) => Gateway::Agent(Agent::start(
@@ -133,6 +142,7 @@ impl Testbed {
         Ok(Testbed {
             gateway,
             hub,
+            hub_impl,
             veth,
             gw_ns,
             hub_ns,
@@ -253,7 +263,7 @@ impl Testbed {
         self.veth
             .readdress(&self.hub_ns, &format!("{new_ip}/{LAN_PREFIX}"))?;
         self.gw_ns.set_hosts(&[(IpAddr::V4(new_ip), HUB_NAME)])?;
-        self.hub = start_hub(&self.hub_ns, &self.hub_key)?;
+        self.hub = start_hub(&self.hub_ns, &self.hub_impl, &self.hub_key)?;
         self.hub
             .set_peer(&hub_peer_for_gateway(&self.gw_key, &self.psk))?;
         self.hub_lan_ip = new_ip;
@@ -261,10 +271,10 @@ impl Testbed {
     }
 }
 
-fn start_hub(ns: &Netns, key: &KeyPair) -> Result<WgInterface> {
+fn start_hub(ns: &Netns, imp: &WgImpl, key: &KeyPair) -> Result<WgInterface> {
     WgInterface::start(
         ns,
-        &WgImpl::WireguardGo,
+        imp,
         key,
         Some(HUB_PORT),
         &[&format!("{HUB_TUNNEL_IP}/24")],
