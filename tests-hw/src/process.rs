@@ -133,6 +133,23 @@ impl Process {
         status
     }
 
+    /// Kills the child alone with SIGKILL (a crash, as the child sees it: no cleanup runs)
+    /// and reaps it. Returns how it ended.
+    pub fn crash(&mut self) -> Option<ExitStatus> {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            if self.exit.is_none() {
+                // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's
+                // and not yet reaped, so it cannot have been reused.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let status = self.exit.or_else(|| self.child.wait().ok());
+        self.exit = status;
+        status
+    }
+
     fn kill_group(&self, sig: libc::c_int) {
         let Ok(pgid) = libc::pid_t::try_from(self.child.id()) else {
             return;

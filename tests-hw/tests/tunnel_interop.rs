@@ -202,3 +202,56 @@ fn agent_exits_64_with_one_clear_line_for_a_bad_gateway_env() {
         lines[0]
     );
 }
+
+#[test]
+fn agent_removes_its_tun_device_on_a_clean_exit() {
+    let mut tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    ok(&tb, tb.gw_ns.ip(&["link", "show", "gatelet0"]));
+    let gatelet_tests_hw::Gateway::Agent(agent) = &mut tb.gateway else {
+        unreachable!("agent_testbed starts the agent")
+    };
+    let status = agent.process().terminate();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM should end the agent cleanly, got {status:?}:\n{}",
+        agent.log()
+    );
+    let left = tb.gw_ns.ip(&["link", "show", "gatelet0"]);
+    assert!(
+        left.is_err(),
+        "gatelet0 is still there after a clean exit: {left:?}"
+    );
+}
+
+#[test]
+fn agent_comes_back_after_a_crash_over_a_leftover_tun_device_and_socket_file() {
+    let mut tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let binary = product_binary("gatelet-agent").unwrap();
+    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, &tb.psk);
+    let gatelet_tests_hw::Gateway::Agent(agent) = &mut tb.gateway else {
+        unreachable!("agent_testbed starts the agent")
+    };
+    let status = agent.process().crash();
+    assert!(status.is_some(), "the agent did not die of SIGKILL");
+    let socket = agent.socket().to_owned();
+    assert!(
+        socket.exists(),
+        "the crash should leave the control socket file behind"
+    );
+    // A plain TUN device dies with its last file descriptor; a persistent one (as an agent
+    // using a pre-created device leaves behind) stays, with its address and routes gone.
+    ok(
+        &tb,
+        tb.gw_ns
+            .ip(&["tuntap", "add", "dev", "gatelet0", "mode", "tun"]),
+    );
+    let first = ok(&tb, tb.hub_handshake()).expect("handshake before the crash");
+    thread::sleep(Duration::from_secs(1));
+    let restarted = gatelet_tests_hw::Agent::start(&tb.gw_ns, &binary, &env);
+    let restarted = ok(&tb, restarted);
+    tb.gateway = gatelet_tests_hw::Gateway::Agent(restarted);
+    ok(&tb, tb.wait_handshake(Some(first), HANDSHAKE_TIMEOUT));
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+}
