@@ -159,6 +159,12 @@ impl TunDevice {
         &self.name
     }
 
+    /// Whether the interface was deleted (or replaced by another of the same name) while
+    /// the agent held it.
+    pub fn is_gone(&self) -> bool {
+        ifindex_of(&self.name) != Some(self.ifindex)
+    }
+
     /// Whether the device existed as a persistent device before the agent attached (it then
     /// outlives the agent).
     pub fn is_persistent(&self) -> bool {

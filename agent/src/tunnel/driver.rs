@@ -28,10 +28,35 @@ const ROUNDS_PER_WAKEUP: usize = 8;
 const MAX_SEND_WAITS: usize = 64;
 /// Extra room above the MTU for datagrams from a hub with a larger MTU.
 const PACKET_HEADROOM: usize = 128;
+/// Timer ticks between two checks that the interface still exists.
+const IFACE_CHECK_TICKS: u32 = 20;
+
+/// A descriptor that reads and writes one IP packet per call.
+pub trait PacketInterface: AsRawFd {
+    /// A one-line description when the interface no longer exists (deleted under the agent:
+    /// the descriptor then stays silent forever), None while it is fine.
+    fn gone(&self) -> Option<String> {
+        None
+    }
+}
+
+impl PacketInterface for crate::netif::tun::TunDevice {
+    fn gone(&self) -> Option<String> {
+        self.is_gone().then(|| {
+            format!(
+                "TUN device {} was deleted; exiting so that the service manager restarts the \
+                 agent, which creates it again",
+                self.name()
+            )
+        })
+    }
+}
+
+impl PacketInterface for std::os::unix::net::UnixDatagram {}
 
 /// Everything the data path needs.
 #[derive(Debug)]
-pub struct DataPath<T: AsRawFd> {
+pub struct DataPath<T: PacketInterface> {
     /// The protocol logic.
     pub core: TunnelCore,
     /// The interface: a TUN device, or any descriptor that reads and writes one IP packet
@@ -48,7 +73,7 @@ pub struct DataPath<T: AsRawFd> {
 
 /// Starts the data path on a thread of its own; it runs until `shutdown` turns true or its
 /// sender is dropped.
-pub fn spawn<T: AsRawFd + Send + 'static>(
+pub fn spawn<T: PacketInterface + Send + 'static>(
     dp: DataPath<T>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
@@ -86,7 +111,7 @@ fn write_fd(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
 
 /// Runs the data path until shutdown (see [`spawn`]). Must run inside a tokio runtime with
 /// I/O and time enabled.
-pub async fn run<T: AsRawFd>(
+pub async fn run<T: PacketInterface>(
     dp: DataPath<T>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -103,6 +128,7 @@ pub async fn run<T: AsRawFd>(
     let mut plain = vec![0u8; out_len];
     let mut packet = vec![0u8; max_packet];
     let mut resolving: Option<tokio::task::JoinHandle<Result<Vec<SocketAddr>, String>>> = None;
+    let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -138,6 +164,12 @@ pub async fn run<T: AsRawFd>(
             _ = tick.tick() => {
                 if let Some(d) = core.on_timer(Instant::now(), &mut plain) {
                     send_one(&mut core, udp.get_ref(), d);
+                }
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(IFACE_CHECK_TICKS) {
+                    if let Some(why) = iface.get_ref().gone() {
+                        return Err(io::Error::new(io::ErrorKind::NotFound, why));
+                    }
                 }
             }
             result = resolved => {
