@@ -130,6 +130,17 @@ impl Agent {
     /// `ns`, then waits until the control socket answers a status request. Extra environment
     /// (e.g. `RUST_LOG`) is inherited from the test.
     pub fn start(ns: &Netns, binary: &Path, env: &GatewayEnv) -> Result<Agent> {
+        Agent::start_as(ns, binary, env, None)
+    }
+
+    /// As [`Agent::start`]; with `run_as = Some((uid, gid))` the agent runs as that user with
+    /// no capabilities at all (via `setpriv`), and its files are given to that user.
+    pub fn start_as(
+        ns: &Netns,
+        binary: &Path,
+        env: &GatewayEnv,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Agent> {
         let dir = ns.dir().join("agent");
         let state = dir.join("state");
         std::fs::create_dir_all(&state)
@@ -137,7 +148,27 @@ impl Agent {
         let env_path = dir.join("gateway.env");
         env.write(&env_path)?;
         let socket = dir.join("agent.sock");
-        let mut cmd = ns.command(binary);
+        let mut cmd = match run_as {
+            None => ns.command(binary),
+            Some((uid, gid)) => {
+                for path in [&dir, &state, &env_path] {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+                        HarnessError::io(format!("chown {} to {uid}", path.display()), e)
+                    })?;
+                }
+                let mut c = ns.command("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args([
+                        "--clear-groups",
+                        "--inh-caps=-all",
+                        "--bounding-set=-all",
+                        "--",
+                    ])
+                    .arg(binary);
+                c
+            }
+        };
         cmd.arg("--env")
             .arg(&env_path)
             .arg("--state-dir")

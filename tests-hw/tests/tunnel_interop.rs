@@ -255,3 +255,84 @@ fn agent_comes_back_after_a_crash_over_a_leftover_tun_device_and_socket_file() {
     ok(&tb, tb.wait_handshake(Some(first), HANDSHAKE_TIMEOUT));
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
 }
+
+/// uid and gid of `nobody`, the stand-in for the service user.
+const NOBODY: (u32, u32) = (65534, 65534);
+
+#[test]
+fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
+    let mut tb = agent_testbed();
+    let gatelet_tests_hw::Gateway::Agent(agent) = &mut tb.gateway else {
+        unreachable!("agent_testbed starts the agent")
+    };
+    agent.process().terminate();
+    // What an installer does once, as root: a persistent device owned by the service user,
+    // with its address, MTU and route.
+    let (uid, gid) = (NOBODY.0.to_string(), NOBODY.1.to_string());
+    let setup: [&[&str]; 4] = [
+        &[
+            "tuntap", "add", "dev", "gatelet0", "mode", "tun", "user", &uid, "group", &gid,
+        ],
+        &[
+            "addr",
+            "add",
+            &format!("{GW_TUNNEL_IP}/32"),
+            "dev",
+            "gatelet0",
+        ],
+        &["link", "set", "gatelet0", "mtu", "1420", "up"],
+        &[
+            "route",
+            "add",
+            &format!("{HUB_TUNNEL_IP}/32"),
+            "dev",
+            "gatelet0",
+        ],
+    ];
+    for args in setup {
+        ok(&tb, tb.gw_ns.ip(args));
+    }
+    let binary = product_binary("gatelet-agent").unwrap();
+    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, &tb.psk);
+    let unprivileged = gatelet_tests_hw::Agent::start_as(&tb.gw_ns, &binary, &env, Some(NOBODY));
+    tb.gateway = gatelet_tests_hw::Gateway::Agent(ok(&tb, unprivileged));
+    let pid = ok(&tb, tb.agent()).pid();
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:")[0], uid, "{proc_status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{proc_status}");
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+}
+
+/// The agent's `PersistentKeepalive`, in seconds.
+const KEEPALIVE: Duration = Duration::from_secs(25);
+
+#[test]
+fn agent_sends_a_keepalive_within_25_seconds_on_an_idle_tunnel() {
+    let tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    // Let the handshake's own packets settle, then watch an idle tunnel: only a keepalive
+    // (32 bytes on the wire) can make the hub's receive counter move.
+    thread::sleep(Duration::from_secs(1));
+    let (rx_before, _) = ok(&tb, tb.hub.transfer(&tb.gw_key.public));
+    let start = Instant::now();
+    ok(
+        &tb,
+        wait_until(
+            "a keepalive from the agent",
+            KEEPALIVE + Duration::from_secs(3),
+            || {
+                let (rx, _) = tb.hub.transfer(&tb.gw_key.public)?;
+                Ok::<_, HarnessError>((rx > rx_before).then_some(()))
+            },
+        ),
+    );
+    eprintln!("keepalive after {:?} of idleness", start.elapsed());
+}
