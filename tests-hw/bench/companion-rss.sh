@@ -8,8 +8,10 @@ cd "$(dirname "$0")/../.."
 MINUTES=${MINUTES:-5}
 TARGET_KIB=$((6 * 1024))
 
+# COMPANION=path measures another build (e.g. the static musl one from tests-hw/bench/sizes.sh).
 cargo build -q --release -p gatelet-companion --bin gatelet-companion --example fake-gatecontrol
 BIN=${CARGO_TARGET_DIR:-target}/release
+COMPANION=${COMPANION:-$BIN/gatelet-companion}
 
 T=$(mktemp -d)
 pids=()
@@ -46,7 +48,7 @@ sed -e "s#^GC_SERVER_URL=.*#GC_SERVER_URL=http://127.0.0.1:$SERVER_PORT#" \
     companion/tests/data/gateway-env.txt > "$T/gateway.env"
 for _ in $(seq 50); do grep -q listening "$T/server.log" && break; sleep 0.1; done
 
-"$BIN/gatelet-companion" --env "$T/gateway.env" --state-dir "$T/state" \
+"$COMPANION" --env "$T/gateway.env" --state-dir "$T/state" \
     --control-socket "$T/agent.sock" --status-socket "$T/companion.sock" --log-level warn \
     2> "$T/companion.log" &
 CPID=$!
@@ -58,11 +60,11 @@ hwm=$(awk '/VmHWM/ {print $2}' /proc/$CPID/status)
 rss=$(awk '/VmRSS/ {print $2}' /proc/$CPID/status)
 beats=$(grep -c "POST /api/v1/gateway/heartbeat -> 200" "$T/server.log" || true)
 checks=$(grep -c "GET /api/v1/gateway/config/check" "$T/server.log" || true)
-size=$(stat -c %s "$BIN/gatelet-companion")
-routes=$("$BIN/gatelet-companion" status --json --status-socket "$T/companion.sock" |
+size=$(stat -c %s "$COMPANION")
+routes=$("$COMPANION" status --json --status-socket "$T/companion.sock" |
     python3 -c 'import json,sys; c=json.load(sys.stdin)["snapshot"]["config"]; print(len(c["http_routes"])+len(c["l4_routes"]))')
 
-printf '%-34s %s\n' "binary (x86_64, stripped)" "$size bytes"
+printf '%-34s %s\n' "binary" "$COMPANION ($size bytes, $(file -b "$COMPANION" | cut -d, -f1,7 2>/dev/null))"
 printf '%-34s %s\n' "routes in force" "$routes"
 printf '%-34s %s\n' "heartbeats accepted" "$beats (expected ~$((MINUTES * 12)))"
 printf '%-34s %s\n' "hash checks" "$checks"

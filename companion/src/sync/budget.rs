@@ -43,6 +43,9 @@ pub const HEARTBEAT_JITTER: f64 = 0.10;
 pub const SERVER_MARGIN: u32 = 1;
 /// Pause after a 429 that carries neither `Retry-After` nor `RateLimit-Reset`.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Shortest interval between regular hash checks, however generous the server's limit: a
+/// deletion is still seen within 20 s, and an idle gateway does not hammer its server.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The kind of a request, for sharing the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,12 +262,14 @@ impl Budget {
         }
     }
 
-    /// Takes in what an answer's headers said. A smaller `RateLimit-Limit` than ours lowers our
-    /// limit; `RateLimit-Remaining` with `RateLimit-Reset` holds until that reset.
+    /// Takes in what an answer's headers said. The server's `RateLimit-Limit` becomes ours (a
+    /// server configured for more requests lets heartbeats run at their configured pace, one
+    /// configured for fewer is respected); `RateLimit-Remaining` with `RateLimit-Reset` holds
+    /// until that reset.
     pub fn observe(&mut self, now: Instant, rate: &RateInfo) {
         self.prune(now);
         if let Some(limit) = rate.limit {
-            if limit > 0 && limit < self.limit {
+            if limit > 0 && limit != self.limit {
                 self.limit = limit;
                 self.plan();
             }
@@ -301,10 +306,11 @@ impl Budget {
 
     /// The interval between regular hash checks: the sync slots (less [`SYNC_RESERVE`]) spread
     /// evenly over the window, and, while the server reports fewer remaining requests, what
-    /// it leaves after the heartbeats spread evenly until its reset.
+    /// it leaves after the heartbeats spread evenly until its reset; never below
+    /// [`MIN_CHECK_INTERVAL`].
     pub fn check_interval(&self, now: Instant) -> Duration {
         let slots = self.sync_slots().saturating_sub(SYNC_RESERVE).max(1);
-        let mut interval = self.window / slots;
+        let mut interval = (self.window / slots).max(MIN_CHECK_INTERVAL);
         if let Some((avail, reset_at)) = self.server_available(now) {
             let left = i64::from(avail)
                 - i64::from(self.heartbeats_until(now, reset_at))
@@ -352,6 +358,35 @@ mod tests {
             b.heartbeat_slots() + b.sync_slots() <= SERVER_LIMIT - SAFETY_MARGIN,
             "the plan itself fits the limit"
         );
+    }
+
+    #[test]
+    fn the_servers_announced_limit_replaces_ours_both_ways() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(secs(5));
+        assert!(
+            b.heartbeat_stretched().is_some(),
+            "100/15 min cannot carry 5 s beats"
+        );
+        let generous = RateInfo {
+            limit: Some(1000),
+            ..RateInfo::default()
+        };
+        b.observe(t0, &generous);
+        assert_eq!(b.heartbeat_stretched(), None);
+        assert_eq!(b.heartbeat_interval(), secs(5));
+        assert_eq!(
+            b.check_interval(t0),
+            MIN_CHECK_INTERVAL,
+            "generous, not hammering"
+        );
+        let strict = RateInfo {
+            limit: Some(50),
+            ..RateInfo::default()
+        };
+        b.observe(t0, &strict);
+        assert!(b.heartbeat_interval() > secs(5));
+        assert!(b.sync_slots() + b.heartbeat_slots() <= 50);
     }
 
     #[test]

@@ -175,10 +175,19 @@ impl FakeGateControl {
         fixtures: impl AsRef<Path>,
         api_token: &str,
     ) -> io::Result<FakeGateControl> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        FakeGateControl::start_on(listener, fixtures, api_token)
+    }
+
+    /// Starts on an already bound `listener` (the demo binds the hub's tunnel address).
+    pub fn start_on(
+        listener: TcpListener,
+        fixtures: impl AsRef<Path>,
+        api_token: &str,
+    ) -> io::Result<FakeGateControl> {
         let fixtures = fixtures.as_ref().to_path_buf();
         let config = std::fs::read(fixtures.join("gateway-config.json"))?;
         let config_hash = hash_of(&config)?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             fixtures,

@@ -1,0 +1,66 @@
+//! The fake GateControl server of the tests as a program, for the demo and the benchmarks:
+//! the gateway API of protocol §3 replaying the real fixtures, with the real server's rate
+//! limit and auth rules. Not part of the product.
+//!
+//! ```text
+//! fake-gatecontrol [--listen ADDR:PORT] [--fixtures DIR] [--config FILE] [--rate-limit N]
+//! ```
+//! It prints `listening on http://ADDR:PORT` once ready, a line per request, and serves until
+//! killed. `--config` replaces the served document (re-read on SIGHUP is not supported: restart).
+
+#[path = "../tests/fake_gatecontrol/mod.rs"]
+#[allow(dead_code)]
+mod fake_gatecontrol;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fake_gatecontrol::{fixture_api_token, fixture_dir, FakeGateControl};
+
+fn main() -> anyhow::Result<()> {
+    let mut listen = "127.0.0.1:3000".to_owned();
+    let mut fixtures = fixture_dir();
+    let mut config: Option<PathBuf> = None;
+    let mut rate_limit: Option<u32> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => listen = value()?,
+            "--fixtures" => fixtures = value()?.into(),
+            "--config" => config = Some(value()?.into()),
+            "--rate-limit" => rate_limit = Some(value()?.parse().context("--rate-limit")?),
+            "-h" | "--help" => {
+                println!("fake-gatecontrol [--listen ADDR:PORT] [--fixtures DIR] [--config FILE] [--rate-limit N]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let listener = TcpListener::bind(&listen).with_context(|| format!("binding {listen}"))?;
+    let token = fixture_api_token(&fixtures)?;
+    let server = FakeGateControl::start_on(listener, &fixtures, &token)?;
+    if let Some(path) = config {
+        let doc = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        server.set_config(doc)?;
+    }
+    if let Some(limit) = rate_limit {
+        server.set_rate_limit(limit, fake_gatecontrol::WINDOW);
+    }
+    println!("listening on {}", server.url());
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let reqs = server.requests();
+        for r in reqs.iter().skip(seen) {
+            println!("{} {} -> {}", r.method, r.target, r.status);
+        }
+        seen = reqs.len();
+        if seen > 10_000 {
+            server.clear_requests();
+            seen = 0;
+        }
+    }
+}
