@@ -4,9 +4,11 @@
 //!   brought up, with routes for `WG_ALLOWED_IPS`; removed again on exit.
 //! - [`netlink`]: the two rtnetlink requests that have no ioctl (add a route, delete a link),
 //!   built by hand over a `NETLINK_ROUTE` socket.
+//! - [`vnet`]: the `virtio_net_hdr` framing and the receive coalescing it allows.
 
 pub mod netlink;
 pub mod tun;
+pub mod vnet;
 
 use std::io;
 

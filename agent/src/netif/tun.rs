@@ -34,7 +34,8 @@ pub struct TunConfig {
     pub routes: Vec<Cidr>,
 }
 
-/// An open TUN device (IFF_TUN | IFF_NO_PI, non-blocking): read and write whole IP packets.
+/// An open TUN device (IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, non-blocking): read and write
+/// whole IP packets, each behind a `virtio_net_hdr` (see [`super::vnet`]).
 #[derive(Debug)]
 pub struct TunDevice {
     fd: OwnedFd,
@@ -73,7 +74,8 @@ fn tun_flags(name: &str) -> Option<u32> {
 
 fn set_iff(fd: RawFd, name: &str) -> io::Result<()> {
     let mut req = ifreq(name);
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: `req` is a valid ifreq for TUNSETIFF and outlives the call.
     let rc = unsafe { libc::ioctl(fd, libc::TUNSETIFF as libc::Ioctl, &mut req) };
     if rc < 0 {

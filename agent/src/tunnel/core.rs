@@ -253,8 +253,9 @@ impl TunnelCore {
         let base = dst.as_ptr() as usize;
         if self.handshake_due && self.endpoint.is_some() {
             self.handshake_due = false;
+            // Forced: an initiation already in progress went to the old address (or nowhere).
             if let TunnResult::WriteToNetwork(out) =
-                self.tunn.format_handshake_initiation(dst, false)
+                self.tunn.format_handshake_initiation(dst, true)
             {
                 return Some(span(base, out));
             }

@@ -428,3 +428,26 @@ fn unanswered_handshakes_request_a_resolve_long_before_3_minutes() {
     p.run_for(TIMER_TICK);
     assert!(p.gw.core.wants_resolve(p.now));
 }
+
+#[test]
+fn initiation_lost_before_an_address_change_is_sent_again_to_the_new_address() {
+    let mut p = Pair::new();
+    let up = ipv4(GW_IP, HUB_IP, 30);
+    let mut buf = vec![0; TunnelCore::dst_len(MAX_PACKET)];
+    let lost = p.gw.core.from_tun(&up, &mut buf).map(|d| d[0]);
+    assert_eq!(
+        lost,
+        Some(MSG_HANDSHAKE_INIT),
+        "sent nowhere: the handshake is in progress"
+    );
+    p.gw.core.resolve_started(p.now);
+    let b: SocketAddr = "192.0.2.2:51820".parse().unwrap();
+    assert_eq!(p.gw.core.resolve_finished(Ok(vec![b])), Some(b));
+    p.tick();
+    assert_eq!(p.gw_sent(MSG_HANDSHAKE_INIT, None).len(), 1);
+    assert_eq!(
+        p.hub.delivered,
+        vec![up],
+        "the queued packet followed the handshake"
+    );
+}
