@@ -136,6 +136,24 @@ impl TunDevice {
             set_iff(fd.as_raw_fd(), name)
                 .map_err(|e| NetifError::sys(format!("cannot create TUN device {name}"), e))?;
         }
+        // Checksum and TSO offloads: the kernel may hand over partial checksums and TCP
+        // segments up to 64 KiB, which the data path completes and cuts (see `vnet`).
+        let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD as libc::Ioctl,
+                offloads as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            tracing::info!(
+                device = name,
+                error = %io::Error::last_os_error(),
+                "TUN offloads unavailable; the kernel segments and checksums itself"
+            );
+        }
         let ifindex = ifindex_of(name).ok_or_else(|| {
             NetifError::sys(
                 format!("TUN device {name} has no interface index"),

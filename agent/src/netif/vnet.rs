@@ -7,8 +7,11 @@
 //! one IPv4 TCP flow from a batch into a single write of up to 64 KiB marked
 //! `GSO_TCPV4` + `NEEDS_CSUM`; everything else passes through unchanged with an empty header.
 //! The kernel treats a merged segment like one that came out of GRO (and splits it again if
-//! it forwards it). No offloads are enabled for the other direction, so packets read from
-//! the device always carry an empty header.
+//! it forwards it).
+//!
+//! In the other direction the device is given checksum and TSO offloads, so the kernel's TCP
+//! stack hands over segments of up to 64 KiB and leaves checksums partial: [`Segments`] cuts
+//! such a frame into MTU-sized packets with complete checksums, as a NIC would.
 
 /// Size of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
@@ -220,6 +223,164 @@ impl Coalescer {
     }
 }
 
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+const IPPROTO_UDP: u8 = 17;
+
+/// The packets in one frame read from the device: the packet itself (its checksum completed
+/// when the kernel left it partial), or the segments of a TCP GSO frame. Call
+/// [`Segments::next`] until it returns None.
+#[derive(Debug)]
+pub struct Segments<'a> {
+    packet: &'a [u8],
+    needs_csum: bool,
+    gso: u8,
+    gso_size: usize,
+    csum_start: usize,
+    csum_offset: usize,
+    /// Payload bytes already cut (GSO), or 1 once the single packet went out.
+    offset: usize,
+    index: u16,
+    done: bool,
+}
+
+impl<'a> Segments<'a> {
+    /// Parses the header of `frame`; None when it is malformed or of a kind not offered (UDP
+    /// fragmentation offload, ECN).
+    pub fn new(frame: &'a [u8]) -> Option<Self> {
+        if frame.len() <= VNET_HDR_LEN {
+            return None;
+        }
+        let h = &frame[..VNET_HDR_LEN];
+        let ne = |i: usize| usize::from(u16::from_ne_bytes([h[i], h[i + 1]]));
+        let gso = h[1];
+        if gso & VIRTIO_NET_HDR_GSO_ECN != 0
+            || !matches!(
+                gso,
+                VIRTIO_NET_HDR_GSO_NONE | VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6
+            )
+        {
+            return None;
+        }
+        let seg = Segments {
+            packet: &frame[VNET_HDR_LEN..],
+            needs_csum: h[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+            gso,
+            gso_size: ne(4),
+            csum_start: ne(6),
+            csum_offset: ne(8),
+            offset: 0,
+            index: 0,
+            done: false,
+        };
+        if seg.needs_csum && seg.csum_start + seg.csum_offset + 2 > seg.packet.len() {
+            return None;
+        }
+        if gso != VIRTIO_NET_HDR_GSO_NONE && seg.gso_size == 0 {
+            return None;
+        }
+        Some(seg)
+    }
+
+    /// The next packet, built in `scratch` when it had to change (which must hold an MTU-sized
+    /// packet); None when the frame is exhausted or malformed.
+    pub fn next<'b>(&mut self, scratch: &'b mut [u8]) -> Option<&'b [u8]>
+    where
+        'a: 'b,
+    {
+        if self.done {
+            return None;
+        }
+        if self.gso == VIRTIO_NET_HDR_GSO_NONE {
+            self.done = true;
+            let p = self.packet;
+            if !self.needs_csum {
+                return Some(p);
+            }
+            let out = scratch.get_mut(..p.len())?;
+            out.copy_from_slice(p);
+            let field = self.csum_start + self.csum_offset;
+            let mut sum = !fold(sum16(&out[self.csum_start..], 0));
+            if sum == 0 && self.udp() {
+                sum = 0xffff;
+            }
+            out[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+            return Some(out);
+        }
+        self.next_tcp_segment(scratch)
+    }
+
+    fn udp(&self) -> bool {
+        match self.packet[0] >> 4 {
+            4 => self.packet.get(9) == Some(&IPPROTO_UDP),
+            _ => self.packet.get(6) == Some(&IPPROTO_UDP),
+        }
+    }
+
+    fn next_tcp_segment<'b>(&mut self, scratch: &'b mut [u8]) -> Option<&'b [u8]> {
+        let p = self.packet;
+        let v4 = self.gso == VIRTIO_NET_HDR_GSO_TCPV4;
+        let ip_len = if v4 { usize::from(p[0] & 0x0f) * 4 } else { 40 };
+        let proto = if v4 { p.get(9) } else { p.get(6) };
+        if proto != Some(&IPPROTO_TCP) || p.len() < ip_len + 20 {
+            self.done = true;
+            return None;
+        }
+        let tcp_len = usize::from(p[ip_len + 12] >> 4) * 4;
+        let hdrs = ip_len + tcp_len;
+        if tcp_len < 20 || p.len() <= hdrs {
+            self.done = true;
+            return None;
+        }
+        let payload = &p[hdrs..];
+        let start = self.offset;
+        let end = (start + self.gso_size).min(payload.len());
+        if start >= end {
+            self.done = true;
+            return None;
+        }
+        let last = end == payload.len();
+        let len = hdrs + end - start;
+        let out = scratch.get_mut(..len)?;
+        out[..hdrs].copy_from_slice(&p[..hdrs]);
+        out[hdrs..].copy_from_slice(&payload[start..end]);
+        if v4 {
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            let id = u16::from_be_bytes([p[4], p[5]]).wrapping_add(self.index);
+            out[4..6].copy_from_slice(&id.to_be_bytes());
+            out[10..12].fill(0);
+            let ip_sum = !fold(sum16(&out[..ip_len], 0));
+            out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        } else {
+            out[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        }
+        let t = ip_len;
+        let seq =
+            u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]).wrapping_add(start as u32);
+        out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+        if !last {
+            out[t + 13] &= !(TCP_FIN | TCP_PSH);
+        }
+        if self.index > 0 {
+            out[t + 13] &= !TCP_CWR;
+        }
+        out[t + 16..t + 18].fill(0);
+        let seg_len = (len - ip_len) as u32;
+        let pseudo = if v4 {
+            sum16(&out[12..20], u32::from(IPPROTO_TCP) + seg_len)
+        } else {
+            sum16(&out[8..40], u32::from(IPPROTO_TCP) + seg_len)
+        };
+        let tcp_sum = !fold(sum16(&out[t..], pseudo));
+        out[t + 16..t + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+        self.offset = end;
+        self.index = self.index.wrapping_add(1);
+        self.done = last;
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +495,82 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), VNET_HDR_LEN + 40 + 160);
         assert_eq!(out[1][1], 0, "single segment: no GSO");
+    }
+
+    fn vnet(flags: u8, gso: u8, hdr_len: u16, gso_size: u16, cs: u16, co: u16) -> Vec<u8> {
+        let mut h = vec![flags, gso];
+        for v in [hdr_len, gso_size, cs, co] {
+            h.extend_from_slice(&v.to_ne_bytes());
+        }
+        h
+    }
+
+    fn tcp_checksum_ok(p: &[u8]) -> bool {
+        let pseudo = sum16(&p[12..20], 6 + (p.len() - 20) as u32);
+        fold(sum16(&p[20..], pseudo)) == 0xffff
+    }
+
+    #[test]
+    fn gso_frame_is_cut_into_segments_with_valid_headers() {
+        let payload: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let mut big = tcp(5000, &payload, TCP_ACK | TCP_PSH);
+        big[4..6].copy_from_slice(&100u16.to_be_bytes()); // IP id
+                                                          // As the kernel hands it over: pseudo-header sum in the checksum field.
+        let pseudo = fold(sum16(&big[12..20], 6 + (big.len() - 20) as u32));
+        big[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let mut frame = vnet(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            VIRTIO_NET_HDR_GSO_TCPV4,
+            40,
+            100,
+            20,
+            16,
+        );
+        frame.extend_from_slice(&big);
+        let mut segs = Segments::new(&frame).unwrap();
+        let mut scratch = vec![0u8; 1500];
+        let mut out = Vec::new();
+        while let Some(s) = segs.next(&mut scratch) {
+            out.push(s.to_vec());
+        }
+        assert_eq!(out.len(), 3);
+        let mut joined = Vec::new();
+        for (i, s) in out.iter().enumerate() {
+            assert_eq!(usize::from(u16::from_be_bytes([s[2], s[3]])), s.len());
+            assert_eq!(
+                fold(sum16(&s[..20], 0)),
+                0xffff,
+                "IPv4 checksum of segment {i}"
+            );
+            assert!(tcp_checksum_ok(s), "TCP checksum of segment {i}");
+            assert_eq!(u16::from_be_bytes([s[4], s[5]]), 100 + i as u16);
+            let seq = u32::from_be_bytes([s[24], s[25], s[26], s[27]]);
+            assert_eq!(seq, 5000 + 100 * i as u32);
+            assert_eq!(s[33] & TCP_PSH != 0, i == 2, "PSH only on the last");
+            joined.extend_from_slice(&s[40..]);
+        }
+        assert_eq!(joined, payload);
+    }
+
+    #[test]
+    fn partial_checksum_of_a_single_packet_is_completed() {
+        let mut p = tcp(1, &[7u8; 33], TCP_ACK);
+        let pseudo = fold(sum16(&p[12..20], 6 + (p.len() - 20) as u32));
+        p[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let mut frame = vnet(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 20, 16);
+        frame.extend_from_slice(&p);
+        let mut segs = Segments::new(&frame).unwrap();
+        let mut scratch = vec![0u8; 1500];
+        let s = segs.next(&mut scratch).unwrap().to_vec();
+        assert!(tcp_checksum_ok(&s));
+        assert!(segs.next(&mut scratch).is_none());
+
+        let mut plain = vec![0u8; VNET_HDR_LEN];
+        plain.extend_from_slice(&tcp(1, &[1], TCP_ACK));
+        let mut segs = Segments::new(&plain).unwrap();
+        assert_eq!(segs.next(&mut scratch).unwrap(), &plain[VNET_HDR_LEN..]);
+        let mut udp_gso = vnet(0, 3, 28, 100, 0, 0);
+        udp_gso.extend_from_slice(&tcp(1, &[1; 300], TCP_ACK));
+        assert!(Segments::new(&udp_gso).is_none(), "UDP GSO is not offered");
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! One task on its own current-thread runtime (see [`spawn`]) waits for the interface or the
 //! UDP socket to become readable, for the timer tick and for a pending name resolution.
-//! Readable UDP: up to [`BATCH`] datagrams per `recvmmsg`, each decrypted and written to the
-//! interface. Readable interface: up to [`BATCH`] packets read and encrypted into a batch that
-//! leaves in one `sendmmsg`. Buffers are allocated once; nothing here waits on the control
-//! socket.
+//! Readable UDP: up to [`BATCH`] datagrams per `recvmmsg`, each decrypted; on a TUN device the
+//! TCP segments of a batch are merged into GSO frames ([`Coalescer`]) before they are written.
+//! Readable interface: up to [`BATCH`] frames read, TSO frames cut into packets
+//! ([`Segments`]), encrypted into a batch that leaves in one `sendmmsg`. Buffers are
+//! allocated once; nothing here waits on the control socket.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -21,7 +22,7 @@ use tokio::time::MissedTickBehavior;
 use super::core::{FromNetwork, TunnelCore, TIMER_TICK};
 use super::resolve::resolve;
 use super::udp::{self, PacketBatch, BATCH};
-use crate::netif::vnet::{Coalescer, VNET_HDR_LEN};
+use crate::netif::vnet::{Coalescer, Segments, VNET_HDR_LEN};
 
 /// Batches handled per readiness before the loop looks at the other sources again.
 const ROUNDS_PER_WAKEUP: usize = 8;
@@ -29,6 +30,8 @@ const ROUNDS_PER_WAKEUP: usize = 8;
 const MAX_SEND_WAITS: usize = 64;
 /// Extra room above the MTU for datagrams from a hub with a larger MTU.
 const PACKET_HEADROOM: usize = 128;
+/// Largest frame the interface hands over with TSO offload (an IP packet's length limit).
+const MAX_GSO_FRAME: usize = 65_535;
 /// Timer ticks between two checks that the interface still exists.
 const IFACE_CHECK_TICKS: u32 = 20;
 
@@ -136,8 +139,18 @@ pub async fn run<T: PacketInterface>(
     let mut rx = PacketBatch::new(out_len);
     let mut tx = PacketBatch::new(out_len);
     let mut plain = vec![0u8; out_len];
-    let mut packet = vec![0u8; max_packet + VNET_HDR_LEN];
-    let mut coalescer = iface.get_ref().vnet_hdr().then(Coalescer::new);
+    let vnet = iface.get_ref().vnet_hdr();
+    // With offloads, a frame from the interface may be a TCP segment of up to 64 KiB.
+    let mut packet = vec![
+        0u8;
+        if vnet {
+            VNET_HDR_LEN + MAX_GSO_FRAME
+        } else {
+            max_packet
+        }
+    ];
+    let mut scratch = vec![0u8; max_packet];
+    let mut coalescer = vnet.then(Coalescer::new);
     let mut resolving: Option<tokio::task::JoinHandle<Result<Vec<SocketAddr>, String>>> = None;
     let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(TIMER_TICK);
@@ -168,10 +181,7 @@ pub async fn run<T: PacketInterface>(
             }
             r = iface.readable() => {
                 let mut g = r?;
-                let vnet = g.get_ref().get_ref().vnet_hdr();
-                read_iface(&mut g, &mut core, &mut packet, vnet, &mut tx)?;
-                drop(g);
-                flush(&udp, &mut core, &tx).await?;
+                read_iface(&mut g, &udp, &mut core, &mut packet, &mut scratch, &mut tx).await?;
             }
             _ = tick.tick() => {
                 if let Some(d) = core.on_timer(Instant::now(), &mut plain) {
@@ -275,21 +285,20 @@ fn on_udp_readable<T: AsRawFd>(
     }
 }
 
-/// Reads up to a batch of packets from the interface and encrypts them into `tx`.
-fn read_iface<T: AsRawFd>(
+/// Reads up to a batch of frames from the interface, encrypts their packets into `tx` and
+/// sends them (several batches when GSO frames hold many segments).
+async fn read_iface<T: PacketInterface>(
     g: &mut AsyncFdReadyGuard<'_, T>,
+    udp: &AsyncFd<UdpSocket>,
     core: &mut TunnelCore,
     packet: &mut [u8],
-    vnet: bool,
+    scratch: &mut [u8],
     tx: &mut PacketBatch,
 ) -> io::Result<()> {
-    let skip = if vnet { VNET_HDR_LEN } else { 0 };
     tx.clear();
     let fd = g.get_ref().get_ref().as_raw_fd();
+    let vnet = g.get_ref().get_ref().vnet_hdr();
     for _ in 0..BATCH {
-        let Some(slot) = tx.free_slot() else {
-            break;
-        };
         let len = match g.try_io(|_| read_fd(fd, packet)) {
             Err(_would_block) => break,
             Ok(Ok(0)) => break,
@@ -302,16 +311,36 @@ fn read_iface<T: AsRawFd>(
                 ))
             }
         };
-        // No offloads are enabled, so the kernel never sends a GSO frame; drop one anyway.
-        if len <= skip || (vnet && packet[1] != 0) {
+        if !vnet {
+            if tx.free_slot().is_none() {
+                flush(udp, core, tx).await?;
+                tx.clear();
+            }
+            encrypt_into(core, &packet[..len], tx);
             continue;
         }
-        if let Some(out) = core.from_tun(&packet[skip..len], slot) {
+        let Some(mut segments) = Segments::new(&packet[..len]) else {
+            tracing::debug!("dropped a malformed frame from the interface");
+            continue;
+        };
+        while let Some(seg) = segments.next(scratch) {
+            if tx.free_slot().is_none() {
+                flush(udp, core, tx).await?;
+                tx.clear();
+            }
+            encrypt_into(core, seg, tx);
+        }
+    }
+    flush(udp, core, tx).await
+}
+
+fn encrypt_into(core: &mut TunnelCore, packet: &[u8], tx: &mut PacketBatch) {
+    if let Some(slot) = tx.free_slot() {
+        if let Some(out) = core.from_tun(packet, slot) {
             let n = out.len();
             tx.push(n);
         }
     }
-    Ok(())
 }
 
 /// Sends the batch, waiting for socket space when the kernel's buffer is full.
