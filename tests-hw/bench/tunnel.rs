@@ -165,7 +165,7 @@ fn main() -> anyhow::Result<()> {
         args.runs
     );
     println!(
-        "{:<26} {:>7} {:>9} {:>9} {:>10} {:>10}",
+        "{:<30} {:>7} {:>9} {:>9} {:>10} {:>10}",
         "gateway", "Gbit/s", "gw CPU%", "hub CPU%", "VmHWM KiB", "VmRSS KiB"
     );
     let medians: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
@@ -178,7 +178,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
         println!(
-            "{:<26} {:>7.2} {:>9.0} {:>9.0} {:>10} {:>10}",
+            "{:<30} {:>7.2} {:>9.0} {:>9.0} {:>10} {:>10}",
             c.label,
             m.gbit_s,
             m.cpu_pct,
