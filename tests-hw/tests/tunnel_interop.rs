@@ -336,3 +336,44 @@ fn agent_sends_a_keepalive_within_25_seconds_on_an_idle_tunnel() {
     );
     eprintln!("keepalive after {:?} of idleness", start.elapsed());
 }
+
+#[test]
+fn agent_keeps_resolving_an_unknown_hub_name_and_connects_once_it_resolves() {
+    let mut tb = agent_testbed();
+    let gatelet_tests_hw::Gateway::Agent(agent) = &mut tb.gateway else {
+        unreachable!("agent_testbed starts the agent")
+    };
+    agent.process().terminate();
+    ok(&tb, tb.gw_ns.set_hosts(&[])); // hub.test does not resolve
+    let binary = product_binary("gatelet-agent").unwrap();
+    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, &tb.psk);
+    let restarted = gatelet_tests_hw::Agent::start(&tb.gw_ns, &binary, &env);
+    tb.gateway = gatelet_tests_hw::Gateway::Agent(ok(&tb, restarted));
+    let error = ok(
+        &tb,
+        wait_until(
+            "the agent to report the resolve failure",
+            HANDSHAKE_TIMEOUT,
+            || {
+                let s = tb.agent_status()?;
+                Ok::<_, HarnessError>(s.tunnel.last_error)
+            },
+        ),
+    );
+    assert!(
+        error.contains("hub.test"),
+        "last_error should name the endpoint: {error}"
+    );
+    let status = ok(&tb, tb.agent_status());
+    assert_eq!(status.tunnel.handshake_age_s, None, "{status:?}");
+    // The name appears (DNS fixed): the agent must pick it up by itself, without a restart.
+    ok(
+        &tb,
+        tb.gw_ns.set_hosts(&[(
+            gatelet_tests_hw::HUB_LAN_IP.into(),
+            gatelet_tests_hw::HUB_NAME,
+        )]),
+    );
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+}
