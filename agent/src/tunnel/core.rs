@@ -347,6 +347,14 @@ impl TunnelCore {
         Some(new)
     }
 
+    /// The endpoint could not be used at all (no route to it, no socket of its family):
+    /// forget it and resolve again after [`RESOLVE_RETRY_INTERVAL`], which sets it anew.
+    pub fn endpoint_unusable(&mut self, message: &str) {
+        self.endpoint = None;
+        self.stats.set_endpoint(None);
+        self.stats.set_error(message.to_owned());
+    }
+
     /// Sending to the hub failed with `message`: resolve again soon.
     pub fn on_send_error(&mut self, message: &str) {
         if !self.send_failed {

@@ -203,13 +203,25 @@ pub async fn run<T: PacketInterface>(
                 let old = core.endpoint();
                 if let Some(new) = core.resolve_finished(result) {
                     tracing::info!(old = ?old, new = %new, endpoint = %endpoint, "hub endpoint address in use");
-                    let same_family = udp.get_ref().local_addr()?.is_ipv4() == new.is_ipv4();
-                    if same_family {
-                        udp.get_ref().connect(new)?;
+                    let same_family = udp
+                        .get_ref()
+                        .local_addr()
+                        .is_ok_and(|a| a.is_ipv4() == new.is_ipv4());
+                    let switched = if same_family {
+                        udp.get_ref().connect(new)
                     } else {
-                        let fresh = udp::socket_for(new, true)?;
-                        // SAFETY: the AsyncFd owns the fresh socket.
-                        udp = unsafe { AsyncFd::register(fresh)? };
+                        udp::socket_for(new, true).and_then(|fresh| {
+                            // SAFETY: the AsyncFd owns the fresh socket.
+                            udp = unsafe { AsyncFd::register(fresh)? };
+                            Ok(())
+                        })
+                    };
+                    if let Err(e) = switched {
+                        // No route yet (booting without network, say): try again later.
+                        let msg = format!("cannot use the hub address {new}: {e}");
+                        tracing::warn!("{msg}");
+                        core.endpoint_unusable(&msg);
+                        continue;
                     }
                     if let Some(d) = core.on_timer(Instant::now(), &mut plain) {
                         send_one(&mut core, udp.get_ref(), d);

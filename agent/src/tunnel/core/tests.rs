@@ -451,3 +451,21 @@ fn initiation_lost_before_an_address_change_is_sent_again_to_the_new_address() {
         "the queued packet followed the handshake"
     );
 }
+
+#[test]
+fn unusable_endpoint_is_resolved_and_set_again() {
+    let mut p = Pair::new();
+    let a: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+    p.gw.core
+        .endpoint_unusable("cannot use the hub address: network unreachable");
+    assert_eq!(p.gw.core.endpoint(), None);
+    assert!(!p.gw.core.wants_resolve(p.now));
+    p.advance(RESOLVE_RETRY_INTERVAL);
+    assert!(p.gw.core.wants_resolve(p.now));
+    p.gw.core.resolve_started(p.now);
+    assert_eq!(
+        p.gw.core.resolve_finished(Ok(vec![a])),
+        Some(a),
+        "applied again"
+    );
+}
