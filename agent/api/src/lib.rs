@@ -12,4 +12,5 @@ pub mod control;
 pub mod env;
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod mac;
 pub mod sd_notify;

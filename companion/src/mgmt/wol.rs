@@ -17,38 +17,7 @@ pub const DEFAULT_WAKE_TIMEOUT_MS: u64 = 60_000;
 /// `timeout_ms + 5 s`, so this stays below 5 s to answer before it gives up.
 pub const WAKE_SOCKET_MARGIN: Duration = Duration::from_secs(3);
 
-/// Normalises a MAC address to lowercase `aa:bb:cc:dd:ee:ff`. Accepts six hex pairs
-/// separated by `:` or `-` (one kind throughout), twelve bare hex digits, or `aabb.ccdd.eeff`.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let s = s.trim();
-    let hex: String = if s.len() == 17 {
-        let sep = s.as_bytes()[2];
-        if sep != b':' && sep != b'-' {
-            return None;
-        }
-        let parts: Vec<&str> = s.split(sep as char).collect();
-        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-            return None;
-        }
-        parts.concat()
-    } else if s.len() == 14 {
-        let parts: Vec<&str> = s.split('.').collect();
-        if parts.len() != 3 || parts.iter().any(|p| p.len() != 4) {
-            return None;
-        }
-        parts.concat()
-    } else if s.len() == 12 {
-        s.to_owned()
-    } else {
-        return None;
-    };
-    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let hex = hex.to_ascii_lowercase();
-    let pairs: Vec<&str> = (0..6).map(|i| &hex[i * 2..i * 2 + 2]).collect();
-    Some(pairs.join(":"))
-}
+pub use gatelet_agent_api::mac::normalize as normalize_mac;
 
 /// Handles one wake request (body already parsed and authorised).
 pub fn handle(ctx: &MgmtContext, body: &Value) -> Reply {
@@ -147,38 +116,5 @@ fn host_allowed(ctx: &MgmtContext, host: &str) -> bool {
     match host.parse::<Ipv4Addr>() {
         Ok(ip) => ip.is_private() || in_scope(IpAddr::V4(ip), &(ctx.lan_subnets)()),
         Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_forms_normalise_to_lowercase_colons() {
-        for s in [
-            "AA:BB:CC:DD:EE:04",
-            "aa-bb-cc-dd-ee-04",
-            "AABBCCDDEE04",
-            "aabb.ccdd.ee04",
-            " aa:bb:cc:dd:ee:04 ",
-        ] {
-            assert_eq!(
-                normalize_mac(s).as_deref(),
-                Some("aa:bb:cc:dd:ee:04"),
-                "{s}"
-            );
-        }
-        for s in [
-            "",
-            "aa:bb:cc:dd:ee",
-            "aa:bb-cc:dd:ee:04",
-            "gg:bb:cc:dd:ee:04",
-            "aa:bb:cc:dd:ee:0",
-            "aa:bb:cc:dd:ee:04:05",
-            "a:abb:cc:dd:ee:04",
-        ] {
-            assert_eq!(normalize_mac(s), None, "{s}");
-        }
     }
 }
