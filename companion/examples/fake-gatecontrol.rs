@@ -9,7 +9,6 @@
 //! killed. `--config` replaces the served document (re-read on SIGHUP is not supported: restart).
 
 #[path = "../tests/fake_gatecontrol/mod.rs"]
-#[allow(dead_code)]
 mod fake_gatecontrol;
 
 use std::net::TcpListener;
