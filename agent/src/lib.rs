@@ -7,6 +7,7 @@
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
 //! - [`probe`]: TCP reachability checks of LAN targets.
 //! - [`notify`]: systemd readiness notification.
+//! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
 //!
 //! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
 //! path thread, signals.
@@ -16,4 +17,5 @@ pub mod control;
 pub mod netif;
 pub mod notify;
 pub mod probe;
+pub mod routes;
 pub mod tunnel;
