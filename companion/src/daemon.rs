@@ -268,6 +268,18 @@ pub fn run(args: RunArgs) -> ExitCode {
             "cannot bind the management API; the server cannot reach this gateway"),
     }
 
+    if let Some(addr) = env.diag_listen {
+        match tiny_http::Server::http(addr) {
+            Ok(server) => {
+                let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());
+                threads.extend(spawn("diag", move || {
+                    crate::diag::serve(server, shared, store, stop)
+                }));
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot bind the diagnostics page"),
+        }
+    }
+
     match crate::status::bind(&args.status_socket) {
         Ok(listener) => {
             let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());

@@ -10,6 +10,9 @@
 //! - `heartbeat` and `telemetry`: the heartbeat body and what goes in it.
 //! - `mgmt`: the management API the server calls (through the agent's relay).
 //! - `state`: what all of the above know right now, for status.
+//! - `status` and `diag`: the `status` command (over a Unix socket) and the diagnostics page.
+//! - `apply`, `supervisor`, `daemon`: a document becomes the config in force; the agent is
+//!   kept running it; the threads are started and stopped.
 
 pub mod agent_link;
 pub mod apply;
@@ -17,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod diag;
 pub mod heartbeat;
 pub mod mgmt;
 pub mod state;

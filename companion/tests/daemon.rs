@@ -75,6 +75,7 @@ fn free_port() -> u16 {
 struct Setup {
     dir: TempDir,
     api_port: u16,
+    diag_port: u16,
 }
 
 impl Setup {
@@ -82,6 +83,7 @@ impl Setup {
         Setup {
             dir: TempDir::new(tag),
             api_port: free_port(),
+            diag_port: free_port(),
         }
     }
 
@@ -102,6 +104,7 @@ impl Setup {
                 &format!("GC_API_PORT={}", self.api_port),
             )
             .replace("GC_HEARTBEAT_INTERVAL_S=30", "GC_HEARTBEAT_INTERVAL_S=5");
+        let text = format!("{text}GATELET_DIAG_LISTEN=127.0.0.1:{}\n", self.diag_port);
         std::fs::write(self.env_path(), text).unwrap();
     }
 
@@ -281,6 +284,15 @@ fn syncs_heartbeats_follows_a_push_and_survives_the_server_going_away() {
     let _daemon = setup.start();
     let status = setup.wait_status(Duration::from_secs(10), |s| s["daemon_running"] == true);
     assert_eq!(status["snapshot"]["sync"]["config_hash"], HASH_AFTER);
+    let mut page = String::new();
+    let mut s = TcpStream::connect(("127.0.0.1", setup.diag_port)).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.read_to_string(&mut page).unwrap();
+    assert!(page.contains(&format!("config:    {HASH_AFTER}")), "{page}");
+    assert!(
+        !page.contains(PUSH_TOKEN) && !page.contains("gc_gw_"),
+        "no secrets on the page"
+    );
     let routes = &status["snapshot"]["config"]["l4_routes"];
     assert_eq!(routes.as_array().map(Vec::len), Some(3), "{status:#}");
 }

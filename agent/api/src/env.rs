@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_TUN_NAME: &str = "gatelet0";
 /// `GATELET_MTU` when absent: WireGuard's usual 1420 (1500 minus 80 bytes of IPv6+UDP+WG).
 pub const DEFAULT_MTU: u16 = 1420;
+/// `GATELET_DIAG_LISTEN` when absent: the diagnostics page on loopback only.
+pub const DEFAULT_DIAG_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9877));
 
 /// A bad `gateway.env`: what, where, and what is expected. Displayed as one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -317,6 +320,8 @@ pub struct GatewayEnv {
     pub tun_name: String,
     /// `GATELET_MTU`.
     pub mtu: u16,
+    /// `GATELET_DIAG_LISTEN`: where the diagnostics page listens; None when `off`.
+    pub diag_listen: Option<SocketAddr>,
     /// Keys the file has that gatelet does not know (newer servers add some): warn, ignore.
     pub unknown_keys: Vec<String>,
 }
@@ -342,6 +347,7 @@ const KNOWN_KEYS: &[&str] = &[
     "GATELET_ROUTES_FILE",
     "GATELET_TUN_NAME",
     "GATELET_MTU",
+    "GATELET_DIAG_LISTEN",
 ];
 
 /// Reads one key: `Ok(None)` when absent or empty, errors carry the key's line.
@@ -663,6 +669,17 @@ impl GatewayEnv {
             })?
             .unwrap_or(DEFAULT_MTU);
 
+        let diag_listen = match r.opt("GATELET_DIAG_LISTEN") {
+            None => Some(DEFAULT_DIAG_LISTEN),
+            Some("off") => None,
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+                r.error(
+                    "GATELET_DIAG_LISTEN",
+                    format!("must be ADDR:PORT (like 192.168.1.5:9877) or off, not {v:?}"),
+                )
+            })?),
+        };
+
         let unknown_keys = file
             .keys()
             .filter(|k| !KNOWN_KEYS.contains(k))
@@ -690,6 +707,7 @@ impl GatewayEnv {
             routes_file,
             tun_name,
             mtu,
+            diag_listen,
             unknown_keys,
         })
     }
@@ -706,15 +724,21 @@ mod tests {
         EnvFile::parse(text).and_then(|f| GatewayEnv::from_file(&f))
     }
 
+    /// The server's file with `key` set to `value` (in place, or appended when absent).
     fn with(key: &str, value: &str) -> String {
         let mut out = String::new();
+        let mut found = false;
         for line in SERVER_FILE.lines() {
             if line.starts_with(&format!("{key}=")) {
                 out.push_str(&format!("{key}={value}\n"));
+                found = true;
             } else {
                 out.push_str(line);
                 out.push('\n');
             }
+        }
+        if !found {
+            out.push_str(&format!("{key}={value}\n"));
         }
         out
     }
@@ -816,6 +840,7 @@ mod tests {
             ("WG_ADDRESS", "10.8.0.9/32"),
             ("WG_ALLOWED_IPS", "0.0.0.0/0"),
             ("WG_DNS", "resolver"),
+            ("GATELET_DIAG_LISTEN", "everywhere"),
         ] {
             let e = parse(&with(key, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{key}={bad}: {e}");
@@ -841,6 +866,22 @@ mod tests {
             .collect();
         let env = parse(&text).unwrap();
         assert!(env.server_url.is_none());
+    }
+
+    #[test]
+    fn diagnostics_page_listens_on_loopback_unless_told() {
+        assert_eq!(
+            parse(SERVER_FILE).unwrap().diag_listen,
+            Some(DEFAULT_DIAG_LISTEN)
+        );
+        let lan = parse(&with("GATELET_DIAG_LISTEN", "192.168.1.5:8088")).unwrap();
+        assert_eq!(lan.diag_listen, Some("192.168.1.5:8088".parse().unwrap()));
+        assert_eq!(
+            parse(&with("GATELET_DIAG_LISTEN", "off"))
+                .unwrap()
+                .diag_listen,
+            None
+        );
     }
 
     #[test]
