@@ -377,3 +377,44 @@ fn agent_keeps_resolving_an_unknown_hub_name_and_connects_once_it_resolves() {
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
 }
+
+/// WireGuard's REKEY_AFTER_TIME: the initiator starts a new handshake after this, when sending.
+const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// Pings sent at 0.5 s intervals across the timed rekey (about 140 s).
+const REKEY_PINGS: u32 = 280;
+
+#[test]
+fn agent_rekeys_after_two_minutes_under_traffic_without_losing_packets() {
+    let tb = agent_testbed();
+    let first = ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let mut cmd = tb.gw_ns.command("ping");
+    cmd.args(["-n", "-i", "0.5", "-W", "2", "-c", &REKEY_PINGS.to_string()])
+        .arg(HUB_TUNNEL_IP.to_string());
+    let mut pinger = ok(&tb, tb.gw_ns.spawn("ping-across-rekey", cmd));
+    let second = ok(
+        &tb,
+        tb.wait_handshake(Some(first), REKEY_AFTER_TIME + Duration::from_secs(30)),
+    );
+    assert!(
+        second >= first + REKEY_AFTER_TIME.as_secs() - 5,
+        "{first} -> {second}"
+    );
+    let status = ok(
+        &tb,
+        pinger.wait_exit(Duration::from_secs(REKEY_PINGS as u64)),
+    );
+    let log = pinger.log();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary ({status}):\n{log}"));
+    let numbers: Vec<u32> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (sent, received) = (numbers[0], numbers[1]);
+    assert!(
+        sent == REKEY_PINGS && received + 1 >= sent,
+        "at most one ping may be lost across the rekey: {summary}"
+    );
+}
