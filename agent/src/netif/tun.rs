@@ -250,7 +250,9 @@ impl TunDevice {
                     tracing::debug!(route = %net, "route already present")
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-                    skipped.push(format!("add route {net}"))
+                    if !has_ipv4_route(&self.name, &net) {
+                        skipped.push(format!("add route {net}"))
+                    }
                 }
                 Err(e) if net.addr.is_ipv6() => {
                     tracing::warn!(route = %net, error = %e, "cannot add an IPv6 route (IPv6 disabled on the device?)")
@@ -272,6 +274,31 @@ impl TunDevice {
         }
         Ok(())
     }
+}
+
+/// Whether `/proc/net/route` lists `net` via `dev` (IPv4 only; false when unknown).
+fn has_ipv4_route(dev: &str, net: &Cidr) -> bool {
+    let IpAddr::V4(addr) = net.addr else {
+        return false;
+    };
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(net.prefix))
+        .unwrap_or(0);
+    let Ok(table) = fs::read_to_string("/proc/net/route") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Destination and Mask: the address bytes read as a host-order u32, in hex.
+        let bytes = |i: usize| {
+            f.get(i)
+                .and_then(|v| u32::from_str_radix(v, 16).ok())
+                .map(u32::to_ne_bytes)
+        };
+        f.first() == Some(&dev)
+            && bytes(1) == Some(addr.octets())
+            && bytes(7) == Some(mask.to_be_bytes())
+    })
 }
 
 impl AsRawFd for TunDevice {
@@ -382,6 +409,25 @@ impl IoctlSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_route_is_found_in_proc_net_route() {
+        // Every Linux host routes nothing via "lo" in the main table but lists its own
+        // default/link routes; compare with a route that surely exists when any does.
+        let table = fs::read_to_string("/proc/net/route").unwrap_or_default();
+        let Some(line) = table.lines().nth(1) else {
+            return;
+        };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let dest = u32::from_str_radix(f[1], 16).unwrap().to_ne_bytes();
+        let mask = u32::from_str_radix(f[7], 16).unwrap().to_ne_bytes();
+        let net = Cidr {
+            addr: IpAddr::V4(Ipv4Addr::from(dest)),
+            prefix: u32::from_be_bytes(mask).count_ones() as u8,
+        };
+        assert!(has_ipv4_route(f[0], &net), "{line}");
+        assert!(!has_ipv4_route("no-such-dev", &net));
+    }
 
     #[test]
     fn interface_names_are_checked_before_any_system_call() {
