@@ -7,6 +7,7 @@
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
 //! - [`probe`]: TCP reachability checks of LAN targets.
 //! - [`notify`]: systemd readiness notification.
+//! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
 //!
 //! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
@@ -14,6 +15,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod forward;
 pub mod netif;
 pub mod notify;
 pub mod probe;

@@ -1,6 +1,637 @@
 //! The route manager: which listeners run on the tunnel IP, live reconfiguration by diff,
 //! persistence of the applied config, per-route status and reachability probes.
+//!
+//! Every socket on the tunnel side belongs to the manager: one TCP and one UDP listener per L4
+//! route (keyed by listen port), the HTTP proxy on `GC_PROXY_PORT` (served by
+//! `crate::http::serve` from an [`HttpTable`]) and the management API relay on `GC_API_PORT`
+//! (a plain TCP relay to the companion on loopback). [`RouteManager::apply`] compares the new
+//! config with what runs:
+//! - same port, same target: untouched (listeners and connections);
+//! - same port, new target: the listener keeps running, new connections go to the new target;
+//! - port gone: stops accepting at once; open connections get [`DEFAULT_GRACE`] to finish;
+//! - new port: bound now; a bind that fails marks that listener `Failed` and is retried by
+//!   itself ([`DEFAULT_RETRY_INITIAL`] doubling up to [`DEFAULT_RETRY_MAX`]).
+//!
+//! Status ([`RouteManager::status`]) is read from atomics and cells, never waiting on I/O.
 
+mod persist;
+mod probe;
 mod table;
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gatelet_agent_api::control::{
+    AgentConfig, HttpRoute, ListenerState, Reachability, RouteKind, RouteStatus,
+};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Notify};
+
+use crate::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
+use crate::forward::udp::{self, UdpConfig, UdpRoute};
+use crate::forward::{wait_true, RouteCounters, Target, TargetCell};
+
+pub use persist::{PersistError, APPLIED_CONFIG_FILE};
+pub use probe::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
 pub use table::{HttpStats, HttpTable};
+
+/// Time a removed route's open connections keep going before they are closed.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// First retry of a listener that could not be bound.
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(5);
+/// Longest pause between retries of a listener that could not be bound.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Where the management API relay sends its connections: the companion's loopback listener
+/// (same port number as `GC_API_PORT`).
+pub const API_TARGET_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// How the manager runs; [`Settings::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The address every listener binds (the tunnel IP; a loopback address in tests).
+    pub bind_ip: IpAddr,
+    /// The HTTP proxy's port (`GC_PROXY_PORT`), if the proxy runs.
+    pub proxy_port: Option<u16>,
+    /// The management API relay: listen port on `bind_ip` and where it goes.
+    pub api_relay: Option<(u16, SocketAddr)>,
+    /// Where the applied config is saved (`--state-dir`); None keeps nothing.
+    pub state_dir: Option<PathBuf>,
+    /// TCP relay tuning.
+    pub tcp: TcpConfig,
+    /// UDP relay tuning.
+    pub udp: UdpConfig,
+    /// Open relayed TCP connections over all routes at most.
+    pub max_connections_total: usize,
+    /// Grace period of a removed route's connections.
+    pub grace: Duration,
+    /// First retry of a failed bind.
+    pub retry_initial: Duration,
+    /// Longest pause between bind retries.
+    pub retry_max: Duration,
+    /// Time between two reachability probes of the same target.
+    pub probe_interval: Duration,
+    /// Connect timeout of a reachability probe.
+    pub probe_timeout: Duration,
+}
+
+impl Settings {
+    /// Defaults for listeners on `bind_ip`, with no proxy, no API relay and no state dir.
+    pub fn new(bind_ip: IpAddr) -> Self {
+        Settings {
+            bind_ip,
+            proxy_port: None,
+            api_relay: None,
+            state_dir: None,
+            tcp: TcpConfig::default(),
+            udp: UdpConfig::default(),
+            max_connections_total: tcp::DEFAULT_MAX_CONNECTIONS_TOTAL,
+            grace: DEFAULT_GRACE,
+            retry_initial: DEFAULT_RETRY_INITIAL,
+            retry_max: DEFAULT_RETRY_MAX,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+        }
+    }
+}
+
+/// What the manager reports for the agent's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutesStatus {
+    /// Hash of the config that runs.
+    pub config_hash: Option<String>,
+    /// Every configured route (L4 by port, then HTTP in config order).
+    pub routes: Vec<RouteStatus>,
+    /// The HTTP proxy listener, when configured.
+    pub http_proxy: Option<ListenerState>,
+    /// The management API relay, when configured.
+    pub api_relay: Option<ListenerState>,
+}
+
+type StateCell = Arc<Mutex<ListenerState>>;
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn set_state(cell: &StateCell, s: ListenerState) {
+    *locked(cell) = s;
+}
+
+/// Stop (accepting) and kill (open connections) switches of one running listener group.
+#[derive(Debug)]
+struct Switches {
+    stop: watch::Sender<bool>,
+    kill: Option<watch::Sender<bool>>,
+}
+
+impl Switches {
+    fn new() -> Self {
+        Switches {
+            stop: watch::channel(false).0,
+            kill: Some(watch::channel(false).0),
+        }
+    }
+
+    fn kill_rx(&self) -> watch::Receiver<bool> {
+        match &self.kill {
+            Some(k) => k.subscribe(),
+            None => watch::channel(true).1,
+        }
+    }
+
+    /// Stops accepting now and closes open connections after `grace`.
+    fn retire(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(kill) = self.kill.take() {
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = kill.send(true);
+            });
+        }
+    }
+}
+
+impl Drop for Switches {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(k) = &self.kill {
+            let _ = k.send(true);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct L4Entry {
+    id: u64,
+    target: TargetCell,
+    counters: Arc<RouteCounters>,
+    tcp: StateCell,
+    udp: StateCell,
+    switches: Switches,
+}
+
+#[derive(Debug)]
+struct FixedListener {
+    state: StateCell,
+    _switches: Switches,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    config: AgentConfig,
+    l4: BTreeMap<u16, L4Entry>,
+    reach: HashMap<Target, Reachability>,
+    proxy: Option<FixedListener>,
+    api: Option<FixedListener>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    tcp_config: Arc<TcpConfig>,
+    udp_config: Arc<UdpConfig>,
+    global: Arc<ConnectionLimit>,
+    http_table: HttpTable,
+    http_stats: Arc<HttpStats>,
+    api_counters: Arc<RouteCounters>,
+    state: Mutex<State>,
+    probe_now: Arc<Notify>,
+}
+
+/// The running route set. Cheap to clone (a handle); listeners stop when the last handle is
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct RouteManager {
+    inner: Arc<Inner>,
+}
+
+fn bind_reason(addr: SocketAddr, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => format!("address in use: {addr} is taken by another socket"),
+        Some(libc::EADDRNOTAVAIL) => {
+            format!(
+                "address not available: {} is not configured (yet)",
+                addr.ip()
+            )
+        }
+        Some(libc::EACCES) => format!("permission denied binding {addr}"),
+        _ => format!("cannot bind {addr}: {e}"),
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, String> {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| bind_reason(addr, &e))?;
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .map_err(|e| bind_reason(addr, &e))
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, String> {
+    let s = std::net::UdpSocket::bind(addr).map_err(|e| bind_reason(addr, &e))?;
+    s.set_nonblocking(true)
+        .and_then(|()| UdpSocket::from_std(s))
+        .map_err(|e| bind_reason(addr, &e))
+}
+
+/// Keeps a listener bound: serves `initial` when it bound, otherwise retries `bind` with
+/// backoff until it works or `stop` fires, keeping `cell` up to date.
+async fn keep_bound<L, B, F, Fut>(
+    initial: Result<L, String>,
+    bind: B,
+    serve: F,
+    cell: StateCell,
+    stop: watch::Receiver<bool>,
+    retry: (Duration, Duration),
+) where
+    B: Fn() -> Result<L, String>,
+    F: FnOnce(L, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (mut delay, max) = retry;
+    let mut attempt = initial;
+    loop {
+        match attempt {
+            Ok(l) => {
+                set_state(&cell, ListenerState::Listening);
+                serve(l, stop).await;
+                return;
+            }
+            Err(reason) => {
+                set_state(&cell, ListenerState::Failed { reason });
+                tokio::select! {
+                    _ = wait_true(stop.clone()) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max);
+                attempt = bind();
+            }
+        }
+    }
+}
+
+impl RouteManager {
+    /// A manager with nothing running yet; [`RouteManager::start`] binds the fixed listeners
+    /// and serves the saved config.
+    pub fn new(settings: Settings) -> Self {
+        RouteManager {
+            inner: Arc::new(Inner {
+                tcp_config: Arc::new(settings.tcp.clone()),
+                udp_config: Arc::new(settings.udp.clone()),
+                global: ConnectionLimit::new(settings.max_connections_total),
+                http_table: HttpTable::default(),
+                http_stats: Arc::default(),
+                api_counters: Arc::default(),
+                state: Mutex::default(),
+                probe_now: Arc::new(Notify::new()),
+                settings,
+            }),
+        }
+    }
+
+    /// The HTTP proxy's route table.
+    pub fn http_table(&self) -> HttpTable {
+        self.inner.http_table.clone()
+    }
+
+    /// The HTTP proxy's counters.
+    pub fn http_stats(&self) -> Arc<HttpStats> {
+        self.inner.http_stats.clone()
+    }
+
+    /// The management API relay's counters.
+    pub fn api_counters(&self) -> Arc<RouteCounters> {
+        self.inner.api_counters.clone()
+    }
+
+    /// Binds the HTTP proxy and the API relay, starts the reachability probes, then loads the
+    /// saved config (if any) and applies it. Call inside the runtime. A saved config that
+    /// cannot be read is returned as an error after everything else has started.
+    pub fn start(&self) -> Result<(), PersistError> {
+        let s = &self.inner.settings;
+        let retry = (s.retry_initial, s.retry_max);
+        let mut fixed = (None, None);
+        if let Some(port) = s.proxy_port {
+            let addr = SocketAddr::new(s.bind_ip, port);
+            let state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+            let switches = Switches::new();
+            let table = self.inner.http_table.clone();
+            let stats = self.inner.http_stats.clone();
+            tokio::spawn(keep_bound(
+                bind_tcp(addr),
+                move || bind_tcp(addr),
+                move |l, stop| serve_http(l, table, stats, stop),
+                state.clone(),
+                switches.stop.subscribe(),
+                retry,
+            ));
+            fixed.0 = Some(FixedListener {
+                state,
+                _switches: switches,
+            });
+        }
+        if let Some((port, target)) = s.api_relay {
+            let addr = SocketAddr::new(s.bind_ip, port);
+            let state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+            let switches = Switches::new();
+            let route = TcpRoute {
+                target: TargetCell::new(Target {
+                    host: target.ip().to_string(),
+                    port: target.port(),
+                }),
+                counters: self.inner.api_counters.clone(),
+                config: self.inner.tcp_config.clone(),
+                global: self.inner.global.clone(),
+                kill: switches.kill_rx(),
+            };
+            tokio::spawn(keep_bound(
+                bind_tcp(addr),
+                move || bind_tcp(addr),
+                move |l, stop| tcp::serve(l, route, stop),
+                state.clone(),
+                switches.stop.subscribe(),
+                retry,
+            ));
+            fixed.1 = Some(FixedListener {
+                state,
+                _switches: switches,
+            });
+        }
+        {
+            let mut st = locked(&self.inner.state);
+            st.proxy = fixed.0;
+            st.api = fixed.1;
+        }
+        tokio::spawn(probe::run(
+            Arc::downgrade(&self.inner),
+            self.inner.probe_now.clone(),
+        ));
+        let Some(dir) = s.state_dir.clone() else {
+            return Ok(());
+        };
+        if let Some(config) = persist::load(&dir)? {
+            tracing::info!(
+                config_hash = config.config_hash.as_deref().unwrap_or("-"),
+                l4_routes = config.l4_routes.len(),
+                http_routes = config.http_routes.len(),
+                "serving the saved config until the companion applies one"
+            );
+            self.apply_inner(config, false);
+        }
+        Ok(())
+    }
+
+    /// Makes `config` the running route set (see the module documentation for what changes),
+    /// saves it in the state directory and returns each route's status. Call inside the
+    /// runtime.
+    pub fn apply(&self, config: AgentConfig) -> Vec<RouteStatus> {
+        self.apply_inner(config, true);
+        self.status().routes
+    }
+
+    fn apply_inner(&self, config: AgentConfig, save: bool) {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let mut st = locked(&inner.state);
+        if save && st.config == config {
+            return;
+        }
+        let mut wanted = BTreeMap::new();
+        for r in &config.l4_routes {
+            if wanted.insert(r.listen_port, r).is_some() {
+                tracing::warn!(
+                    port = r.listen_port,
+                    id = r.id,
+                    "two L4 routes on the same port; the first one is used"
+                );
+            }
+        }
+        let gone: Vec<u16> = st
+            .l4
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for port in gone {
+            if let Some(e) = st.l4.remove(&port) {
+                tracing::info!(
+                    port,
+                    id = e.id,
+                    "L4 route removed; open connections get the grace period"
+                );
+                e.switches.retire(s.grace);
+            }
+        }
+        let mut wrote_targets = false;
+        for (port, r) in wanted {
+            let target = Target {
+                host: r.target_host.clone(),
+                port: r.target_port,
+            };
+            if let Some(e) = st.l4.get_mut(&port) {
+                e.id = r.id;
+                if *e.target.get() != target {
+                    tracing::info!(port, %target, "L4 route target changed (new connections)");
+                    e.target.set(target);
+                    wrote_targets = true;
+                }
+                continue;
+            }
+            tracing::info!(port, %target, id = r.id, "L4 route added");
+            let entry = self.start_l4(r.id, port, target);
+            st.l4.insert(port, entry);
+            wrote_targets = true;
+        }
+        if st.config.http_routes != config.http_routes {
+            inner.http_table.replace(config.http_routes.clone());
+            wrote_targets = true;
+        }
+        let to_save = save.then(|| config.clone());
+        st.config = config;
+        drop(st);
+        if wrote_targets {
+            inner.probe_now.notify_one();
+        }
+        if let (Some(dir), Some(config)) = (&s.state_dir, to_save) {
+            if let Err(e) = persist::save(dir, &config) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    fn start_l4(&self, id: u64, port: u16, target: Target) -> L4Entry {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let addr = SocketAddr::new(s.bind_ip, port);
+        let retry = (s.retry_initial, s.retry_max);
+        let target = TargetCell::new(target);
+        let counters = Arc::new(RouteCounters::default());
+        let switches = Switches::new();
+        let tcp_state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+        let udp_state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+        let tcp_route = TcpRoute {
+            target: target.clone(),
+            counters: counters.clone(),
+            config: inner.tcp_config.clone(),
+            global: inner.global.clone(),
+            kill: switches.kill_rx(),
+        };
+        let udp_route = UdpRoute {
+            target: target.clone(),
+            counters: counters.clone(),
+            config: inner.udp_config.clone(),
+            kill: switches.kill_rx(),
+        };
+        // Bound here, synchronously, so the answer to the apply already says what happened.
+        let tcp_first = bind_tcp(addr);
+        let udp_first = bind_udp(addr);
+        for (first, cell) in [
+            (tcp_first.as_ref().err(), &tcp_state),
+            (udp_first.as_ref().err(), &udp_state),
+        ] {
+            match first {
+                None => set_state(cell, ListenerState::Listening),
+                Some(reason) => {
+                    tracing::warn!(port, %reason, "listener failed; retrying");
+                    set_state(
+                        cell,
+                        ListenerState::Failed {
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        tokio::spawn(keep_bound(
+            tcp_first,
+            move || bind_tcp(addr),
+            move |l, stop| tcp::serve(l, tcp_route, stop),
+            tcp_state.clone(),
+            switches.stop.subscribe(),
+            retry,
+        ));
+        tokio::spawn(keep_bound(
+            udp_first,
+            move || bind_udp(addr),
+            move |l, stop| udp::serve(l, udp_route, stop),
+            udp_state.clone(),
+            switches.stop.subscribe(),
+            retry,
+        ));
+        L4Entry {
+            id,
+            target,
+            counters,
+            tcp: tcp_state,
+            udp: udp_state,
+            switches,
+        }
+    }
+
+    /// Status of everything the manager runs, from counters and cells (no I/O).
+    pub fn status(&self) -> RoutesStatus {
+        let st = locked(&self.inner.state);
+        let reach = |host: &str, port: u16| {
+            st.reach
+                .get(&Target {
+                    host: host.to_owned(),
+                    port,
+                })
+                .cloned()
+        };
+        let mut routes = Vec::with_capacity(st.l4.len() + st.config.http_routes.len());
+        for (port, e) in &st.l4 {
+            let t = e.target.get();
+            routes.push(RouteStatus {
+                id: e.id,
+                kind: RouteKind::L4,
+                name: format!("l4:{port}"),
+                listen_port: Some(*port),
+                tcp: locked(&e.tcp).clone(),
+                udp: Some(locked(&e.udp).clone()),
+                active_connections: e.counters.active(),
+                bytes: e.counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                last_error: e.counters.last_error(),
+                reachability: reach(&t.host, t.port),
+            });
+        }
+        let proxy = st.proxy.as_ref().map(|p| locked(&p.state).clone());
+        for r in &st.config.http_routes {
+            routes.push(RouteStatus {
+                id: r.id,
+                kind: RouteKind::Http,
+                name: r.domain.clone(),
+                listen_port: None,
+                tcp: proxy.clone().unwrap_or(ListenerState::Idle),
+                udp: None,
+                active_connections: 0,
+                bytes: 0,
+                last_error: None,
+                reachability: reach(&r.target_host, r.target_port),
+            });
+        }
+        RoutesStatus {
+            config_hash: st.config.config_hash.clone(),
+            routes,
+            http_proxy: proxy,
+            api_relay: st.api.as_ref().map(|a| locked(&a.state).clone()),
+        }
+    }
+
+    /// The targets to probe now (L4 and HTTP, each once).
+    fn probe_targets(inner: &Inner) -> Vec<Target> {
+        let st = locked(&inner.state);
+        let mut v: Vec<Target> = st.l4.values().map(|e| (*e.target.get()).clone()).collect();
+        v.extend(st.config.http_routes.iter().map(|r: &HttpRoute| Target {
+            host: r.target_host.clone(),
+            port: r.target_port,
+        }));
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Hands the proxy listener to the HTTP proxy. Until `crate::http::serve` exists this serves
+/// every request with a 503 saying the proxy is not part of this build.
+async fn serve_http(
+    listener: TcpListener,
+    _table: HttpTable,
+    _stats: Arc<HttpStats>,
+    stop: watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 40\r\nconnection: close\r\n\r\nHTTP proxy not built in this agent yet.\n";
+    let stopped = wait_true(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            r = listener.accept() => {
+                if let Ok((mut s, _)) = r {
+                    tokio::spawn(async move {
+                        let _ = s.write_all(ANSWER).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn record_reachability(&self, target: Target, r: Reachability) {
+        locked(&self.state).reach.insert(target, r);
+    }
+
+    fn forget_unprobed(&self, keep: &[Target]) {
+        locked(&self.state).reach.retain(|t, _| keep.contains(t));
+    }
+}

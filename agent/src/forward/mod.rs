@@ -1,0 +1,163 @@
+//! L4 relays: TCP ([`tcp`]) and UDP ([`udp`]) from a listener on the tunnel IP to a LAN target.
+//!
+//! The listeners themselves are bound by the route manager (`crate::routes`); this module takes
+//! an already-bound socket, the route's [`TargetCell`] (read for every new connection or
+//! session, so a target change applies at once to new traffic) and its [`RouteCounters`].
+
+pub mod tcp;
+pub mod udp;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+
+/// Where a route's traffic goes: a LAN host (IP address or name) and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    /// LAN host (IP address or name).
+    pub host: String,
+    /// LAN port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The current target of a route, shared between the manager (writer) and its accept loops
+/// (readers, once per new connection).
+#[derive(Debug, Clone)]
+pub struct TargetCell(Arc<RwLock<Arc<Target>>>);
+
+impl TargetCell {
+    /// A cell holding `target`.
+    pub fn new(target: Target) -> Self {
+        TargetCell(Arc::new(RwLock::new(Arc::new(target))))
+    }
+
+    /// The target as of now.
+    pub fn get(&self) -> Arc<Target> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Points new connections at `target`.
+    pub fn set(&self, target: Target) {
+        let t = Arc::new(target);
+        match self.0.write() {
+            Ok(mut g) => *g = t,
+            Err(p) => *p.into_inner() = t,
+        }
+    }
+}
+
+/// Counters of one route (or of the management API relay), read by the status answer.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    /// Open TCP connections.
+    pub tcp_active: AtomicU64,
+    /// Live UDP sessions.
+    pub udp_sessions: AtomicU64,
+    /// Bytes relayed, both directions, TCP and UDP.
+    pub bytes: AtomicU64,
+    /// TCP connections refused (reset) because a connection cap was reached, plus UDP
+    /// datagrams dropped because the session cap was reached.
+    pub refused: AtomicU64,
+    /// Connections or sessions whose target could not be reached.
+    pub target_failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl RouteCounters {
+    /// Records `message` as the route's last error.
+    pub fn set_error(&self, message: String) {
+        match self.last_error.lock() {
+            Ok(mut g) => *g = Some(message),
+            Err(p) => *p.into_inner() = Some(message),
+        }
+    }
+
+    /// The last error recorded, if any.
+    pub fn last_error(&self) -> Option<String> {
+        match self.last_error.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Open connections plus live sessions.
+    pub fn active(&self) -> u64 {
+        self.tcp_active.load(Ordering::Relaxed) + self.udp_sessions.load(Ordering::Relaxed)
+    }
+
+    fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `rx` holds `true`. A dropped sender never fires (the owner went away without
+/// asking for a close).
+pub async fn wait_true(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves `target` (an IP literal needs no lookup).
+pub async fn resolve(target: &Target) -> io::Result<Vec<std::net::SocketAddr>> {
+    if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
+        return Ok(vec![std::net::SocketAddr::new(ip, target.port)]);
+    }
+    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await?
+        .collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} has no address", target.host),
+        ));
+    }
+    Ok(addrs)
+}
+
+/// Raises the soft limit on open files to the hard limit (each relayed TCP connection needs
+/// two descriptors, more with splice). Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read a plain struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // rlim_t is 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(lim.rlim_cur as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,504 @@
+//! TCP relay: accept on the tunnel side, connect to the LAN target, copy both ways.
+//!
+//! Per connection: one task, two directions polled together. Each direction owns a
+//! [`DEFAULT_BUFFER_BYTES`] buffer only while data is in flight (allocated when the source is
+//! readable, freed when it runs dry), so idle connections cost no buffer memory. With
+//! [`TcpConfig::splice`] the bytes move socket → pipe → socket with `splice(2)` instead
+//! (Linux; the pipe is created on first data). End of stream on one side becomes
+//! `shutdown(SHUT_WR)` on the other while the other direction keeps flowing (half-close).
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::{resolve, wait_true, RouteCounters, TargetCell};
+
+/// Time allowed to connect to the LAN target.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection with no byte moving either way for this long is closed (checked once per
+/// period, so it closes between one and two periods after the last byte).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Buffer per direction while data is in flight, in bytes.
+pub const DEFAULT_BUFFER_BYTES: usize = 16 * 1024;
+/// Open connections per route before new ones are refused with a reset.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ROUTE: usize = 1024;
+/// Open relayed connections over all routes before new ones are refused with a reset.
+pub const DEFAULT_MAX_CONNECTIONS_TOTAL: usize = 4096;
+/// TCP keepalive: idle time before the first probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// TCP keepalive: time between probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// TCP keepalive: unanswered probes before the kernel drops the connection.
+pub const KEEPALIVE_PROBES: u32 = 6;
+/// Pause after a failed accept (for example out of file descriptors), so it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Bytes moved per `splice(2)` call at most (the default pipe capacity).
+const SPLICE_CHUNK: usize = 64 * 1024;
+
+/// Tuning of a TCP relay.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Time allowed to connect to the target.
+    pub connect_timeout: Duration,
+    /// Close a connection after this long without traffic.
+    pub idle_timeout: Duration,
+    /// Buffer per direction, in bytes (copy mode).
+    pub buffer_bytes: usize,
+    /// Open connections per route at most.
+    pub max_per_route: usize,
+    /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer.
+    pub splice: bool,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            max_per_route: DEFAULT_MAX_CONNECTIONS_PER_ROUTE,
+            splice: false,
+        }
+    }
+}
+
+/// A cap on open connections shared by every route.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    /// A cap of `max` open connections.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let mut cur = self.open.load(Ordering::Relaxed);
+        loop {
+            if cur >= self.max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Slot(self.clone())),
+                Err(v) => cur = v,
+            }
+        }
+    }
+}
+
+struct Slot(Arc<ConnectionLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Decrements a route's open-connection count when the connection ends.
+struct RouteSlot(Arc<RouteCounters>);
+
+impl RouteSlot {
+    fn try_take(counters: &Arc<RouteCounters>, max: usize) -> Option<Self> {
+        let mut cur = counters.tcp_active.load(Ordering::Relaxed);
+        loop {
+            if cur >= max as u64 {
+                return None;
+            }
+            match counters.tcp_active.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(RouteSlot(counters.clone())),
+                Err(v) => cur = v,
+            }
+        }
+    }
+}
+
+impl Drop for RouteSlot {
+    fn drop(&mut self) {
+        self.0.tcp_active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Everything an accept loop needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct TcpRoute {
+    /// Where new connections go.
+    pub target: TargetCell,
+    /// The route's counters.
+    pub counters: Arc<RouteCounters>,
+    /// Tuning.
+    pub config: Arc<TcpConfig>,
+    /// The cap shared by all routes.
+    pub global: Arc<ConnectionLimit>,
+    /// Turns true when the route's open connections must close (end of the grace period).
+    pub kill: watch::Receiver<bool>,
+}
+
+/// Accepts on `listener` until `stop` turns true, relaying each connection to the current
+/// target. Connections already open keep going until `route.kill` turns true.
+pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver<bool>) {
+    let stopped = wait_true(stop);
+    tokio::pin!(stopped);
+    loop {
+        let client = tokio::select! {
+            _ = &mut stopped => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    route.counters.set_error(format!("accept: {e}"));
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let (Some(route_slot), Some(global_slot)) = (
+            RouteSlot::try_take(&route.counters, route.config.max_per_route),
+            route.global.try_take(),
+        ) else {
+            route.counters.refused.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            continue;
+        };
+        let route = route.clone();
+        tokio::spawn(async move {
+            let kill = route.kill.clone();
+            tokio::select! {
+                _ = connection(client, &route) => {}
+                _ = wait_true(kill) => {}
+            }
+            drop(route_slot);
+            drop(global_slot);
+        });
+    }
+}
+
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn connection(client: TcpStream, route: &TcpRoute) {
+    let target = route.target.get();
+    let server = match connect(&target, route.config.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            route
+                .counters
+                .target_failures
+                .fetch_add(1, Ordering::Relaxed);
+            route
+                .counters
+                .set_error(format!("connect to {target}: {e}"));
+            tracing::debug!(%target, error = %e, "cannot reach the route's target");
+            reset(client);
+            return;
+        }
+    };
+    for s in [&client, &server] {
+        let _ = s.set_nodelay(true);
+        let _ = set_keepalive(s.as_raw_fd());
+    }
+    let result = relay(&client, &server, &route.config, &route.counters).await;
+    if let Err(e) = result {
+        if e.kind() != io::ErrorKind::TimedOut {
+            tracing::debug!(%target, error = %e, "relayed connection ended with an error");
+        }
+        reset(client);
+        reset(server);
+    }
+}
+
+/// Connects to the first address of `target` that answers within `timeout` in total.
+pub async fn connect(target: &super::Target, timeout: Duration) -> io::Result<TcpStream> {
+    let attempt = async {
+        let mut last = None;
+        for addr in resolve(target).await? {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no address")))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {} ms", timeout.as_millis()),
+        )),
+    }
+}
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: u32) -> io::Result<()> {
+    let v = v as libc::c_int;
+    // SAFETY: passes a pointer to a c_int that lives for the call, with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Turns TCP keepalive on for `fd` with [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and
+/// [`KEEPALIVE_PROBES`].
+pub fn set_keepalive(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        KEEPALIVE_IDLE.as_secs() as u32,
+    )?;
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        KEEPALIVE_INTERVAL.as_secs() as u32,
+    )?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)
+}
+
+fn shutdown_write(s: &TcpStream) {
+    // SAFETY: shutdown on a descriptor the stream owns; no memory is involved.
+    unsafe {
+        libc::shutdown(s.as_raw_fd(), libc::SHUT_WR);
+    }
+}
+
+/// One direction of a relayed connection.
+#[derive(Default)]
+struct Half {
+    buf: Option<Box<[u8]>>,
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    done: bool,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Half {
+    /// Copy mode: moves what `from` has to `to` until `from` would block or ends.
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        size: usize,
+        counters: &RouteCounters,
+        active: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.start < self.end {
+                ready!(to.poll_write_ready(cx))?;
+                let Some(buf) = self.buf.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("relay buffer lost")));
+                };
+                match to.try_write(&buf[self.start..self.end]) {
+                    Ok(n) => {
+                        self.start += n;
+                        counters.add_bytes(n);
+                        *active = true;
+                    }
+                    Err(e) if would_block(&e) => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            if self.eof {
+                shutdown_write(to);
+                self.done = true;
+                self.buf = None;
+                return Poll::Ready(Ok(()));
+            }
+            if let Err(e) = ready!(from.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let buf = self
+                .buf
+                .get_or_insert_with(|| vec![0u8; size].into_boxed_slice());
+            match from.try_read(buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.start = 0;
+                    self.end = n;
+                    *active = true;
+                }
+                Err(e) if would_block(&e) => {
+                    // Ran dry: give the buffer back while the connection idles.
+                    self.buf = None;
+                    continue;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Splice mode: socket → pipe → socket without copying through user space.
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        counters: &RouteCounters,
+        active: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.pipe.is_none() {
+                self.pipe = Some(pipe()?);
+            }
+            let Some((pr, pw)) = self.pipe.as_ref() else {
+                return Poll::Ready(Err(io::Error::other("relay pipe lost")));
+            };
+            let (pr, pw) = (pr.as_raw_fd(), pw.as_raw_fd());
+            if self.end > 0 {
+                ready!(to.poll_write_ready(cx))?;
+                match to.try_io(Interest::WRITABLE, || splice(pr, to.as_raw_fd(), self.end)) {
+                    Ok(n) => {
+                        self.end -= n;
+                        counters.add_bytes(n);
+                        *active = true;
+                    }
+                    Err(e) if would_block(&e) => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            if self.eof {
+                shutdown_write(to);
+                self.done = true;
+                self.pipe = None;
+                return Poll::Ready(Ok(()));
+            }
+            ready!(from.poll_read_ready(cx))?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), pw, SPLICE_CHUNK)
+            }) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.end = n;
+                    *active = true;
+                }
+                Err(e) if would_block(&e) => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: splice between descriptors we hold open; null offsets (sockets and pipes).
+    let r = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Relays between `a` and `b` until both directions ended (each end of stream forwarded as a
+/// half-close), an error occurs, or nothing moved for `config.idle_timeout`
+/// (an error of kind `TimedOut`).
+pub async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    config: &TcpConfig,
+    counters: &RouteCounters,
+) -> io::Result<()> {
+    let mut ab = Half::default();
+    let mut ba = Half::default();
+    let idle = config.idle_timeout;
+    let mut timer = Box::pin(tokio::time::sleep(idle));
+    let mut active_since_timer = false;
+    std::future::poll_fn(|cx| {
+        let mut active = false;
+        for (half, from, to) in [(&mut ab, a, b), (&mut ba, b, a)] {
+            if half.done {
+                continue;
+            }
+            let r = if config.splice {
+                half.poll_splice(cx, from, to, counters, &mut active)
+            } else {
+                half.poll_copy(cx, from, to, config.buffer_bytes, counters, &mut active)
+            };
+            if let Poll::Ready(Err(e)) = r {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if ab.done && ba.done {
+            return Poll::Ready(Ok(()));
+        }
+        active_since_timer |= active;
+        while timer.as_mut().poll(cx).is_ready() {
+            if !active_since_timer {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+            }
+            active_since_timer = false;
+            let next = tokio::time::Instant::now() + idle;
+            Pin::as_mut(&mut timer).reset(next);
+        }
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,391 @@
+//! Relays on loopback: echo, half-close, timeouts, caps, UDP sessions.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+use super::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
+use super::udp::{self, UdpConfig, UdpRoute};
+use super::{RouteCounters, Target, TargetCell};
+
+/// A TCP echo server on loopback; each connection echoes until EOF, then closes.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+fn target(addr: SocketAddr) -> Target {
+    Target {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+struct Relay {
+    addr: SocketAddr,
+    counters: Arc<RouteCounters>,
+    _stop: watch::Sender<bool>,
+    kill: watch::Sender<bool>,
+}
+
+async fn tcp_relay(to: SocketAddr, config: TcpConfig, global: Arc<ConnectionLimit>) -> Relay {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let counters = Arc::new(RouteCounters::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let (kill, kill_rx) = watch::channel(false);
+    let route = TcpRoute {
+        target: TargetCell::new(target(to)),
+        counters: counters.clone(),
+        config: Arc::new(config),
+        global,
+        kill: kill_rx,
+    };
+    tokio::spawn(tcp::serve(l, route, stop_rx));
+    Relay {
+        addr,
+        counters,
+        _stop: stop,
+        kill,
+    }
+}
+
+async fn default_relay(to: SocketAddr) -> Relay {
+    tcp_relay(to, TcpConfig::default(), ConnectionLimit::new(100)).await
+}
+
+async fn echo_round(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+        .await
+        .expect("echo within 5 s")
+        .unwrap();
+    assert_eq!(got, msg);
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn tcp_echo_goes_through_the_relay_and_bytes_are_counted() {
+    for splice in [false, true] {
+        let echo = echo_server().await;
+        let r = tcp_relay(
+            echo,
+            TcpConfig {
+                splice,
+                ..TcpConfig::default()
+            },
+            ConnectionLimit::new(100),
+        )
+        .await;
+        let mut c = TcpStream::connect(r.addr).await.unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut rd, mut wr) = c.split();
+        let send = async {
+            wr.write_all(&big).await.unwrap();
+        };
+        let mut got = vec![0u8; big.len()];
+        let recv = rd.read_exact(&mut got);
+        let (_, n) = tokio::join!(send, recv);
+        n.unwrap();
+        assert_eq!(got, big, "splice={splice}");
+        echo_round(&mut c, b"ping").await;
+        assert_eq!(r.counters.tcp_active.load(Ordering::Relaxed), 1);
+        drop(c);
+        let counters = r.counters.clone();
+        wait_for("connection count back to 0", || {
+            counters.tcp_active.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        // Both directions of 300 004 bytes.
+        assert_eq!(r.counters.bytes.load(Ordering::Relaxed), 2 * 300_004);
+    }
+}
+
+#[tokio::test]
+async fn half_close_is_forwarded_both_ways() {
+    for splice in [false, true] {
+        // Server: reads until the client's EOF, then answers and closes.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).await.unwrap();
+            s.write_all(b"reply to ").await.unwrap();
+            s.write_all(&req).await.unwrap();
+            s.shutdown().await.unwrap();
+            // Second connection: the server finishes first, the client speaks after.
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"banner").await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut late = Vec::new();
+            s.read_to_end(&mut late).await.unwrap();
+            late
+        });
+        let r = tcp_relay(
+            server_addr,
+            TcpConfig {
+                splice,
+                ..TcpConfig::default()
+            },
+            ConnectionLimit::new(100),
+        )
+        .await;
+
+        let mut c = TcpStream::connect(r.addr).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, b"reply to hello", "splice={splice}");
+
+        let mut c = TcpStream::connect(r.addr).await.unwrap();
+        let mut banner = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut banner))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(banner, b"banner");
+        c.write_all(b"still talking").await.unwrap();
+        c.shutdown().await.unwrap();
+        let late = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(late, b"still talking");
+    }
+}
+
+#[tokio::test]
+async fn refused_target_resets_the_client_and_is_counted() {
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = gone.local_addr().unwrap();
+    drop(gone);
+    let r = default_relay(dead).await;
+    let mut c = TcpStream::connect(r.addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let res = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{res:?}"
+    );
+    assert_eq!(r.counters.target_failures.load(Ordering::Relaxed), 1);
+    let err = r.counters.last_error().unwrap();
+    assert!(err.contains(&dead.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn connect_to_a_target_that_never_answers_times_out() {
+    // A listener with backlog 0 whose queue is full drops further SYNs: connects hang.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = sock.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let started = std::time::Instant::now();
+    let r = tcp::connect(&target(addr), Duration::from_millis(400)).await;
+    let err = r.expect_err("the full listener must not accept");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn caps_refuse_with_a_reset_and_count_it() {
+    let echo = echo_server().await;
+    // Per-route cap of 1.
+    let r = tcp_relay(
+        echo,
+        TcpConfig {
+            max_per_route: 1,
+            ..TcpConfig::default()
+        },
+        ConnectionLimit::new(100),
+    )
+    .await;
+    let mut first = TcpStream::connect(r.addr).await.unwrap();
+    echo_round(&mut first, b"a").await;
+    let mut second = TcpStream::connect(r.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let res = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{res:?}"
+    );
+    assert_eq!(r.counters.refused.load(Ordering::Relaxed), 1);
+    echo_round(&mut first, b"still fine").await;
+
+    // Global cap of 1 shared by two routes.
+    let global = ConnectionLimit::new(1);
+    let a = tcp_relay(echo, TcpConfig::default(), global.clone()).await;
+    let b = tcp_relay(echo, TcpConfig::default(), global.clone()).await;
+    let mut on_a = TcpStream::connect(a.addr).await.unwrap();
+    echo_round(&mut on_a, b"a").await;
+    let mut on_b = TcpStream::connect(b.addr).await.unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), on_b.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(res.is_err(), "{res:?}");
+    assert_eq!(b.counters.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(global.open(), 1);
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_and_kill_closes_open_ones() {
+    let echo = echo_server().await;
+    let r = tcp_relay(
+        echo,
+        TcpConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..TcpConfig::default()
+        },
+        ConnectionLimit::new(100),
+    )
+    .await;
+    let mut c = TcpStream::connect(r.addr).await.unwrap();
+    echo_round(&mut c, b"x").await;
+    let mut buf = [0u8; 1];
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed by the idle timeout");
+    assert!(!matches!(res, Ok(n) if n > 0), "{res:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let r = default_relay(echo).await;
+    let mut c = TcpStream::connect(r.addr).await.unwrap();
+    echo_round(&mut c, b"x").await;
+    r.kill.send(true).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed by kill");
+    assert!(!matches!(res, Ok(n) if n > 0), "{res:?}");
+}
+
+/// A UDP echo server on loopback.
+async fn udp_echo() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, peer)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], peer).await;
+        }
+    });
+    addr
+}
+
+async fn udp_relay(to: SocketAddr, config: UdpConfig) -> (Relay, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    let counters = Arc::new(RouteCounters::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let (kill, kill_rx) = watch::channel(false);
+    let route = UdpRoute {
+        target: TargetCell::new(target(to)),
+        counters: counters.clone(),
+        config: Arc::new(config),
+        kill: kill_rx,
+    };
+    tokio::spawn(udp::serve(s, route, stop_rx));
+    (
+        Relay {
+            addr,
+            counters,
+            _stop: stop,
+            kill,
+        },
+        addr,
+    )
+}
+
+async fn udp_round(c: &UdpSocket, to: SocketAddr, msg: &[u8]) {
+    c.send_to(msg, to).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+        .await
+        .expect("udp reply within 5 s")
+        .unwrap();
+    assert_eq!(&buf[..n], msg);
+    assert_eq!(from, to, "the reply comes from the listening socket");
+}
+
+#[tokio::test]
+async fn udp_echo_uses_one_session_per_client_and_sessions_expire() {
+    let echo = udp_echo().await;
+    let (r, addr) = udp_relay(
+        echo,
+        UdpConfig {
+            idle_timeout: Duration::from_millis(300),
+            max_sessions: 2,
+        },
+    )
+    .await;
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp_round(&a, addr, b"from a").await;
+    udp_round(&a, addr, b"again a").await;
+    udp_round(&b, addr, b"from b").await;
+    assert_eq!(r.counters.udp_sessions.load(Ordering::Relaxed), 2);
+    // The cap: a third client's datagram is dropped and counted.
+    c.send_to(b"from c", addr).await.unwrap();
+    let counters = r.counters.clone();
+    wait_for("refused datagram", || {
+        counters.refused.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(
+        r.counters.bytes.load(Ordering::Relaxed),
+        2 * (6 + 7 + 6) as u64
+    );
+    // Idle sessions end; a new datagram opens a new one.
+    wait_for("sessions expired", || {
+        counters.udp_sessions.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    udp_round(&c, addr, b"from c later").await;
+    assert_eq!(r.counters.udp_sessions.load(Ordering::Relaxed), 1);
+    r.kill.send(true).unwrap();
+    wait_for("sessions killed", || {
+        counters.udp_sessions.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}

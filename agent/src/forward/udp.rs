@@ -1,0 +1,248 @@
+//! UDP relay: one LAN-side socket per hub-side client address.
+//!
+//! The listening socket (tunnel IP) receives a client's datagram; the relay finds or creates
+//! that client's session, a socket connected to the route's target, and sends the payload from
+//! it. Replies read on the session socket go back to the client from the listening socket. A
+//! session with no datagram either way for [`DEFAULT_SESSION_IDLE`] ends; at most
+//! [`DEFAULT_MAX_SESSIONS_PER_ROUTE`] live at once (datagrams opening more are dropped and
+//! counted as refused).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{resolve, wait_true, RouteCounters, TargetCell};
+
+/// A session with no datagram either way for this long ends.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(60);
+/// Live sessions per route at most.
+pub const DEFAULT_MAX_SESSIONS_PER_ROUTE: usize = 1024;
+/// Largest datagram relayed, in bytes (the largest a UDP socket can receive).
+const MAX_DATAGRAM: usize = 65_535;
+/// Time allowed to resolve a target given by name when a session opens.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tuning of a UDP relay.
+#[derive(Debug, Clone)]
+pub struct UdpConfig {
+    /// End a session after this long without a datagram either way.
+    pub idle_timeout: Duration,
+    /// Live sessions per route at most.
+    pub max_sessions: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            idle_timeout: DEFAULT_SESSION_IDLE,
+            max_sessions: DEFAULT_MAX_SESSIONS_PER_ROUTE,
+        }
+    }
+}
+
+/// Everything a UDP relay needs besides its socket.
+#[derive(Debug, Clone)]
+pub struct UdpRoute {
+    /// Where new sessions go.
+    pub target: TargetCell,
+    /// The route's counters.
+    pub counters: Arc<RouteCounters>,
+    /// Tuning.
+    pub config: Arc<UdpConfig>,
+    /// Turns true when the route's sessions must end (end of the grace period).
+    pub kill: watch::Receiver<bool>,
+}
+
+struct Session {
+    lan: UdpSocket,
+    /// Milliseconds since the relay's start at the last datagram either way.
+    last: AtomicU64,
+}
+
+type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
+
+fn lock(s: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Session>>> {
+    match s.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn millis_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Receives on `socket` until `stop` turns true, relaying each client's datagrams through its
+/// own session. Sessions already open keep going until they idle out or `route.kill` fires.
+pub async fn serve(socket: UdpSocket, route: UdpRoute, stop: watch::Receiver<bool>) {
+    let socket = Arc::new(socket);
+    let sessions: Sessions = Arc::default();
+    let base = Instant::now();
+    let stopped = wait_true(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    route.counters.set_error(format!("udp receive: {e}"));
+                    return;
+                }
+            }
+        }
+        // The buffer lives only while datagrams are waiting.
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, peer)) => {
+                    datagram(&socket, &sessions, &route, base, peer, &buf[..n]).await;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // An ICMP error for an earlier reply; nothing to relay.
+                    tracing::debug!(error = %e, "udp receive error");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn datagram(
+    listen: &Arc<UdpSocket>,
+    sessions: &Sessions,
+    route: &UdpRoute,
+    base: Instant,
+    peer: SocketAddr,
+    data: &[u8],
+) {
+    let existing = lock(sessions).get(&peer).cloned();
+    let session = match existing {
+        Some(s) => s,
+        None => {
+            if lock(sessions).len() >= route.config.max_sessions {
+                route.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match open_session(route).await {
+                Ok(lan) => {
+                    let s = Arc::new(Session {
+                        lan,
+                        last: AtomicU64::new(millis_since(base)),
+                    });
+                    lock(sessions).insert(peer, s.clone());
+                    route.counters.udp_sessions.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(session_task(
+                        listen.clone(),
+                        peer,
+                        s.clone(),
+                        route.clone(),
+                        sessions.clone(),
+                        base,
+                    ));
+                    s
+                }
+                Err(e) => {
+                    let target = route.target.get();
+                    route
+                        .counters
+                        .target_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    route.counters.set_error(format!("udp to {target}: {e}"));
+                    return;
+                }
+            }
+        }
+    };
+    session.last.store(millis_since(base), Ordering::Relaxed);
+    match session.lan.send(data).await {
+        Ok(n) => route.counters.add_bytes(n),
+        Err(e) => route
+            .counters
+            .set_error(format!("udp to {}: {e}", route.target.get())),
+    }
+}
+
+async fn open_session(route: &UdpRoute) -> io::Result<UdpSocket> {
+    let target = route.target.get();
+    let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&target))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "resolve timed out"))??;
+    let addr = addrs[0];
+    let local: IpAddr = if addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let sock = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
+    sock.connect(addr).await?;
+    Ok(sock)
+}
+
+async fn session_task(
+    listen: Arc<UdpSocket>,
+    peer: SocketAddr,
+    session: Arc<Session>,
+    route: UdpRoute,
+    sessions: Sessions,
+    base: Instant,
+) {
+    let idle = route.config.idle_timeout;
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let killed = wait_true(route.kill.clone());
+    tokio::pin!(killed);
+    let mut deadline = base + Duration::from_millis(session.last.load(Ordering::Relaxed)) + idle;
+    loop {
+        tokio::select! {
+            _ = &mut killed => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = session.last.load(Ordering::Relaxed);
+                if millis_since(base).saturating_sub(last) >= idle_ms {
+                    break;
+                }
+                deadline = base + Duration::from_millis(last) + idle;
+            }
+            r = session.lan.readable() => {
+                if r.is_err() {
+                    break;
+                }
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    match session.lan.try_recv(&mut buf) {
+                        Ok(n) => {
+                            session.last.store(millis_since(base), Ordering::Relaxed);
+                            match listen.send_to(&buf[..n], peer).await {
+                                Ok(n) => route.counters.add_bytes(n),
+                                Err(e) => {
+                                    route.counters.set_error(format!("udp reply to {peer}: {e}"));
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            // ICMP port unreachable from the target, typically.
+                            route
+                                .counters
+                                .set_error(format!("udp from {}: {e}", route.target.get()));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    {
+        let mut map = lock(&sessions);
+        if map.get(&peer).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+            map.remove(&peer);
+        }
+    }
+    route.counters.udp_sessions.fetch_sub(1, Ordering::Relaxed);
+}

@@ -1,0 +1,97 @@
+//! Scheduled reachability probes of every route's LAN target (TCP connect), cached for the
+//! status answer. Targets never probed go first; the rest are spread over the interval, with a
+//! few probes in flight at most.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gatelet_agent_api::control::{ProbeRequest, Reachability};
+use tokio::sync::{Notify, Semaphore};
+
+use super::{Inner, RouteManager};
+
+/// Time between two probes of the same target.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Connect timeout of one probe.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probes in flight at most.
+pub const DEFAULT_PROBE_CONCURRENCY: usize = 4;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Probes every target once per interval until the manager is dropped; an apply that adds or
+/// changes targets starts a new round at once.
+pub(super) async fn run(inner: Weak<Inner>, wake: Arc<Notify>) {
+    let slots = Arc::new(Semaphore::new(DEFAULT_PROBE_CONCURRENCY));
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let mut targets = RouteManager::probe_targets(&i);
+        i.forget_unprobed(&targets);
+        let (interval, timeout) = (i.settings.probe_interval, i.settings.probe_timeout);
+        {
+            let st = super::locked(&i.state);
+            // Never probed first (stable sort keeps the rest in order).
+            targets.sort_by_key(|t| st.reach.contains_key(t));
+        }
+        let unprobed = {
+            let st = super::locked(&i.state);
+            targets
+                .iter()
+                .filter(|t| !st.reach.contains_key(*t))
+                .count()
+        };
+        drop(i);
+        let spread = targets.len().saturating_sub(unprobed).max(1);
+        let gap = interval / u32::try_from(spread).unwrap_or(u32::MAX);
+        let round = tokio::time::Instant::now();
+        let mut restart = false;
+        for (n, target) in targets.into_iter().enumerate() {
+            if n >= unprobed {
+                let woken = tokio::select! {
+                    _ = wake.notified() => true,
+                    _ = tokio::time::sleep(gap) => false,
+                };
+                if woken {
+                    restart = true;
+                    break;
+                }
+            }
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let weak = inner.clone();
+            tokio::spawn(async move {
+                let r = crate::probe::probe(&ProbeRequest {
+                    host: target.host.clone(),
+                    port: target.port,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+                .await;
+                drop(permit);
+                if let Some(i) = weak.upgrade() {
+                    i.record_reachability(
+                        target,
+                        Reachability {
+                            reachable: r.reachable,
+                            latency_ms: r.reachable.then_some(r.latency_ms),
+                            last_checked_at: now_ms(),
+                        },
+                    );
+                }
+            });
+        }
+        if restart {
+            continue;
+        }
+        let rest = interval.saturating_sub(round.elapsed());
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(rest.max(gap)) => {}
+        }
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# L4 TCP relay throughput on loopback (no tunnel): iperf3 for SECONDS (default 10) direct, through
+# socat, through HAProxy (mode tcp) and through the agent's relay (agent/examples/l4_relay.rs, the
+# same forward::tcp code the agent runs, on a current-thread runtime), with copy and with splice,
+# in one run. Prints Gbit/s and the ratio of each to HAProxy. Target (issue 4): agent >= 1.3x HAProxy.
+# Run by hand or from tests-hw/bench/run; not a timed test.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_RUN=${SECONDS:-10}
+SECONDS_RUN=${DURATION:-$SECONDS_RUN}
+PROFILE=${PROFILE:-bench-release}
+
+cargo build -q --profile "$PROFILE" -p gatelet-agent --example l4_relay
+RELAY=${CARGO_TARGET_DIR:-target}/$PROFILE/examples/l4_relay
+
+T=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 50); do
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+IPERF=$(free_port)
+iperf3 -s -B 127.0.0.1 -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
+wait_port "$IPERF"
+
+SOCAT=$(free_port)
+socat "TCP-LISTEN:$SOCAT,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$IPERF" & pids+=($!)
+
+HAPROXY=$(free_port)
+cat >"$T/haproxy.cfg" <<CFG
+global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen relay
+    bind 127.0.0.1:$HAPROXY
+    server s1 127.0.0.1:$IPERF
+CFG
+haproxy -f "$T/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+
+COPY=$(free_port)
+"$RELAY" "127.0.0.1:$COPY" "127.0.0.1:$IPERF" 2>/dev/null & pids+=($!)
+SPLICE=$(free_port)
+"$RELAY" "127.0.0.1:$SPLICE" "127.0.0.1:$IPERF" --splice 2>/dev/null & pids+=($!)
+for p in "$SOCAT" "$HAPROXY" "$COPY" "$SPLICE"; do wait_port "$p"; done
+
+gbits() {
+    iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_RUN" -J |
+        python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+declare -A R
+for name in direct:$IPERF socat:$SOCAT haproxy:$HAPROXY agent-copy:$COPY agent-splice:$SPLICE; do
+    R[${name%%:*}]=$(gbits "${name#*:}")
+done
+printf '%-14s %8s %10s\n' path Gbit/s xHAProxy
+for n in direct socat haproxy agent-copy agent-splice; do
+    printf '%-14s %8s %10s\n' "$n" "${R[$n]}" "$(python3 -c "print('%.2f' % (${R[$n]}/${R[haproxy]}))")"
+done
