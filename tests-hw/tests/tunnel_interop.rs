@@ -54,6 +54,19 @@ fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
         "the agent should report the address {} resolved from hub.test",
         tb.hub_lan_ip
     );
+    // The TUN device as the issue asks: default name and MTU, WG_ADDRESS, up, a route for
+    // each of WG_ALLOWED_IPS.
+    let link = ok(&tb, tb.gw_ns.ip(&["-o", "link", "show", "gatelet0"]));
+    assert!(link.contains("mtu 1420") && link.contains(",UP"), "{link}");
+    let addr = ok(&tb, tb.gw_ns.ip(&["-o", "addr", "show", "dev", "gatelet0"]));
+    assert!(addr.contains(&format!("inet {GW_TUNNEL_IP}/32")), "{addr}");
+    let routes = ok(&tb, tb.gw_ns.ip(&["route", "show", "dev", "gatelet0"]));
+    assert!(
+        routes
+            .lines()
+            .any(|r| r.starts_with(&HUB_TUNNEL_IP.to_string())),
+        "no route to {HUB_TUNNEL_IP} via gatelet0: {routes}"
+    );
 }
 
 #[test]
