@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::probe;
+use crate::routes::RouteManager;
 use crate::tunnel::stats::TunnelStats;
 
 /// Connections served at once; more are told to retry.
@@ -129,22 +130,41 @@ impl ControlSocket {
 pub struct AgentState {
     started: Instant,
     tunnel: Arc<TunnelStats>,
+    routes: Option<RouteManager>,
 }
 
 impl AgentState {
     /// State of an agent started at `started` with this tunnel.
     pub fn new(started: Instant, tunnel: Arc<TunnelStats>) -> Self {
-        AgentState { started, tunnel }
+        AgentState {
+            started,
+            tunnel,
+            routes: None,
+        }
+    }
+
+    /// The same state, answering `Apply` and reporting routes through `routes`.
+    pub fn with_routes(mut self, routes: RouteManager) -> Self {
+        self.routes = Some(routes);
+        self
     }
 
     /// The status at `now`.
     pub fn status(&self, now: Instant) -> AgentStatus {
-        AgentStatus {
+        let mut status = AgentStatus {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: now.saturating_duration_since(self.started).as_secs(),
             tunnel: self.tunnel.snapshot(now),
             ..AgentStatus::default()
+        };
+        if let Some(m) = &self.routes {
+            let r = m.status();
+            status.config_hash = r.config_hash;
+            status.routes = r.routes;
+            status.http_proxy = r.http_proxy;
+            status.api_relay = r.api_relay;
         }
+        status
     }
 }
 
@@ -166,7 +186,16 @@ pub async fn answer(req: Request, state: &AgentState) -> Response {
         }
         Request::Status => Response::Status(Box::new(state.status(Instant::now()))),
         Request::Probe(p) => Response::Probed(probe::probe(&p).await),
-        Request::Apply { .. } | Request::Wake(_) => Response::Error {
+        Request::Apply { config } => match &state.routes {
+            Some(m) => Response::Applied {
+                config_hash: config.config_hash.clone(),
+                routes: m.apply(config),
+            },
+            None => Response::Error {
+                message: NOT_IMPLEMENTED.to_owned(),
+            },
+        },
+        Request::Wake(_) => Response::Error {
             message: NOT_IMPLEMENTED.to_owned(),
         },
     }

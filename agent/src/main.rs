@@ -10,6 +10,7 @@ use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
 use gatelet_agent::control::{self, AgentState, ControlSocket};
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
 use gatelet_agent::notify;
+use gatelet_agent::routes::{self, RouteManager};
 use gatelet_agent::tunnel::allowed::AllowedIps;
 use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
 use gatelet_agent::tunnel::driver::{self, DataPath};
@@ -84,6 +85,28 @@ fn init_logging(level: tracing::Level) {
     tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
+/// Starts the route manager on the tunnel IP (configured on the TUN device by now): the HTTP
+/// proxy, the management API relay, and the routes saved by the last apply, so they answer
+/// before the companion connects.
+fn start_routes(args: &Args, env: &GatewayEnv) -> RouteManager {
+    match gatelet_agent::forward::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+    let mut settings = routes::Settings::new(env.tunnel_ip.into());
+    settings.proxy_port = Some(env.proxy_port);
+    settings.api_relay = Some((
+        env.api_port,
+        SocketAddr::from((routes::API_TARGET_IP, env.api_port)),
+    ));
+    settings.state_dir = Some(args.state_dir.clone());
+    let manager = RouteManager::new(settings);
+    if let Err(e) = manager.start() {
+        tracing::warn!("{e}");
+    }
+    manager
+}
+
 fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -145,7 +168,8 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     let outcome = rt.block_on(async {
-        let state = Arc::new(AgentState::new(started, stats));
+        let manager = start_routes(args, env);
+        let state = Arc::new(AgentState::new(started, stats).with_routes(manager));
         let server = tokio::spawn(control::serve(socket.listener()?, state, stop_rx));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

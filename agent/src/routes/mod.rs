@@ -241,6 +241,19 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, String> {
         .map_err(|e| bind_reason(addr, &e))
 }
 
+/// The state after the first bind attempt (logged when it failed).
+fn first_state<L>(first: &Result<L, String>, what: &str) -> ListenerState {
+    match first {
+        Ok(_) => ListenerState::Listening,
+        Err(reason) => {
+            tracing::warn!(listener = what, %reason, "cannot listen; retrying");
+            ListenerState::Failed {
+                reason: reason.clone(),
+            }
+        }
+    }
+}
+
 /// Keeps a listener bound: serves `initial` when it bound, otherwise retries `bind` with
 /// backoff until it works or `stop` fires, keeping `cell` up to date.
 async fn keep_bound<L, B, F, Fut>(
@@ -250,6 +263,7 @@ async fn keep_bound<L, B, F, Fut>(
     cell: StateCell,
     stop: watch::Receiver<bool>,
     retry: (Duration, Duration),
+    what: String,
 ) where
     B: Fn() -> Result<L, String>,
     F: FnOnce(L, watch::Receiver<bool>) -> Fut,
@@ -260,11 +274,15 @@ async fn keep_bound<L, B, F, Fut>(
     loop {
         match attempt {
             Ok(l) => {
+                if matches!(*locked(&cell), ListenerState::Failed { .. }) {
+                    tracing::info!(listener = what, "listening after a failed bind");
+                }
                 set_state(&cell, ListenerState::Listening);
                 serve(l, stop).await;
                 return;
             }
             Err(reason) => {
+                tracing::debug!(listener = what, %reason, "bind failed");
                 set_state(&cell, ListenerState::Failed { reason });
                 tokio::select! {
                     _ = wait_true(stop.clone()) => return,
@@ -320,17 +338,19 @@ impl RouteManager {
         let mut fixed = (None, None);
         if let Some(port) = s.proxy_port {
             let addr = SocketAddr::new(s.bind_ip, port);
-            let state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+            let first = bind_tcp(addr);
+            let state: StateCell = Arc::new(Mutex::new(first_state(&first, "HTTP proxy")));
             let switches = Switches::new();
             let table = self.inner.http_table.clone();
             let stats = self.inner.http_stats.clone();
             tokio::spawn(keep_bound(
-                bind_tcp(addr),
+                first,
                 move || bind_tcp(addr),
                 move |l, stop| serve_http(l, table, stats, stop),
                 state.clone(),
                 switches.stop.subscribe(),
                 retry,
+                format!("HTTP proxy {addr}"),
             ));
             fixed.0 = Some(FixedListener {
                 state,
@@ -339,7 +359,8 @@ impl RouteManager {
         }
         if let Some((port, target)) = s.api_relay {
             let addr = SocketAddr::new(s.bind_ip, port);
-            let state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+            let first = bind_tcp(addr);
+            let state: StateCell = Arc::new(Mutex::new(first_state(&first, "API relay")));
             let switches = Switches::new();
             let route = TcpRoute {
                 target: TargetCell::new(Target {
@@ -352,12 +373,13 @@ impl RouteManager {
                 kill: switches.kill_rx(),
             };
             tokio::spawn(keep_bound(
-                bind_tcp(addr),
+                first,
                 move || bind_tcp(addr),
                 move |l, stop| tcp::serve(l, route, stop),
                 state.clone(),
                 switches.stop.subscribe(),
                 retry,
+                format!("API relay {addr}"),
             ));
             fixed.1 = Some(FixedListener {
                 state,
@@ -492,23 +514,8 @@ impl RouteManager {
         // Bound here, synchronously, so the answer to the apply already says what happened.
         let tcp_first = bind_tcp(addr);
         let udp_first = bind_udp(addr);
-        for (first, cell) in [
-            (tcp_first.as_ref().err(), &tcp_state),
-            (udp_first.as_ref().err(), &udp_state),
-        ] {
-            match first {
-                None => set_state(cell, ListenerState::Listening),
-                Some(reason) => {
-                    tracing::warn!(port, %reason, "listener failed; retrying");
-                    set_state(
-                        cell,
-                        ListenerState::Failed {
-                            reason: reason.clone(),
-                        },
-                    );
-                }
-            }
-        }
+        set_state(&tcp_state, first_state(&tcp_first, "L4 TCP listener"));
+        set_state(&udp_state, first_state(&udp_first, "L4 UDP listener"));
         tokio::spawn(keep_bound(
             tcp_first,
             move || bind_tcp(addr),
@@ -516,6 +523,7 @@ impl RouteManager {
             tcp_state.clone(),
             switches.stop.subscribe(),
             retry,
+            format!("TCP {addr}"),
         ));
         tokio::spawn(keep_bound(
             udp_first,
@@ -524,6 +532,7 @@ impl RouteManager {
             udp_state.clone(),
             switches.stop.subscribe(),
             retry,
+            format!("UDP {addr}"),
         ));
         L4Entry {
             id,
@@ -635,3 +644,6 @@ impl Inner {
         locked(&self.state).reach.retain(|t, _| keep.contains(t));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,402 @@
+//! The route manager on loopback (127.0.0.1 stands in for the tunnel IP).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatelet_agent_api::control::{AgentConfig, HttpRoute, L4Route, ListenerState, RouteStatus};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use super::{RouteManager, Settings};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A server that greets each connection with `tag` and a newline, then echoes.
+async fn tagged_echo(tag: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(format!("{tag}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port free for both TCP and UDP on loopback right now.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+fn l4(id: u64, port: u16, to: SocketAddr) -> L4Route {
+    L4Route {
+        id,
+        listen_port: port,
+        target_host: to.ip().to_string(),
+        target_port: to.port(),
+        wol: None,
+    }
+}
+
+fn config(hash: &str, routes: Vec<L4Route>) -> AgentConfig {
+    AgentConfig {
+        config_hash: Some(hash.into()),
+        http_routes: vec![],
+        l4_routes: routes,
+    }
+}
+
+fn settings() -> Settings {
+    let mut s = Settings::new(LOOPBACK);
+    s.grace = Duration::from_millis(400);
+    s.retry_initial = Duration::from_millis(100);
+    s.retry_max = Duration::from_millis(200);
+    s
+}
+
+struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    /// Connects to the route on `port` and reads the target's greeting.
+    async fn open(port: u16) -> (Conn, String) {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut c = Conn(BufReader::new(s));
+        let tag = c.line().await;
+        (c, tag)
+    }
+
+    async fn line(&mut self) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(Duration::from_secs(5), self.0.read_line(&mut l))
+            .await
+            .expect("a line within 5 s")
+            .unwrap();
+        l.trim_end().to_owned()
+    }
+
+    async fn echo(&mut self, msg: &str) {
+        self.0
+            .get_mut()
+            .write_all(format!("{msg}\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(self.line().await, msg);
+    }
+
+    async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.0.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+}
+
+fn route(status: &[RouteStatus], port: u16) -> RouteStatus {
+    status
+        .iter()
+        .find(|r| r.listen_port == Some(port))
+        .cloned()
+        .unwrap_or_else(|| panic!("no route on port {port} in {status:?}"))
+}
+
+#[tokio::test]
+async fn unchanged_route_keeps_its_connection_when_another_route_changes() {
+    let (a, b, c) = (
+        tagged_echo("a").await,
+        tagged_echo("b").await,
+        tagged_echo("c").await,
+    );
+    let (p1, p2) = (free_port(), free_port());
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    let applied = m.apply(config("h1", vec![l4(1, p1, a), l4(2, p2, b)]));
+    assert_eq!(route(&applied, p1).tcp, ListenerState::Listening);
+    assert_eq!(route(&applied, p1).udp, Some(ListenerState::Listening));
+    let (mut kept, tag) = Conn::open(p1).await;
+    assert_eq!(tag, "a");
+    m.apply(config("h2", vec![l4(1, p1, a), l4(2, p2, c)]));
+    kept.echo("still here").await;
+    assert_eq!(m.status().config_hash.as_deref(), Some("h2"));
+    assert_eq!(route(&m.status().routes, p1).active_connections, 1);
+}
+
+#[tokio::test]
+async fn changed_target_applies_to_new_connections_while_old_ones_go_on() {
+    let (a, b) = (tagged_echo("a").await, tagged_echo("b").await);
+    let p = free_port();
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    m.apply(config("h1", vec![l4(7, p, a)]));
+    let (mut old, tag) = Conn::open(p).await;
+    assert_eq!(tag, "a");
+    m.apply(config("h2", vec![l4(7, p, b)]));
+    let (mut new, tag) = Conn::open(p).await;
+    assert_eq!(tag, "b", "new connection goes to the new target");
+    old.echo("old one").await;
+    new.echo("new one").await;
+    assert_eq!(route(&m.status().routes, p).active_connections, 2);
+}
+
+#[tokio::test]
+async fn removed_route_stops_accepting_and_closes_after_the_grace_period() {
+    let a = tagged_echo("a").await;
+    let p = free_port();
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    m.apply(config("h1", vec![l4(1, p, a)]));
+    let (mut open, _) = Conn::open(p).await;
+    let removed_at = std::time::Instant::now();
+    let applied = m.apply(config("h2", vec![]));
+    assert!(applied.is_empty());
+    // Stops accepting at once (give the accept loop a moment to drop the listener).
+    let mut refused = false;
+    for _ in 0..40 {
+        if TcpStream::connect(("127.0.0.1", p)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        refused,
+        "port {p} still accepts after the route was removed"
+    );
+    // The open connection works during the grace period, then is closed.
+    open.echo("in grace").await;
+    assert!(open.closed().await);
+    let took = removed_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "closed after {took:?}, grace is 400 ms"
+    );
+}
+
+#[tokio::test]
+async fn port_taken_by_another_socket_fails_that_route_alone_and_recovers() {
+    let a = tagged_echo("a").await;
+    let (taken, free) = (free_port(), free_port());
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    let applied = m.apply(config("h1", vec![l4(1, taken, a), l4(2, free, a)]));
+    match &route(&applied, taken).tcp {
+        ListenerState::Failed { reason } => assert!(reason.contains("in use"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        route(&applied, taken).tcp.heartbeat_word(),
+        "listener_failed"
+    );
+    // UDP on the same port was free: that half listens.
+    assert_eq!(route(&applied, taken).udp, Some(ListenerState::Listening));
+    assert_eq!(route(&applied, free).tcp, ListenerState::Listening);
+    let (_c, tag) = Conn::open(free).await;
+    assert_eq!(tag, "a");
+
+    drop(squatter);
+    let mut recovered = false;
+    for _ in 0..100 {
+        if route(&m.status().routes, taken).tcp == ListenerState::Listening {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "{:?}", m.status());
+    let (_c, tag) = Conn::open(taken).await;
+    assert_eq!(tag, "a");
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn saved_config_is_served_by_a_new_manager_at_start() {
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "gatelet-routes-{}-{}",
+        std::process::id(),
+        line!()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let a = tagged_echo("a").await;
+    let p = free_port();
+    let mut s = settings();
+    s.state_dir = Some(dir.0.clone());
+    {
+        let m = RouteManager::new(s.clone());
+        m.start().unwrap();
+        m.apply(config("saved", vec![l4(1, p, a)]));
+        let (_c, tag) = Conn::open(p).await;
+        assert_eq!(tag, "a");
+    }
+    // The old manager is gone: its listener is closed.
+    let mut closed = false;
+    for _ in 0..40 {
+        if TcpStream::connect(("127.0.0.1", p)).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "dropped manager still listens");
+
+    let started = std::time::Instant::now();
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    let (mut c, tag) = Conn::open(p).await;
+    assert_eq!(tag, "a");
+    c.echo("after restart").await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(m.status().config_hash.as_deref(), Some("saved"));
+}
+
+#[tokio::test]
+async fn api_relay_reaches_the_companion_and_http_proxy_listens() {
+    let api = tagged_echo("api").await;
+    let relay_port = free_port();
+    let proxy_port = free_port();
+    let mut s = settings();
+    s.api_relay = Some((relay_port, api));
+    s.proxy_port = Some(proxy_port);
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    let st = m.status();
+    assert_eq!(st.api_relay, Some(ListenerState::Listening));
+    assert_eq!(st.http_proxy, Some(ListenerState::Listening));
+    let (mut c, tag) = Conn::open(relay_port).await;
+    assert_eq!(tag, "api");
+    c.echo("GET /api/health").await;
+    // HTTP routes appear in status under their domain, with the proxy's state.
+    let web = tagged_echo("web").await;
+    m.apply(AgentConfig {
+        config_hash: Some("h".into()),
+        http_routes: vec![HttpRoute {
+            id: 9,
+            domain: "app.example".into(),
+            target_host: web.ip().to_string(),
+            target_port: web.port(),
+            backend_https: false,
+            wol: None,
+        }],
+        l4_routes: vec![],
+    });
+    assert_eq!(m.http_table().current().len(), 1);
+    let routes = m.status().routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].name, "app.example");
+    assert_eq!(routes[0].tcp, ListenerState::Listening);
+}
+
+#[tokio::test]
+async fn reachability_of_targets_is_probed_and_cached() {
+    let up = tagged_echo("up").await;
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = gone.local_addr().unwrap();
+    drop(gone);
+    let (p1, p2) = (free_port(), free_port());
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    m.apply(config("h", vec![l4(1, p1, up), l4(2, p2, down)]));
+    let mut seen = None;
+    for _ in 0..100 {
+        let st = m.status();
+        let (r1, r2) = (route(&st.routes, p1), route(&st.routes, p2));
+        if let (Some(a), Some(b)) = (r1.reachability, r2.reachability) {
+            seen = Some((a, b));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a, b) = seen.expect("both targets probed within 2 s of the apply");
+    assert!(a.reachable && a.latency_ms.is_some(), "{a:?}");
+    assert!(!b.reachable && b.latency_ms.is_none(), "{b:?}");
+    assert!(a.last_checked_at > 0);
+}
+
+#[tokio::test]
+async fn udp_route_relays_datagrams() {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], peer).await;
+        }
+    });
+    let p = free_port();
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    m.apply(config("h", vec![l4(1, p, echo_addr)]));
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.send_to(b"dgram", ("127.0.0.1", p)).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"dgram");
+    let r = route(&m.status().routes, p);
+    assert_eq!(r.active_connections, 1);
+    assert_eq!(r.bytes, 10);
+}
+
+#[tokio::test]
+async fn apply_on_the_control_socket_runs_the_config_and_status_reports_it() {
+    use crate::control::{answer, AgentState};
+    use crate::tunnel::stats::TunnelStats;
+    use gatelet_agent_api::control::{Request, Response};
+    use std::sync::Arc;
+
+    let a = tagged_echo("a").await;
+    let p = free_port();
+    let m = RouteManager::new(settings());
+    m.start().unwrap();
+    let started = std::time::Instant::now();
+    let state = AgentState::new(started, Arc::new(TunnelStats::new(started, "tun"))).with_routes(m);
+    let resp = answer(
+        Request::Apply {
+            config: config("sha256:ab", vec![l4(4, p, a)]),
+        },
+        &state,
+    )
+    .await;
+    match resp {
+        Response::Applied {
+            config_hash,
+            routes,
+        } => {
+            assert_eq!(config_hash.as_deref(), Some("sha256:ab"));
+            assert_eq!(routes.len(), 1);
+            assert_eq!(routes[0].name, format!("l4:{p}"));
+            assert_eq!(routes[0].id, 4);
+            assert_eq!(routes[0].tcp, ListenerState::Listening);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_c, tag) = Conn::open(p).await;
+    assert_eq!(tag, "a");
+    let status = state.status(std::time::Instant::now());
+    assert_eq!(status.config_hash.as_deref(), Some("sha256:ab"));
+    assert_eq!(status.routes.len(), 1);
+    assert_eq!(status.routes[0].active_connections, 1);
+}
