@@ -8,6 +8,7 @@
 //! - [`probe`]: TCP reachability checks of LAN targets.
 //! - [`notify`]: systemd readiness notification.
 //! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
+//! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
 //!
 //! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod control;
 pub mod forward;
+pub mod http;
 pub mod netif;
 pub mod notify;
 pub mod probe;

@@ -1,0 +1,560 @@
+//! One client connection from the hub: a loop of requests (keep-alive), each routed, forwarded
+//! to a backend connection from the pool (or a new one) and answered, with the proxy's own
+//! error answers when no backend response can be relayed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use gatelet_agent_api::control::HttpRoute;
+
+use super::body::{bounded, copy_body, write_two, BodyKind, CopyError};
+use super::buf::IoBuf;
+use super::error_page::{render, ProxyError};
+use super::head::{
+    prepare_request, prepare_response, Request, RequestContext, Response, ResponseContext,
+};
+use super::log::{access, Access};
+use super::pool::{Backend, PoolKey};
+use super::route::Choice;
+use super::upgrade::relay;
+use super::{tls, Shared};
+use crate::routes::HttpStats;
+
+/// Most interim (1xx) responses relayed before the final one.
+const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Keeps [`HttpStats::active`] right whatever way the connection ends.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Resolves when shutdown is asked for (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves the requests of one client connection until it closes, fails, idles out or the
+/// proxy shuts down.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    HttpStats::add(&shared.stats.active, 1);
+    let _active = ActiveGuard(shared.clone());
+    let _ = client.set_nodelay(true);
+    let cfg = &shared.config;
+    let mut cbuf: Option<IoBuf> = None;
+    let mut bbuf: Option<IoBuf> = None;
+    let mut first = true;
+    loop {
+        if cbuf.as_ref().is_none_or(IoBuf::is_empty) {
+            // Idle between requests: hold no buffer.
+            cbuf = None;
+            bbuf = None;
+            let wait = if first {
+                cfg.head_timeout
+            } else {
+                cfg.keep_alive_timeout
+            };
+            tokio::select! {
+                r = tokio::time::timeout(wait, client.readable()) => match r {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                },
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
+        first = false;
+        let cb = cbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
+        let started = Instant::now();
+        let routes = shared.table.current();
+        let req = match read_request(&mut client, cb, &routes, peer, cfg.head_timeout).await {
+            Some(Ok(r)) => r,
+            Some(Err(err)) => {
+                HttpStats::add(&shared.stats.requests, 1);
+                HttpStats::add(&shared.stats.errors, 1);
+                let page = render(err, false, true);
+                let _ = bounded(cfg.io_idle_timeout, client.write_all(&page)).await;
+                tracing::info!(
+                    target: "gatelet_agent::http::access",
+                    status = err.status(),
+                    peer = %peer.ip(),
+                    "request rejected: {}",
+                    err.message()
+                );
+                return;
+            }
+            None => return,
+        };
+        HttpStats::add(&shared.stats.requests, 1);
+        cb.consume(req.head_len);
+        let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
+        let stopping = *shutdown.borrow();
+        let keep = handle(
+            &shared,
+            &mut client,
+            cb,
+            bb,
+            &req,
+            &routes,
+            !stopping,
+            started,
+        )
+        .await;
+        if !keep || *shutdown.borrow() {
+            let _ = bounded(cfg.io_idle_timeout, client.shutdown()).await;
+            return;
+        }
+    }
+}
+
+/// Reads and prepares one request head. None when the client closed or broke the connection
+/// before a complete head (nothing to answer).
+async fn read_request(
+    client: &mut TcpStream,
+    cb: &mut IoBuf,
+    routes: &[HttpRoute],
+    peer: SocketAddr,
+    head_timeout: std::time::Duration,
+) -> Option<Result<Request, ProxyError>> {
+    let ctx = RequestContext {
+        routes,
+        client_ip: peer.ip(),
+    };
+    let deadline = Instant::now() + head_timeout;
+    loop {
+        if !cb.is_empty() {
+            match prepare_request(cb.filled(), &ctx) {
+                Ok(Some(r)) => return Some(Ok(r)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if cb.is_full() {
+                return Some(Err(ProxyError::HeadTooLarge));
+            }
+        }
+        match tokio::time::timeout_at(deadline, cb.fill_from(client)).await {
+            Err(_) => return Some(Err(ProxyError::HeadTimeout)),
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The result of one request/response exchange with a backend connection.
+enum Exchange {
+    /// The response went to the client completely (or the upgraded relay ended).
+    Done {
+        status: u16,
+        bytes: u64,
+        client_keep_alive: bool,
+        backend_reusable: bool,
+    },
+    /// Nothing went to the client yet: answer `err`. `retryable` when a reused connection
+    /// turned out closed before it saw the request; `client_in_sync` when the request body was
+    /// consumed whole (the client connection may carry another request).
+    Failed {
+        err: ProxyError,
+        retryable: bool,
+        client_in_sync: bool,
+    },
+    /// The exchange broke after the response head went out, or the client went away.
+    Broken { status: u16, bytes: u64 },
+}
+
+/// Routes, forwards and answers one request. Returns whether the client connection stays open.
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    shared: &Arc<Shared>,
+    client: &mut TcpStream,
+    cb: &mut IoBuf,
+    bb: &mut IoBuf,
+    req: &Request,
+    routes: &[HttpRoute],
+    may_keep_alive: bool,
+    started: Instant,
+) -> bool {
+    let cfg = &shared.config;
+    let (Some(ri), Some(choice)) = (req.route, req.choice.as_ref()) else {
+        HttpStats::add(&shared.stats.errors, 1);
+        let keep = may_keep_alive && req.keep_alive && req.body == BodyKind::None;
+        let page = render(ProxyError::NoRoute, req.wants_html, !keep);
+        let ok = bounded(cfg.io_idle_timeout, client.write_all(&page))
+            .await
+            .is_ok();
+        log(req, ProxyError::NoRoute.status(), 0, started, None, None);
+        return keep && ok;
+    };
+    let route = &routes[ri];
+    if let Choice::Refused(_) = choice {
+        HttpStats::add(&shared.stats.refused_target_overrides, 1);
+        tracing::warn!(
+            route = route.id,
+            "X-Gateway-Target names a target this route does not allow; using the configured target"
+        );
+    }
+    let target = choice.target();
+    let key = PoolKey {
+        target: target.clone(),
+        tls_sni: route.backend_https.then(|| route.domain.clone()),
+    };
+    let client_keep_alive = may_keep_alive && req.keep_alive;
+    let mut result = None;
+    for attempt in 0..2 {
+        let pooled = if attempt == 0 {
+            shared.pool.take(&key)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut backend = match pooled {
+            Some(b) => b,
+            None => match connect(shared, &key).await {
+                Ok(b) => b,
+                Err(err) => {
+                    result = Some(Exchange::Failed {
+                        err,
+                        retryable: false,
+                        client_in_sync: req.body == BodyKind::None,
+                    });
+                    break;
+                }
+            },
+        };
+        let ex = exchange(shared, client, cb, &mut backend, bb, req, client_keep_alive).await;
+        match ex {
+            Exchange::Failed {
+                retryable: true, ..
+            } if reused => continue,
+            Exchange::Done {
+                backend_reusable: true,
+                ..
+            } => shared.pool.put(key.clone(), backend),
+            _ => {}
+        }
+        result = Some(ex);
+        break;
+    }
+    let route_log = Some(route.id);
+    match result {
+        Some(Exchange::Done {
+            status,
+            bytes,
+            client_keep_alive,
+            ..
+        }) => {
+            HttpStats::add(&shared.stats.bytes, bytes);
+            log(req, status, bytes, started, route_log, Some(&key));
+            client_keep_alive
+        }
+        Some(Exchange::Broken { status, bytes }) => {
+            HttpStats::add(&shared.stats.bytes, bytes);
+            HttpStats::add(&shared.stats.errors, 1);
+            log(req, status, bytes, started, route_log, Some(&key));
+            false
+        }
+        Some(Exchange::Failed {
+            err,
+            client_in_sync,
+            ..
+        }) => {
+            HttpStats::add(&shared.stats.errors, 1);
+            let keep = client_keep_alive && client_in_sync;
+            let page = render(err, req.wants_html, !keep);
+            let ok = bounded(cfg.io_idle_timeout, client.write_all(&page))
+                .await
+                .is_ok();
+            tracing::debug!(route = route.id, upstream = %key.target, "backend failed: {}", err.message());
+            log(req, err.status(), 0, started, route_log, Some(&key));
+            keep && ok
+        }
+        None => false,
+    }
+}
+
+fn log(
+    req: &Request,
+    status: u16,
+    bytes: u64,
+    started: Instant,
+    route: Option<u64>,
+    key: Option<&PoolKey>,
+) {
+    access(&Access {
+        method: &req.method,
+        host: req.host.as_deref().unwrap_or("-"),
+        path: &req.path,
+        status,
+        bytes,
+        ms: started.elapsed().as_millis() as u64,
+        route,
+        upstream: key.map(|k| &k.target),
+    });
+}
+
+/// A new connection to the backend (TCP, then TLS for HTTPS routes), within the connect timeout.
+async fn connect(shared: &Shared, key: &PoolKey) -> Result<Backend, ProxyError> {
+    let cfg = &shared.config;
+    let fut = async {
+        let tcp = TcpStream::connect((key.target.host.as_str(), key.target.port))
+            .await
+            .map_err(|_| ProxyError::Unreachable)?;
+        let _ = tcp.set_nodelay(true);
+        match &key.tls_sni {
+            None => Ok(Backend::Plain(tcp)),
+            Some(sni) => {
+                let config = shared.tls_config().ok_or(ProxyError::TlsFailed)?;
+                match tls::connect(tcp, sni, config).await {
+                    Ok(s) => Ok(Backend::Tls(Box::new(s))),
+                    Err(e) => {
+                        tracing::debug!(upstream = %key.target, error = %e, "backend TLS handshake failed");
+                        Err(ProxyError::TlsFailed)
+                    }
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(cfg.connect_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ProxyError::ConnectTimeout),
+    }
+}
+
+/// Why no response head came from the backend.
+enum HeadFailure {
+    /// The backend closed (or reset) before sending a byte.
+    Closed,
+    /// Anything else: invalid, too large, or a read error after some bytes.
+    Invalid,
+    /// Forwarding an interim response to the client failed.
+    ClientGone,
+}
+
+/// Reads the backend's response head, relaying interim (1xx) responses to the client.
+async fn read_response<BR, CW>(
+    br: &mut BR,
+    bb: &mut IoBuf,
+    cw: &mut CW,
+    ctx: ResponseContext,
+    forward_interim: bool,
+    idle: std::time::Duration,
+) -> Result<Response, HeadFailure>
+where
+    BR: tokio::io::AsyncRead + Unpin,
+    CW: tokio::io::AsyncWrite + Unpin,
+{
+    let mut interim = 0;
+    loop {
+        if !bb.is_empty() {
+            match prepare_response(bb.filled(), ctx) {
+                Ok(Some(resp)) if resp.interim => {
+                    interim += 1;
+                    if interim > MAX_INTERIM_RESPONSES {
+                        return Err(HeadFailure::Invalid);
+                    }
+                    bb.consume(resp.head_len);
+                    if forward_interim {
+                        bounded(idle, write_two(cw, &resp.out, &[]))
+                            .await
+                            .map_err(|_| HeadFailure::ClientGone)?;
+                    }
+                    continue;
+                }
+                Ok(Some(resp)) => return Ok(resp),
+                Ok(None) => {}
+                Err(_) => return Err(HeadFailure::Invalid),
+            }
+            if bb.is_full() {
+                return Err(HeadFailure::Invalid);
+            }
+        }
+        match bb.fill_from(br).await {
+            Ok(0) | Err(_) if bb.is_empty() && interim == 0 => return Err(HeadFailure::Closed),
+            Ok(0) | Err(_) => return Err(HeadFailure::Invalid),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends the request on `backend` and relays the response (or the upgraded stream).
+async fn exchange(
+    shared: &Shared,
+    client: &mut TcpStream,
+    cb: &mut IoBuf,
+    backend: &mut Backend,
+    bb: &mut IoBuf,
+    req: &Request,
+    client_keep_alive: bool,
+) -> Exchange {
+    let cfg = &shared.config;
+    let idle = cfg.io_idle_timeout;
+    let (mut cr, mut cw) = client.split();
+    let (mut br, mut bw) = tokio::io::split(backend);
+    let ctx = ResponseContext {
+        is_head: req.is_head,
+        upgrade: req.upgrade,
+        client_keep_alive,
+    };
+    let client_in_sync =
+        |u: &Option<Result<u64, CopyError>>| req.body == BodyKind::None || matches!(u, Some(Ok(_)));
+    // The upload and download futures borrow both connections; they live in this block only,
+    // so an upgrade can take the connections over afterwards.
+    let (resp, uploaded, downloaded) = {
+        let upload = copy_body(&mut cr, cb, &mut bw, req.body, &req.out, idle);
+        tokio::pin!(upload);
+        let mut uploaded: Option<Result<u64, CopyError>> = None;
+        let head = {
+            let read = read_response(&mut br, bb, &mut cw, ctx, !req.http10, idle);
+            tokio::pin!(read);
+            let timer = tokio::time::sleep(cfg.response_timeout);
+            tokio::pin!(timer);
+            loop {
+                tokio::select! {
+                    r = &mut read => break r,
+                    r = &mut upload, if uploaded.is_none() => {
+                        match &r {
+                            // The client went away, stalled or sent a broken body: nothing
+                            // sensible to answer.
+                            Err(CopyError::Read(_) | CopyError::Truncated | CopyError::Framing(_)) => {
+                                return Exchange::Broken { status: 0, bytes: 0 };
+                            }
+                            Err(e) if e.is_timeout() => return Exchange::Broken { status: 0, bytes: 0 },
+                            _ => {}
+                        }
+                        timer.as_mut().reset(Instant::now() + cfg.response_timeout);
+                        uploaded = Some(r);
+                    }
+                    _ = &mut timer, if uploaded.is_some() => {
+                        return Exchange::Failed {
+                            err: ProxyError::ResponseTimeout,
+                            retryable: false,
+                            client_in_sync: client_in_sync(&uploaded),
+                        };
+                    }
+                }
+            }
+        };
+        let resp = match head {
+            Ok(r) => r,
+            Err(HeadFailure::ClientGone) => {
+                return Exchange::Broken {
+                    status: 0,
+                    bytes: 0,
+                }
+            }
+            Err(fail) => {
+                // Closed before a single byte, on a request without body: a reused connection
+                // the backend had closed meanwhile; the request never reached it.
+                let retryable = matches!(fail, HeadFailure::Closed) && req.body == BodyKind::None;
+                return Exchange::Failed {
+                    err: ProxyError::BadResponse,
+                    retryable,
+                    client_in_sync: client_in_sync(&uploaded),
+                };
+            }
+        };
+        bb.consume(resp.head_len);
+        if resp.upgrade {
+            if uploaded.is_none() {
+                // An upgrade request has no body: the upload is only its head.
+                match tokio::time::timeout(idle, &mut upload).await {
+                    Ok(r @ Ok(_)) => uploaded = Some(r),
+                    _ => {
+                        return Exchange::Broken {
+                            status: 101,
+                            bytes: 0,
+                        }
+                    }
+                }
+            }
+            (resp, uploaded, None)
+        } else {
+            let downloaded = {
+                let download = copy_body(&mut br, bb, &mut cw, resp.body, &resp.out, idle);
+                tokio::pin!(download);
+                loop {
+                    tokio::select! {
+                        r = &mut download => break r,
+                        // An upload error does not stop the response; neither connection is
+                        // reused after it.
+                        r = &mut upload, if uploaded.is_none() => uploaded = Some(r),
+                    }
+                }
+            };
+            (resp, uploaded, Some(downloaded))
+        }
+    };
+    let head_bytes = (req.out.len() + resp.out.len()) as u64;
+    let up_bytes = match &uploaded {
+        Some(Ok(n)) => *n,
+        _ => 0,
+    };
+    let Some(downloaded) = downloaded else {
+        if bounded(idle, write_two(&mut cw, &resp.out, &[]))
+            .await
+            .is_err()
+        {
+            return Exchange::Broken {
+                status: 101,
+                bytes: 0,
+            };
+        }
+        let (up, down) = relay(
+            &mut cr,
+            &mut cw,
+            cb,
+            &mut br,
+            &mut bw,
+            bb,
+            cfg.upgrade_idle_timeout,
+        )
+        .await;
+        return Exchange::Done {
+            status: 101,
+            bytes: head_bytes + up + down,
+            client_keep_alive: false,
+            backend_reusable: false,
+        };
+    };
+    match downloaded {
+        Ok(n) => {
+            let upload_ok = matches!(uploaded, Some(Ok(_)));
+            Exchange::Done {
+                status: resp.status,
+                bytes: head_bytes + up_bytes + n,
+                client_keep_alive: client_keep_alive
+                    && upload_ok
+                    && resp.body != BodyKind::UntilClose,
+                backend_reusable: resp.backend_keep_alive
+                    && upload_ok
+                    && !req.http10
+                    && bb.is_empty(),
+            }
+        }
+        Err(_) => Exchange::Broken {
+            status: resp.status,
+            bytes: head_bytes + up_bytes,
+        },
+    }
+}
