@@ -108,6 +108,38 @@ fn agent_finds_the_hub_again_after_it_moves_to_a_new_address_behind_the_same_nam
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
 }
 
+/// With the gateway sending (as the companion's heartbeats do), unanswered data leads to
+/// handshake initiations after 15 s (boringtun), and unanswered initiations to a new
+/// resolution after 15 s (the agent): well under a minute.
+const MOVED_HUB_WHILE_SENDING_DEADLINE: Duration = Duration::from_secs(60);
+
+#[test]
+fn agent_finds_a_moved_hub_within_a_minute_while_the_gateway_sends() {
+    let mut tb = agent_testbed();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let mut cmd = tb.gw_ns.command("ping");
+    cmd.args(["-n", "-i", "1", "-W", "1"])
+        .arg(HUB_TUNNEL_IP.to_string());
+    let _pinger = ok(&tb, tb.gw_ns.spawn("ping-while-moving", cmd));
+    let moved = tb.move_hub(MOVED_HUB_LAN_IP);
+    ok(&tb, moved);
+    let start = Instant::now();
+    ok(
+        &tb,
+        tb.wait_handshake(None, MOVED_HUB_WHILE_SENDING_DEADLINE),
+    );
+    eprintln!(
+        "agent found the moved hub while sending after {:?}",
+        start.elapsed()
+    );
+    let status = ok(&tb, tb.agent_status());
+    assert_eq!(
+        status.tunnel.endpoint.as_deref(),
+        Some(format!("{MOVED_HUB_LAN_IP}:{HUB_PORT}").as_str()),
+        "{status:?}"
+    );
+}
+
 #[test]
 fn packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway() {
     let tb = agent_testbed();
