@@ -6,7 +6,8 @@
 //! gateway, the gateway process's CPU use, the ratios agent/boringtun-cli and
 //! agent/wireguard-go, and the agent's VmHWM/VmRSS under that load. With `--runs N` every
 //! gateway is measured N times, interleaved, and the median is reported. `--hub boringtun-cli`
-//! swaps the hub's implementation, to check whether the hub limits the numbers.
+//! swaps the hub's implementation, to check whether the hub limits the numbers; `--reverse`
+//! measures the other direction (gateway -> hub, iperf3 -R), where the gateway encrypts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,7 @@ use gatelet_tests_hw::{
 
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
                      [--runs N] [--only agent|wireguard-go|boringtun-cli] \
-                     [--hub wireguard-go|boringtun-cli]";
+                     [--hub wireguard-go|boringtun-cli] [--reverse]";
 /// iperf3's default port.
 const IPERF_PORT: u16 = 5201;
 /// How long a gateway gets to complete its first handshake.
@@ -41,6 +42,7 @@ struct Args {
     runs: u32,
     only: Option<String>,
     hub: String,
+    reverse: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -53,6 +55,7 @@ fn parse_args() -> anyhow::Result<Args> {
         runs: 1,
         only: None,
         hub: "wireguard-go".into(),
+        reverse: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -67,6 +70,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runs" => args.runs = value()?.parse().context("--runs")?,
             "--only" => args.only = Some(value()?),
             "--hub" => args.hub = value()?,
+            "--reverse" => args.reverse = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -147,8 +151,7 @@ fn main() -> anyhow::Result<()> {
     for run in 1..=args.runs {
         for (i, c) in contenders.iter().enumerate() {
             eprintln!("run {run}/{}: {} ...", args.runs, c.label);
-            let s =
-                measure(c, &hub, args.seconds).with_context(|| format!("measuring {}", c.label))?;
+            let s = measure(c, &hub, &args).with_context(|| format!("measuring {}", c.label))?;
             eprintln!(
                 "  {:.2} Gbit/s, gateway {:.0}% CPU, hub {:.0}% CPU",
                 s.gbit_s, s.cpu_pct, s.hub_cpu_pct
@@ -159,9 +162,10 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "iperf3 TCP {} s, hub ({}) -> gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
+        "iperf3 TCP {} s, hub ({}) {} gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
         args.seconds,
         hub.label(),
+        if args.reverse { "<-" } else { "->" },
         args.runs
     );
     println!(
@@ -238,7 +242,7 @@ fn median(samples: &[Sample]) -> Sample {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
-fn measure(c: &Contender, hub: &WgImpl, seconds: u32) -> anyhow::Result<Sample> {
+fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
     let tb = Testbed::start_with_hub(&c.role, hub)?;
     if let Err(e) = tb.wait_handshake(None, HANDSHAKE_TIMEOUT) {
         bail!("{e}\n--- gateway log ---\n{}", gateway_log(&tb));
@@ -281,16 +285,16 @@ fn measure(c: &Contender, hub: &WgImpl, seconds: u32) -> anyhow::Result<Sample> 
     let cpu_before = cpu_ticks(pid)?;
     let hub_cpu_before = cpu_ticks(hub_pid)?;
     let started = Instant::now();
-    let client = tb.hub_ns.exec(&[
-        "iperf3",
-        "-c",
-        &GW_TUNNEL_IP.to_string(),
-        "-p",
-        &IPERF_PORT.to_string(),
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
+    let (target, port, seconds) = (
+        GW_TUNNEL_IP.to_string(),
+        IPERF_PORT.to_string(),
+        args.seconds.to_string(),
+    );
+    let mut client = vec!["iperf3", "-c", &target, "-p", &port, "-t", &seconds, "-J"];
+    if args.reverse {
+        client.push("-R");
+    }
+    let client = tb.hub_ns.exec(&client);
     let elapsed = started.elapsed();
     let cpu_after = cpu_ticks(pid)?;
     let hub_cpu_after = cpu_ticks(hub_pid)?;

@@ -36,8 +36,8 @@ pub use products::{
 };
 pub use tempdir::{next_seq, unique_name, TempDir};
 pub use testbed::{
-    agent_env, Gateway, GatewayRole, Testbed, GW_LAN_IP, GW_TUNNEL_IP, HUB_LAN_IP, HUB_NAME,
-    HUB_PORT, HUB_TUNNEL_IP, KEEPALIVE_S, LAN_PREFIX, TUNNEL_MTU,
+    agent_env, Gateway, GatewayRole, Testbed, TestbedOptions, GW_LAN_IP, GW_TUNNEL_IP, HUB_LAN_IP,
+    HUB_NAME, HUB_PORT, HUB_TUNNEL_IP, KEEPALIVE_S, LAN_PREFIX, TUNNEL_MTU,
 };
 pub use veth::VethPair;
 pub use wait::{wait_until, POLL_INTERVAL};

@@ -39,6 +39,24 @@ pub const PING_COUNT: u32 = 3;
 /// Keepalive of the reference gateways (the agent's is fixed at 25 s too).
 pub const KEEPALIVE_S: u16 = 25;
 
+/// What [`Testbed::start_with`] can vary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestbedOptions {
+    /// The hub's implementation (wireguard-go by default).
+    pub hub: WgImpl,
+    /// Whether hub and gateway use a preshared key (yes by default).
+    pub preshared_key: bool,
+}
+
+impl Default for TestbedOptions {
+    fn default() -> Self {
+        TestbedOptions {
+            hub: WgImpl::WireguardGo,
+            preshared_key: true,
+        }
+    }
+}
+
 /// Who plays the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayRole {
@@ -77,8 +95,8 @@ pub struct Testbed {
     pub hub_key: KeyPair,
     /// The gateway's keys.
     pub gw_key: KeyPair,
-    /// The preshared key both use.
-    pub psk: String,
+    /// The preshared key both use, if any.
+    pub psk: Option<String>,
     /// The hub's current veth address (changes with [`Testbed::move_hub`]).
     pub hub_lan_ip: Ipv4Addr,
 }
@@ -87,12 +105,24 @@ impl Testbed {
     /// Builds the topology, starts the hub (wireguard-go) and the gateway as `role`. Does not
     /// wait for the handshake.
     pub fn start(role: &GatewayRole) -> Result<Testbed> {
-        Testbed::start_with_hub(role, &WgImpl::WireguardGo)
+        Testbed::start_with(role, &TestbedOptions::default())
     }
 
     /// As [`Testbed::start`], with `hub` as the hub's implementation (the benchmark uses this
     /// to see whether the hub or the gateway limits throughput).
     pub fn start_with_hub(role: &GatewayRole, hub: &WgImpl) -> Result<Testbed> {
+        Testbed::start_with(
+            role,
+            &TestbedOptions {
+                hub: hub.clone(),
+                ..TestbedOptions::default()
+            },
+        )
+    }
+
+    /// As [`Testbed::start`], with everything [`TestbedOptions`] can change.
+    pub fn start_with(role: &GatewayRole, options: &TestbedOptions) -> Result<Testbed> {
+        let hub = &options.hub;
         let hub_ns = Netns::new("hub")?;
         let gw_ns = Netns::new("gw")?;
         let veth = VethPair::new(
@@ -109,15 +139,19 @@ impl Testbed {
         }
         let hub_key = KeyPair::generate()?;
         let gw_key = KeyPair::generate()?;
-        let psk = generate_psk()?;
+        let psk = if options.preshared_key {
+            Some(generate_psk()?)
+        } else {
+            None
+        };
         let hub_impl = hub.clone();
         let hub = start_hub(&hub_ns, &hub_impl, &hub_key)?;
-        hub.set_peer(&hub_peer_for_gateway(&gw_key, &psk))?;
+        hub.set_peer(&hub_peer_for_gateway(&gw_key, psk.as_deref()))?;
         let gateway = match role {
             GatewayRole::Agent(binary) => Gateway::Agent(Agent::start(
                 &gw_ns,
                 binary,
-                &agent_env(&gw_key, &hub_key, &psk),
+                &agent_env(&gw_key, &hub_key, psk.as_deref()),
             )?),
             GatewayRole::Userspace(imp) => {
                 let wg = WgInterface::start(
@@ -131,7 +165,7 @@ impl Testbed {
                 wg.add_route(&format!("{HUB_TUNNEL_IP}/32"))?;
                 wg.set_peer(&WgPeer {
                     public_key: hub_key.public.clone(),
-                    preshared_key: Some(psk.clone()),
+                    preshared_key: psk.clone(),
                     allowed_ips: vec![format!("{HUB_TUNNEL_IP}/32")],
                     endpoint: Some(format!("{HUB_LAN_IP}:{HUB_PORT}")),
                     persistent_keepalive: Some(KEEPALIVE_S),
@@ -265,7 +299,7 @@ impl Testbed {
         self.gw_ns.set_hosts(&[(IpAddr::V4(new_ip), HUB_NAME)])?;
         self.hub = start_hub(&self.hub_ns, &self.hub_impl, &self.hub_key)?;
         self.hub
-            .set_peer(&hub_peer_for_gateway(&self.gw_key, &self.psk))?;
+            .set_peer(&hub_peer_for_gateway(&self.gw_key, self.psk.as_deref()))?;
         self.hub_lan_ip = new_ip;
         Ok(())
     }
@@ -282,10 +316,10 @@ fn start_hub(ns: &Netns, imp: &WgImpl, key: &KeyPair) -> Result<WgInterface> {
     )
 }
 
-fn hub_peer_for_gateway(gw_key: &KeyPair, psk: &str) -> WgPeer {
+fn hub_peer_for_gateway(gw_key: &KeyPair, psk: Option<&str>) -> WgPeer {
     WgPeer {
         public_key: gw_key.public.clone(),
-        preshared_key: Some(psk.to_owned()),
+        preshared_key: psk.map(str::to_owned),
         allowed_ips: vec![format!("{GW_TUNNEL_IP}/32")],
         endpoint: None,
         persistent_keepalive: None,
@@ -293,12 +327,12 @@ fn hub_peer_for_gateway(gw_key: &KeyPair, psk: &str) -> WgPeer {
 }
 
 /// The gateway.env the agent gets in the standard topology.
-pub fn agent_env(gw_key: &KeyPair, hub_key: &KeyPair, psk: &str) -> GatewayEnv {
+pub fn agent_env(gw_key: &KeyPair, hub_key: &KeyPair, psk: Option<&str>) -> GatewayEnv {
     GatewayEnv {
         tunnel_ip: GW_TUNNEL_IP.to_string(),
         private_key: gw_key.private.clone(),
         public_key: gw_key.public.clone(),
-        preshared_key: Some(psk.to_owned()),
+        preshared_key: psk.map(str::to_owned),
         endpoint: format!("{HUB_NAME}:{HUB_PORT}"),
         server_public_key: hub_key.public.clone(),
         address: format!("{GW_TUNNEL_IP}/32"),

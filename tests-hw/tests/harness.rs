@@ -63,7 +63,7 @@ fn foreign_tunnel_source_reaches_a_gateway_whose_allowed_ips_include_it() {
     };
     gw.set_peer(&WgPeer {
         public_key: tb.hub_key.public.clone(),
-        preshared_key: Some(tb.psk.clone()),
+        preshared_key: tb.psk.clone(),
         allowed_ips: vec!["10.8.0.0/24".into()],
         endpoint: Some(format!("{HUB_LAN_IP}:{HUB_PORT}")),
         persistent_keepalive: Some(KEEPALIVE_S),

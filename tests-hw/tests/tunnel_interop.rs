@@ -48,6 +48,8 @@ fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let status = ok(&tb, tb.agent_status());
     assert!(status.tunnel.handshake_age_s.is_some(), "{status:?}");
+    assert_eq!(status.tunnel.mode, "tun", "{status:?}");
+    assert!(!status.agent_version.is_empty(), "{status:?}");
     assert_eq!(
         status.tunnel.endpoint.as_deref(),
         Some(format!("{}:{HUB_PORT}", tb.hub_lan_ip).as_str()),
@@ -67,6 +69,19 @@ fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
             .any(|r| r.starts_with(&HUB_TUNNEL_IP.to_string())),
         "no route to {HUB_TUNNEL_IP} via gatelet0: {routes}"
     );
+}
+
+#[test]
+fn agent_works_without_a_preshared_key() {
+    require_root().unwrap();
+    let binary = product_binary("gatelet-agent").unwrap();
+    let options = gatelet_tests_hw::TestbedOptions {
+        preshared_key: false,
+        ..Default::default()
+    };
+    let tb = Testbed::start_with(&GatewayRole::Agent(binary), &options).unwrap();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
 }
 
 #[test]
@@ -185,7 +200,7 @@ fn agent_accepts_a_new_handshake_forced_by_the_hub_and_keeps_carrying_traffic() 
         &tb,
         tb.hub.set_peer(&WgPeer {
             public_key: tb.gw_key.public.clone(),
-            preshared_key: Some(tb.psk.clone()),
+            preshared_key: tb.psk.clone(),
             allowed_ips: vec![format!("{GW_TUNNEL_IP}/32")],
             endpoint: Some(gw_endpoint),
             persistent_keepalive: None,
@@ -274,7 +289,7 @@ fn agent_comes_back_after_a_crash_over_a_leftover_tun_device_and_socket_file() {
     let mut tb = agent_testbed();
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let binary = product_binary("gatelet-agent").unwrap();
-    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, &tb.psk);
+    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
     let gatelet_tests_hw::Gateway::Agent(agent) = &mut tb.gateway else {
         unreachable!("agent_testbed starts the agent")
     };
@@ -338,7 +353,7 @@ fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
         ok(&tb, tb.gw_ns.ip(args));
     }
     let binary = product_binary("gatelet-agent").unwrap();
-    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, &tb.psk);
+    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
     let unprivileged = gatelet_tests_hw::Agent::start_as(&tb.gw_ns, &binary, &env, Some(NOBODY));
     tb.gateway = gatelet_tests_hw::Gateway::Agent(ok(&tb, unprivileged));
     let pid = ok(&tb, tb.agent()).pid();
@@ -391,7 +406,7 @@ fn agent_keeps_resolving_an_unknown_hub_name_and_connects_once_it_resolves() {
     agent.process().terminate();
     ok(&tb, tb.gw_ns.set_hosts(&[])); // hub.test does not resolve
     let binary = product_binary("gatelet-agent").unwrap();
-    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, &tb.psk);
+    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
     let restarted = gatelet_tests_hw::Agent::start(&tb.gw_ns, &binary, &env);
     tb.gateway = gatelet_tests_hw::Gateway::Agent(ok(&tb, restarted));
     let error = ok(
