@@ -51,9 +51,15 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: not root: the tests-hw end-to-end tests (network namespaces) will fail; run as root." >&2
 fi
 
-echo "test.sh: cargo test --workspace --all-targets"
-cargo test --workspace --all-targets </dev/null
+# --no-fail-fast: every test binary runs and every failure is listed, not only the first one.
+rc=0
+echo "test.sh: cargo test --workspace --all-targets --no-fail-fast"
+cargo test --workspace --all-targets --no-fail-fast </dev/null || rc=$?
 # --all-targets leaves out doc tests; run them too (cheap, host only).
-echo "test.sh: cargo test --workspace --doc"
-cargo test --workspace --doc </dev/null
+echo "test.sh: cargo test --workspace --doc --no-fail-fast"
+cargo test --workspace --doc --no-fail-fast </dev/null || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "test.sh: FAILED (see the failures listed above)" >&2
+  exit "$rc"
+fi
 echo "test.sh: all tests passed"
