@@ -71,7 +71,7 @@ http {
 CFG
 }
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; root $T/www; }"
-nginx_conf proxy "upstream lan { server 127.0.0.1:$BACKEND; keepalive 16; }
+nginx_conf proxy "upstream lan { server 127.0.0.1:$BACKEND; keepalive $CONNECTIONS; }
     server {
         listen 127.0.0.1:$NGINX;
         location / {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,6 +26,9 @@ use super::upgrade::relay;
 use super::{tls, Shared};
 use crate::routes::HttpStats;
 
+/// How long a connection idle between requests keeps its buffers (for the next request of a
+/// busy client) before it frees them.
+const BUFFER_GRACE: Duration = Duration::from_millis(250);
 /// Most interim (1xx) responses relayed before the final one.
 const MAX_INTERIM_RESPONSES: usize = 8;
 
@@ -56,12 +60,29 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// proxy shuts down.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     HttpStats::add(&shared.stats.active, 1);
     let _active = ActiveGuard(shared.clone());
+    // The backend connection of the previous request stays with this client connection (no
+    // pool round trip, one backend connection per busy client connection); it goes to the
+    // pool when the client connection ends.
+    let mut attached: Option<(PoolKey, Backend)> = None;
+    serve_requests(&shared, client, peer, shutdown, &mut attached).await;
+    if let Some((key, backend)) = attached {
+        shared.pool.put(key, backend);
+    }
+}
+
+async fn serve_requests(
+    shared: &Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    attached: &mut Option<(PoolKey, Backend)>,
+) {
     let _ = client.set_nodelay(true);
     let cfg = &shared.config;
     let mut cbuf: Option<IoBuf> = None;
@@ -69,20 +90,33 @@ pub(crate) async fn run(
     let mut first = true;
     loop {
         if cbuf.as_ref().is_none_or(IoBuf::is_empty) {
-            // Idle between requests: hold no buffer.
-            cbuf = None;
-            bbuf = None;
+            // Wait for the next request. A busy connection keeps its buffers; one idle for
+            // longer than BUFFER_GRACE holds none.
             let wait = if first {
                 cfg.head_timeout
             } else {
                 cfg.keep_alive_timeout
             };
-            tokio::select! {
-                r = tokio::time::timeout(wait, client.readable()) => match r {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                },
-                _ = stopped(&mut shutdown) => return,
+            let deadline = Instant::now() + wait;
+            loop {
+                let holding = cbuf.is_some() || bbuf.is_some();
+                let until = if holding {
+                    deadline.min(Instant::now() + BUFFER_GRACE)
+                } else {
+                    deadline
+                };
+                tokio::select! {
+                    r = tokio::time::timeout_at(until, client.readable()) => match r {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return,
+                        Err(_) if holding && Instant::now() < deadline => {
+                            cbuf = None;
+                            bbuf = None;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = stopped(&mut shutdown) => return,
+                }
             }
         }
         first = false;
@@ -112,7 +146,8 @@ pub(crate) async fn run(
         let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let stopping = *shutdown.borrow();
         let keep = handle(
-            &shared,
+            shared,
+            attached,
             &mut client,
             cb,
             bb,
@@ -187,6 +222,7 @@ enum Exchange {
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Arc<Shared>,
+    attached: &mut Option<(PoolKey, Backend)>,
     client: &mut TcpStream,
     cb: &mut IoBuf,
     bb: &mut IoBuf,
@@ -223,7 +259,14 @@ async fn handle(
     let mut result = None;
     for attempt in 0..2 {
         let pooled = if attempt == 0 {
-            shared.pool.take(&key)
+            match attached.take() {
+                Some((k, b)) if k == key && !b.is_stale() => Some(b),
+                Some((k, b)) => {
+                    shared.pool.put(k, b);
+                    shared.pool.take(&key)
+                }
+                None => shared.pool.take(&key),
+            }
         } else {
             None
         };
@@ -250,7 +293,7 @@ async fn handle(
             Exchange::Done {
                 backend_reusable: true,
                 ..
-            } => shared.pool.put(key.clone(), backend),
+            } => *attached = Some((key.clone(), backend)),
             _ => {}
         }
         result = Some(ex);

@@ -38,7 +38,7 @@ impl Backend {
 
     /// True when the backend closed the connection (or, for plain HTTP, sent something
     /// unsolicited) while it sat idle: such a connection must not carry a request.
-    fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         let mut byte = 0u8;
         // SAFETY: recv on a valid socket descriptor into a one-byte buffer we own; MSG_PEEK
         // leaves the data in place and MSG_DONTWAIT never blocks.
