@@ -1,5 +1,5 @@
 //! A TCP relay on loopback using the agent's forward module, for benchmarks:
-//! `l4_relay LISTEN_ADDR TARGET_ADDR [--splice]` (for example `127.0.0.1:5202 127.0.0.1:5201`).
+//! `l4_relay LISTEN_ADDR TARGET_ADDR [--splice] [--buffer BYTES]` (for example `127.0.0.1:5202 127.0.0.1:5201`).
 //! Runs on a current-thread runtime like the agent, until killed.
 
 use std::net::SocketAddr;
@@ -11,10 +11,18 @@ use gatelet_agent::forward::{RouteCounters, Target, TargetCell};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: l4_relay LISTEN_ADDR TARGET_ADDR [--splice]";
+    let usage = "usage: l4_relay LISTEN_ADDR TARGET_ADDR [--splice] [--buffer BYTES]";
     let listen: SocketAddr = args.first().context(usage)?.parse().context(usage)?;
     let target: SocketAddr = args.get(1).context(usage)?.parse().context(usage)?;
     let splice = args.iter().any(|a| a == "--splice");
+    let buffer_bytes = match args.iter().position(|a| a == "--buffer") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .context("--buffer needs a size in bytes")?,
+        None => tcp::DEFAULT_BUFFER_BYTES,
+    };
+    gatelet_agent::forward::raise_nofile_limit().context("cannot raise the open files limit")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -31,12 +39,14 @@ fn main() -> anyhow::Result<()> {
             counters: Arc::new(RouteCounters::default()),
             config: Arc::new(TcpConfig {
                 splice,
+                buffer_bytes,
+                max_buffer_bytes: buffer_bytes.max(tcp::DEFAULT_MAX_BUFFER_BYTES),
                 ..TcpConfig::default()
             }),
             global: ConnectionLimit::new(tcp::DEFAULT_MAX_CONNECTIONS_TOTAL),
             kill: stop_rx.clone(),
         };
-        eprintln!("l4_relay: {listen} -> {target} (splice: {splice})");
+        eprintln!("l4_relay: {listen} -> {target} (splice: {splice}, buffer: {buffer_bytes})");
         tcp::serve(listener, route, stop_rx).await;
         Ok(())
     })

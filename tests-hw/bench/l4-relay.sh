@@ -2,7 +2,8 @@
 # L4 TCP relay throughput on loopback (no tunnel): iperf3 for SECONDS (default 10) direct, through
 # socat, through HAProxy (mode tcp) and through the agent's relay (agent/examples/l4_relay.rs, the
 # same forward::tcp code the agent runs, on a current-thread runtime), with copy and with splice,
-# in one run. Prints Gbit/s and the ratio of each to HAProxy. Target (issue 4): agent >= 1.3x HAProxy.
+# in one run. Prints Gbit/s, the ratio of each to HAProxy and the relay's CPU use.
+# BUFFER=bytes sets the agent's copy buffer (default: forward::tcp::DEFAULT_BUFFER_BYTES). Target (issue 4): agent >= 1.3x HAProxy.
 # Run by hand or from tests-hw/bench/run; not a timed test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,7 +38,7 @@ iperf3 -s -B 127.0.0.1 -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
 wait_port "$IPERF"
 
 SOCAT=$(free_port)
-socat "TCP-LISTEN:$SOCAT,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$IPERF" & pids+=($!)
+socat "TCP-LISTEN:$SOCAT,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$IPERF" 2>/dev/null & pids+=($!)
 
 HAPROXY=$(free_port)
 cat >"$T/haproxy.cfg" <<CFG
@@ -54,21 +55,39 @@ listen relay
 CFG
 haproxy -f "$T/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
 
+BUFFER=${BUFFER:-}
 COPY=$(free_port)
-"$RELAY" "127.0.0.1:$COPY" "127.0.0.1:$IPERF" 2>/dev/null & pids+=($!)
+"$RELAY" "127.0.0.1:$COPY" "127.0.0.1:$IPERF" ${BUFFER:+--buffer "$BUFFER"} 2>/dev/null & pids+=($!)
+COPY_PID=$!
 SPLICE=$(free_port)
 "$RELAY" "127.0.0.1:$SPLICE" "127.0.0.1:$IPERF" --splice 2>/dev/null & pids+=($!)
+SPLICE_PID=$!
 for p in "$SOCAT" "$HAPROXY" "$COPY" "$SPLICE"; do wait_port "$p"; done
 
+# CPU seconds (user + system, children included) of a process so far.
+cpu() {
+    if [ -z "$1" ]; then echo 0; return; fi
+    python3 -c "import os,sys; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(sum(int(x) for x in f[11:15])/os.sysconf('SC_CLK_TCK'))"
+}
 gbits() {
     iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_RUN" -J |
         python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
-declare -A R
-for name in direct:$IPERF socat:$SOCAT haproxy:$HAPROXY agent-copy:$COPY agent-splice:$SPLICE; do
-    R[${name%%:*}]=$(gbits "${name#*:}")
+declare -A R C
+HAPROXY_PID=${pids[2]}
+SOCAT_PID=${pids[1]}
+for spec in direct:$IPERF: socat:$SOCAT:$SOCAT_PID haproxy:$HAPROXY:$HAPROXY_PID \
+    agent-copy:$COPY:$COPY_PID agent-splice:$SPLICE:$SPLICE_PID; do
+    IFS=: read -r name port pid <<<"$spec"
+    before=$(cpu "$pid")
+    R[$name]=$(gbits "$port")
+    after=$(cpu "$pid")
+    C[$name]=$(python3 -c "print('%.0f' % (100 * ($after - $before) / $SECONDS_RUN))")
 done
-printf '%-14s %8s %10s\n' path Gbit/s xHAProxy
+echo "iperf3 ${SECONDS_RUN} s on loopback, relay buffer ${BUFFER:-default}; CPU% = the relay process"
+printf '%-14s %8s %10s %6s\n' path Gbit/s xHAProxy CPU%
 for n in direct socat haproxy agent-copy agent-splice; do
-    printf '%-14s %8s %10s\n' "$n" "${R[$n]}" "$(python3 -c "print('%.2f' % (${R[$n]}/${R[haproxy]}))")"
+    cpu_col=${C[$n]}
+    [ "$n" = direct ] && cpu_col=-
+    printf '%-14s %8s %10s %6s\n' "$n" "${R[$n]}" "$(python3 -c "print('%.2f' % (${R[$n]}/${R[haproxy]}))")" "$cpu_col"
 done

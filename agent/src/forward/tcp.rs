@@ -1,8 +1,9 @@
 //! TCP relay: accept on the tunnel side, connect to the LAN target, copy both ways.
 //!
 //! Per connection: one task, two directions polled together. Each direction owns a
-//! [`DEFAULT_BUFFER_BYTES`] buffer only while data is in flight (allocated when the source is
-//! readable, freed when it runs dry), so idle connections cost no buffer memory. With
+//! [`DEFAULT_BUFFER_BYTES`] buffer only while data is in flight (taken when the source is
+//! readable, given back to a small per-thread pool when it runs dry), so idle connections cost
+//! no buffer memory; a bulk direction grows its buffer up to [`DEFAULT_MAX_BUFFER_BYTES`]. With
 //! [`TcpConfig::splice`] the bytes move socket → pipe → socket with `splice(2)` instead
 //! (Linux; the pipe is created on first data). End of stream on one side becomes
 //! `shutdown(SHUT_WR)` on the other while the other direction keeps flowing (half-close).
@@ -29,6 +30,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Buffer per direction while data is in flight, in bytes.
 pub const DEFAULT_BUFFER_BYTES: usize = 16 * 1024;
+/// A direction whose reads keep filling its buffer (a bulk transfer) doubles it up to this,
+/// in bytes.
+pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024;
 /// Open connections per route before new ones are refused with a reset.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ROUTE: usize = 1024;
 /// Open relayed connections over all routes before new ones are refused with a reset.
@@ -42,7 +46,7 @@ pub const KEEPALIVE_PROBES: u32 = 6;
 /// Pause after a failed accept (for example out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes moved per `splice(2)` call at most (the default pipe capacity).
-const SPLICE_CHUNK: usize = 64 * 1024;
+const SPLICE_CHUNK: usize = 256 * 1024;
 
 /// Tuning of a TCP relay.
 #[derive(Debug, Clone)]
@@ -51,8 +55,10 @@ pub struct TcpConfig {
     pub connect_timeout: Duration,
     /// Close a connection after this long without traffic.
     pub idle_timeout: Duration,
-    /// Buffer per direction, in bytes (copy mode).
+    /// Buffer per direction while data is in flight, in bytes (copy mode).
     pub buffer_bytes: usize,
+    /// Size a bulk direction's buffer may grow to, in bytes (copy mode).
+    pub max_buffer_bytes: usize,
     /// Open connections per route at most.
     pub max_per_route: usize,
     /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer.
@@ -65,6 +71,7 @@ impl Default for TcpConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
+            max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             max_per_route: DEFAULT_MAX_CONNECTIONS_PER_ROUTE,
             splice: false,
         }
@@ -307,11 +314,50 @@ fn shutdown_write(s: &TcpStream) {
 #[derive(Default)]
 struct Half {
     buf: Option<Box<[u8]>>,
+    /// Buffer size this direction has grown to (0 until it grows).
+    size: usize,
     pipe: Option<(OwnedFd, OwnedFd)>,
     start: usize,
     end: usize,
     eof: bool,
     done: bool,
+}
+
+/// Bytes of free relay buffers kept for reuse per thread, at most (a buffer taken from the pool
+/// needs no zeroing; idle connections hold none).
+const BUFFER_POOL_MAX_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    static BUFFER_POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer(size: usize) -> Box<[u8]> {
+    BUFFER_POOL
+        .with(|p| {
+            let mut p = p.borrow_mut();
+            match p.iter().position(|b| b.len() == size) {
+                Some(i) => Some(p.swap_remove(i)),
+                None => None,
+            }
+        })
+        .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
+}
+
+fn give_buffer(b: Box<[u8]>) {
+    BUFFER_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if (p.len() + 1) * b.len() <= BUFFER_POOL_MAX_BYTES {
+            p.push(b);
+        }
+    });
+}
+
+impl Drop for Half {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            give_buffer(b);
+        }
+    }
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -325,7 +371,7 @@ impl Half {
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &TcpStream,
-        size: usize,
+        (initial, max): (usize, usize),
         counters: &RouteCounters,
         active: &mut bool,
     ) -> Poll<io::Result<()>> {
@@ -349,25 +395,39 @@ impl Half {
             if self.eof {
                 shutdown_write(to);
                 self.done = true;
-                self.buf = None;
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
                 return Poll::Ready(Ok(()));
             }
             if let Err(e) = ready!(from.poll_read_ready(cx)) {
                 return Poll::Ready(Err(e));
             }
-            let buf = self
-                .buf
-                .get_or_insert_with(|| vec![0u8; size].into_boxed_slice());
+            // A direction whose reads fill the buffer is a bulk transfer: it grows (doubling,
+            // up to `max`) for fewer system calls per byte.
+            let want = self.size.max(initial);
+            if self.buf.as_ref().is_some_and(|b| b.len() < want) {
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+            }
+            let buf = self.buf.get_or_insert_with(|| take_buffer(want));
+            let len = buf.len();
             match from.try_read(buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.start = 0;
                     self.end = n;
                     *active = true;
+                    if n == len && len < max {
+                        self.size = (len * 2).min(max);
+                    }
                 }
                 Err(e) if would_block(&e) => {
                     // Ran dry: give the buffer back while the connection idles.
-                    self.buf = None;
+                    if let Some(b) = self.buf.take() {
+                        give_buffer(b);
+                    }
                     continue;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
@@ -435,7 +495,16 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor we own; failure leaves the default size.
+    unsafe {
+        libc::fcntl(
+            pair.1.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            SPLICE_CHUNK as libc::c_int,
+        );
+    }
+    Ok(pair)
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -480,7 +549,8 @@ pub async fn relay(
             let r = if config.splice {
                 half.poll_splice(cx, from, to, counters, &mut active)
             } else {
-                half.poll_copy(cx, from, to, config.buffer_bytes, counters, &mut active)
+                let sizes = (config.buffer_bytes, config.max_buffer_bytes);
+                half.poll_copy(cx, from, to, sizes, counters, &mut active)
             };
             if let Poll::Ready(Err(e)) = r {
                 return Poll::Ready(Err(e));
