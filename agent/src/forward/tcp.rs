@@ -186,11 +186,18 @@ pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver
                 }
             },
         };
-        let (Some(route_slot), Some(global_slot)) = (
-            RouteSlot::try_take(&route.counters, route.config.max_per_route),
-            route.global.try_take(),
-        ) else {
-            route.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let route_slot = RouteSlot::try_take(&route.counters, route.config.max_per_route);
+        let global_slot = route_slot.as_ref().and_then(|_| route.global.try_take());
+        let (Some(route_slot), Some(global_slot)) = (route_slot, global_slot) else {
+            let n = route.counters.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            route.counters.set_error(format!(
+                "refused {n} connection(s) so far: {} open on this route (cap {}), {} on all \
+                 routes (cap {})",
+                route.counters.tcp_active.load(Ordering::Relaxed),
+                route.config.max_per_route,
+                route.global.open(),
+                route.global.max,
+            ));
             reset(client);
             continue;
         };

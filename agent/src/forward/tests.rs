@@ -250,6 +250,8 @@ async fn caps_refuse_with_a_reset_and_count_it() {
         "{res:?}"
     );
     assert_eq!(r.counters.refused.load(Ordering::Relaxed), 1);
+    let err = r.counters.last_error().unwrap();
+    assert!(err.contains("refused 1 connection"), "{err}");
     echo_round(&mut first, b"still fine").await;
 
     // Global cap of 1 shared by two routes.

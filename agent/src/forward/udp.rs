@@ -128,7 +128,11 @@ async fn datagram(
         Some(s) => s,
         None => {
             if lock(sessions).len() >= route.config.max_sessions {
-                route.counters.refused.fetch_add(1, Ordering::Relaxed);
+                let n = route.counters.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                route.counters.set_error(format!(
+                    "dropped {n} datagram(s) from new clients so far: {} UDP sessions open (cap)",
+                    route.config.max_sessions
+                ));
                 return;
             }
             match open_session(route).await {

@@ -346,7 +346,7 @@ impl RouteManager {
             tokio::spawn(keep_bound(
                 first,
                 move || bind_tcp(addr),
-                move |l, stop| serve_http(l, table, stats, stop),
+                move |l, stop| crate::http::serve(l, table, stats, stop),
                 state.clone(),
                 switches.stop.subscribe(),
                 retry,
@@ -605,33 +605,6 @@ impl RouteManager {
         v.sort();
         v.dedup();
         v
-    }
-}
-
-/// Hands the proxy listener to the HTTP proxy. Until `crate::http::serve` exists this serves
-/// every request with a 503 saying the proxy is not part of this build.
-async fn serve_http(
-    listener: TcpListener,
-    _table: HttpTable,
-    _stats: Arc<HttpStats>,
-    stop: watch::Receiver<bool>,
-) {
-    use tokio::io::AsyncWriteExt as _;
-    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-content-length: 40\r\nconnection: close\r\n\r\nHTTP proxy not built in this agent yet.\n";
-    let stopped = wait_true(stop);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            r = listener.accept() => {
-                if let Ok((mut s, _)) = r {
-                    tokio::spawn(async move {
-                        let _ = s.write_all(ANSWER).await;
-                    });
-                }
-            }
-        }
     }
 }
 

@@ -400,3 +400,74 @@ async fn apply_on_the_control_socket_runs_the_config_and_status_reports_it() {
     assert_eq!(status.routes.len(), 1);
     assert_eq!(status.routes[0].active_connections, 1);
 }
+
+/// An HTTP backend answering every request with `200` and `body`.
+async fn http_backend(body: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    match s.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => {
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn http_get(port: u16, host: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("answer within 5 s")
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn http_routes_applied_to_the_manager_reach_the_proxy() {
+    let web = http_backend("hello from web").await;
+    let proxy_port = free_port();
+    let mut s = settings();
+    s.proxy_port = Some(proxy_port);
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    let with_route = |id| AgentConfig {
+        config_hash: Some(format!("h{id}")),
+        http_routes: vec![HttpRoute {
+            id,
+            domain: "app.example".into(),
+            target_host: web.ip().to_string(),
+            target_port: web.port(),
+            backend_https: false,
+            wol: None,
+        }],
+        l4_routes: vec![],
+    };
+    m.apply(with_route(1));
+    let out = http_get(proxy_port, "App.Example:8080").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("hello from web"), "{out}");
+    m.apply(config("none", vec![]));
+    let out = http_get(proxy_port, "app.example").await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+}
