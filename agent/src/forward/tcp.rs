@@ -342,10 +342,8 @@ fn take_buffer(size: usize) -> Box<[u8]> {
     BUFFER_POOL
         .with(|p| {
             let mut p = p.borrow_mut();
-            match p.iter().position(|b| b.len() == size) {
-                Some(i) => Some(p.swap_remove(i)),
-                None => None,
-            }
+            let i = p.iter().position(|b| b.len() == size)?;
+            Some(p.swap_remove(i))
         })
         .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
 }
