@@ -767,3 +767,71 @@ async fn stale_pooled_connection_is_replaced_transparently() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn http10_request_is_forwarded_as_10_and_the_connection_closes() {
+    let a = start_backend("a").await;
+    let p = start_proxy(vec![route(1, "a.example", a.addr)], ProxyConfig::default()).await;
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"GET /ten HTTP/1.0\r\nHost: a.example\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed().await);
+    let head = &a.heads()[0];
+    assert!(head.starts_with("GET /ten HTTP/1.0\r\n"), "{head}");
+    assert_eq!(header(head, "connection"), Some("close"));
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_closes_idle_connections() {
+    let a = start_backend("a").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    let server = tokio::spawn(serve_with(
+        listener,
+        HttpTable::new(vec![route(1, "a.example", a.addr)]),
+        Arc::new(HttpStats::default()),
+        rx,
+        ProxyConfig::default(),
+    ));
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.get("a.example", "/", "").await.status, 200);
+    stop.send(true).unwrap();
+    tokio::time::timeout(STEP, server).await.unwrap().unwrap();
+    // The idle keep-alive connection is closed, and nothing accepts new ones.
+    assert!(c.closed().await);
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn route_changes_apply_to_the_next_request() {
+    let a = start_backend("a").await;
+    let b = start_backend("b").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let table = HttpTable::new(vec![route(1, "x.example", a.addr)]);
+    let (_stop, rx) = watch::channel(false);
+    tokio::spawn(serve_with(
+        listener,
+        table.clone(),
+        Arc::new(HttpStats::default()),
+        rx,
+        ProxyConfig::default(),
+    ));
+    let mut c = Client::connect(addr).await;
+    assert_eq!(
+        c.get("x.example", "/", "").await.header("x-backend"),
+        Some("a")
+    );
+    table.replace(vec![route(1, "x.example", b.addr)]);
+    // Same client connection: the new target is used at once.
+    assert_eq!(
+        c.get("x.example", "/", "").await.header("x-backend"),
+        Some("b")
+    );
+    table.replace(vec![]);
+    assert_eq!(c.get("x.example", "/", "").await.status, 502);
+}

@@ -145,7 +145,9 @@ async fn serve_requests(
         cb.consume(req.head_len);
         let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let stopping = *shutdown.borrow();
-        let keep = handle(
+        // Boxed: the request's state (heads, both directions' futures) lives on the heap only
+        // while a request is in flight, so an idle connection's task stays small.
+        let keep = Box::pin(handle(
             shared,
             attached,
             &mut client,
@@ -155,7 +157,7 @@ async fn serve_requests(
             &routes,
             !stopping,
             started,
-        )
+        ))
         .await;
         if !keep || *shutdown.borrow() {
             let _ = bounded(cfg.io_idle_timeout, client.shutdown()).await;
@@ -599,5 +601,28 @@ async fn exchange(
             status: resp.status,
             bytes: head_bytes + up_bytes,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle keep-alive connection costs its task plus the socket: keep the task small.
+    #[tokio::test]
+    async fn connection_task_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let shared = Arc::new(Shared {
+            table: crate::routes::HttpTable::default(),
+            stats: Arc::default(),
+            config: super::super::ProxyConfig::default(),
+            pool: super::super::pool::Pool::new(1, Duration::from_secs(1)),
+            tls: std::sync::OnceLock::new(),
+        });
+        let (_tx, rx) = watch::channel(false);
+        let fut = run(shared, c, "127.0.0.1:1".parse().unwrap(), rx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1536, "connection future is {size} bytes");
     }
 }

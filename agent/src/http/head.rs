@@ -151,6 +151,10 @@ pub(crate) fn prepare_request(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(ProxyError::BadRequest);
     };
+    if method == "CONNECT" {
+        // A tunnel request is not for a reverse proxy (and its 2xx has no framing to follow).
+        return Err(ProxyError::BadRequest);
+    }
     let headers: &[httparse::Header<'_>] = req.headers;
     let header = |name: &str| headers.iter().find(|h| is(h.name, name)).map(|h| h.value);
 
@@ -462,6 +466,7 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
             "GET / HTTP/1.1\r\nHost a\r\n\r\n",
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
         ] {
             assert_eq!(prep(bad).unwrap_err(), ProxyError::BadRequest, "{bad}");
         }
