@@ -26,8 +26,8 @@ use super::upgrade::relay;
 use super::{tls, Shared};
 use crate::routes::HttpStats;
 
-/// How long a connection idle between requests keeps its buffers (for the next request of a
-/// busy client) before it frees them.
+/// How long a connection idle between requests keeps its buffers and backend connection (for
+/// the next request of a busy client) before it lets them go.
 const BUFFER_GRACE: Duration = Duration::from_millis(250);
 /// Most interim (1xx) responses relayed before the final one.
 const MAX_INTERIM_RESPONSES: usize = 8;
@@ -90,8 +90,9 @@ async fn serve_requests(
     let mut first = true;
     loop {
         if cbuf.as_ref().is_none_or(IoBuf::is_empty) {
-            // Wait for the next request. A busy connection keeps its buffers; one idle for
-            // longer than BUFFER_GRACE holds none.
+            // Wait for the next request. A busy connection keeps its buffers and its backend
+            // connection; one idle for longer than BUFFER_GRACE frees the buffers and hands
+            // the backend connection to the (bounded) pool.
             let wait = if first {
                 cfg.head_timeout
             } else {
@@ -99,7 +100,7 @@ async fn serve_requests(
             };
             let deadline = Instant::now() + wait;
             loop {
-                let holding = cbuf.is_some() || bbuf.is_some();
+                let holding = cbuf.is_some() || bbuf.is_some() || attached.is_some();
                 let until = if holding {
                     deadline.min(Instant::now() + BUFFER_GRACE)
                 } else {
@@ -112,6 +113,9 @@ async fn serve_requests(
                         Err(_) if holding && Instant::now() < deadline => {
                             cbuf = None;
                             bbuf = None;
+                            if let Some((key, backend)) = attached.take() {
+                                shared.pool.put(key, backend);
+                            }
                         }
                         Err(_) => return,
                     },
@@ -247,7 +251,8 @@ async fn handle(
     let route = &routes[ri];
     if let Choice::Refused(_) = choice {
         HttpStats::add(&shared.stats.refused_target_overrides, 1);
-        tracing::warn!(
+        // Counted in HttpStats; logged at debug only, as the hub may send it on every request.
+        tracing::debug!(
             route = route.id,
             "X-Gateway-Target names a target this route does not allow; using the configured target"
         );
