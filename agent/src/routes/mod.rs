@@ -193,6 +193,10 @@ struct State {
     api: Option<FixedListener>,
 }
 
+/// A config to save and its generation.
+type SaveRequest = (u64, Option<Arc<AgentConfig>>);
+type SavesRx = watch::Receiver<SaveRequest>;
+
 #[derive(Debug)]
 struct Inner {
     settings: Settings,
@@ -204,6 +208,12 @@ struct Inner {
     api_counters: Arc<RouteCounters>,
     state: Mutex<State>,
     probe_now: Arc<Notify>,
+    /// The latest config to save, with its generation (for the persister task).
+    saves: watch::Sender<SaveRequest>,
+    /// Taken by the persister task when it starts.
+    saves_rx: Mutex<Option<(SavesRx, watch::Sender<u64>)>>,
+    /// The generation the persister saved last.
+    saved: watch::Receiver<u64>,
 }
 
 /// The running route set. Cheap to clone (a handle); listeners stop when the last handle is
@@ -227,7 +237,18 @@ fn bind_reason(addr: SocketAddr, e: &io::Error) -> String {
     }
 }
 
+/// Listeners belong on the tunnel IP only: a wildcard address would expose routes on the LAN.
+fn refuse_wildcard(addr: SocketAddr) -> Result<(), String> {
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "refusing to listen on the wildcard address {addr}: set GC_TUNNEL_IP to the tunnel IP"
+        ));
+    }
+    Ok(())
+}
+
 fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, String> {
+    refuse_wildcard(addr)?;
     let l = std::net::TcpListener::bind(addr).map_err(|e| bind_reason(addr, &e))?;
     l.set_nonblocking(true)
         .and_then(|()| TcpListener::from_std(l))
@@ -235,6 +256,7 @@ fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, String> {
+    refuse_wildcard(addr)?;
     let s = std::net::UdpSocket::bind(addr).map_err(|e| bind_reason(addr, &e))?;
     s.set_nonblocking(true)
         .and_then(|()| UdpSocket::from_std(s))
@@ -299,6 +321,8 @@ impl RouteManager {
     /// A manager with nothing running yet; [`RouteManager::start`] binds the fixed listeners
     /// and serves the saved config.
     pub fn new(settings: Settings) -> Self {
+        let (saves, saves_rx) = watch::channel((0, None));
+        let (saved_tx, saved) = watch::channel(0);
         RouteManager {
             inner: Arc::new(Inner {
                 tcp_config: Arc::new(settings.tcp.clone()),
@@ -309,6 +333,9 @@ impl RouteManager {
                 api_counters: Arc::default(),
                 state: Mutex::default(),
                 probe_now: Arc::new(Notify::new()),
+                saves,
+                saves_rx: Mutex::new(Some((saves_rx, saved_tx))),
+                saved,
                 settings,
             }),
         }
@@ -395,9 +422,13 @@ impl RouteManager {
             Arc::downgrade(&self.inner),
             self.inner.probe_now.clone(),
         ));
+        let persister = locked(&self.inner.saves_rx).take();
         let Some(dir) = s.state_dir.clone() else {
             return Ok(());
         };
+        if let Some((rx, done)) = persister {
+            tokio::spawn(persist_task(dir.clone(), rx, done));
+        }
         if let Some(config) = persist::load(&dir)? {
             tracing::info!(
                 config_hash = config.config_hash.as_deref().unwrap_or("-"),
@@ -475,17 +506,25 @@ impl RouteManager {
             inner.http_table.replace(config.http_routes.clone());
             wrote_targets = true;
         }
-        let to_save = save.then(|| config.clone());
+        if save && s.state_dir.is_some() {
+            let config = Arc::new(config.clone());
+            inner
+                .saves
+                .send_modify(|(generation, c)| (*generation, *c) = (*generation + 1, Some(config)));
+        }
         st.config = config;
         drop(st);
         if wrote_targets {
             inner.probe_now.notify_one();
         }
-        if let (Some(dir), Some(config)) = (&s.state_dir, to_save) {
-            if let Err(e) = persist::save(dir, &config) {
-                tracing::warn!("{e}");
-            }
-        }
+    }
+
+    /// Waits until the config of the last apply is saved in the state directory (at once when
+    /// there is no state directory, or it cannot be saved).
+    pub async fn wait_saved(&self) {
+        let want = self.inner.saves.borrow().0;
+        let mut saved = self.inner.saved.clone();
+        let _ = saved.wait_for(|g| *g >= want).await;
     }
 
     fn start_l4(&self, id: u64, port: u16, target: Target) -> L4Entry {
@@ -605,6 +644,23 @@ impl RouteManager {
         v.sort();
         v.dedup();
         v
+    }
+}
+
+/// Saves each applied config in `dir`, in order, off the runtime thread (an fsync on a slow
+/// card must not stall the relays); a burst of applies saves only the latest.
+async fn persist_task(dir: PathBuf, mut rx: SavesRx, done: watch::Sender<u64>) {
+    while rx.changed().await.is_ok() {
+        let (generation, config) = rx.borrow_and_update().clone();
+        if let Some(config) = config {
+            let d = dir.clone();
+            match tokio::task::spawn_blocking(move || persist::save(&d, &config)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!(error = %e, "saving the applied config failed"),
+            }
+        }
+        done.send_replace(generation);
     }
 }
 

@@ -248,6 +248,9 @@ async fn saved_config_is_served_by_a_new_manager_at_start() {
         m.apply(config("saved", vec![l4(1, p, a)]));
         let (_c, tag) = Conn::open(p).await;
         assert_eq!(tag, "a");
+        tokio::time::timeout(Duration::from_secs(5), m.wait_saved())
+            .await
+            .expect("saved within 5 s");
     }
     // The old manager is gone: its listener is closed.
     let mut closed = false;
@@ -470,4 +473,21 @@ async fn http_routes_applied_to_the_manager_reach_the_proxy() {
     m.apply(config("none", vec![]));
     let out = http_get(proxy_port, "app.example").await;
     assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+}
+
+#[tokio::test]
+async fn a_wildcard_bind_address_is_refused() {
+    let a = tagged_echo("a").await;
+    let p = free_port();
+    let m = RouteManager::new(Settings::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+    m.start().unwrap();
+    let applied = m.apply(config("h", vec![l4(1, p, a)]));
+    match &route(&applied, p).tcp {
+        ListenerState::Failed { reason } => assert!(reason.contains("wildcard"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        route(&applied, p).udp,
+        Some(ListenerState::Failed { .. })
+    ));
 }
