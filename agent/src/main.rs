@@ -22,6 +22,8 @@ use tokio::sync::watch;
 
 /// Mode of the state directory when the agent creates it.
 const STATE_DIR_MODE: u32 = 0o750;
+/// How long shutdown waits for the last applied config to be saved.
+const SAVE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os().skip(1)) {
@@ -169,7 +171,7 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     let outcome = rt.block_on(async {
         let manager = start_routes(args, env);
-        let state = Arc::new(AgentState::new(started, stats).with_routes(manager));
+        let state = Arc::new(AgentState::new(started, stats).with_routes(manager.clone()));
         let server = tokio::spawn(control::serve(socket.listener()?, state, stop_rx));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -197,6 +199,8 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
             }
         };
         let _ = notify::notify("STOPPING=1");
+        // An apply that arrived just before the signal is still written to the state dir.
+        let _ = tokio::time::timeout(SAVE_FLUSH_TIMEOUT, manager.wait_saved()).await;
         let _ = stop.send(true);
         if !joined {
             let _ = datapath.await;
