@@ -233,6 +233,9 @@ async fn backend_conn<S: AsyncRead + AsyncWrite + Unpin>(
     while let Some(head) = read_head(&mut r).await {
         seen.heads.lock().unwrap().push(head.clone());
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        if header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+            r.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+        }
         let (mut len, mut sum) = (0u64, 0u64);
         let trailers = read_body(&mut r, &head, |b| {
             len += b.len() as u64;
@@ -834,4 +837,80 @@ async fn route_changes_apply_to_the_next_request() {
     );
     table.replace(vec![]);
     assert_eq!(c.get("x.example", "/", "").await.status, 502);
+}
+
+#[tokio::test]
+async fn expect_continue_is_relayed_before_the_body() {
+    let a = start_backend("a").await;
+    let p = start_proxy(vec![route(1, "a.example", a.addr)], ProxyConfig::default()).await;
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"PUT /post HTTP/1.1\r\nHost: a.example\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await;
+    // The client holds its body until the interim answer comes through the proxy.
+    let interim = tokio::time::timeout(STEP, read_head(&mut c.r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+    c.send(b"data").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("len=4\n"));
+}
+
+/// Collects what the access log writes (thread-local subscriber: the test runtime is
+/// current-thread, so the proxy's tasks log on this thread).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn access_log_has_one_line_per_request_without_query_or_header_values() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let a = start_backend("a").await;
+    let p = start_proxy(vec![route(7, "a.example", a.addr)], ProxyConfig::default()).await;
+    let mut c = Client::connect(p.addr).await;
+    c.get(
+        "a.example",
+        "/login?token=s3cret",
+        "Authorization: Bearer hunter2\r\nCookie: sid=abc\r\n",
+    )
+    .await;
+    c.get("nowhere.example", "/x", "").await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("gatelet_agent::http::access"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains("method=\"GET\"") || lines[0].contains("method=GET"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("/login"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("status=200") && lines[0].contains("route=7"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("status=502"), "{}", lines[1]);
+    for secret in ["s3cret", "token", "hunter2", "sid=abc"] {
+        assert!(!log.contains(secret), "{secret} leaked into the log: {log}");
+    }
 }
