@@ -5,8 +5,9 @@
 //! ```text
 //! fake-gatecontrol [--listen ADDR:PORT] [--fixtures DIR] [--config FILE] [--rate-limit N]
 //! ```
-//! It prints `listening on http://ADDR:PORT` once ready, a line per request, and serves until
-//! killed. `--config` replaces the served document (re-read on SIGHUP is not supported: restart).
+//! It prints `listening on http://ADDR:PORT` once ready, a line per request (for a heartbeat
+//! also its `tcp_listeners`), and serves until killed. `--config` replaces the served document
+//! and is re-read whenever its modification time changes (`config reloaded` is printed).
 
 #[path = "../tests/fake_gatecontrol/mod.rs"]
 mod fake_gatecontrol;
@@ -41,8 +42,10 @@ fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(&listen).with_context(|| format!("binding {listen}"))?;
     let token = fixture_api_token(&fixtures)?;
     let server = FakeGateControl::start_on(listener, &fixtures, &token)?;
-    if let Some(path) = config {
-        let doc = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config_mtime = None;
+    if let Some(path) = &config {
+        config_mtime = mtime(path);
+        let doc = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         server.set_config(doc)?;
     }
     if let Some(limit) = rate_limit {
@@ -52,9 +55,28 @@ fn main() -> anyhow::Result<()> {
     let mut seen = 0;
     loop {
         std::thread::sleep(Duration::from_millis(200));
+        if let Some(path) = &config {
+            let now = mtime(path);
+            if now != config_mtime {
+                config_mtime = now;
+                // A half-written or invalid file keeps the previous document.
+                match std::fs::read(path).map(|doc| server.set_config(doc)) {
+                    Ok(Ok(())) => println!("config reloaded"),
+                    Ok(Err(e)) | Err(e) => println!("config not reloaded: {e}"),
+                }
+            }
+        }
         let reqs = server.requests();
         for r in reqs.iter().skip(seen) {
             println!("{} {} -> {}", r.method, r.target, r.status);
+            if r.path().ends_with("/heartbeat") {
+                let listeners = serde_json::from_slice::<serde_json::Value>(&r.body)
+                    .ok()
+                    .and_then(|v| v.get("tcp_listeners").cloned());
+                if let Some(l) = listeners {
+                    println!("  tcp_listeners {l}");
+                }
+            }
         }
         seen = reqs.len();
         if seen > 10_000 {
@@ -62,4 +84,9 @@ fn main() -> anyhow::Result<()> {
             seen = 0;
         }
     }
+}
+
+/// The file's modification time, None if it cannot be read.
+fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

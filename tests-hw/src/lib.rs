@@ -11,8 +11,12 @@
 //! product. Traffic stays inside the namespaces a test creates.
 
 mod agent;
+mod companion;
+mod deployment;
 mod error;
+mod gatecontrol;
 mod keys;
+mod lan;
 mod net;
 mod netns;
 mod process;
@@ -26,13 +30,30 @@ mod wg;
 pub use agent::{
     control_request, memory_kib, Agent, GatewayEnv, AGENT_START_TIMEOUT, CONTROL_TIMEOUT,
 };
+pub use companion::Companion;
+pub use deployment::{
+    fixture_gc_lines, fixture_port, fixture_value, Deployment, FIXTURE_ENV, GATECONTROL_PORT,
+    GW_WAN_IP, HANDSHAKE_TIMEOUT, SYNC_TIMEOUT, TEST_HEARTBEAT_INTERVAL_S,
+};
 pub use error::{HarnessError, Result};
+pub use gatecontrol::{
+    config_document, document_hash, FakeGateControl, HttpRouteDoc, L4RouteDoc,
+    GATECONTROL_RELOAD_TIMEOUT, GATECONTROL_START_TIMEOUT,
+};
 pub use keys::{generate_psk, write_secret, KeyPair};
+pub use lan::{
+    base64, connect, header, http_request, read_all_from, read_head, sha1, websocket_accept,
+    ws_read_frame, ws_write_frame, Handler, HttpResponse, Lan, TcpService, UdpEcho, BANNER1,
+    BANNER2, GW_LAN_SIDE_IP, HTTP_BANNER, LAN_BANNER1_IP, LAN_BANNER2_IP, LAN_ECHO_IP, LAN_HTTP_IP,
+    LAN_SERVICE_PORT, LAN_SUBNET_PREFIX, LAN_WS_IP, MAX_HEAD_BYTES, WS_BINARY, WS_CLOSE,
+    WS_MAX_PAYLOAD, WS_TEXT,
+};
 pub use net::{ping, tcp_echo, udp_socket, EchoServer, ECHO_IO_TIMEOUT};
 pub use netns::{sweep_leftovers, Netns, NETNS_ETC, NETNS_RUN, WG_SOCKET_DIR};
 pub use process::{describe, run, Process, TERM_GRACE};
 pub use products::{
-    build, product_binary, profile_dir, target_dir, workspace_root, PRODUCT_PACKAGES, TEST_PROFILE,
+    build, example_binary, product_binary, profile_dir, target_dir, workspace_root,
+    PRODUCT_PACKAGES, TEST_PROFILE,
 };
 pub use tempdir::{next_seq, unique_name, TempDir};
 pub use testbed::{

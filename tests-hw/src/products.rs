@@ -96,3 +96,44 @@ pub fn product_binary(name: &str) -> Result<PathBuf> {
         })
     }
 }
+
+/// The path of example `name` of `package` (e.g. `fake-gatecontrol` of `gatelet-companion`),
+/// built with [`TEST_PROFILE`] once per process.
+pub fn example_binary(package: &str, name: &str) -> Result<PathBuf> {
+    let key = format!("example:{package}:{name}");
+    let built = BUILT.get_or_init(Default::default);
+    let result = {
+        // A poisoned lock only means another test panicked mid-build; the map is still usable.
+        let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+        built
+            .entry(key)
+            .or_insert_with(|| {
+                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+                let mut cmd = Command::new(cargo);
+                cmd.current_dir(workspace_root())
+                    .args([
+                        "build",
+                        "--profile",
+                        TEST_PROFILE,
+                        "-p",
+                        package,
+                        "--example",
+                        name,
+                    ])
+                    .env("CARGO_TARGET_DIR", target_dir());
+                let what = describe(&cmd);
+                match cmd.output() {
+                    Err(e) => Err(format!("could not start {what}: {e}")),
+                    Ok(out) if !out.status.success() => {
+                        Err(format!("{what}:\n{}", String::from_utf8_lossy(&out.stderr)))
+                    }
+                    Ok(_) => Ok(profile_dir(TEST_PROFILE).join("examples").join(name)),
+                }
+            })
+            .clone()
+    };
+    result.map_err(|detail| HarnessError::Build {
+        what: format!("example {name} of {package}"),
+        detail,
+    })
+}

@@ -46,6 +46,9 @@ pub struct TestbedOptions {
     pub hub: WgImpl,
     /// Whether hub and gateway use a preshared key (yes by default).
     pub preshared_key: bool,
+    /// Further `KEY=value` lines for the agent's gateway.env (e.g. the `GC_*` keys the
+    /// companion reads); none by default.
+    pub agent_env_extra: Vec<(String, String)>,
 }
 
 impl Default for TestbedOptions {
@@ -53,6 +56,7 @@ impl Default for TestbedOptions {
         TestbedOptions {
             hub: WgImpl::WireguardGo,
             preshared_key: true,
+            agent_env_extra: Vec::new(),
         }
     }
 }
@@ -148,11 +152,11 @@ impl Testbed {
         let hub = start_hub(&hub_ns, &hub_impl, &hub_key)?;
         hub.set_peer(&hub_peer_for_gateway(&gw_key, psk.as_deref()))?;
         let gateway = match role {
-            GatewayRole::Agent(binary) => Gateway::Agent(Agent::start(
-                &gw_ns,
-                binary,
-                &agent_env(&gw_key, &hub_key, psk.as_deref()),
-            )?),
+            GatewayRole::Agent(binary) => {
+                let mut env = agent_env(&gw_key, &hub_key, psk.as_deref());
+                env.extra = options.agent_env_extra.clone();
+                Gateway::Agent(Agent::start(&gw_ns, binary, &env)?)
+            }
             GatewayRole::Userspace(imp) => {
                 let wg = WgInterface::start(
                     &gw_ns,
