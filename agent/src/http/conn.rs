@@ -319,8 +319,8 @@ async fn handle(
             client_keep_alive
         }
         Some(Exchange::Broken { status, bytes }) => {
+            // Not an answer of the proxy's own: `errors` does not count it (the log line does).
             HttpStats::add(&shared.stats.bytes, bytes);
-            HttpStats::add(&shared.stats.errors, 1);
             log(req, status, bytes, started, route_log, Some(&key));
             false
         }
