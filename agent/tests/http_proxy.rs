@@ -423,3 +423,34 @@ async fn expect_continue_is_relayed_before_the_body() {
     assert_eq!(r.status, 200);
     assert!(r.text().contains("len=4\n"));
 }
+
+#[tokio::test]
+async fn backend_that_never_accepts_is_504_after_the_connect_timeout() {
+    // A listener with a full accept queue: the kernel drops further SYNs, so connect hangs.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = sock.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), s.connect(addr)).await {
+            fillers.push(c);
+        }
+    }
+    let p = start_proxy(
+        vec![route(1, "full.example", addr)],
+        ProxyConfig {
+            connect_timeout: Duration::from_millis(300),
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    let mut c = Client::connect(p.addr).await;
+    let started = std::time::Instant::now();
+    let r = c.get("full.example", "/", "").await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(full);
+}
