@@ -7,6 +7,10 @@
 #      |     veth 192.168.77.1 <-> 192.168.77.10
 #   gl-lan   a LAN host: an HTTP server on 192.168.77.10:8000
 #
+# The fake server's config has an HTTP route (files.demo, served by the agent's proxy on
+# 10.8.0.2:8080) and an L4 route (10.8.0.2:2222), both to the LAN host; the management API answers
+# on 10.8.0.2:9876. --check verifies all three from the hub.
+#
 # Usage: sudo tests-hw/demo.sh            bring it up, print what to try, tear down on Ctrl-C
 #        sudo tests-hw/demo.sh --check    bring it up, verify it works, tear down, exit 0/1
 #
@@ -19,7 +23,7 @@ CHECK=false
 case "${1:-}" in
   --check) CHECK=true ;;
   "") ;;
-  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
   *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
 esac
 if [ "$(id -u)" -ne 0 ]; then
@@ -140,8 +144,21 @@ wait_for 30 "the companion syncs its config over the tunnel and heartbeats" \
 wait_for 10 "the companion reports the server's config" \
   sh -c "ip netns exec $GW ${STATUS[*]} | grep -q 'config:    sha256:'"
 
+# What the routes look like from the hub (GC_PROXY_PORT=8080 and GC_API_PORT=9876 come from the
+# fixture gateway.env).
+CURL_HTTP=(curl -sS -m 5 -H "Host: files.demo" http://10.8.0.2:8080/)
+CURL_L4=(curl -sS -m 5 http://10.8.0.2:2222/)
+CURL_API=(curl -sS -m 5 http://10.8.0.2:9876/api/health)
+wait_for 15 "the HTTP route answers from the hub (${CURL_HTTP[*]})" \
+  sh -c "ip netns exec $HUB ${CURL_HTTP[*]} | grep -q 'hello from the LAN host'"
+wait_for 10 "the L4 route answers from the hub (${CURL_L4[*]})" \
+  sh -c "ip netns exec $HUB ${CURL_L4[*]} | grep -q 'hello from the LAN host'"
+wait_for 10 "the management API answers from the hub (${CURL_API[*]})" \
+  sh -c "ip netns exec $HUB ${CURL_API[*]} | grep -q '\"ok\":true'"
+
 if $CHECK; then
-  echo "demo.sh: OK: tunnel up (wireguard-go <-> gatelet-agent), config synced, heartbeats accepted"
+  echo "demo.sh: OK: tunnel up (wireguard-go <-> gatelet-agent), config synced, heartbeats accepted,"
+  echo "demo.sh: OK: HTTP route, L4 route and management API answer from the hub through the tunnel"
   in_ns $GW "${STATUS[@]}" || true
   exit 0
 fi
@@ -151,6 +168,9 @@ cat <<EOF
 gatelet demo is up. Try, in another terminal (as root):
 
   ip netns exec $HUB ping -c3 10.8.0.2                      # hub -> gateway through WireGuard
+  ip netns exec $HUB ${CURL_HTTP[*]}   # HTTP route files.demo -> LAN host
+  ip netns exec $HUB ${CURL_L4[*]}            # L4 route :2222 -> LAN host :8000
+  ip netns exec $HUB ${CURL_API[*]}   # management API (relayed to the companion)
   ip netns exec $HUB wg show glhub0                            # the hub sees the handshake
   ip netns exec $GW ${STATUS[*]}
   tail -f $RUN/gatecontrol.log                              # config checks and heartbeats

@@ -28,8 +28,10 @@ const WS_DOMAIN: &str = "ws.e2e.test";
 const ECHO_PORT: u16 = 7001;
 /// L4 route B: a banner server (changed or removed by the tests).
 const BANNER_PORT: u16 = 7002;
-/// An L4 port another process holds before the route arrives.
+/// An L4 port another process holds before the route arrives, and keeps.
 const TAKEN_PORT: u16 = 7003;
+/// An L4 port another process holds before the route arrives and then frees.
+const RETRY_PORT: u16 = 7004;
 /// Timeout of one request or connection from a test client.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A port that must not answer has to fail (refused or timed out) within this.
@@ -40,11 +42,11 @@ const POLL_IO_TIMEOUT: Duration = Duration::from_millis(500);
 const REBOOT_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a change pushed through the management API may take to reach the agent.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the companion gets to report a failed listener in a heartbeat.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
-/// The agent retries a failed bind after 5 s, doubling up to 30 s between tries; by the time
-/// the heartbeat has reported the failure the pause may be the full 30 s. A little slack.
-const BIND_RETRY_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long the companion gets to report a failed listener in a heartbeat: it stretches
+/// `GC_HEARTBEAT_INTERVAL_S=2` to 18 s to fit the server's rate limit; a little slack.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(25);
+/// The agent retries a failed bind 5 s after the failure, then 10 s later; a little slack.
+const BIND_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes echoed through the L4 route with a half-close.
 const ECHO_BYTES: usize = 256 * 1024;
 /// One round of the long-running transfer on route A.
@@ -446,16 +448,21 @@ fn a_removed_route_stops_accepting() {
 #[test]
 fn a_port_taken_by_another_process_is_reported_as_listener_failed_and_retried() {
     require_root().unwrap();
+    let t0 = Instant::now();
     let mut d = Deployment::start_network().unwrap();
-    let squatter = ok(
-        &d,
+    // Two ports are taken before the routes arrive: TAKEN_PORT stays taken (the heartbeat must
+    // report it), RETRY_PORT is freed as soon as the failure shows (the agent must retry it).
+    let squat = |port: u16| {
         d.testbed
             .gw_ns
-            .enter(|| TcpListener::bind((GW_TUNNEL_IP, TAKEN_PORT)))
-            .and_then(|r| r.map_err(|e| HarnessError::io("bind the taken port", e))),
-    );
+            .enter(|| TcpListener::bind((GW_TUNNEL_IP, port)))
+            .and_then(|r| r.map_err(|e| HarnessError::io(format!("bind port {port}"), e)))
+    };
+    let taken = ok(&d, squat(TAKEN_PORT));
+    let retry = ok(&d, squat(RETRY_PORT));
     let (http, mut l4) = standard_routes();
     l4.push(l4_route(5, TAKEN_PORT, LAN_BANNER2_IP));
+    l4.push(l4_route(6, RETRY_PORT, LAN_BANNER2_IP));
     let doc = config_document(&http, &l4);
     let started = d.start_gatecontrol(&doc).and_then(|()| d.start_companion());
     ok(&d, started);
@@ -466,67 +473,60 @@ fn a_port_taken_by_another_process_is_reported_as_listener_failed_and_retried() 
             .iter()
             .find(|r| r.listen_port == Some(port))
             .unwrap_or_else(|| panic!("no route on port {port}: {:?}", status.routes))
+            .clone()
     };
-    assert!(
-        matches!(route(TAKEN_PORT).tcp, ListenerState::Failed { .. }),
-        "{:?}",
-        route(TAKEN_PORT)
-    );
+    for port in [TAKEN_PORT, RETRY_PORT] {
+        let r = route(port);
+        assert!(matches!(r.tcp, ListenerState::Failed { .. }), "{r:?}");
+    }
+    drop(retry);
     assert_eq!(route(ECHO_PORT).tcp, ListenerState::Listening);
     assert_eq!(route(BANNER_PORT).tcp, ListenerState::Listening);
     // The rest of the config works.
     let hub = &d.testbed.hub_ns;
-    assert_eq!(
-        ok(
-            &d,
-            tcp_echo(hub, Deployment::tunnel_addr(ECHO_PORT), b"others work")
-        ),
-        b"others work"
+    let echoed = tcp_echo(hub, Deployment::tunnel_addr(ECHO_PORT), b"others work");
+    assert_eq!(ok(&d, echoed), b"others work");
+    let banner = read_all_from(hub, Deployment::tunnel_addr(BANNER_PORT), IO_TIMEOUT);
+    assert_eq!(ok(&d, banner), BANNER1);
+    // Once its port is free the agent binds it by itself.
+    let bound = wait_until(
+        "the agent to bind the freed port",
+        BIND_RETRY_TIMEOUT,
+        || {
+            let s = d.agent_status()?;
+            let listening = s
+                .routes
+                .iter()
+                .any(|r| r.listen_port == Some(RETRY_PORT) && r.tcp == ListenerState::Listening);
+            Ok::<_, HarnessError>(listening.then_some(()))
+        },
     );
-    assert_eq!(
-        ok(
-            &d,
-            read_all_from(hub, Deployment::tunnel_addr(BANNER_PORT), IO_TIMEOUT)
-        ),
-        BANNER1
-    );
-    // The server hears about it in a heartbeat.
+    ok(&d, bound);
+    eprintln!("freed port bound {:?} after the start", t0.elapsed());
+    let banner = read_all_from(hub, Deployment::tunnel_addr(RETRY_PORT), IO_TIMEOUT);
+    assert_eq!(ok(&d, banner), BANNER2);
+    // The server hears about the port still taken in a heartbeat.
     let needle = format!("{{\"port\":{TAKEN_PORT},\"status\":\"listener_failed\"}}");
-    ok(
-        &d,
-        wait_until(
-            "a heartbeat reporting listener_failed",
-            HEARTBEAT_TIMEOUT,
-            || {
-                let log = d.gatecontrol()?.log();
-                Ok::<_, HarnessError>(log.lines().any(|l| l.contains(&needle)).then_some(()))
-            },
-        ),
+    let reported = wait_until(
+        "a heartbeat reporting listener_failed",
+        HEARTBEAT_TIMEOUT,
+        || {
+            let log = d.gatecontrol()?.log();
+            Ok::<_, HarnessError>(log.lines().any(|l| l.contains(&needle)).then_some(()))
+        },
     );
-    // Once the port is free the agent binds it by itself.
-    drop(squatter);
-    ok(
-        &d,
-        wait_until(
-            "the agent to bind the freed port",
-            BIND_RETRY_TIMEOUT,
-            || {
-                let s = d.agent_status()?;
-                let listening = s.routes.iter().any(|r| {
-                    r.listen_port == Some(TAKEN_PORT) && r.tcp == ListenerState::Listening
-                });
-                Ok::<_, HarnessError>(listening.then_some(()))
-            },
-        ),
+    ok(&d, reported);
+    eprintln!(
+        "listener_failed in a heartbeat {:?} after the start",
+        t0.elapsed()
     );
-    assert_eq!(
-        ok(
-            &d,
-            read_all_from(hub, Deployment::tunnel_addr(TAKEN_PORT), IO_TIMEOUT)
-        ),
-        BANNER2
+    let r = ok(&d, d.agent_status());
+    let still = r.routes.iter().find(|r| r.listen_port == Some(TAKEN_PORT));
+    assert!(
+        still.is_some_and(|r| matches!(r.tcp, ListenerState::Failed { .. })),
+        "{still:?}"
     );
-    d.companion.take();
+    drop(taken);
 }
 
 #[test]
