@@ -267,7 +267,9 @@ async fn handle(
     for attempt in 0..2 {
         let pooled = if attempt == 0 {
             match attached.take() {
-                Some((k, b)) if k == key && !b.is_stale() => Some(b),
+                // Used at most BUFFER_GRACE ago (else it went to the pool): no staleness
+                // probe (a system call per request); a close in that window is retried below.
+                Some((k, b)) if k == key => Some(b),
                 Some((k, b)) => {
                     shared.pool.put(k, b);
                     shared.pool.take(&key)
