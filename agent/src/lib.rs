@@ -10,6 +10,7 @@
 //! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
 //! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
+//! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
 //!
 //! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
 //! path thread, signals.
@@ -23,3 +24,4 @@ pub mod notify;
 pub mod probe;
 pub mod routes;
 pub mod tunnel;
+pub mod wol;
