@@ -322,6 +322,11 @@ pub struct GatewayEnv {
     pub mtu: u16,
     /// `GATELET_DIAG_LISTEN`: where the diagnostics page listens; None when `off`.
     pub diag_listen: Option<SocketAddr>,
+    /// `GATELET_WOL_INTERFACES`: when not empty, magic packets go out on these interfaces only
+    /// (names; a trailing `*` matches a prefix), even ones excluded by default (veth, bridges).
+    pub wol_interfaces: Vec<String>,
+    /// `GATELET_WOL_EXCLUDE`: interfaces that never get magic packets (same syntax).
+    pub wol_exclude: Vec<String>,
     /// Keys the file has that gatelet does not know (newer servers add some): warn, ignore.
     pub unknown_keys: Vec<String>,
 }
@@ -348,6 +353,8 @@ const KNOWN_KEYS: &[&str] = &[
     "GATELET_TUN_NAME",
     "GATELET_MTU",
     "GATELET_DIAG_LISTEN",
+    "GATELET_WOL_INTERFACES",
+    "GATELET_WOL_EXCLUDE",
 ];
 
 /// Reads one key: `Ok(None)` when absent or empty, errors carry the key's line.
@@ -448,6 +455,16 @@ fn parse_list<T>(v: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
         .filter(|s| !s.is_empty())
         .map(parse)
         .collect()
+}
+
+/// An interface name (1 to 15 characters, no `/`, space or `:`), optionally ending in `*`.
+fn iface_pattern(s: &str) -> Option<String> {
+    let name = s.strip_suffix('*').unwrap_or(s);
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ' ', ':', '*'])
+        && name.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_owned())
 }
 
 fn port(v: &str) -> Option<u16> {
@@ -680,6 +697,18 @@ impl GatewayEnv {
             })?),
         };
 
+        let iface_list = "comma-separated interface names (a trailing * matches a prefix)";
+        let wol_interfaces = r
+            .parsed("GATELET_WOL_INTERFACES", iface_list, |v| {
+                parse_list(v, iface_pattern)
+            })?
+            .unwrap_or_default();
+        let wol_exclude = r
+            .parsed("GATELET_WOL_EXCLUDE", iface_list, |v| {
+                parse_list(v, iface_pattern)
+            })?
+            .unwrap_or_default();
+
         let unknown_keys = file
             .keys()
             .filter(|k| !KNOWN_KEYS.contains(k))
@@ -708,6 +737,8 @@ impl GatewayEnv {
             tun_name,
             mtu,
             diag_listen,
+            wol_interfaces,
+            wol_exclude,
             unknown_keys,
         })
     }
@@ -841,10 +872,28 @@ mod tests {
             ("WG_ALLOWED_IPS", "0.0.0.0/0"),
             ("WG_DNS", "resolver"),
             ("GATELET_DIAG_LISTEN", "everywhere"),
+            ("GATELET_WOL_INTERFACES", "eth0,a/b"),
+            ("GATELET_WOL_EXCLUDE", "averyveryverylongname0"),
         ] {
             let e = parse(&with(key, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{key}={bad}: {e}");
             assert!(e.line.is_some(), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn wol_interface_lists_are_parsed_and_default_to_empty() {
+        let env = parse(SERVER_FILE).unwrap();
+        assert!(env.wol_interfaces.is_empty() && env.wol_exclude.is_empty());
+        let text = with("GATELET_WOL_INTERFACES", "veth-lan0, eth1,enp*");
+        let env = parse(&text).unwrap();
+        assert_eq!(env.wol_interfaces, ["veth-lan0", "eth1", "enp*"]);
+        let env = parse(&with("GATELET_WOL_EXCLUDE", "docker*,eth9")).unwrap();
+        assert_eq!(env.wol_exclude, ["docker*", "eth9"]);
+        assert!(env.unknown_keys.is_empty());
+        for bad in ["*", "e*th0", "eth 0", "a:b"] {
+            let e = parse(&with("GATELET_WOL_EXCLUDE", bad)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("GATELET_WOL_EXCLUDE"), "{bad}");
         }
     }
 
