@@ -146,15 +146,18 @@ wait_for 10 "the companion reports the server's config" \
 
 # What the routes look like from the hub (GC_PROXY_PORT=8080 and GC_API_PORT=9876 come from the
 # fixture gateway.env).
-CURL_HTTP=(curl -sS -m 5 -H "Host: files.demo" http://10.8.0.2:8080/)
-CURL_L4=(curl -sS -m 5 http://10.8.0.2:2222/)
-CURL_API=(curl -sS -m 5 http://10.8.0.2:9876/api/health)
-wait_for 15 "the HTTP route answers from the hub (${CURL_HTTP[*]})" \
-  sh -c "ip netns exec $HUB ${CURL_HTTP[*]} | grep -q 'hello from the LAN host'"
-wait_for 10 "the L4 route answers from the hub (${CURL_L4[*]})" \
-  sh -c "ip netns exec $HUB ${CURL_L4[*]} | grep -q 'hello from the LAN host'"
-wait_for 10 "the management API answers from the hub (${CURL_API[*]})" \
-  sh -c "ip netns exec $HUB ${CURL_API[*]} | grep -q '\"ok\":true'"
+CURL_HTTP="curl -sS -m 5 -H 'Host: files.demo' http://10.8.0.2:8080/"
+CURL_L4="curl -sS -m 5 http://10.8.0.2:2222/"
+CURL_API="curl -sS -m 5 http://10.8.0.2:9876/api/health"
+from_hub_contains() { # command text: runs it in the hub, succeeds if its output has text
+  ip netns exec $HUB sh -c "$1" 2>/dev/null | grep -qF "$2"
+}
+wait_for 15 "the HTTP route answers from the hub ($CURL_HTTP)" \
+  from_hub_contains "$CURL_HTTP" "hello from the LAN host"
+wait_for 10 "the L4 route answers from the hub ($CURL_L4)" \
+  from_hub_contains "$CURL_L4" "hello from the LAN host"
+wait_for 10 "the management API answers from the hub ($CURL_API)" \
+  from_hub_contains "$CURL_API" '"ok":true'
 
 if $CHECK; then
   echo "demo.sh: OK: tunnel up (wireguard-go <-> gatelet-agent), config synced, heartbeats accepted,"
@@ -168,9 +171,9 @@ cat <<EOF
 gatelet demo is up. Try, in another terminal (as root):
 
   ip netns exec $HUB ping -c3 10.8.0.2                      # hub -> gateway through WireGuard
-  ip netns exec $HUB ${CURL_HTTP[*]}   # HTTP route files.demo -> LAN host
-  ip netns exec $HUB ${CURL_L4[*]}            # L4 route :2222 -> LAN host :8000
-  ip netns exec $HUB ${CURL_API[*]}   # management API (relayed to the companion)
+  ip netns exec $HUB $CURL_HTTP   # HTTP route
+  ip netns exec $HUB $CURL_L4              # L4 route :2222 -> LAN :8000
+  ip netns exec $HUB $CURL_API     # management API
   ip netns exec $HUB wg show glhub0                            # the hub sees the handshake
   ip netns exec $GW ${STATUS[*]}
   tail -f $RUN/gatecontrol.log                              # config checks and heartbeats
