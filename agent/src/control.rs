@@ -164,6 +164,9 @@ impl AgentState {
             status.http_proxy = r.http_proxy;
             status.api_relay = r.api_relay;
         }
+        if let Some(waker) = crate::wol::global() {
+            status.wakes = waker.recent();
+        }
         status
     }
 }
@@ -195,8 +198,11 @@ pub async fn answer(req: Request, state: &AgentState) -> Response {
                 message: NOT_IMPLEMENTED.to_owned(),
             },
         },
-        Request::Wake(_) => Response::Error {
-            message: NOT_IMPLEMENTED.to_owned(),
+        Request::Wake(w) => match crate::wol::global() {
+            Some(waker) => Response::Woke(waker.answer(&w).await),
+            None => Response::Error {
+                message: NOT_IMPLEMENTED.to_owned(),
+            },
         },
     }
 }

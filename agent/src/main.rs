@@ -95,6 +95,13 @@ fn start_routes(args: &Args, env: &GatewayEnv) -> RouteManager {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
+    gatelet_agent::wol::install(gatelet_agent::wol::Waker::system(
+        gatelet_agent::wol::ifaces::IfaceFilter {
+            tun_name: env.tun_name.clone(),
+            allow: env.wol_interfaces.clone(),
+            exclude: env.wol_exclude.clone(),
+        },
+    ));
     let mut settings = routes::Settings::new(env.tunnel_ip.into());
     settings.proxy_port = Some(env.proxy_port);
     settings.api_relay = Some((

@@ -222,21 +222,24 @@ pub fn reset(stream: TcpStream) {
 
 async fn connection(client: TcpStream, route: &TcpRoute) {
     let target = route.target.get();
-    let server = match connect(&target, route.config.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            route
-                .counters
-                .target_failures
-                .fetch_add(1, Ordering::Relaxed);
-            route
-                .counters
-                .set_error(format!("connect to {target}: {e}"));
-            tracing::debug!(%target, error = %e, "cannot reach the route's target");
-            reset(client);
-            return;
-        }
-    };
+    let first = connect(&target, route.config.connect_timeout).await;
+    // Wake-on-LAN: a route with `wol` holds the connection while its target wakes.
+    let server =
+        match crate::wol::connect_or_wake(first, &target, route.config.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                route
+                    .counters
+                    .target_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                route
+                    .counters
+                    .set_error(format!("connect to {target}: {e}"));
+                tracing::debug!(%target, error = %e, "cannot reach the route's target");
+                reset(client);
+                return;
+            }
+        };
     for s in [&client, &server] {
         let _ = s.set_nodelay(true);
         let _ = set_keepalive(s.as_raw_fd());

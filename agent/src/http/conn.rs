@@ -29,6 +29,10 @@ use crate::routes::HttpStats;
 /// How long a connection idle between requests keeps its buffers and backend connection (for
 /// the next request of a busy client) before it lets them go.
 const BUFFER_GRACE: Duration = Duration::from_millis(250);
+/// Longest wait for the client to close after the proxy closed its side.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most unread request bytes discarded while waiting for the client to close.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Most interim (1xx) responses relayed before the final one.
 const MAX_INTERIM_RESPONSES: usize = 8;
 
@@ -133,7 +137,12 @@ async fn serve_requests(
                 HttpStats::add(&shared.stats.requests, 1);
                 HttpStats::add(&shared.stats.errors, 1);
                 let page = render(err, false, true);
-                let _ = bounded(cfg.io_idle_timeout, client.write_all(&page)).await;
+                if bounded(cfg.io_idle_timeout, client.write_all(&page))
+                    .await
+                    .is_ok()
+                {
+                    linger_close(&mut client, cb).await;
+                }
                 tracing::info!(
                     target: "gatelet_agent::http::access",
                     status = err.status(),
@@ -164,8 +173,24 @@ async fn serve_requests(
         ))
         .await;
         if !keep || *shutdown.borrow() {
-            let _ = bounded(cfg.io_idle_timeout, client.shutdown()).await;
+            linger_close(&mut client, cb).await;
             return;
+        }
+    }
+}
+
+/// Ends a connection whose input may still hold unread request bytes: closing a socket with
+/// unread input sends a reset, which can destroy the answer before the client reads it. So the
+/// write side is shut down first and the input drained for a bounded time and amount.
+async fn linger_close(client: &mut TcpStream, buf: &mut IoBuf) {
+    let _ = bounded(LINGER_TIME, client.shutdown()).await;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0usize;
+    while drained < LINGER_MAX_BYTES {
+        buf.consume(buf.len());
+        match tokio::time::timeout_at(deadline, buf.fill_from(client)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
         }
     }
 }
@@ -285,12 +310,44 @@ async fn handle(
             None => match connect(shared, &key).await {
                 Ok(b) => b,
                 Err(err) => {
-                    result = Some(Exchange::Failed {
-                        err,
-                        retryable: false,
-                        client_in_sync: req.body == BodyKind::None,
-                    });
-                    break;
+                    // Wake-on-LAN: a silent or refusing backend of a route with `wol` is woken;
+                    // the request waits for it (a browser gets the "waking up" page instead).
+                    let hold = match (&route.wol, crate::wol::global(), err) {
+                        (
+                            Some(wol),
+                            Some(waker),
+                            ProxyError::Unreachable | ProxyError::ConnectTimeout,
+                        ) => {
+                            let wait = if req.wants_html {
+                                crate::wol::BROWSER_WAIT
+                            } else {
+                                crate::wol::HOLD_TIMEOUT
+                            };
+                            let (host, port) = (&key.target.host, key.target.port);
+                            waker.hold_wol(wol, host, port, "http", wait).await
+                        }
+                        _ => crate::wol::Hold::NotWol,
+                    };
+                    let retry = match hold {
+                        crate::wol::Hold::Up => connect(shared, &key).await.ok(),
+                        crate::wol::Hold::StillWaking if req.wants_html => {
+                            let page = crate::wol::waking_page(&route.domain);
+                            let _ = bounded(cfg.io_idle_timeout, client.write_all(&page)).await;
+                            log(req, 503, 0, started, Some(route.id), Some(&key));
+                            return false;
+                        }
+                        _ => None,
+                    };
+                    if let Some(b) = retry {
+                        b
+                    } else {
+                        result = Some(Exchange::Failed {
+                            err,
+                            retryable: false,
+                            client_in_sync: req.body == BodyKind::None,
+                        });
+                        break;
+                    }
                 }
             },
         };

@@ -450,6 +450,9 @@ impl RouteManager {
     }
 
     fn apply_inner(&self, config: AgentConfig, save: bool) {
+        if let Some(waker) = crate::wol::global() {
+            waker.set_routes(&config);
+        }
         let inner = &self.inner;
         let s = &inner.settings;
         let mut st = locked(&inner.state);

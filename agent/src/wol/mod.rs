@@ -428,6 +428,18 @@ impl Waker {
         let Some(wol) = self.wol_for(host, port) else {
             return Hold::NotWol;
         };
+        self.hold_wol(&wol, host, port, trigger, max_wait).await
+    }
+
+    /// Wakes `wol` (probing `host:port` for up to [`HOLD_TIMEOUT`]) and waits up to `max_wait`.
+    pub async fn hold_wol(
+        &self,
+        wol: &WolTarget,
+        host: &str,
+        port: u16,
+        trigger: &str,
+        max_wait: Duration,
+    ) -> Hold {
         let Ok(mac) = packet::parse_mac(&wol.mac) else {
             tracing::warn!(mac = %wol.mac, "route has an invalid Wake-on-LAN MAC; not waking");
             return Hold::NotWol;
