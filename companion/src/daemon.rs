@@ -166,13 +166,14 @@ pub fn run(args: RunArgs) -> ExitCode {
     let mut threads = Vec::new();
 
     threads.extend(spawn("agent", {
-        let (link, shared, wake, stop) = (
+        let (link, shared, wake, stop, store) = (
             link.clone(),
             shared.clone(),
             agent_wake.clone(),
             shutdown.clone(),
+            store.clone(),
         );
-        move || Supervisor::default().run(link, shared, wake, &stop)
+        move || Supervisor::with_store(store).run(link, shared, wake, &stop)
     }));
 
     let ports = ReservedPorts::from_env(&env);

@@ -6,13 +6,16 @@
 //! has restarted (its uptime went backwards) or when it has just become reachable again.
 //! Calls are bounded by [`CALL_TIMEOUT`], so a stuck agent never stalls the companion.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatelet_agent_api::control::{AgentConfig, AgentStatus, Request, Response};
+use gatelet_agent_api::control::{AgentConfig, AgentStatus, Request, Response, WakeResult};
 
 use crate::agent_link::AgentLink;
-use crate::state::Shared;
+use crate::state::{now_ms, Shared};
+use crate::store::{event_kind, Store};
 use crate::sync::PushSignal;
 
 /// How often the agent's status is refreshed.
@@ -20,15 +23,106 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest wait for one control-socket answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Wakes remembered as already recorded (the agent keeps its last 32).
+pub const SEEN_WAKES: usize = 64;
+
+/// Which of the agent's wakes (`AgentStatus::wakes`) were recorded as events already.
+#[derive(Debug, Default)]
+pub struct WakeLog {
+    /// Wakes that started before this (ms since the epoch) happened before the companion ran.
+    since_ms: u64,
+    seen: VecDeque<(u64, String, String)>,
+}
+
+impl WakeLog {
+    /// A log that ignores wakes started before `since_ms`.
+    pub fn new(since_ms: u64) -> Self {
+        WakeLog {
+            since_ms,
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// The wakes of `wakes` not seen before, remembered from now on.
+    pub fn fresh<'a>(&mut self, wakes: &'a [WakeResult]) -> Vec<&'a WakeResult> {
+        let mut out = Vec::new();
+        for w in wakes.iter().filter(|w| w.at_ms >= self.since_ms) {
+            let key = (w.at_ms, w.mac.clone(), w.trigger.clone());
+            if self.seen.contains(&key) {
+                continue;
+            }
+            if self.seen.len() >= SEEN_WAKES {
+                self.seen.pop_front();
+            }
+            self.seen.push_back(key);
+            out.push(w);
+        }
+        out
+    }
+}
+
+/// The event text of one wake: MAC, trigger, result, time to up, interfaces.
+pub fn wake_detail(w: &WakeResult) -> String {
+    let mut ifaces: Vec<&str> = w.sent_on.iter().map(|s| s.iface.as_str()).collect();
+    ifaces.dedup();
+    let outcome = if w.success {
+        format!("up after {} ms", w.elapsed_ms)
+    } else {
+        format!(
+            "failed ({}) after {} ms",
+            w.reason.as_deref().unwrap_or("timeout"),
+            w.elapsed_ms
+        )
+    };
+    format!(
+        "wake {} by {}: {outcome}; sent on {}",
+        w.mac,
+        if w.trigger.is_empty() {
+            "-"
+        } else {
+            &w.trigger
+        },
+        if ifaces.is_empty() {
+            "no interface".to_owned()
+        } else {
+            ifaces.join(",")
+        }
+    )
+}
+
 /// The supervisor's memory between turns.
 #[derive(Debug, Default)]
 pub struct Supervisor {
     last_uptime: Option<u64>,
     pushed: Option<AgentConfig>,
     warned_apply: bool,
+    store: Option<Arc<Mutex<Store>>>,
+    wakes: WakeLog,
 }
 
 impl Supervisor {
+    /// A supervisor recording the agent's wakes (every trigger, `/api/wol` included) as
+    /// [`event_kind::WAKE`] events in `store`.
+    pub fn with_store(store: Option<Arc<Mutex<Store>>>) -> Self {
+        Supervisor {
+            store,
+            wakes: WakeLog::new(now_ms()),
+            ..Supervisor::default()
+        }
+    }
+
+    fn record_wakes(&mut self, status: &AgentStatus) {
+        let Some(store) = &self.store else { return };
+        for w in self.wakes.fresh(&status.wakes) {
+            let detail = wake_detail(w);
+            tracing::info!("{detail}");
+            let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = st.add_event(event_kind::WAKE, &detail) {
+                tracing::warn!(error = %e, "cannot record a wake event");
+            }
+        }
+    }
+
     /// Whether `desired_hash` must be pushed to an agent reporting `status`.
     fn needs_push(&self, status: &AgentStatus, desired: &AgentConfig) -> bool {
         let restarted = self.last_uptime.is_some_and(|u| status.uptime_s < u);
@@ -68,6 +162,7 @@ impl Supervisor {
             }
         }
         self.last_uptime = Some(status.uptime_s);
+        self.record_wakes(&status);
         let mut s = shared.lock();
         s.agent = Some(status);
         s.agent_reachable = true;
@@ -123,6 +218,32 @@ mod tests {
             }],
             l4_routes: vec![],
         }
+    }
+
+    fn woke(at_ms: u64, trigger: &str) -> WakeResult {
+        WakeResult {
+            mac: "02:00:00:00:00:07".into(),
+            trigger: trigger.into(),
+            success: true,
+            elapsed_ms: 4200,
+            reason: None,
+            sent_on: vec![],
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn each_wake_is_recorded_once_and_older_ones_never() {
+        let mut log = WakeLog::new(1_000);
+        let first = vec![woke(500, "api"), woke(1_500, "http")];
+        assert_eq!(log.fresh(&first), vec![&first[1]], "before start: not ours");
+        assert!(log.fresh(&first).is_empty(), "seen already");
+        let second = vec![woke(1_500, "http"), woke(1_600, "api"), woke(1_600, "l4")];
+        assert_eq!(log.fresh(&second), vec![&second[1], &second[2]]);
+        assert_eq!(
+            wake_detail(&second[1]),
+            "wake 02:00:00:00:00:07 by api: up after 4200 ms; sent on no interface"
+        );
     }
 
     #[test]
