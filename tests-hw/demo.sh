@@ -108,6 +108,13 @@ EOF
 bg_in_ns $HUB "$RUN/gatecontrol.log" "$BIN/examples/fake-gatecontrol" \
   --listen 10.8.0.1:3000 --config "$RUN/config.json"
 
+# The LAN host (before the gateway, so the agent's first reachability probe finds it up).
+mkdir -p "$RUN/www" && echo "hello from the LAN host behind gatelet" > "$RUN/www/index.html"
+bg_in_ns $LAN "$RUN/http.log" python3 -m http.server 8000 --bind 192.168.77.10 --directory "$RUN/www"
+for _ in $(seq 100); do
+  in_ns $LAN curl -sf -o /dev/null -m 1 http://192.168.77.10:8000/ && break; sleep 0.1
+done
+
 # The gateway: gateway.env as the server hands it out, with this demo's keys.
 sed -e "s#^WG_PRIVATE_KEY=.*#WG_PRIVATE_KEY=$(cat "$RUN/gw.key")#" \
     -e "s#^WG_PUBLIC_KEY=.*#WG_PUBLIC_KEY=$(cat "$RUN/gw.pub")#" \
@@ -123,9 +130,6 @@ bg_in_ns $GW "$RUN/companion.log" "$BIN/gatelet-companion" --env "$RUN/gateway.e
   --state-dir "$RUN/companion-state" --control-socket "$RUN/agent.sock" \
   --status-socket "$RUN/companion.sock"
 
-# The LAN host.
-mkdir -p "$RUN/www" && echo "hello from the LAN host behind gatelet" > "$RUN/www/index.html"
-bg_in_ns $LAN "$RUN/http.log" python3 -m http.server 8000 --bind 192.168.77.10 --directory "$RUN/www"
 
 STATUS=("$BIN/gatelet-companion" status --status-socket "$RUN/companion.sock" \
   --control-socket "$RUN/agent.sock" --state-dir "$RUN/companion-state")
