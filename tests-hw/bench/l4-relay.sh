@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# L4 TCP relay throughput on loopback (no tunnel): iperf3 for SECONDS (default 10) direct, through
-# socat, through HAProxy (mode tcp) and through the agent's relay (agent/examples/l4_relay.rs, the
+# L4 TCP relay throughput on loopback (no tunnel): iperf3 for DURATION seconds (default 10)
+# direct, through socat, through HAProxy (mode tcp) and through the agent's relay (agent/examples/l4_relay.rs, the
 # same forward::tcp code the agent runs, on a current-thread runtime), with copy and with splice,
 # in one run. Prints Gbit/s, the ratio of each to HAProxy and the relay's CPU use.
-# BUFFER=bytes sets the agent's copy buffer (default: forward::tcp::DEFAULT_BUFFER_BYTES). Target (issue 4): agent >= 1.3x HAProxy.
+# BUFFER=bytes sets the agent's initial copy buffer (default: forward::tcp::DEFAULT_BUFFER_BYTES).
+# Target (issue 4): agent >= 1.3x HAProxy.
 # Run by hand or from tests-hw/bench/run; not a timed test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SECONDS_RUN=${SECONDS:-10}
-SECONDS_RUN=${DURATION:-$SECONDS_RUN}
+SECONDS_RUN=${DURATION:-10}
 PROFILE=${PROFILE:-bench-release}
 
 cargo build -q --profile "$PROFILE" -p gatelet-agent --example l4_relay
