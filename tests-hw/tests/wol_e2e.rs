@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use gatelet_agent_api::control::{Request, Response, WakeRequest};
 use gatelet_tests_hw::{
     control_request, document_hash, fixture_gc_lines, fixture_port, fixture_value, http_request,
-    product_binary, require_root, Deployment, GatewayRole, HarnessError, Lan, Netns, Result,
-    Testbed, TestbedOptions, VethPair, GW_LAN_SIDE_IP, GW_TUNNEL_IP, HANDSHAKE_TIMEOUT,
+    product_binary, require_root, wait_until, Deployment, GatewayRole, HarnessError, Lan, Netns,
+    Result, Testbed, TestbedOptions, VethPair, GW_LAN_SIDE_IP, GW_TUNNEL_IP, HANDSHAKE_TIMEOUT,
     LAN_SUBNET_PREFIX, NETNS_RUN,
 };
 
@@ -52,7 +52,17 @@ const MAC_API: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x22];
 const IP_HTTP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 20);
 const IP_L4: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 21);
 const IP_API: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 22);
+const MAC_SLOW: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x23];
+const IP_SLOW: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 23);
 const WOL_DOMAIN: &str = "nas.wol.test";
+/// A host that boots longer than a browser is held ([`BROWSER_HOLD`]).
+const SLOW_DOMAIN: &str = "slow.wol.test";
+/// Boot time of the sleeping hosts after their magic packet.
+const BOOT: Duration = Duration::from_secs(2);
+/// Boot time of the slow host.
+const SLOW_BOOT: Duration = Duration::from_secs(14);
+/// How long the agent holds a browser before the "waking up" page (agent's `BROWSER_WAIT`).
+const BROWSER_HOLD: Duration = Duration::from_secs(10);
 const L4_PORT: u16 = 7101;
 const L4_API_PORT: u16 = 7102;
 
@@ -141,7 +151,14 @@ struct Sleeper {
 }
 
 impl Sleeper {
-    fn start(ns: &Netns, ifname: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<Sleeper> {
+    /// Starts the host; after its magic packet it takes `boot` to come up.
+    fn start(
+        ns: &Netns,
+        ifname: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        boot: Duration,
+    ) -> Result<Sleeper> {
         let stop = Arc::new(AtomicBool::new(false));
         let woke_at = Arc::new(Mutex::new(None));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -172,6 +189,10 @@ impl Sleeper {
                     *woke.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                     break;
                 }
+            }
+            let booted = Instant::now() + boot;
+            while Instant::now() < booted && !flag.load(Ordering::Relaxed) {
+                thread::sleep(HELPER_POLL);
             }
             if flag.load(Ordering::Relaxed) {
                 return;
@@ -243,6 +264,22 @@ fn serve_awake(mut conn: TcpStream) {
         )
         .as_bytes(),
     );
+}
+
+/// Calls `f` until it gives `Some`, for at most `timeout`.
+fn wait_until_ok<T>(timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            return Err(HarnessError::Parse {
+                what: "wait".into(),
+                detail: format!("nothing within {timeout:?}"),
+            });
+        }
+    }
 }
 
 /// Agent options: the fixture's `GC_*` lines and magic packets on the LAN veth only.
@@ -382,12 +419,15 @@ fn wol_document() -> serde_json::Value {
         serde_json::json!({"id": id, "listen_port": port, "target_lan_host": ip.to_string(),
             "target_lan_port": SLEEPER_PORT, "wol_enabled": true, "wol_mac": mac_text(mac)})
     };
+    let http = |id: u64, domain: &str, ip: Ipv4Addr, mac: [u8; 6]| {
+        serde_json::json!({"id": id, "domain": domain, "target_kind": "gateway",
+            "target_lan_host": ip.to_string(), "target_lan_port": SLEEPER_PORT,
+            "protocol": "http", "wol_enabled": true, "wol_mac": mac_text(mac)})
+    };
     serde_json::json!({
         "config_hash_version": 2,
         "peer_id": 1,
-        "routes": [{"id": 1, "domain": WOL_DOMAIN, "target_kind": "gateway",
-            "target_lan_host": IP_HTTP.to_string(), "target_lan_port": SLEEPER_PORT,
-            "protocol": "http", "wol_enabled": true, "wol_mac": mac_text(MAC_HTTP)}],
+        "routes": [http(1, WOL_DOMAIN, IP_HTTP, MAC_HTTP), http(4, SLOW_DOMAIN, IP_SLOW, MAC_SLOW)],
         "l4_routes": [route(2, L4_PORT, IP_L4, MAC_L4), route(3, L4_API_PORT, IP_API, MAC_API)],
         "egress_routes": [],
         "config_hash": format!("sha256:{:032x}{:032x}", std::process::id(), 0x3011u32),
@@ -404,9 +444,10 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     testbed.wait_handshake(None, HANDSHAKE_TIMEOUT)?;
     let ifname = lan.veth.ifname_in(&lan.ns).to_owned();
     let sleepers = [
-        Sleeper::start(&lan.ns, &ifname, IP_HTTP, MAC_HTTP)?,
-        Sleeper::start(&lan.ns, &ifname, IP_L4, MAC_L4)?,
-        Sleeper::start(&lan.ns, &ifname, IP_API, MAC_API)?,
+        Sleeper::start(&lan.ns, &ifname, IP_HTTP, MAC_HTTP, BOOT)?,
+        Sleeper::start(&lan.ns, &ifname, IP_L4, MAC_L4, BOOT)?,
+        Sleeper::start(&lan.ns, &ifname, IP_API, MAC_API, BOOT)?,
+        Sleeper::start(&lan.ns, &ifname, IP_SLOW, MAC_SLOW, SLOW_BOOT)?,
     ];
     let mut d = Deployment {
         companion: None,
@@ -489,8 +530,8 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     assert_eq!(v["success"], true, "{v}");
     let elapsed = v["elapsed_ms"].as_u64().unwrap_or(0);
     assert!(
-        elapsed > 0 && elapsed <= t.elapsed().as_millis() as u64,
-        "a real elapsed_ms: {v}"
+        elapsed >= BOOT.as_millis() as u64 && elapsed <= t.elapsed().as_millis() as u64,
+        "elapsed_ms covers the host's boot: {v}"
     );
     assert_eq!(v["sent_on"][0]["iface"], GW_LAN_IFACE, "{v}");
     assert!(sleepers[2].woke_at().is_some());
@@ -519,12 +560,77 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("invalid_mac"), "{}", r.body);
 
+    // 5. A browser waiting for a slow host gets the self-reloading page, then the host.
+    let browser = [("Host", SLOW_DOMAIN), ("Accept", "text/html,*/*")];
+    let t = Instant::now();
+    let r = http_request(hub, proxy, "GET", "/", &browser, None, WAKE_IO_TIMEOUT)?;
+    let waited = t.elapsed();
+    assert_eq!(
+        r.status,
+        503,
+        "{}
+{}",
+        r.head,
+        d.logs()
+    );
+    assert!(r.body.contains("http-equiv=\"refresh\""), "{}", r.body);
+    assert!(waited >= BROWSER_HOLD, "held {waited:?} first");
+    println!("browser: waking page after {} ms", waited.as_millis());
+    let page = wait_until_ok(Duration::from_secs(30), || {
+        thread::sleep(Duration::from_secs(5)); // the page's meta refresh
+        http_request(hub, proxy, "GET", "/", &browser, None, WAKE_IO_TIMEOUT)
+            .map(|r| (r.status == 200).then_some(r))
+    })?;
+    assert_eq!(page.body, AWAKE_BODY);
+    println!("browser: 200 after {} ms", t.elapsed().as_millis());
+
     // Every wake is in the agent's status, with its trigger.
     let status = d.agent_status()?;
     let mut triggers: Vec<&str> = status.wakes.iter().map(|w| w.trigger.as_str()).collect();
     triggers.sort_unstable();
-    assert_eq!(triggers, ["api", "http", "l4"], "{:?}", status.wakes);
+    assert_eq!(
+        triggers,
+        ["api", "http", "http", "l4"],
+        "{:?}",
+        status.wakes
+    );
     assert!(status.wakes.iter().all(|w| w.success), "{:?}", status.wakes);
+
+    // ... and recorded once each as a wake event by the companion.
+    let companion = d.companion.as_ref().ok_or_else(|| HarnessError::Parse {
+        what: "companion".into(),
+        detail: "not running".into(),
+    })?;
+    let wake_events = |v: &serde_json::Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["kind"] == "wake")
+                    .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let events = wait_until(
+        "the companion to record four wake events",
+        Duration::from_secs(15),
+        || {
+            let v = companion.status_json(&d.testbed.gw_ns)?;
+            let e = wake_events(&v);
+            Ok::<_, HarnessError>((e.len() >= 4).then_some(e))
+        },
+    )?;
+    assert_eq!(events.len(), 4, "{events:?}");
+    for mac in [MAC_HTTP, MAC_L4, MAC_API, MAC_SLOW] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains(&mac_text(mac)) && e.contains("up after")),
+            "{events:?}"
+        );
+    }
+    println!("companion events: {events:?}");
     drop(sleepers);
     Ok(())
 }
