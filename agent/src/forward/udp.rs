@@ -64,6 +64,8 @@ struct Session {
     lan: UdpSocket,
     /// Milliseconds since the relay's start at the last datagram either way.
     last: AtomicU64,
+    /// Wake-on-LAN: holds the session's first datagrams while its target wakes.
+    wol: Option<Arc<crate::wol::UdpGate>>,
 }
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
@@ -137,10 +139,21 @@ async fn datagram(
             }
             match open_session(route).await {
                 Ok(lan) => {
+                    let target = route.target.get();
+                    let gate = crate::wol::UdpGate::for_target(&target);
                     let s = Arc::new(Session {
                         lan,
                         last: AtomicU64::new(millis_since(base)),
+                        wol: gate.as_ref().map(|(g, _)| g.clone()),
                     });
+                    if let Some((gate, wol)) = gate {
+                        let s = s.clone();
+                        tokio::spawn(async move {
+                            for d in gate.open_when_up(&target, &wol).await {
+                                let _ = s.lan.send(&d).await;
+                            }
+                        });
+                    }
                     lock(sessions).insert(peer, s.clone());
                     route.counters.udp_sessions.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(session_task(
@@ -166,6 +179,9 @@ async fn datagram(
         }
     };
     session.last.store(millis_since(base), Ordering::Relaxed);
+    if session.wol.as_ref().is_some_and(|g| g.hold(data)) {
+        return;
+    }
     match session.lan.send(data).await {
         Ok(n) => route.counters.add_bytes(n),
         Err(e) => route

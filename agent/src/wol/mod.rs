@@ -52,8 +52,19 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub trait Transport: Send + Sync + 'static {
     /// Sends `packet` on the LAN interfaces; one report per interface and destination.
     fn send(&self, packet: Vec<u8>) -> BoxFuture<Vec<SentOn>>;
-    /// True when `host:port` accepts a TCP connection within `timeout`.
-    fn probe(&self, host: String, port: u16, timeout: Duration) -> BoxFuture<bool>;
+    /// What a TCP connection to `host:port` meets within `timeout`.
+    fn probe(&self, host: String, port: u16, timeout: Duration) -> BoxFuture<Probe>;
+}
+
+/// What a probe of a waking host met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The port accepted the connection.
+    Open,
+    /// The host answered with a reset: it is up, the TCP port is closed (UDP services).
+    Refused,
+    /// No answer (timeout, unreachable).
+    Silent,
 }
 
 /// Real packets on the interfaces `filter` selects (to [`send::WOL_PORT`]), real TCP probes.
@@ -82,12 +93,13 @@ impl Transport for SystemTransport {
         })
     }
 
-    fn probe(&self, host: String, port: u16, timeout: Duration) -> BoxFuture<bool> {
+    fn probe(&self, host: String, port: u16, timeout: Duration) -> BoxFuture<Probe> {
         Box::pin(async move {
-            matches!(
-                tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await,
-                Ok(Ok(_))
-            )
+            match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
+                Ok(Ok(_)) => Probe::Open,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
+                _ => Probe::Silent,
+            }
         })
     }
 }
@@ -101,6 +113,9 @@ pub struct WakeSpec {
     pub secureon: Option<Vec<u8>>,
     /// Host and port to probe until they answer; None: success once the packets are sent.
     pub probe: Option<(String, u16)>,
+    /// A refused probe counts as up (the host answers; for UDP services without that TCP
+    /// port).
+    pub refused_is_up: bool,
     /// Longest wait (capped at [`MAX_WAKE_TIMEOUT`]).
     pub timeout: Duration,
     /// What asked for it (`api`, `http`, `l4`).
@@ -347,7 +362,12 @@ impl Waker {
                 break;
             }
             let budget = PROBE_CONNECT_TIMEOUT.min(deadline - now);
-            if self.0.transport.probe(host.clone(), port, budget).await {
+            let up = match self.0.transport.probe(host.clone(), port, budget).await {
+                Probe::Open => true,
+                Probe::Refused => spec.refused_is_up,
+                Probe::Silent => false,
+            };
+            if up {
                 result.success = true;
                 result.elapsed_ms = millis(start.elapsed());
                 return result;
@@ -416,6 +436,7 @@ impl Waker {
             mac,
             secureon,
             probe,
+            refused_is_up: false,
             timeout,
             trigger,
         })
@@ -440,6 +461,19 @@ impl Waker {
         trigger: &str,
         max_wait: Duration,
     ) -> Hold {
+        self.hold_spec(wol, host, port, trigger, max_wait, false)
+            .await
+    }
+
+    async fn hold_spec(
+        &self,
+        wol: &WolTarget,
+        host: &str,
+        port: u16,
+        trigger: &str,
+        max_wait: Duration,
+        refused_is_up: bool,
+    ) -> Hold {
         let Ok(mac) = packet::parse_mac(&wol.mac) else {
             tracing::warn!(mac = %wol.mac, "route has an invalid Wake-on-LAN MAC; not waking");
             return Hold::NotWol;
@@ -452,6 +486,7 @@ impl Waker {
             mac,
             secureon,
             probe: Some((host.to_owned(), port)),
+            refused_is_up,
             timeout: HOLD_TIMEOUT,
             trigger: trigger.to_owned(),
         });
@@ -490,6 +525,77 @@ pub async fn connect_or_wake(
                 HOLD_TIMEOUT.as_secs()
             ),
         )),
+    }
+}
+
+/// Bytes of UDP a session buffers while its target wakes; later datagrams are dropped.
+pub const UDP_HOLD_BYTES: usize = 64 * 1024;
+
+#[derive(Debug)]
+enum GateState {
+    Holding { queued: Vec<Vec<u8>>, bytes: usize },
+    Open,
+}
+
+/// The UDP side of an L4 route with `wol`: a new session's datagrams are held (up to
+/// [`UDP_HOLD_BYTES`]) until its target answers, waking it when it does not.
+#[derive(Debug)]
+pub struct UdpGate(Mutex<GateState>);
+
+impl UdpGate {
+    /// A closed gate and the target's `wol`, when a route pointing at `target` has one (and a
+    /// waker is installed); None otherwise.
+    pub fn for_target(target: &crate::forward::Target) -> Option<(Arc<UdpGate>, WolTarget)> {
+        let wol = global()?.wol_for(&target.host, target.port)?;
+        let gate = UdpGate(Mutex::new(GateState::Holding {
+            queued: Vec::new(),
+            bytes: 0,
+        }));
+        Some((Arc::new(gate), wol))
+    }
+
+    /// True when `data` must not be sent now: it was queued (or dropped, the queue being
+    /// full) while the gate is closed.
+    pub fn hold(&self, data: &[u8]) -> bool {
+        match &mut *lock(&self.0) {
+            GateState::Open => false,
+            GateState::Holding { queued, bytes } => {
+                if *bytes + data.len() <= UDP_HOLD_BYTES {
+                    *bytes += data.len();
+                    queued.push(data.to_vec());
+                }
+                true
+            }
+        }
+    }
+
+    /// Checks the target (a TCP probe; a reset counts as up), wakes it if silent and waits up
+    /// to [`HOLD_TIMEOUT`]; then opens the gate and returns the held datagrams, in order.
+    pub async fn open_when_up(
+        &self,
+        target: &crate::forward::Target,
+        wol: &WolTarget,
+    ) -> Vec<Vec<u8>> {
+        let up = match global() {
+            None => true,
+            Some(w) => {
+                let probe =
+                    w.0.transport
+                        .probe(target.host.clone(), target.port, PROBE_CONNECT_TIMEOUT)
+                        .await;
+                probe != Probe::Silent
+                    || w.hold_spec(wol, &target.host, target.port, "l4", HOLD_TIMEOUT, true)
+                        .await
+                        == Hold::Up
+            }
+        };
+        if !up {
+            tracing::debug!(%target, "UDP target did not wake; sending the held datagrams anyway");
+        }
+        match std::mem::replace(&mut *lock(&self.0), GateState::Open) {
+            GateState::Holding { queued, .. } => queued,
+            GateState::Open => Vec::new(),
+        }
     }
 }
 

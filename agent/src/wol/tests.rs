@@ -32,16 +32,21 @@ impl Transport for Fake {
         })
     }
 
-    fn probe(&self, _host: String, _port: u16, timeout: Duration) -> BoxFuture<bool> {
+    fn probe(&self, _host: String, port: u16, timeout: Duration) -> BoxFuture<Probe> {
         self.probes.fetch_add(1, Ordering::SeqCst);
         let up_at = self.up_at;
         Box::pin(async move {
             if Instant::now() >= up_at {
-                return true;
+                // Port 53 stands for a UDP-only service: the awake host resets TCP.
+                return if port == 53 {
+                    Probe::Refused
+                } else {
+                    Probe::Open
+                };
             }
             // A sleeping host does not answer: the connect runs into its timeout.
             tokio::time::sleep(timeout).await;
-            false
+            Probe::Silent
         })
     }
 }
@@ -72,6 +77,7 @@ fn spec(timeout_s: u64, trigger: &str) -> WakeSpec {
         mac: MAC,
         secureon: None,
         probe: Some(("192.168.1.7".into(), 80)),
+        refused_is_up: false,
         timeout: Duration::from_secs(timeout_s),
         trigger: trigger.into(),
     }
@@ -201,6 +207,18 @@ async fn hold_answers_still_waking_to_a_short_wait_and_the_wake_goes_on() {
     assert_eq!(w.recent().len(), 1, "one wake for both requests");
 }
 
+#[tokio::test(start_paused = true)]
+async fn refused_probe_counts_as_up_only_when_asked() {
+    let (w, _c) = waker(Duration::from_secs(2));
+    let mut s = spec(6, "l4");
+    s.probe = Some(("192.168.1.7".into(), 53));
+    let strict = w.wake(s.clone()).await;
+    assert_eq!(strict.reason.as_deref(), Some("timeout"), "{strict:?}");
+    s.refused_is_up = true;
+    let lenient = w.wake(s).await;
+    assert!(lenient.success, "{lenient:?}");
+}
+
 #[test]
 fn waking_page_reloads_itself_and_closes() {
     let p = String::from_utf8(waking_page("nas<script>")).unwrap();
@@ -210,4 +228,28 @@ fn waking_page_reloads_itself_and_closes() {
     assert!(!p.contains("<script>"));
     let (head, body) = p.split_once("\r\n\r\n").unwrap();
     assert!(head.contains(&format!("Content-Length: {}", body.len())));
+}
+
+#[tokio::test]
+async fn udp_gate_holds_up_to_its_limit_then_releases_in_order() {
+    let gate = UdpGate(Mutex::new(GateState::Holding {
+        queued: Vec::new(),
+        bytes: 0,
+    }));
+    let big = vec![7u8; 40 * 1024];
+    assert!(gate.hold(b"first"));
+    assert!(gate.hold(&big));
+    assert!(gate.hold(&big), "over the limit: dropped, still not sent");
+    assert!(gate.hold(b"last"));
+    let target = crate::forward::Target {
+        host: "127.0.0.1".into(),
+        port: 9,
+    };
+    let wol = WolTarget {
+        mac: "02:00:00:00:00:07".into(),
+        secureon: None,
+    };
+    let released = gate.open_when_up(&target, &wol).await;
+    assert_eq!(released, vec![b"first".to_vec(), big, b"last".to_vec()]);
+    assert!(!gate.hold(b"after"), "an open gate lets datagrams through");
 }
