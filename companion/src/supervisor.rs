@@ -135,7 +135,7 @@ impl Supervisor {
 
     /// One turn: refresh status and push if needed.
     pub fn step(&mut self, link: &AgentLink, shared: &Shared) {
-        let status = match link.request(&Request::Status, CALL_TIMEOUT) {
+        let mut status = match link.request(&Request::Status, CALL_TIMEOUT) {
             Ok(Response::Status(s)) => *s,
             Ok(other) => return self.unreachable(shared, format!("unexpected answer {other:?}")),
             Err(e) => return self.unreachable(shared, e.to_string()),
@@ -148,9 +148,12 @@ impl Supervisor {
                     config: config.clone(),
                 };
                 match link.request(&request, CALL_TIMEOUT) {
-                    Ok(Response::Applied { .. }) => {
+                    Ok(Response::Applied { routes, .. }) => {
                         tracing::info!(hash = ?hash, "config pushed to the agent");
                         self.pushed = Some(config);
+                        // Report what the agent runs now, not what it ran before the push.
+                        status.config_hash = hash;
+                        status.routes = routes;
                     }
                     Ok(Response::Error { message }) if !self.warned_apply => {
                         tracing::warn!(%message, "the agent did not take the config");

@@ -88,10 +88,12 @@ pub(super) async fn run(inner: Weak<Inner>, wake: Arc<Notify>) {
         if restart {
             continue;
         }
+        // The gaps before already-probed targets spread them over the interval; only what is
+        // left of it remains (all of it after a round of new targets or no targets at all).
         let rest = interval.saturating_sub(round.elapsed());
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(rest.max(gap)) => {}
+            _ = tokio::time::sleep(rest) => {}
         }
     }
 }
