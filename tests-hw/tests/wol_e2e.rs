@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use gatelet_agent_api::control::{Request, Response, WakeRequest};
 use gatelet_tests_hw::{
     control_request, document_hash, fixture_gc_lines, fixture_port, fixture_value, http_request,
-    product_binary, require_root, wait_until, Deployment, GatewayRole, HarnessError, Lan, Netns,
-    Result, Testbed, TestbedOptions, VethPair, GW_LAN_SIDE_IP, GW_TUNNEL_IP, HANDSHAKE_TIMEOUT,
-    LAN_SUBNET_PREFIX, NETNS_RUN,
+    product_binary, require_root, udp_socket, wait_until, Deployment, GatewayRole, HarnessError,
+    Lan, Netns, Result, Testbed, TestbedOptions, VethPair, GW_LAN_SIDE_IP, GW_TUNNEL_IP,
+    HANDSHAKE_TIMEOUT, LAN_SUBNET_PREFIX, NETNS_RUN,
 };
 
 /// The gateway's end of the LAN veth (`VethPair` names it after the other namespace's role).
@@ -54,6 +54,9 @@ const IP_L4: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 21);
 const IP_API: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 22);
 const MAC_SLOW: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x23];
 const IP_SLOW: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 23);
+const MAC_UDP: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x24];
+const IP_UDP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 24);
+const L4_UDP_PORT: u16 = 7103;
 const WOL_DOMAIN: &str = "nas.wol.test";
 /// A host that boots longer than a browser is held ([`BROWSER_HOLD`]).
 const SLOW_DOMAIN: &str = "slow.wol.test";
@@ -151,13 +154,14 @@ struct Sleeper {
 }
 
 impl Sleeper {
-    /// Starts the host; after its magic packet it takes `boot` to come up.
+    /// Starts the host; after its magic packet it takes `boot` to come up with `service`.
     fn start(
         ns: &Netns,
         ifname: &str,
         ip: Ipv4Addr,
         mac: [u8; 6],
         boot: Duration,
+        service: Service,
     ) -> Result<Sleeper> {
         let stop = Arc::new(AtomicBool::new(false));
         let woke_at = Arc::new(Mutex::new(None));
@@ -201,6 +205,10 @@ impl Sleeper {
             let _ = Command::new("ip")
                 .args(["-n", &ns_name, "addr", "add", &cidr, "dev", &ifname])
                 .status();
+            if service == Service::UdpEcho {
+                udp_echo(ip, &flag);
+                return;
+            }
             let Ok(listener) = TcpListener::bind((ip, SLEEPER_PORT)) else {
                 return;
             };
@@ -241,6 +249,31 @@ impl Drop for Sleeper {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// What a woken host serves on [`SLEEPER_PORT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// HTTP (any request gets 200 [`AWAKE_BODY`]); also used for L4 TCP.
+    Http,
+    /// A UDP echo only: TCP connections to the host are refused (reset).
+    UdpEcho,
+}
+
+/// Echoes UDP datagrams on `ip`:[`SLEEPER_PORT`] until `stop`.
+fn udp_echo(ip: Ipv4Addr, stop: &AtomicBool) {
+    let Ok(sock) = UdpSocket::bind((ip, SLEEPER_PORT)) else {
+        return;
+    };
+    if sock.set_read_timeout(Some(HELPER_POLL)).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
         }
     }
 }
@@ -428,7 +461,11 @@ fn wol_document() -> serde_json::Value {
         "config_hash_version": 2,
         "peer_id": 1,
         "routes": [http(1, WOL_DOMAIN, IP_HTTP, MAC_HTTP), http(4, SLOW_DOMAIN, IP_SLOW, MAC_SLOW)],
-        "l4_routes": [route(2, L4_PORT, IP_L4, MAC_L4), route(3, L4_API_PORT, IP_API, MAC_API)],
+        "l4_routes": [
+            route(2, L4_PORT, IP_L4, MAC_L4),
+            route(3, L4_API_PORT, IP_API, MAC_API),
+            route(5, L4_UDP_PORT, IP_UDP, MAC_UDP),
+        ],
         "egress_routes": [],
         "config_hash": format!("sha256:{:032x}{:032x}", std::process::id(), 0x3011u32),
     })
@@ -444,10 +481,18 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     testbed.wait_handshake(None, HANDSHAKE_TIMEOUT)?;
     let ifname = lan.veth.ifname_in(&lan.ns).to_owned();
     let sleepers = [
-        Sleeper::start(&lan.ns, &ifname, IP_HTTP, MAC_HTTP, BOOT)?,
-        Sleeper::start(&lan.ns, &ifname, IP_L4, MAC_L4, BOOT)?,
-        Sleeper::start(&lan.ns, &ifname, IP_API, MAC_API, BOOT)?,
-        Sleeper::start(&lan.ns, &ifname, IP_SLOW, MAC_SLOW, SLOW_BOOT)?,
+        Sleeper::start(&lan.ns, &ifname, IP_HTTP, MAC_HTTP, BOOT, Service::Http)?,
+        Sleeper::start(&lan.ns, &ifname, IP_L4, MAC_L4, BOOT, Service::Http)?,
+        Sleeper::start(&lan.ns, &ifname, IP_API, MAC_API, BOOT, Service::Http)?,
+        Sleeper::start(
+            &lan.ns,
+            &ifname,
+            IP_SLOW,
+            MAC_SLOW,
+            SLOW_BOOT,
+            Service::Http,
+        )?,
+        Sleeper::start(&lan.ns, &ifname, IP_UDP, MAC_UDP, BOOT, Service::UdpEcho)?,
     ];
     let mut d = Deployment {
         companion: None,
@@ -505,6 +550,33 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     assert!(out.ends_with(AWAKE_BODY), "{out:?}\n{}", d.logs());
     assert!(sleepers[1].woke_at().is_some());
     println!("L4: answer after {} ms", l4_total.as_millis());
+
+    // 2b. L4 UDP: the first datagrams are held while the host wakes, then all delivered.
+    let t = Instant::now();
+    let udp = udp_socket(
+        hub,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        WAKE_IO_TIMEOUT,
+    )?;
+    let to = Deployment::tunnel_addr(L4_UDP_PORT);
+    for i in 0..3 {
+        udp.send_to(format!("held-{i}").as_bytes(), to)
+            .map_err(io_err(format!("send UDP to {to}")))?;
+    }
+    let mut echoes = Vec::new();
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        let (n, _) = udp.recv_from(&mut buf).map_err(|e| HarnessError::Parse {
+            what: "UDP through a wake".into(),
+            detail: report("no echo", &e),
+        })?;
+        echoes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(echoes, ["held-0", "held-1", "held-2"], "held in order");
+    println!(
+        "L4 UDP: 3 held datagrams echoed after {} ms",
+        t.elapsed().as_millis()
+    );
 
     // 3. /api/wol from the hub through the management API relay and the companion.
     let api = SocketAddr::from((GW_TUNNEL_IP, fixture_port("GC_API_PORT")?));
@@ -590,7 +662,7 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     triggers.sort_unstable();
     assert_eq!(
         triggers,
-        ["api", "http", "http", "l4"],
+        ["api", "http", "http", "l4", "l4"],
         "{:?}",
         status.wakes
     );
@@ -613,16 +685,16 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
             .unwrap_or_default()
     };
     let events = wait_until(
-        "the companion to record four wake events",
+        "the companion to record five wake events",
         Duration::from_secs(15),
         || {
             let v = companion.status_json(&d.testbed.gw_ns)?;
             let e = wake_events(&v);
-            Ok::<_, HarnessError>((e.len() >= 4).then_some(e))
+            Ok::<_, HarnessError>((e.len() >= 5).then_some(e))
         },
     )?;
-    assert_eq!(events.len(), 4, "{events:?}");
-    for mac in [MAC_HTTP, MAC_L4, MAC_API, MAC_SLOW] {
+    assert_eq!(events.len(), 5, "{events:?}");
+    for mac in [MAC_HTTP, MAC_L4, MAC_API, MAC_SLOW, MAC_UDP] {
         assert!(
             events
                 .iter()
