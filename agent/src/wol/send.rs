@@ -23,6 +23,8 @@ pub const REPEATS: u32 = 3;
 /// Pause between rounds.
 pub const REPEAT_GAP: Duration = Duration::from_millis(100);
 
+static FALLBACK_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn setsockopt(fd: i32, name: libc::c_int, val: &[u8]) -> io::Result<()> {
     // SAFETY: `val` is a live buffer of the given length for the duration of the call.
     let r = unsafe {
@@ -60,8 +62,12 @@ fn socket_for(iface: &Iface) -> io::Result<(UdpSocket, bool)> {
     let bound_to_device = match setsockopt(fd, libc::SO_BINDTODEVICE, iface.name.as_bytes()) {
         Ok(()) => true,
         Err(e) => {
-            tracing::debug!(iface = %iface.name, error = %e,
-                "SO_BINDTODEVICE refused (no CAP_NET_RAW?): binding the interface address only");
+            // Said once per process: the fallback works, but an operator should know.
+            if !FALLBACK_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(iface = %iface.name, error = %e,
+                    "SO_BINDTODEVICE refused (no CAP_NET_RAW?): magic packets leave by the \
+                     interface address only");
+            }
             false
         }
     };
