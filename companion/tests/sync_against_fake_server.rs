@@ -369,7 +369,8 @@ fn sync_loop_fetches_applies_and_follows_a_push_within_a_second() {
         }
     }
 
-    // Push after a change: a check with the stored hash within 1 s, then the fetch.
+    // Push after a change: the document is fetched within 1 s (a push fetches rather than
+    // checks: the server pushes changes its hash does not cover, such as backend_https).
     std::thread::sleep(Duration::from_millis(300));
     server
         .set_config_fixture("gateway-config-after-change.json")
@@ -384,9 +385,15 @@ fn sync_loop_fetches_applies_and_follows_a_push_within_a_second() {
                 .any(|r| r.target == "/api/v1/gateway/config")
         })
         .expect("fetch after push");
-    let check = checks(&reqs[before..])[0].clone();
-    assert_eq!(check.query_param("hash").as_deref(), Some(HASH_BEFORE));
-    assert!(pushed.elapsed() < Duration::from_secs(3));
+    assert!(
+        pushed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        pushed.elapsed()
+    );
+    assert!(
+        checks(&reqs[before..]).is_empty(),
+        "no check needed before the fetch"
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     while loops.shared.snapshot().sync.config_hash.as_deref() != Some(HASH_AFTER) {
         assert!(Instant::now() < deadline, "new hash never stored");
@@ -414,10 +421,12 @@ fn sync_loop_push_reaches_the_server_within_one_second() {
     let pushed = Instant::now();
     loops.push.notify();
     server
-        .wait_for(Duration::from_secs(2), |r| checks(r).len() == 2)
-        .expect("check after push");
+        .wait_for(Duration::from_secs(2), |r| {
+            r.iter().any(|r| r.target == "/api/v1/gateway/config")
+        })
+        .expect("fetch after push");
     let took = pushed.elapsed();
-    assert!(took < Duration::from_secs(1), "push to check took {took:?}");
+    assert!(took < Duration::from_secs(1), "push to fetch took {took:?}");
     assert_eq!(loops.shared.snapshot().sync.state, "in_sync");
 }
 
