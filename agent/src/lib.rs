@@ -6,7 +6,6 @@
 //! - [`tunnel`]: WireGuard to the hub (boringtun `Tunn`, sans-IO core plus a batched driver).
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
 //! - [`probe`]: TCP reachability checks of LAN targets.
-//! - [`notify`]: systemd readiness notification.
 //! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
 //! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
@@ -20,7 +19,6 @@ pub mod control;
 pub mod forward;
 pub mod http;
 pub mod netif;
-pub mod notify;
 pub mod probe;
 pub mod routes;
 pub mod tunnel;

@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
 use gatelet_agent::control::{self, AgentState, ControlSocket};
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
-use gatelet_agent::notify;
 use gatelet_agent::routes::{self, RouteManager};
 use gatelet_agent::tunnel::allowed::AllowedIps;
 use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
@@ -17,9 +16,12 @@ use gatelet_agent::tunnel::driver::{self, DataPath};
 use gatelet_agent::tunnel::stats::TunnelStats;
 use gatelet_agent::tunnel::udp;
 use gatelet_agent_api::env::{GatewayEnv, ENV_PATH_VAR};
+use gatelet_agent_api::sd_notify as notify;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// How often the agent tells systemd it is alive (the unit's WatchdogSec is 30 s).
+const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 /// Mode of the state directory when the agent creates it.
 const STATE_DIR_MODE: u32 = 0o750;
 /// How long shutdown waits for the last applied config to be saved.
@@ -186,6 +188,14 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
         }
+        // The unit's WatchdogSec (30 s) restarts an agent whose runtime stops turning.
+        let watchdog = tokio::spawn(async {
+            let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
+            loop {
+                tick.tick().await;
+                let _ = notify::notify("WATCHDOG=1");
+            }
+        });
         tracing::info!(
             control_socket = %socket.path().display(),
             endpoint = %env.wg_endpoint,
@@ -205,6 +215,7 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
                 }
             }
         };
+        watchdog.abort();
         let _ = notify::notify("STOPPING=1");
         // An apply that arrived just before the signal is still written to the state dir.
         let _ = tokio::time::timeout(SAVE_FLUSH_TIMEOUT, manager.wait_saved()).await;

@@ -104,7 +104,7 @@ pub fn recv_batch(sock: &UdpSocket, batch: &mut PacketBatch) -> io::Result<usize
             sock.as_raw_fd(),
             hdr.as_mut_ptr(),
             BATCH as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT as _,
             std::ptr::null_mut(),
         )
     })?;
@@ -141,7 +141,7 @@ pub fn send_batch(sock: &UdpSocket, batch: &PacketBatch, from: usize) -> io::Res
             sock.as_raw_fd(),
             hdr.as_mut_ptr(),
             count as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT as _,
         )
     })
 }
