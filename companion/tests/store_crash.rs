@@ -205,6 +205,7 @@ fn store_keeps_a_valid_last_good_config_across_sigkills() {
     let mut advanced = 0;
     let mut early = 0;
     let mut hot = 0;
+    let mut trail: Vec<(usize, Option<u64>, Option<u64>, u64)> = Vec::new();
     for kill in 0..KILLS {
         assert!(
             started.elapsed() < DEADLINE,
@@ -216,7 +217,9 @@ fn store_keeps_a_valid_last_good_config_across_sigkills() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("committed ") {
+                // libtest prints `test child_write_loop ... ` without a newline before the
+                // test's own output, so the first report shares its line: find the marker.
+                if let Some(n) = line.split("committed ").nth(1) {
                     if let Ok(n) = n.trim().parse::<u64>() {
                         let _ = tx.send(n);
                     }
@@ -272,8 +275,11 @@ fn store_keeps_a_valid_last_good_config_across_sigkills() {
         assert!(
             n == base || n == base + 1,
             "kill {kill}: last good is config {n}, but the child had committed {floor:?} \
-             (seed {seed})"
+             (previous last good {lkg:?}, first report {first:?}, seed {seed}; \
+             trail (kill, reported, previous, got) {:?})",
+            &trail[trail.len().saturating_sub(4)..]
         );
+        trail.push((kill, reported, lkg, n));
         if lkg != Some(n) {
             advanced += 1;
         }
