@@ -34,6 +34,22 @@ fn a_namespace_and_its_hosts_file_are_removed_on_drop() {
     sleeper.arg("300");
     let sleeper = ns.spawn("sleeper", sleeper).unwrap();
     let pid = sleeper.pid();
+    // `ip netns exec` enters the namespace a moment after the spawn: only a process inside it
+    // is the namespace's to clean up.
+    gatelet_tests_hw::wait_until(
+        "the sleeper to enter the namespace",
+        Duration::from_secs(5),
+        || {
+            use std::os::unix::fs::MetadataExt;
+            let inside = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+            let ns_ino = std::fs::metadata(format!("/run/netns/{name}")).map(|m| m.ino());
+            Ok::<_, String>(match (inside, ns_ino) {
+                (Ok(a), Ok(b)) if a == b => Some(()),
+                _ => None,
+            })
+        },
+    )
+    .unwrap();
     std::mem::forget(sleeper); // leave it to the namespace's own cleanup
     drop(ns);
     let list =
