@@ -61,7 +61,10 @@ pub struct TcpConfig {
     pub max_buffer_bytes: usize,
     /// Open connections per route at most.
     pub max_per_route: usize,
-    /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer.
+    /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer. On by
+    /// default: both ends are kernel sockets in TUN mode, and on a quiet machine it measured
+    /// 1.40–1.52x HAProxy against 1.12–1.32x for copying, at about 30 % less CPU
+    /// (tests-hw/bench/l4-relay.sh). A user-space network stack would need copy mode.
     pub splice: bool,
 }
 
@@ -73,7 +76,7 @@ impl Default for TcpConfig {
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             max_per_route: DEFAULT_MAX_CONNECTIONS_PER_ROUTE,
-            splice: false,
+            splice: true,
         }
     }
 }
