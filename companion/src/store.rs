@@ -499,12 +499,7 @@ impl Store {
         if same {
             return Ok(false);
         }
-        let pending = std::mem::take(&mut self.pending);
-        let result = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            flush_pending(&tx, &pending)?;
+        self.write("saving the last good config", |tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO last_good (id, raw, config_hash, canonical_hash, \
                  agent_json, rejected_json, unsupported_json, stored_at_ms) \
@@ -520,7 +515,7 @@ impl Store {
                 ],
             )?;
             insert_history(
-                &tx,
+                tx,
                 now,
                 validated.config_hash.as_deref(),
                 Outcome::Applied,
@@ -529,10 +524,9 @@ impl Store {
                 &unsupported,
                 validated.route_count as u64,
             )?;
-            tx.commit()
-        })();
-        self.finish_write(result, pending, "saving the last good config")
-            .map(|()| true)
+            Ok(())
+        })
+        .map(|()| true)
     }
 
     /// Adds a `rejected` history entry: a config refused as a whole (`reason`) with its
@@ -570,14 +564,9 @@ impl Store {
         if let Some(seq) = newest {
             return self.repeat(Table::History, seq, now);
         }
-        let pending = std::mem::take(&mut self.pending);
-        let result = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            flush_pending(&tx, &pending)?;
+        self.write("recording a rejected config", |tx| {
             insert_history(
-                &tx,
+                tx,
                 now,
                 config_hash,
                 Outcome::Rejected,
@@ -586,10 +575,9 @@ impl Store {
                 "[]",
                 rejected.len() as u64,
             )?;
-            tx.commit()
-        })();
-        self.finish_write(result, pending, "recording a rejected config")
-            .map(|()| true)
+            Ok(())
+        })
+        .map(|()| true)
     }
 
     /// The newest `limit` history entries, newest first.
@@ -665,12 +653,7 @@ impl Store {
                 return self.repeat(Table::Events, seq, now);
             }
         }
-        let pending = std::mem::take(&mut self.pending);
-        let result = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            flush_pending(&tx, &pending)?;
+        self.write("recording an event", |tx| {
             tx.execute(
                 "INSERT INTO events (kind, detail, first_at_ms, last_at_ms, count) \
                  VALUES (?1, ?2, ?3, ?3, 1)",
@@ -678,10 +661,9 @@ impl Store {
             )?;
             let seq = tx.last_insert_rowid();
             tx.execute("DELETE FROM events WHERE seq <= ?1", [seq - EVENTS_LIMIT])?;
-            tx.commit()
-        })();
-        self.finish_write(result, pending, "recording an event")
-            .map(|()| true)
+            Ok(())
+        })
+        .map(|()| true)
     }
 
     /// The newest `limit` events, most recently seen first.
@@ -729,15 +711,7 @@ impl Store {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let result = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            flush_pending(&tx, &pending)?;
-            tx.commit()
-        })();
-        self.finish_write(result, pending, "writing repeat counts")
+        self.write("writing repeat counts", |_| Ok(()))
     }
 
     /// Counts a repeat of row `seq` in memory; writes when it has waited long enough.
@@ -757,21 +731,28 @@ impl Store {
     }
 
     /// After a write transaction: on failure, put the unwritten repeat counts back.
-    fn finish_write(
+    /// Runs `body` in one immediate transaction that also writes the repeat counts waiting in
+    /// memory; on failure those counts are kept for the next write.
+    fn write(
         &mut self,
-        result: rusqlite::Result<()>,
-        pending: HashMap<(Table, i64), Pending>,
         op: &'static str,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
     ) -> Result<(), StoreError> {
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                for (k, v) in pending {
-                    self.pending.entry(k).or_insert(v);
-                }
-                Err(StoreError::Sql { op, source: e })
+        let pending = std::mem::take(&mut self.pending);
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            flush_pending(&tx, &pending)?;
+            body(&tx)?;
+            tx.commit()
+        })();
+        result.map_err(|source| {
+            for (k, v) in pending {
+                self.pending.entry(k).or_insert(v);
             }
-        }
+            StoreError::Sql { op, source }
+        })
     }
 
     /// A stored row's repeat count and last time, with what is still in memory.
