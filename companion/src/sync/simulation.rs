@@ -509,3 +509,167 @@ fn server_reporting_no_remaining_stops_checks_until_its_reset_heartbeats_first()
         "checks resume after the reset"
     );
 }
+
+/// Heartbeat send times of a run.
+fn heartbeat_times(sim: &Sim) -> Vec<Instant> {
+    sim.sent
+        .iter()
+        .filter(|s| s.1 == Kind::Heartbeat)
+        .map(|s| s.0)
+        .collect()
+}
+
+/// Longest time between two heartbeats of a run (from the first heartbeat to `end`).
+fn longest_heartbeat_gap(sim: &Sim, end: Instant) -> Duration {
+    let mut times = heartbeat_times(sim);
+    times.push(end);
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap()
+}
+
+/// Most requests the server counted in one of its own (fixed) windows: what its limit sees.
+fn max_in_a_server_window(sim: &Sim) -> usize {
+    let mut max = 0;
+    let mut start: Option<Instant> = None;
+    let mut n = 0;
+    for a in sim.server.arrivals.iter().filter(|a| a.2 != 429) {
+        match start {
+            Some(s) if a.0 < s + SERVER_WINDOW => n += 1,
+            _ => {
+                start = Some(a.0);
+                n = 1;
+            }
+        }
+        max = max.max(n);
+    }
+    max
+}
+
+/// What a burst run measured.
+#[derive(Debug)]
+struct BurstReport {
+    worst_window: usize,
+    worst_server_window: usize,
+    longest_gap: Duration,
+    fetches: usize,
+    heartbeats_in_burst: usize,
+    last_applied_after: Duration,
+    count_429: usize,
+}
+
+/// Item 6 of issue 8: 20 minutes of steady traffic (a full window of checks), then 25 route
+/// edits in 28 s, each pushed; `changes`: whether each edit changes the config hash (the
+/// real server's did not). One hour in all.
+fn burst(heartbeat_s: u64, changes: bool, seed: u64) -> BurstReport {
+    let mut sim = Sim::new(Duration::from_secs(heartbeat_s), secs(0.05), seed);
+    let start = 1200.0;
+    sim.run_until(sim.at(start));
+    let mark = sim.sent.len();
+    for i in 0..25 {
+        let p = sim.at(start + 28.0 * f64::from(i) / 24.0);
+        sim.run_until(p);
+        if changes {
+            sim.server.change_config();
+        }
+        sim.engine.on_push(p);
+    }
+    let last_push = sim.t;
+    let want = sim.server.hash.clone();
+    let end = sim.at(start + 3600.0);
+    sim.run_until(end);
+    let burst_end = last_push + secs(60.0);
+    let in_burst = |k: Kind| sim.sent[mark..].iter().filter(|s| s.1 == k && s.0 < burst_end).count();
+    let last_applied_after = sim
+        .applied
+        .iter()
+        .find(|(t, h)| *t >= last_push && *h == want)
+        .map_or(Duration::MAX, |(t, _)| *t - last_push);
+    BurstReport {
+        worst_window: sim.max_in_any_window(),
+        worst_server_window: max_in_a_server_window(&sim),
+        longest_gap: longest_heartbeat_gap(&sim, end),
+        fetches: in_burst(Kind::Fetch),
+        heartbeats_in_burst: in_burst(Kind::Heartbeat),
+        last_applied_after,
+        count_429: sim.count_429(),
+    }
+}
+
+#[test]
+fn admin_burst_of_25_pushed_edits_keeps_heartbeats_and_the_limit() {
+    for changes in [false, true] {
+        let mut worst: Option<BurstReport> = None;
+        for seed in 0..8 {
+            let r = burst(30, changes, 100 + seed);
+            eprintln!("burst (hash changes: {changes}, seed {seed}): {r:?}");
+            assert!(r.worst_window < 100, "{r:?}");
+            assert_eq!(r.count_429, 0, "{r:?}");
+            assert!(r.longest_gap < secs(45.0), "{r:?}");
+            assert!(r.last_applied_after <= secs(20.0), "final edit applied late: {r:?}");
+            if worst.as_ref().is_none_or(|w| {
+                (r.worst_window, r.longest_gap) > (w.worst_window, w.longest_gap)
+            }) {
+                worst = Some(r);
+            }
+        }
+        eprintln!("burst, hash changes: {changes}: worst {worst:?}");
+    }
+}
+
+/// What a run with changes but no pushes measured.
+#[derive(Debug)]
+struct IntervalReport {
+    heartbeat_s: u64,
+    worst_detection: Duration,
+    worst_window: usize,
+    longest_gap: Duration,
+    count_429: usize,
+}
+
+/// Item 7 of issue 8: two hours at heartbeat interval `heartbeat_s`, a config change without
+/// a push every 2 to 5 minutes; how long until each is applied.
+fn changes_without_push(heartbeat_s: u64, seed: u64) -> IntervalReport {
+    let mut sim = Sim::new(Duration::from_secs(heartbeat_s), secs(0.05), seed);
+    let mut rng = fastrand::Rng::with_seed(seed + 1000);
+    let mut worst = Duration::ZERO;
+    let mut t = 60.0;
+    while t < 2.0 * 3600.0 {
+        t += 120.0 + rng.f64() * 180.0;
+        sim.run_until(sim.at(t));
+        sim.server.change_config();
+        let want = sim.server.hash.clone();
+        let changed_at = sim.t;
+        sim.run_until(sim.at(t + 60.0));
+        let detection = sim
+            .applied
+            .iter()
+            .find(|(_, h)| *h == want)
+            .map_or(Duration::MAX, |(at, _)| *at - changed_at);
+        worst = worst.max(detection);
+        t += 60.0;
+    }
+    let end = sim.t;
+    IntervalReport {
+        heartbeat_s,
+        worst_detection: worst,
+        worst_window: sim.max_in_any_window(),
+        longest_gap: longest_heartbeat_gap(&sim, end),
+        count_429: sim.count_429(),
+    }
+}
+
+#[test]
+fn changes_without_push_are_applied_within_20_s_at_every_interval_from_5_to_300_s() {
+    for heartbeat_s in [5, 10, 15, 18, 20, 25, 27, 30, 40, 45, 60, 90, 120, 180, 240, 300] {
+        for seed in [1, 2, 3] {
+            let r = changes_without_push(heartbeat_s, seed);
+            eprintln!("{r:?}");
+            assert!(r.worst_detection <= secs(20.0), "{r:?}");
+            assert!(r.worst_window < 100, "{r:?}");
+            assert_eq!(r.count_429, 0, "{r:?}");
+            // Never deferred past half the server's down threshold; an interval configured
+            // longer than that is kept (with its jitter).
+            let allowed = secs(45.0).max(secs(heartbeat_s as f64 * 1.1 + 1.0));
+            assert!(r.longest_gap < allowed, "{r:?}");
+        }
+    }
+}
