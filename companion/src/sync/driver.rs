@@ -369,7 +369,7 @@ impl<F: FnMut() -> Vec<u8>> HeartbeatLoop<F> {
         if !self.schedule.poll(now, &mut lock_budget(&self.budget)) {
             let wake = self
                 .schedule
-                .poll_timeout(&lock_budget(&self.budget))
+                .poll_timeout(now, &lock_budget(&self.budget))
                 .unwrap_or(now + SHUTDOWN_POLL)
                 .min(now + SHUTDOWN_POLL);
             if self.now_signal.wait_until(wake) {
