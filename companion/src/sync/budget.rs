@@ -51,7 +51,7 @@ pub const SYNC_RESERVE: u32 = 7;
 /// push is applied within 20 s (this, plus a round trip for the check and one for the fetch).
 /// Heartbeats are stretched to make room for it, down to [`MAX_HEARTBEAT_GAP`].
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(18);
-/// Heartbeats per window that may go out early, at once after an applied config, on top of
+/// Heartbeats per window that may go out early, soon after an applied config, on top of
 /// the regular ones; a request beyond them waits for the next regular heartbeat.
 pub const IMMEDIATE_HEARTBEATS: u32 = 4;
 /// The server's default `gateway_down_threshold_s`: a gateway is "not alive" this long after

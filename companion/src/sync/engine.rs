@@ -19,8 +19,8 @@
 //!   fixtures prove it, see `config::canonical_hash`), so a check would answer 304 and miss
 //!   the change. A fetch costs the same one request of the budget.
 //! - A changed hash leads to a fetch; an applied config with a new hash updates the stored
-//!   hash and asks for a heartbeat at once ([`SyncEngine::take_heartbeat_now`]), so the server
-//!   sees the new `config_hash`. A fetch that returns the hash already applied (a push for a
+//!   hash and asks for an early heartbeat ([`SyncEngine::take_heartbeat_now`]; see
+//!   [`super::schedule`] for when it goes), so the server sees the new `config_hash`. A fetch that returns the hash already applied (a push for a
 //!   field outside the hash, or a second push of a burst) asks for none: the next regular
 //!   heartbeat says the same. A document the sink rejects is not fetched again until the
 //!   server's hash changes.
@@ -275,7 +275,8 @@ impl SyncEngine {
         }
     }
 
-    /// Whether a heartbeat should go out at once (a config was just applied). Clears it.
+    /// Whether an early heartbeat is wanted (a config with a new hash was just applied).
+    /// Clears it.
     pub fn take_heartbeat_now(&mut self) -> bool {
         std::mem::take(&mut self.heartbeat_now)
     }

@@ -1,22 +1,31 @@
 //! When heartbeats go out: the first at start, then every (budget-adjusted) heartbeat interval
 //! with ±[`HEARTBEAT_JITTER`] jitter after the previous one, never two in flight, and never
-//! against the [`Budget`]. When asked (a config with a new hash was applied) one goes out at
-//! once, if fewer than [`IMMEDIATE_HEARTBEATS`] went out early in the last window; otherwise
-//! the request waits for the next regular heartbeat, which carries the same news. Requests
-//! coalesce: however many arrive before a heartbeat is sent, one heartbeat answers them. That
-//! keeps the heartbeats inside the share the budget reserved for them (see [`super::budget`]).
-//! Pure, like the rest of `sync`.
+//! against the [`Budget`]. When asked (a config with a new hash was applied) one goes out
+//! early: [`EARLY_DEBOUNCE`] after the last request (a burst of applies is answered once, with
+//! its final hash), but no later than [`EARLY_MAX_WAIT`] after the first, well inside the 10 s
+//! the server's pool changes wait for it. At most [`IMMEDIATE_HEARTBEATS`] go out early per
+//! window; beyond them a request waits for the next regular heartbeat, which carries the same
+//! news. Requests coalesce: however many arrive before a heartbeat is sent, one heartbeat
+//! answers them. That keeps the heartbeats inside the share the budget reserved for them (see
+//! [`super::budget`]). Pure, like the rest of `sync`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::budget::{Budget, Class, HEARTBEAT_JITTER, IMMEDIATE_HEARTBEATS};
 
+/// Quiet time after the last request before an early heartbeat goes: applies closer than
+/// this (an admin's burst of edits, each pushed) share one.
+pub const EARLY_DEBOUNCE: Duration = Duration::from_millis(1500);
+/// Longest wait of a request for its early heartbeat, however long the burst.
+pub const EARLY_MAX_WAIT: Duration = Duration::from_secs(6);
+
 /// The heartbeat timetable.
 #[derive(Debug, Clone)]
 pub struct HeartbeatSchedule {
     next_due: Instant,
-    wanted_now: bool,
+    /// A pending request for an early heartbeat: (first, last) request times.
+    wanted: Option<(Instant, Instant)>,
     immediates: VecDeque<Instant>,
     in_flight: bool,
     rng: fastrand::Rng,
@@ -27,17 +36,18 @@ impl HeartbeatSchedule {
     pub fn new(now: Instant, rng: fastrand::Rng) -> HeartbeatSchedule {
         HeartbeatSchedule {
             next_due: now,
-            wanted_now: false,
+            wanted: None,
             immediates: VecDeque::new(),
             in_flight: false,
             rng,
         }
     }
 
-    /// Asks for a heartbeat as soon as possible (after applying a new config). If one is in
-    /// flight, the next one may follow it at once (its body predates the news).
-    pub fn request_now(&mut self, _now: Instant) {
-        self.wanted_now = true;
+    /// Asks for an early heartbeat (after applying a config with a new hash). If one is in
+    /// flight, another follows it (its body predates the news).
+    pub fn request_now(&mut self, now: Instant) {
+        let first = self.wanted.map_or(now, |(first, _)| first);
+        self.wanted = Some((first, now));
     }
 
     /// When the next regular heartbeat is due (before budget gating).
@@ -45,9 +55,9 @@ impl HeartbeatSchedule {
         self.next_due
     }
 
-    /// When an early heartbeat may go, at the earliest: `now` while fewer than
-    /// [`IMMEDIATE_HEARTBEATS`] went early within the window before.
-    fn immediate_free_at(&self, now: Instant, window: Duration) -> Instant {
+    /// When an early heartbeat may go, at the earliest: None (any time) while fewer than
+    /// [`IMMEDIATE_HEARTBEATS`] went early within the window before `now`.
+    fn immediate_free_at(&self, now: Instant, window: Duration) -> Option<Instant> {
         let live: Vec<Instant> = self
             .immediates
             .iter()
@@ -55,20 +65,20 @@ impl HeartbeatSchedule {
             .filter(|t| now.saturating_duration_since(*t) < window)
             .collect();
         let n = IMMEDIATE_HEARTBEATS as usize;
-        if live.len() < n {
-            now
-        } else {
-            live[live.len() - n] + window
-        }
+        (live.len() >= n).then(|| live[live.len() - n] + window)
     }
 
     /// When the next heartbeat is due: the regular time, or earlier for a pending request.
     fn due(&self, now: Instant, budget: &Budget) -> Instant {
-        if self.wanted_now {
-            self.next_due
-                .min(self.immediate_free_at(now, budget.window()))
-        } else {
-            self.next_due
+        match self.wanted {
+            Some((first, last)) => {
+                let mut early = (last + EARLY_DEBOUNCE).min(first + EARLY_MAX_WAIT);
+                if let Some(free_at) = self.immediate_free_at(now, budget.window()) {
+                    early = early.max(free_at);
+                }
+                self.next_due.min(early)
+            }
+            None => self.next_due,
         }
     }
 
@@ -99,7 +109,7 @@ impl HeartbeatSchedule {
             }
             self.immediates.push_back(now);
         }
-        self.wanted_now = false;
+        self.wanted = None;
         self.in_flight = true;
         self.next_due = now + self.jittered(budget.heartbeat_interval());
         true
@@ -149,59 +159,98 @@ mod tests {
     }
 
     #[test]
-    fn never_two_in_flight_and_request_now_follows_at_once() {
+    fn never_two_in_flight_and_a_request_follows_after_the_debounce() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut budget = Budget::new(Duration::from_secs(30));
         let mut s = HeartbeatSchedule::new(t0, fastrand::Rng::with_seed(3));
         assert!(s.poll(t0, &mut budget));
-        s.request_now(t0 + Duration::from_secs(1));
-        assert_eq!(s.poll_timeout(t0 + Duration::from_secs(1), &budget), None);
-        assert!(!s.poll(t0 + Duration::from_secs(2), &mut budget));
+        s.request_now(t0 + ms(1000));
+        assert_eq!(s.poll_timeout(t0 + ms(1000), &budget), None);
+        assert!(!s.poll(t0 + ms(2600), &mut budget), "in flight");
         s.on_done();
-        let at = s
-            .poll_timeout(t0 + Duration::from_secs(2), &budget)
-            .unwrap();
-        assert!(at <= t0 + Duration::from_secs(2));
-        assert!(s.poll(t0 + Duration::from_secs(2), &mut budget));
+        let at = s.poll_timeout(t0 + ms(2600), &budget).unwrap();
+        assert_eq!(at, t0 + ms(1000) + EARLY_DEBOUNCE);
+        assert!(s.poll(t0 + ms(2600), &mut budget));
+    }
+
+    /// Steps `s` every 100 ms from `from` for `span`, calling `request` first at each step;
+    /// returns the send times.
+    fn run(
+        s: &mut HeartbeatSchedule,
+        budget: &mut Budget,
+        from: Instant,
+        span: Duration,
+        mut request: impl FnMut(Duration) -> bool,
+    ) -> Vec<Instant> {
+        let mut sent = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        while elapsed <= span {
+            let t = from + elapsed;
+            if request(elapsed) {
+                s.request_now(t);
+            }
+            if s.poll(t, budget) {
+                sent.push(t);
+                s.on_done();
+            }
+            elapsed += Duration::from_millis(100);
+        }
+        sent
     }
 
     #[test]
-    fn early_heartbeats_are_limited_per_window_and_requests_coalesce() {
+    fn one_early_heartbeat_after_a_quiet_moment_answers_many_requests() {
         let t0 = Instant::now();
         let mut budget = Budget::new(Duration::from_secs(30));
         let mut s = HeartbeatSchedule::new(t0, fastrand::Rng::with_seed(5));
         assert!(s.poll(t0, &mut budget));
         s.on_done();
-        // 25 applied configs, one every 1.1 s: the first IMMEDIATE_HEARTBEATS go at once,
-        // the rest wait for the regular heartbeat.
-        let mut sent = Vec::new();
-        for i in 1..=25u32 {
-            let at = t0 + Duration::from_millis(1100) * i;
-            s.request_now(at);
-            s.request_now(at); // coalesced
-            if s.poll(at, &mut budget) {
-                sent.push(at);
-                s.on_done();
-            }
+        // Five applies 300 ms apart, from 2 s on: one heartbeat, 1.5 s after the last.
+        let sent = run(&mut s, &mut budget, t0, Duration::from_secs(10), |e| {
+            let ms = e.as_millis();
+            (2000..=3200).contains(&ms) && ms % 300 == 200
+        });
+        let ms: Vec<u128> = sent.iter().map(|t| (*t - t0).as_millis()).collect();
+        assert_eq!(ms, [3200 + 1500]);
+    }
+
+    #[test]
+    fn early_heartbeats_are_limited_per_window_and_a_burst_waits_at_most_6_s() {
+        let t0 = Instant::now();
+        let mut budget = Budget::new(Duration::from_secs(30));
+        let mut s = HeartbeatSchedule::new(t0, fastrand::Rng::with_seed(5));
+        assert!(s.poll(t0, &mut budget));
+        s.on_done();
+        // 60 applies 1.1 s apart (66 s): never quiet for 1.5 s, so each early heartbeat goes
+        // 6 s after the first request it answers; 4 of them, then only regular ones.
+        let start = t0 + Duration::from_secs(1);
+        let sent = run(&mut s, &mut budget, start, Duration::from_secs(70), |e| {
+            e.as_millis() % 1100 == 0 && e < Duration::from_secs(66)
+        });
+        let at: Vec<f64> = sent.iter().map(|t| (*t - start).as_secs_f64()).collect();
+        assert_eq!(at[0], 6.0, "{at:?}");
+        let early = at.iter().filter(|a| **a < 28.0).count();
+        assert_eq!(early, IMMEDIATE_HEARTBEATS as usize, "{at:?}");
+        for w in at.windows(2).skip(IMMEDIATE_HEARTBEATS as usize - 1) {
+            assert!(
+                w[1] - w[0] >= 27.0 - 1e-9,
+                "regular spacing after the early ones: {at:?}"
+            );
         }
-        assert_eq!(sent.len(), IMMEDIATE_HEARTBEATS as usize, "{sent:?}");
-        // Still wanted: due at the regular time, not before.
-        let last = *sent.last().unwrap();
-        let due = s.poll_timeout(last, &budget).unwrap();
-        assert!(due >= last + Duration::from_secs(27), "{:?}", due - last);
-        assert!(due <= last + Duration::from_secs(33), "{:?}", due - last);
-        // Once the early ones age out of the window, a request goes at once again.
-        let later = t0 + budget.window() + Duration::from_secs(60);
-        let mut t = due;
+        // Once the early ones age out of the window, a request is answered early again.
+        let later = start + budget.window() + Duration::from_secs(10);
+        let mut t = *sent.last().unwrap();
         while t < later {
+            t = s.poll_timeout(t, &budget).unwrap();
             assert!(s.poll(t, &mut budget));
             s.on_done();
-            t = s.poll_timeout(t, &budget).unwrap();
         }
-        let now = t - Duration::from_secs(5);
-        s.request_now(now);
-        assert_eq!(s.poll_timeout(now, &budget), Some(now));
-        assert!(s.poll(now, &mut budget));
+        s.request_now(t + Duration::from_secs(1));
+        assert_eq!(
+            s.poll_timeout(t + Duration::from_secs(1), &budget),
+            Some(t + Duration::from_secs(1) + EARLY_DEBOUNCE)
+        );
     }
 
     #[test]

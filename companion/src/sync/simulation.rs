@@ -326,8 +326,9 @@ fn assert_within_limit_for_two_hours(heartbeat_s: u64) -> Sim {
 fn budget_holds_over_two_hours_with_30_s_heartbeats() {
     let sim = assert_within_limit_for_two_hours(30);
     let max = sim.max_in_any_window();
+    // 50 checks (every 18 s) and 30 to 34 heartbeats per window, plus fetches.
     assert!(
-        max >= 85,
+        max >= 80,
         "the budget is actually spent on checks ({max} per window)"
     );
     let heartbeats = sim.sent.iter().filter(|s| s.1 == Kind::Heartbeat).count();
