@@ -559,6 +559,54 @@ fn server_counting_more_remaining_than_our_log_wins_and_heartbeats_go() {
 }
 
 #[test]
+fn a_heartbeat_the_server_did_not_get_is_retried_after_5_s() {
+    let server = FakeGateControl::start_default().unwrap();
+    let loops = start_loops(&server, None, true);
+    server
+        .wait_for(Duration::from_secs(5), |r| {
+            r.iter().any(|r| {
+                r.path() == HEARTBEAT_PATH && String::from_utf8_lossy(&r.body).contains(HASH_BEFORE)
+            })
+        })
+        .expect("boot: fetch, apply, heartbeat with the hash");
+    // A change and its push; once fetched, the early heartbeat meets a 503.
+    server
+        .set_config_fixture("gateway-config-after-change.json")
+        .unwrap();
+    let before = server.requests().len();
+    loops.push.notify();
+    server
+        .wait_for(Duration::from_secs(3), |r| {
+            r[before..].iter().any(|r| r.path() == CONFIG_PATH)
+        })
+        .expect("fetch after the push");
+    server.inject(Fault::Status(503));
+    let injected = Instant::now();
+    let reqs = server
+        .wait_for(Duration::from_secs(10), |r| {
+            r[before..]
+                .iter()
+                .filter(|r| r.path() == HEARTBEAT_PATH)
+                .count()
+                >= 2
+        })
+        .expect("the failed heartbeat is retried");
+    let beats: Vec<&Recorded> = reqs[before..]
+        .iter()
+        .filter(|r| r.path() == HEARTBEAT_PATH)
+        .collect();
+    assert_eq!(beats[0].status, 503);
+    assert_eq!(beats[1].status, 200);
+    assert!(String::from_utf8_lossy(&beats[1].body).contains(HASH_AFTER));
+    // The early heartbeat 1.5 s after the apply, its retry 5 s later.
+    let took = injected.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(9),
+        "retried {took:?} after the fetch"
+    );
+}
+
+#[test]
 fn sync_loop_honours_429_retry_after() {
     let server = FakeGateControl::start_default().unwrap();
     // Other gateways behind the same address used the whole window: the first answers are

@@ -4,7 +4,8 @@
 //!   updates [`SyncStatus`] in [`Shared`], takes pushes from a [`PushSignal`], and asks the
 //!   heartbeat thread for an immediate heartbeat after an applied config.
 //! - [`HeartbeatLoop`]: sends heartbeats built by a caller's closure, on the
-//!   [`HeartbeatSchedule`], through the same [`SharedBudget`].
+//!   [`HeartbeatSchedule`], through the same [`SharedBudget`]; one the server did not get (no
+//!   answer, 5xx) is retried after [`super::schedule::FAILED_RETRY_DELAY`].
 //!
 //! Both stop when the shutdown flag is set (checked at least every [`SHUTDOWN_POLL`]; a
 //! signal handler may set it) or when their wake-up [`PushSignal`] is closed. A request in
@@ -391,6 +392,14 @@ impl<F: FnMut() -> Vec<u8>> HeartbeatLoop<F> {
                 tracing::warn!(error = %e, "heartbeat failed");
                 if let Some(rate) = e.rate_info() {
                     lock_budget(&self.budget).rate_limited(done, &rate);
+                }
+                // The server did not get it: try again soon, so that it does not judge us
+                // gone (a 4xx would fail again, a 429 pauses everything anyway).
+                if matches!(
+                    e,
+                    ClientError::Transport { .. } | ClientError::Status { code: 500.., .. }
+                ) {
+                    self.schedule.retry_soon(done);
                 }
                 Some(e.to_string())
             }

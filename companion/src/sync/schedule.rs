@@ -19,6 +19,10 @@ use super::budget::{Budget, Class, HEARTBEAT_JITTER, IMMEDIATE_HEARTBEATS};
 pub const EARLY_DEBOUNCE: Duration = Duration::from_millis(1500);
 /// Longest wait of a request for its early heartbeat, however long the burst.
 pub const EARLY_MAX_WAIT: Duration = Duration::from_secs(6);
+/// Delay of the retry after a heartbeat the server did not get (no answer, 5xx): with the
+/// longest regular interval (33 s at 30 s) the server still hears from us within 45 s.
+/// Retries are early heartbeats, so they share [`IMMEDIATE_HEARTBEATS`].
+pub const FAILED_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// The heartbeat timetable.
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct HeartbeatSchedule {
     next_due: Instant,
     /// A pending request for an early heartbeat: (first, last) request times.
     wanted: Option<(Instant, Instant)>,
+    /// A pending retry of a failed heartbeat.
+    retry_at: Option<Instant>,
     immediates: VecDeque<Instant>,
     in_flight: bool,
     rng: fastrand::Rng,
@@ -37,6 +43,7 @@ impl HeartbeatSchedule {
         HeartbeatSchedule {
             next_due: now,
             wanted: None,
+            retry_at: None,
             immediates: VecDeque::new(),
             in_flight: false,
             rng,
@@ -55,6 +62,12 @@ impl HeartbeatSchedule {
         self.next_due
     }
 
+    /// The heartbeat just sent got no answer or a 5xx: try again [`FAILED_RETRY_DELAY`]
+    /// after `now` (if the early quota allows; else at the regular time).
+    pub fn retry_soon(&mut self, now: Instant) {
+        self.retry_at = Some(now + FAILED_RETRY_DELAY);
+    }
+
     /// When an early heartbeat may go, at the earliest: None (any time) while fewer than
     /// [`IMMEDIATE_HEARTBEATS`] went early within the window before `now`.
     fn immediate_free_at(&self, now: Instant, window: Duration) -> Option<Instant> {
@@ -70,16 +83,21 @@ impl HeartbeatSchedule {
 
     /// When the next heartbeat is due: the regular time, or earlier for a pending request.
     fn due(&self, now: Instant, budget: &Budget) -> Instant {
-        match self.wanted {
-            Some((first, last)) => {
-                let mut early = (last + EARLY_DEBOUNCE).min(first + EARLY_MAX_WAIT);
-                if let Some(free_at) = self.immediate_free_at(now, budget.window()) {
-                    early = early.max(free_at);
-                }
-                self.next_due.min(early)
-            }
-            None => self.next_due,
-        }
+        let requested = self
+            .wanted
+            .map(|(first, last)| (last + EARLY_DEBOUNCE).min(first + EARLY_MAX_WAIT));
+        let early = match (requested, self.retry_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return self.next_due,
+            },
+        };
+        let early = match self.immediate_free_at(now, budget.window()) {
+            Some(free_at) => early.max(free_at),
+            None => early,
+        };
+        self.next_due.min(early)
     }
 
     /// When [`HeartbeatSchedule::poll`] should be called next: `None` while one is in flight
@@ -110,6 +128,7 @@ impl HeartbeatSchedule {
             self.immediates.push_back(now);
         }
         self.wanted = None;
+        self.retry_at = None;
         self.in_flight = true;
         self.next_due = now + self.jittered(budget.heartbeat_interval());
         true
@@ -197,6 +216,28 @@ mod tests {
             elapsed += Duration::from_millis(100);
         }
         sent
+    }
+
+    #[test]
+    fn a_failed_heartbeat_is_retried_after_5_s_within_the_early_quota() {
+        let t0 = Instant::now();
+        let mut budget = Budget::new(Duration::from_secs(30));
+        let mut s = HeartbeatSchedule::new(t0, fastrand::Rng::with_seed(5));
+        let mut t = t0;
+        let mut sent = Vec::new();
+        // The server is down for 60 s: every heartbeat fails.
+        while t < t0 + Duration::from_secs(120) {
+            assert!(s.poll(t, &mut budget));
+            sent.push((t - t0).as_secs_f64());
+            s.on_done();
+            if t < t0 + Duration::from_secs(60) {
+                s.retry_soon(t);
+            }
+            t = s.poll_timeout(t, &budget).unwrap();
+        }
+        assert_eq!(&sent[..5], [0.0, 5.0, 10.0, 15.0, 20.0], "{sent:?}");
+        // The quota is spent: regular heartbeats from then on.
+        assert!(sent[5] >= 47.0, "{sent:?}");
     }
 
     #[test]
