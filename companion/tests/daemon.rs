@@ -358,3 +358,37 @@ fn a_burst_of_pushes_costs_one_heartbeat_carrying_the_final_hash() {
     let hashes: Vec<&Value> = beats.iter().map(|h| &h["config_hash"]).collect();
     assert_eq!(hashes, ["sha256:burst-24"], "one heartbeat for the burst");
 }
+
+/// Issue 8: a 2 MB bad value is not echoed whole, and a key given twice is refused naming
+/// both lines; both stop the daemon with exit 64 and one short line.
+#[test]
+fn huge_bad_value_and_duplicate_key_in_gateway_env_give_one_short_line() {
+    let setup = Setup::new("envlines");
+    setup.write_env("http://127.0.0.1:9");
+    let text = std::fs::read_to_string(setup.env_path()).unwrap();
+    let huge = "9".repeat(2 << 20);
+    for (bad, want) in [
+        (
+            text.replace("GC_PROXY_PORT=8080", &format!("GC_PROXY_PORT={huge}")),
+            "GC_PROXY_PORT must be a port from 1 to 65535, not \"99999",
+        ),
+        (
+            format!("{text}GC_PROXY_PORT=8081\n"),
+            "GC_PROXY_PORT is given twice, on lines 9 and 25",
+        ),
+    ] {
+        std::fs::write(setup.env_path(), bad).unwrap();
+        let out = Command::new(BIN)
+            .arg("--env")
+            .arg(setup.env_path())
+            .arg("--state-dir")
+            .arg(setup.dir.0.join("state"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{}", &err[..err.len().min(500)]);
+        assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..500]);
+        assert!(err.contains(want), "{err}");
+    }
+}
