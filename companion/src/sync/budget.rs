@@ -16,8 +16,9 @@
 //! interval) apart, and at most [`IMMEDIATE_HEARTBEATS`] per window go out early (after an
 //! applied config, see [`super::schedule`]), so no window holds more than
 //! [`Budget::heartbeat_slots`] of them; hash checks and fetches (class [`Class::Sync`]) never
-//! take more than the rest ([`Budget::sync_slots`]). So our own log never holds a heartbeat
-//! back; only the server's word (its `RateLimit-Remaining`, a 429) can.
+//! take more than the rest ([`Budget::sync_slots`]). So our own log does not hold a heartbeat
+//! back (short of a smaller limit announced mid-window, which the server's own count then
+//! corrects); only the server's word (its `RateLimit-Remaining`, a 429) can.
 //!
 //! The checks' cadence ([`Budget::check_interval`]) spreads the sync slots, minus
 //! [`SYNC_RESERVE`] kept for fetches and pushes, evenly over the window. With the default 30 s
@@ -383,9 +384,9 @@ impl Budget {
     }
 
     /// The interval between regular hash checks: the sync slots (less [`SYNC_RESERVE`]) spread
-    /// evenly over the window (18 s at heartbeat intervals up to 30 s), and, while the server reports fewer remaining requests, what
-    /// it leaves after the heartbeats spread evenly until its reset; never below
-    /// [`MIN_CHECK_INTERVAL`].
+    /// evenly over the window (18 s at heartbeat intervals up to 30 s), and, while the server
+    /// reports fewer remaining requests, what it leaves after the heartbeats spread evenly
+    /// until its reset; never below [`MIN_CHECK_INTERVAL`].
     pub fn check_interval(&self, now: Instant) -> Duration {
         let slots = self.sync_slots().saturating_sub(SYNC_RESERVE).max(1);
         let mut interval = (self.window / slots).max(MIN_CHECK_INTERVAL);
