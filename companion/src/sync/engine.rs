@@ -22,8 +22,8 @@
 //!   hash and asks for an early heartbeat ([`SyncEngine::take_heartbeat_now`]; see
 //!   [`super::schedule`] for when it goes), so the server sees the new `config_hash`. A
 //!   fetch that returns the hash already applied (a push for a field outside the hash, or a
-//!   second push of a burst) asks for none: the next regular heartbeat says the same. A document the sink rejects is not fetched again until the
-//!   server's hash changes.
+//!   second push of a burst) asks for none: the next regular heartbeat says the same. A
+//!   document the sink rejects is not fetched again until the server's hash changes.
 //! - Failures retry after [`Backoff`] (full jitter, from 5 s up to 5 min); a 429 does not grow
 //!   the backoff: the [`Budget`] pause holds everything until `Retry-After`.
 
