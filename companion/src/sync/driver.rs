@@ -1,7 +1,7 @@
 //! The threads that run the state machines against the real clock and the [`Client`].
 //!
 //! - [`SyncLoop`]: checks and fetches, hands each fetched document to a [`ConfigSink`],
-//!   updates [`SyncStatus`] in [`Shared`], takes pushes from a [`PushSignal`], and asks the
+//!   updates [`SyncStatus`](crate::state::SyncStatus) in [`Shared`], takes pushes from a [`PushSignal`], and asks the
 //!   heartbeat thread for an immediate heartbeat after an applied config.
 //! - [`HeartbeatLoop`]: sends heartbeats built by a caller's closure, on the
 //!   [`HeartbeatSchedule`], through the same [`SharedBudget`]; one the server did not get (no
