@@ -1,8 +1,9 @@
 //! The threads that run the state machines against the real clock and the [`Client`].
 //!
 //! - [`SyncLoop`]: checks and fetches, hands each fetched document to a [`ConfigSink`],
-//!   updates [`SyncStatus`](crate::state::SyncStatus) in [`Shared`], takes pushes from a [`PushSignal`], and asks the
-//!   heartbeat thread for an immediate heartbeat after an applied config.
+//!   updates [`SyncStatus`](crate::state::SyncStatus) in [`Shared`], takes pushes from a
+//!   [`PushSignal`], and asks the heartbeat thread for an early heartbeat after applying a
+//!   config with a new hash.
 //! - [`HeartbeatLoop`]: sends heartbeats built by a caller's closure, on the
 //!   [`HeartbeatSchedule`], through the same [`SharedBudget`]; one the server did not get (no
 //!   answer, 5xx) is retried after [`super::schedule::FAILED_RETRY_DELAY`].
