@@ -1,6 +1,6 @@
 //! The `gatelet-companion` binary as a whole, against the fake GateControl server: first sync,
 //! heartbeat on the wire, a push through the management API, a bad config that must not
-//! replace the last good one, and a restart while the server is gone.
+//! replace the last good one, a restart while the server is gone, and a burst of pushes.
 
 mod fake_gatecontrol;
 
@@ -327,4 +327,68 @@ fn bad_gateway_env_exits_64_naming_line_and_key() {
     assert!(!Path::new(&setup.dir.0.join("state"))
         .join("gatelet.db")
         .exists());
+}
+
+/// Issue 8 item 6 on the whole binary: an admin's burst of edits, each pushed through the
+/// management API, costs one early heartbeat, which carries the burst's final hash (it cost
+/// one heartbeat per push before, and starved the regular ones of their budget).
+#[test]
+fn a_burst_of_pushes_costs_one_heartbeat_carrying_the_final_hash() {
+    let server = FakeGateControl::start_default().unwrap();
+    let setup = Setup::new("burst");
+    setup.write_env(&server.url());
+    let _daemon = setup.start();
+    heartbeat_with_hash(&server, HASH_BEFORE, Duration::from_secs(10));
+    wait_until_listening(setup.api_port);
+    let before = server.heartbeats().len();
+    let base: Value = serde_json::from_slice(&server.config()).unwrap();
+    for i in 0..25 {
+        let mut doc = base.clone();
+        doc["config_hash"] = Value::from(format!("sha256:burst-{i:02}"));
+        server
+            .set_config(serde_json::to_vec(&doc).unwrap())
+            .unwrap();
+        let (code, _) = setup.mgmt("POST", "/api/config-changed", Some(PUSH_TOKEN));
+        assert_eq!(code, 200);
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    heartbeat_with_hash(&server, "sha256:burst-24", Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(2));
+    let beats: Vec<Value> = server.heartbeats()[before..].to_vec();
+    let hashes: Vec<&Value> = beats.iter().map(|h| &h["config_hash"]).collect();
+    assert_eq!(hashes, ["sha256:burst-24"], "one heartbeat for the burst");
+}
+
+/// Issue 8: a 2 MB bad value is not echoed whole, and a key given twice is refused naming
+/// both lines; both stop the daemon with exit 64 and one short line.
+#[test]
+fn huge_bad_value_and_duplicate_key_in_gateway_env_give_one_short_line() {
+    let setup = Setup::new("envlines");
+    setup.write_env("http://127.0.0.1:9");
+    let text = std::fs::read_to_string(setup.env_path()).unwrap();
+    let huge = "9".repeat(2 << 20);
+    for (bad, want) in [
+        (
+            text.replace("GC_PROXY_PORT=8080", &format!("GC_PROXY_PORT={huge}")),
+            "GC_PROXY_PORT must be a port from 1 to 65535, not \"99999",
+        ),
+        (
+            format!("{text}GC_PROXY_PORT=8081\n"),
+            "GC_PROXY_PORT is given twice, on lines 9 and 25",
+        ),
+    ] {
+        std::fs::write(setup.env_path(), bad).unwrap();
+        let out = Command::new(BIN)
+            .arg("--env")
+            .arg(setup.env_path())
+            .arg("--state-dir")
+            .arg(setup.dir.0.join("state"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{}", &err[..err.len().min(500)]);
+        assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..500]);
+        assert!(err.contains(want), "{err}");
+    }
 }

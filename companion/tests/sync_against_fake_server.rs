@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use fake_gatecontrol::{fixture_dir, FakeGateControl, Fault, Recorded};
 use gatelet_agent_api::env::{EnvFile, GatewayEnv, Secret};
+use gatelet_companion::client::RateInfo;
 use gatelet_companion::client::{CheckOutcome, Client, ClientError, USER_AGENT};
 use gatelet_companion::state::Shared;
-use gatelet_companion::sync::{ApplyOutcome, Budget, HeartbeatLoop, PushSignal, SyncLoop};
+use gatelet_companion::sync::{
+    ApplyOutcome, Budget, Class, HeartbeatLoop, PushSignal, SharedBudget, SyncLoop,
+};
 
 const HASH_BEFORE: &str = "sha256:7a03de71d95adb86fda87c5bfebc7791915b233fd9c035769ee0cc3ecca9fca0";
 const HASH_AFTER: &str = "sha256:826bd13fe367fe929b269438284a80c5078af728de0feceb5bfade3f6cdce93f";
@@ -271,12 +274,21 @@ impl Drop for Loops {
 }
 
 fn start_loops(server: &FakeGateControl, stored_hash: Option<&str>, heartbeats: bool) -> Loops {
+    let budget = Budget::new(Duration::from_secs(30)).shared();
+    start_loops_with(server, stored_hash, heartbeats, budget)
+}
+
+fn start_loops_with(
+    server: &FakeGateControl,
+    stored_hash: Option<&str>,
+    heartbeats: bool,
+    budget: SharedBudget,
+) -> Loops {
     let shutdown = Arc::new(AtomicBool::new(false));
     let push = PushSignal::new();
     let hb_now = PushSignal::new();
     let shared = Shared::default();
     let applied = Arc::new(Mutex::new(Vec::new()));
-    let budget = Budget::new(Duration::from_secs(30)).shared();
     let c = client(server);
     let sink = {
         let applied = applied.clone();
@@ -428,6 +440,170 @@ fn sync_loop_push_reaches_the_server_within_one_second() {
     let took = pushed.elapsed();
     assert!(took < Duration::from_secs(1), "push to fetch took {took:?}");
     assert_eq!(loops.shared.snapshot().sync.state, "in_sync");
+}
+
+const HEARTBEAT_PATH: &str = "/api/v1/gateway/heartbeat";
+const CONFIG_PATH: &str = "/api/v1/gateway/config";
+
+/// Issue 8 item 6 against the real loops and client: 25 pushes, 120 ms apart (the real
+/// burst was 25 in 28 s; the loops see the same: each push arrives while idle or during a
+/// fetch). Returns the requests sent from the first push until 3 s after the last apply,
+/// and the server's final hash.
+fn push_burst(server: &FakeGateControl, change_hash: bool) -> (Vec<Recorded>, String) {
+    let loops = start_loops(server, None, true);
+    server
+        .wait_for(Duration::from_secs(5), |r| {
+            r.iter().any(|r| {
+                r.path() == HEARTBEAT_PATH && String::from_utf8_lossy(&r.body).contains(HASH_BEFORE)
+            })
+        })
+        .expect("boot: fetch, apply, heartbeat with the hash");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.requests().len();
+    let base: serde_json::Value = serde_json::from_slice(&server.config()).unwrap();
+    for i in 0..25 {
+        if change_hash {
+            let mut doc = base.clone();
+            doc["config_hash"] = format!("sha256:burst-{i:02}").into();
+            server
+                .set_config(serde_json::to_vec(&doc).unwrap())
+                .unwrap();
+        }
+        loops.push.notify();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let want = server.config_hash();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while loops.applied.lock().unwrap().last() != Some(&want) {
+        assert!(Instant::now() < deadline, "the last edit was never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let reqs = server.requests()[before..].to_vec();
+    drop(loops);
+    (reqs, want)
+}
+
+#[test]
+fn push_burst_with_an_unchanged_hash_costs_no_heartbeat() {
+    let server = FakeGateControl::start_default().unwrap();
+    let (reqs, _) = push_burst(&server, false);
+    let count = |p: &str| reqs.iter().filter(|r| r.path() == p).count();
+    eprintln!(
+        "25 pushes, hash unchanged: {} fetches, {} heartbeats, {} checks",
+        count(CONFIG_PATH),
+        count(HEARTBEAT_PATH),
+        checks(&reqs).len()
+    );
+    assert_eq!(
+        count(HEARTBEAT_PATH),
+        0,
+        "no heartbeat for a hash already applied"
+    );
+    let fetches = count(CONFIG_PATH);
+    assert!((1..=25).contains(&fetches), "{fetches} fetches");
+    assert!(reqs.iter().all(|r| r.status < 400));
+}
+
+#[test]
+fn push_burst_with_new_hashes_costs_one_heartbeat_with_the_final_hash() {
+    let server = FakeGateControl::start_default().unwrap();
+    let (reqs, want) = push_burst(&server, true);
+    let heartbeats: Vec<&Recorded> = reqs.iter().filter(|r| r.path() == HEARTBEAT_PATH).collect();
+    eprintln!(
+        "25 pushes, 25 new hashes: {} fetches, {} heartbeats",
+        reqs.iter().filter(|r| r.path() == CONFIG_PATH).count(),
+        heartbeats.len()
+    );
+    // One early heartbeat answers the whole burst, 1.5 s after its last apply, with the
+    // final hash.
+    assert_eq!(heartbeats.len(), 1, "one heartbeat for the burst");
+    let body = String::from_utf8_lossy(&heartbeats[0].body);
+    assert!(
+        body.contains(&want),
+        "the burst's final hash {want}: {body}"
+    );
+    assert!(reqs.iter().all(|r| r.status < 400));
+}
+
+#[test]
+fn server_counting_more_remaining_than_our_log_wins_and_heartbeats_go() {
+    let server = FakeGateControl::start_default().unwrap();
+    // Our log is full (its requests failed, or the server's window restarted), and the
+    // server's last answer said 24 remain for 600 s: the issue's 118 s of silence.
+    let mut budget = Budget::new(Duration::from_secs(30));
+    let now = Instant::now();
+    while budget.try_acquire(Class::Sync, now) {}
+    while budget.try_acquire(Class::Heartbeat, now) {}
+    assert_eq!(budget.remaining(now), 0);
+    budget.observe(
+        now,
+        &RateInfo {
+            limit: Some(100),
+            remaining: Some(24),
+            reset_s: Some(600),
+            retry_after_s: None,
+        },
+    );
+    let loops = start_loops_with(&server, Some(HASH_BEFORE), true, budget.shared());
+    let reqs = server
+        .wait_for(Duration::from_secs(3), |r| {
+            r.iter().any(|r| r.path() == HEARTBEAT_PATH)
+        })
+        .expect("a heartbeat within 3 s");
+    assert!(reqs.iter().all(|r| r.status == 200), "no 429");
+    assert!(
+        loops.shared.snapshot().heartbeat.is_some_and(|h| h.ok),
+        "heartbeat answered"
+    );
+}
+
+#[test]
+fn a_heartbeat_the_server_did_not_get_is_retried_after_5_s() {
+    let server = FakeGateControl::start_default().unwrap();
+    let loops = start_loops(&server, None, true);
+    server
+        .wait_for(Duration::from_secs(5), |r| {
+            r.iter().any(|r| {
+                r.path() == HEARTBEAT_PATH && String::from_utf8_lossy(&r.body).contains(HASH_BEFORE)
+            })
+        })
+        .expect("boot: fetch, apply, heartbeat with the hash");
+    // A change and its push; once fetched, the early heartbeat meets a 503.
+    server
+        .set_config_fixture("gateway-config-after-change.json")
+        .unwrap();
+    let before = server.requests().len();
+    loops.push.notify();
+    server
+        .wait_for(Duration::from_secs(3), |r| {
+            r[before..].iter().any(|r| r.path() == CONFIG_PATH)
+        })
+        .expect("fetch after the push");
+    server.inject(Fault::Status(503));
+    let injected = Instant::now();
+    let reqs = server
+        .wait_for(Duration::from_secs(10), |r| {
+            r[before..]
+                .iter()
+                .filter(|r| r.path() == HEARTBEAT_PATH)
+                .count()
+                >= 2
+        })
+        .expect("the failed heartbeat is retried");
+    let beats: Vec<&Recorded> = reqs[before..]
+        .iter()
+        .filter(|r| r.path() == HEARTBEAT_PATH)
+        .collect();
+    assert_eq!(beats[0].status, 503);
+    assert_eq!(beats[1].status, 200);
+    assert!(String::from_utf8_lossy(&beats[1].body).contains(HASH_AFTER));
+    // The early heartbeat 1.5 s after the apply, its retry 5 s later.
+    let took = injected.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(9),
+        "retried {took:?} after the fetch"
+    );
 }
 
 #[test]

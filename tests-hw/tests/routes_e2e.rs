@@ -43,8 +43,9 @@ const REBOOT_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a change pushed through the management API may take to reach the agent.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the companion gets to report a failed listener in a heartbeat: it stretches
-/// `GC_HEARTBEAT_INTERVAL_S=2` to 18 s to fit the server's rate limit; a little slack.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(25);
+/// `GC_HEARTBEAT_INTERVAL_S=2` to 30 s (33 s with jitter) to fit the server's rate limit
+/// with a hash check every 18 s; a little slack.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(40);
 /// The agent retries a failed bind 5 s after the failure, then 10 s later; a little slack.
 const BIND_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes echoed through the L4 route with a half-close.

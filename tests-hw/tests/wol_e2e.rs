@@ -26,7 +26,7 @@ use gatelet_tests_hw::{
     control_request, document_hash, fixture_gc_lines, fixture_port, fixture_value, http_request,
     product_binary, require_root, udp_socket, wait_until, Deployment, GatewayRole, HarnessError,
     Lan, Netns, Result, Testbed, TestbedOptions, VethPair, GW_LAN_SIDE_IP, GW_TUNNEL_IP,
-    HANDSHAKE_TIMEOUT, LAN_SUBNET_PREFIX, NETNS_RUN,
+    HANDSHAKE_TIMEOUT, HUB_TUNNEL_IP, LAN_SUBNET_PREFIX, NETNS_RUN,
 };
 
 /// The gateway's end of the LAN veth (`VethPair` names it after the other namespace's role).
@@ -631,6 +631,38 @@ fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<
     let r = post("02:00:5e:99:99")?;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("invalid_mac"), "{}", r.body);
+    // A whitelisted MAC, but a probe host off the LAN (the hub) or a timeout that is not a
+    // whole number of milliseconds: 400, and nothing reaches the agent (the wakes checked
+    // below stay five).
+    let api_mac = mac_text(MAC_API);
+    let post_body = |body: serde_json::Value| {
+        http_request(
+            hub,
+            api,
+            "POST",
+            "/api/wol",
+            &[("X-Gateway-Token", &token)],
+            Some(&body.to_string()),
+            Duration::from_secs(10),
+        )
+    };
+    let r = post_body(serde_json::json!({"mac": api_mac, "lan_host": HUB_TUNNEL_IP.to_string()}))?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("lan_host_out_of_lan_scope"), "{}", r.body);
+    assert!(
+        r.body.contains("192.168.50.0/24"),
+        "names the LAN: {}",
+        r.body
+    );
+    for timeout in [
+        serde_json::json!(-5),
+        serde_json::json!(1e30),
+        serde_json::json!("x"),
+    ] {
+        let r = post_body(serde_json::json!({"mac": api_mac, "timeout_ms": timeout}))?;
+        assert_eq!(r.status, 400, "{timeout}: {}", r.body);
+        assert!(r.body.contains("invalid_timeout_ms"), "{}", r.body);
+    }
 
     // 5. A browser waiting for a slow host gets the self-reloading page, then the host.
     let browser = [("Host", SLOW_DOMAIN), ("Accept", "text/html,*/*")];

@@ -8,6 +8,9 @@
 //!
 //! Every error names the file, the line, the key and what was expected, in one line, e.g.
 //! `gateway.env line 7: GC_API_TOKEN must be gc_gw_ followed by 64 lowercase hex characters`.
+//! An error quotes at most [`MAX_QUOTED_CHARS`] characters of a bad value or key (a 2 MB line
+//! is not echoed whole), and a key given twice is an error naming both lines: the server never
+//! writes one, so a second line is a hand edit whose intent is not clear.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +39,21 @@ pub const DEFAULT_MTU: u16 = 1420;
 /// `GATELET_DIAG_LISTEN` when absent: the diagnostics page on loopback only.
 pub const DEFAULT_DIAG_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9877));
+
+/// Most characters of a value or key an error message quotes; longer ones are cut, with
+/// their full length in bytes.
+pub const MAX_QUOTED_CHARS: usize = 80;
+
+/// Longest key accepted (the server's are under 32 characters).
+pub const MAX_KEY_LEN: usize = 128;
+
+/// `s` quoted for an error message, cut after [`MAX_QUOTED_CHARS`] characters.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &s[..cut], s.len()),
+    }
+}
 
 /// A bad `gateway.env`: what, where, and what is expected. Displayed as one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,9 +101,9 @@ pub struct EnvFile {
 }
 
 impl EnvFile {
-    /// Parses `KEY=value` lines. A later line for the same key wins, as in a shell.
+    /// Parses `KEY=value` lines. A key given twice is an error naming both lines.
     pub fn parse(text: &str) -> Result<Self, EnvError> {
-        let mut values = BTreeMap::new();
+        let mut values: BTreeMap<String, EnvValue> = BTreeMap::new();
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (idx, raw) in text.split('\n').enumerate() {
             let line_no = idx + 1;
@@ -107,13 +125,35 @@ impl EnvFile {
                 return Err(err(None, "is not KEY=value".into()));
             };
             let key = key.trim_end();
+            if key.len() > MAX_KEY_LEN {
+                return Err(err(
+                    None,
+                    format!(
+                        "has a key of {} bytes, {} (at most {MAX_KEY_LEN})",
+                        key.len(),
+                        quoted(key)
+                    ),
+                ));
+            }
             if !is_valid_key(key) {
                 return Err(err(
                     None,
-                    format!("has an invalid key {key:?} (letters, digits and _ expected)"),
+                    format!(
+                        "has an invalid key {} (letters, digits and _ expected)",
+                        quoted(key)
+                    ),
                 ));
             }
             let value = parse_value(rest.trim_start()).map_err(|m| err(Some(key), m))?;
+            if let Some(first) = values.get(key) {
+                return Err(err(
+                    Some(key),
+                    format!(
+                        "is given twice, on lines {} and {line_no}: keep one of them",
+                        first.line
+                    ),
+                ));
+            }
             values.insert(
                 key.to_owned(),
                 EnvValue {
@@ -163,7 +203,10 @@ fn parse_value(rest: &str) -> Result<String, String> {
             if tail.is_empty() || tail.starts_with('#') {
                 return Ok(out);
             }
-            return Err(format!("has text after the closing quote: {tail:?}"));
+            return Err(format!(
+                "has text after the closing quote: {}",
+                quoted(tail)
+            ));
         }
         if c == '\\' && quote == '"' {
             match chars.next() {
@@ -397,7 +440,7 @@ impl Reader<'_> {
             None => Ok(None),
             Some(v) => parse(v)
                 .map(Some)
-                .ok_or_else(|| self.error(key, format!("must be {expected}, not {v:?}"))),
+                .ok_or_else(|| self.error(key, format!("must be {expected}, not {}", quoted(v)))),
         }
     }
 
@@ -646,7 +689,10 @@ impl GatewayEnv {
             _ => {
                 return Err(r.error(
                     "WG_ENDPOINT",
-                    format!("must be host:port (like hub.example.com:51820), not {endpoint:?}"),
+                    format!(
+                        "must be host:port (like hub.example.com:51820), not {}",
+                        quoted(endpoint)
+                    ),
                 ))
             }
         };
@@ -657,7 +703,10 @@ impl GatewayEnv {
         let wg_allowed_ips = parse_list(allowed, |s| s.parse::<Cidr>().ok()).ok_or_else(|| {
             r.error(
                 "WG_ALLOWED_IPS",
-                format!("must be comma-separated CIDRs like 10.8.0.1/32, not {allowed:?}"),
+                format!(
+                    "must be comma-separated CIDRs like 10.8.0.1/32, not {}",
+                    quoted(allowed)
+                ),
             )
         })?;
         if let Some(all) = wg_allowed_ips.iter().find(|c| c.prefix == 0) {
@@ -692,7 +741,10 @@ impl GatewayEnv {
             Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
                 r.error(
                     "GATELET_DIAG_LISTEN",
-                    format!("must be ADDR:PORT (like 192.168.1.5:9877) or off, not {v:?}"),
+                    format!(
+                        "must be ADDR:PORT (like 192.168.1.5:9877) or off, not {}",
+                        quoted(v)
+                    ),
                 )
             })?),
         };
@@ -904,6 +956,54 @@ mod tests {
         let e = EnvFile::parse("A=\"open\n").unwrap_err();
         assert_eq!(e.line, Some(1));
         assert_eq!(e.key.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn a_huge_bad_value_is_quoted_only_in_part() {
+        let huge = "x".repeat(2 << 20);
+        let cases = [
+            with("GC_SERVER_URL", &huge),
+            with("WG_ENDPOINT", &huge),
+            with("WG_ALLOWED_IPS", &huge),
+            with("GATELET_DIAG_LISTEN", &huge),
+            with("GC_API_PORT", &format!("\"1\" {huge}")),
+            format!("{SERVER_FILE}{huge}=1\n"),
+            format!("{SERVER_FILE}A{huge}=\"x\n"),
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.len() < 300, "case {i}: {} bytes: {}", e.len(), &e[..300]);
+            assert!(
+                e.contains(&"x".repeat(MAX_QUOTED_CHARS - 1)),
+                "case {i}: {e}"
+            );
+            assert!(e.contains(" bytes in all)"), "case {i}: {e}");
+        }
+        // Short values are still quoted whole, as before.
+        let e = parse(&with("GC_API_PORT", "99999")).unwrap_err();
+        assert!(e.to_string().ends_with("not \"99999\""), "{e}");
+        // Multi-byte characters are cut on a character boundary.
+        assert_eq!(
+            quoted(&"é".repeat(100)).matches('é').count(),
+            MAX_QUOTED_CHARS
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_naming_both_lines() {
+        let text = "A=1\n# c\nB=2\nexport A=1\n";
+        let e = EnvFile::parse(text).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.key.as_deref(), Some("A"));
+        assert_eq!(
+            e.to_string(),
+            "gateway.env line 4: A is given twice, on lines 1 and 4: keep one of them"
+        );
+        let e = parse(&format!("{SERVER_FILE}GC_PROXY_PORT=8081\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("GC_PROXY_PORT is given twice"),
+            "{e}"
+        );
     }
 
     #[test]

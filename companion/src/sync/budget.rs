@@ -4,17 +4,30 @@
 //! [`SERVER_WINDOW`] per source IP, over all gateway calls, shared by every gateway behind the
 //! same NAT. The budget keeps a log of our own requests and never lets more than
 //! `limit - SAFETY_MARGIN` of them into any sliding window (a sliding bound also bounds the
-//! server's fixed window). It also believes the server: when `RateLimit-Remaining` says fewer
-//! requests remain than our log suggests (other gateways on the same address), that number
-//! holds until `RateLimit-Reset`; a 429's `Retry-After` stops everything until then.
+//! server's fixed window). It also believes the server, both ways: when `RateLimit-Remaining`
+//! says fewer requests remain than our log suggests (other gateways on the same address), that
+//! number holds until `RateLimit-Reset`; when it says more remain (the server does not count
+//! failed requests, our log does; its fixed window restarted), the oldest entries of our log
+//! stop counting against the total until it matches the server's count (they still count
+//! against the sync share). A 429's `Retry-After` stops everything until then.
 //!
-//! Sharing: heartbeats come first. Their share is one slot per shortest jittered heartbeat
-//! interval ([`HEARTBEAT_JITTER`] below the configured interval); hash checks and fetches
-//! (class [`Class::Sync`]) get the rest, spread evenly (see [`Budget::check_interval`]), minus
-//! [`SYNC_RESERVE`] slots kept for fetches and push-triggered checks. With the default 30 s
-//! heartbeat that is 34 heartbeat slots and a check every 17 s. When the configured
-//! heartbeat interval alone would leave fewer than [`MIN_CHECK_SLOTS`] checks per window, the
-//! heartbeat interval is stretched to fit ([`Budget::heartbeat_stretched`] reports it).
+//! Sharing: heartbeats come first, and their share is reserved by construction: regular
+//! heartbeats are at least the shortest jittered interval ([`HEARTBEAT_JITTER`] below the
+//! interval) apart, and at most [`IMMEDIATE_HEARTBEATS`] per window go out early (after an
+//! applied config, see [`super::schedule`]), so no window holds more than
+//! [`Budget::heartbeat_slots`] of them; hash checks and fetches (class [`Class::Sync`]) never
+//! take more than the rest ([`Budget::sync_slots`]). So our own log does not hold a heartbeat
+//! back (short of a smaller limit announced mid-window, which the server's own count then
+//! corrects); only the server's word (its `RateLimit-Remaining`, a 429) can.
+//!
+//! The checks' cadence ([`Budget::check_interval`]) spreads the sync slots, minus
+//! [`SYNC_RESERVE`] kept for fetches and pushes, evenly over the window. With the default 30 s
+//! heartbeat that is 34 + 4 heartbeat slots and a check every 18 s, so a change the server
+//! does not push (a route deletion) is applied within 20 s. When the configured heartbeat
+//! interval would leave too few checks for that ([`MAX_CHECK_INTERVAL`]), the heartbeat is
+//! stretched rather than the checks ([`Budget::heartbeat_stretched`] reports it), but never to
+//! a jittered gap beyond [`MAX_HEARTBEAT_GAP`], half the server's default down threshold: a
+//! server limit too small for both gets fewer checks instead.
 //!
 //! Pure: no clock, no I/O. `now` is always passed in; [`Budget::earliest`] says when a request
 //! of a class becomes possible, in the manner of `quinn-proto`'s `poll_timeout`.
@@ -33,10 +46,22 @@ pub const SERVER_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// count, and a request in flight on the other thread.
 pub const SAFETY_MARGIN: u32 = 5;
 /// Sync slots per window held back from the even check cadence, for fetches after a change
-/// and for checks triggered by pushes.
-pub const SYNC_RESERVE: u32 = 8;
-/// Check slots per window that heartbeats never take; below this the heartbeat stretches.
-pub const MIN_CHECK_SLOTS: u32 = 30;
+/// and for fetches triggered by pushes.
+pub const SYNC_RESERVE: u32 = 7;
+/// Longest time between regular hash checks the plan aims for: a change the server does not
+/// push is applied within 20 s (this, plus a round trip for the check and one for the fetch).
+/// Heartbeats are stretched to make room for it, down to [`MAX_HEARTBEAT_GAP`].
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(18);
+/// Heartbeats per window that may go out early, soon after an applied config, on top of
+/// the regular ones; a request beyond them waits for the next regular heartbeat.
+pub const IMMEDIATE_HEARTBEATS: u32 = 4;
+/// The server's default `gateway_down_threshold_s`: a gateway is "not alive" this long after
+/// its last heartbeat.
+pub const SERVER_DOWN_THRESHOLD: Duration = Duration::from_secs(90);
+/// Longest heartbeat gap the budget ever causes, half the server's down threshold: stretching
+/// stops at an interval whose jittered maximum stays below it (40 s). An interval configured
+/// longer than this is kept as configured.
+pub const MAX_HEARTBEAT_GAP: Duration = Duration::from_secs(45);
 /// Heartbeat interval jitter, as a fraction of the interval (±10 %).
 pub const HEARTBEAT_JITTER: f64 = 0.10;
 /// Slots kept free when following the server's own `RateLimit-Remaining` count.
@@ -71,7 +96,9 @@ pub struct Budget {
     window: Duration,
     configured_heartbeat: Duration,
     heartbeat: Duration,
-    log: VecDeque<(Instant, Class)>,
+    /// Our requests: send time, class, and whether the server is believed to count it
+    /// (cleared, oldest first, when the server reports more remaining than the log implies).
+    log: VecDeque<(Instant, Class, bool)>,
     server: Option<ServerView>,
     paused_until: Option<Instant>,
 }
@@ -122,14 +149,30 @@ impl Budget {
             .min(f64::from(u32::MAX)) as u32
     }
 
-    /// Stretches the heartbeat interval when it would not leave [`MIN_CHECK_SLOTS`].
+    /// Check slots per window that [`MAX_CHECK_INTERVAL`] needs.
+    fn wanted_check_slots(&self) -> u32 {
+        (self.window.as_secs_f64() / MAX_CHECK_INTERVAL.as_secs_f64()).ceil() as u32
+    }
+
+    /// Longest interval the heartbeat is stretched to: its jittered maximum stays below
+    /// [`MAX_HEARTBEAT_GAP`].
+    fn longest_stretch() -> Duration {
+        Duration::from_secs((MAX_HEARTBEAT_GAP.as_secs_f64() / (1.0 + HEARTBEAT_JITTER)) as u64)
+    }
+
+    /// Stretches the heartbeat interval when it would not leave the checks of
+    /// [`MAX_CHECK_INTERVAL`] and the [`SYNC_RESERVE`], up to [`Budget::longest_stretch`].
     fn plan(&mut self) {
         let cap = self.cap();
-        let max_hb = cap.saturating_sub(SYNC_RESERVE + MIN_CHECK_SLOTS).max(1);
+        let max_regular = cap
+            .saturating_sub(SYNC_RESERVE + self.wanted_check_slots() + IMMEDIATE_HEARTBEATS)
+            .max(1);
         self.heartbeat = self.configured_heartbeat;
-        if self.heartbeat_slots_for(self.heartbeat) > max_hb {
-            let secs = self.window.as_secs_f64() / (f64::from(max_hb) * (1.0 - HEARTBEAT_JITTER));
-            self.heartbeat = Duration::from_secs(secs.ceil() as u64);
+        if self.heartbeat_slots_for(self.heartbeat) > max_regular {
+            let secs =
+                self.window.as_secs_f64() / (f64::from(max_regular) * (1.0 - HEARTBEAT_JITTER));
+            let stretched = Duration::from_secs(secs.ceil() as u64).min(Self::longest_stretch());
+            self.heartbeat = stretched.max(self.configured_heartbeat);
         }
     }
 
@@ -144,9 +187,16 @@ impl Budget {
             .then_some((self.configured_heartbeat, self.heartbeat))
     }
 
-    /// Heartbeat slots per window.
+    /// Heartbeat slots per window: the regular ones at the shortest jittered interval, plus
+    /// [`IMMEDIATE_HEARTBEATS`].
     pub fn heartbeat_slots(&self) -> u32 {
         self.heartbeat_slots_for(self.heartbeat)
+            .saturating_add(IMMEDIATE_HEARTBEATS)
+    }
+
+    /// The rate-limit window.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// Sync (check + fetch) slots per window.
@@ -154,11 +204,11 @@ impl Budget {
         self.cap().saturating_sub(self.heartbeat_slots()).max(1)
     }
 
-    fn live(&self, now: Instant) -> impl Iterator<Item = &(Instant, Class)> {
+    fn live(&self, now: Instant) -> impl Iterator<Item = &(Instant, Class, bool)> {
         let window = self.window;
         self.log
             .iter()
-            .filter(move |(t, _)| now.saturating_duration_since(*t) < window)
+            .filter(move |(t, _, _)| now.saturating_duration_since(*t) < window)
     }
 
     /// Our requests in the window ending now.
@@ -166,12 +216,19 @@ impl Budget {
         self.live(now).count()
     }
 
-    /// Earliest time `>= now` at which fewer than `n` of the matching entries are live.
+    /// Our requests in the window ending now that the server is believed to count.
+    pub fn counted_in_window(&self, now: Instant) -> usize {
+        self.live(now).filter(|e| e.2).count()
+    }
+
+    /// Earliest time `>= now` at which fewer than `n` of the matching entries are live:
+    /// `class` None means every entry the server counts (the total cap); a class means all
+    /// of its entries, counted or not (its share is a sliding bound on what we send).
     fn earliest_below(&self, now: Instant, n: u32, class: Option<Class>) -> Instant {
         let times: Vec<Instant> = self
             .live(now)
-            .filter(|(_, c)| class.is_none_or(|k| k == *c))
-            .map(|(t, _)| *t)
+            .filter(|(_, c, counted)| class.map_or(*counted, |k| k == *c))
+            .map(|(t, _, _)| *t)
             .collect();
         let n = n as usize;
         if times.len() < n {
@@ -240,7 +297,7 @@ impl Budget {
             return false;
         }
         self.prune(now);
-        self.log.push_back((now, class));
+        self.log.push_back((now, class, true));
         if let Some(s) = &mut self.server {
             s.sent_since = s.sent_since.saturating_add(1);
         }
@@ -248,7 +305,7 @@ impl Budget {
     }
 
     fn prune(&mut self, now: Instant) {
-        while let Some((t, _)) = self.log.front() {
+        while let Some((t, _, _)) = self.log.front() {
             if now.saturating_duration_since(*t) >= self.window {
                 self.log.pop_front();
             } else {
@@ -274,12 +331,34 @@ impl Budget {
                 self.plan();
             }
         }
+        if let Some(remaining) = rate.remaining {
+            self.believe_more_remaining(now, remaining);
+        }
         if let (Some(remaining), Some(reset_s)) = (rate.remaining, rate.reset_s) {
             self.server = Some(ServerView {
                 remaining,
                 reset_at: now + Duration::from_secs(reset_s),
                 sent_since: 0,
             });
+        }
+    }
+
+    /// The server wins when it counts fewer of our requests than our log (it does not count
+    /// failed ones; its fixed window restarted): the oldest entries stop counting against the
+    /// total cap until the log holds what the server counted, plus one for a request still in
+    /// flight on the other thread. They still count against the sync share, so a burst of
+    /// pushes cannot use the freed room; heartbeats can.
+    fn believe_more_remaining(&mut self, now: Instant, remaining: u32) {
+        let server_counted = self.limit.saturating_sub(remaining) as usize + 1;
+        let mut counted = self.counted_in_window(now);
+        for entry in self.log.iter_mut() {
+            if counted <= server_counted {
+                break;
+            }
+            if entry.2 {
+                entry.2 = false;
+                counted -= 1;
+            }
         }
     }
 
@@ -305,9 +384,9 @@ impl Budget {
     }
 
     /// The interval between regular hash checks: the sync slots (less [`SYNC_RESERVE`]) spread
-    /// evenly over the window, and, while the server reports fewer remaining requests, what
-    /// it leaves after the heartbeats spread evenly until its reset; never below
-    /// [`MIN_CHECK_INTERVAL`].
+    /// evenly over the window (18 s at heartbeat intervals up to 30 s), and, while the server
+    /// reports fewer remaining requests, what it leaves after the heartbeats spread evenly
+    /// until its reset; never below [`MIN_CHECK_INTERVAL`].
     pub fn check_interval(&self, now: Instant) -> Duration {
         let slots = self.sync_slots().saturating_sub(SYNC_RESERVE).max(1);
         let mut interval = (self.window / slots).max(MIN_CHECK_INTERVAL);
@@ -327,7 +406,7 @@ impl Budget {
     pub fn remaining(&self, now: Instant) -> u32 {
         let own = self
             .cap()
-            .saturating_sub(u32::try_from(self.sent_in_window(now)).unwrap_or(u32::MAX));
+            .saturating_sub(u32::try_from(self.counted_in_window(now)).unwrap_or(u32::MAX));
         match self.server_available(now) {
             Some((avail, _)) => own.min(avail),
             None => own,
@@ -346,13 +425,12 @@ mod tests {
     }
 
     #[test]
-    fn default_plan_gives_34_heartbeats_and_a_check_every_17_s() {
+    fn default_plan_gives_34_plus_4_heartbeats_and_a_check_every_18_s() {
         let b = Budget::new(HB30);
         let now = Instant::now();
-        assert_eq!(b.heartbeat_slots(), 34);
-        assert_eq!(b.sync_slots(), 61);
-        let ci = b.check_interval(now);
-        assert!(ci > secs(16) && ci < secs(18), "check interval {ci:?}");
+        assert_eq!(b.heartbeat_slots(), 34 + IMMEDIATE_HEARTBEATS);
+        assert_eq!(b.sync_slots(), 57);
+        assert_eq!(b.check_interval(now), MAX_CHECK_INTERVAL);
         assert_eq!(b.heartbeat_stretched(), None);
         assert!(
             b.heartbeat_slots() + b.sync_slots() <= SERVER_LIMIT - SAFETY_MARGIN,
@@ -390,13 +468,84 @@ mod tests {
     }
 
     #[test]
-    fn too_frequent_heartbeats_are_stretched_to_fit() {
-        let b = Budget::new(secs(5));
-        let (configured, used) = b.heartbeat_stretched().expect("5 s must be stretched");
-        assert_eq!(configured, secs(5));
-        assert_eq!(used, secs(18));
-        assert!(b.sync_slots() >= MIN_CHECK_SLOTS + SYNC_RESERVE);
-        assert!(b.heartbeat_slots() + b.sync_slots() <= SERVER_LIMIT - SAFETY_MARGIN);
+    fn too_frequent_heartbeats_are_stretched_rather_than_the_checks() {
+        let t0 = Instant::now();
+        for configured in [1, 5, 10, 18, 25, 29] {
+            let b = Budget::new(secs(configured));
+            let (c, used) = b.heartbeat_stretched().expect("stretched");
+            assert_eq!(c, secs(configured));
+            assert_eq!(used, secs(30), "{configured} s");
+            assert_eq!(b.check_interval(t0), MAX_CHECK_INTERVAL, "{configured} s");
+            assert!(b.heartbeat_slots() + b.sync_slots() <= SERVER_LIMIT - SAFETY_MARGIN);
+        }
+        // Longer intervals are kept and leave more checks.
+        for configured in [30, 45, 60, 300] {
+            let b = Budget::new(secs(configured));
+            assert_eq!(b.heartbeat_stretched(), None, "{configured} s");
+            assert!(b.check_interval(t0) <= MAX_CHECK_INTERVAL, "{configured} s");
+        }
+    }
+
+    #[test]
+    fn stretching_never_makes_a_gap_of_half_the_down_threshold() {
+        // A server announcing a small limit: heartbeats keep their gap, checks get fewer.
+        for limit in [20, 40, 60, 80] {
+            let mut b = Budget::new(secs(5));
+            b.observe(
+                Instant::now(),
+                &RateInfo {
+                    limit: Some(limit),
+                    ..RateInfo::default()
+                },
+            );
+            let longest = b.heartbeat_interval().mul_f64(1.0 + HEARTBEAT_JITTER);
+            assert!(longest < MAX_HEARTBEAT_GAP, "limit {limit}: {longest:?}");
+            assert_eq!(b.heartbeat_interval(), secs(40).min(b.heartbeat_interval()));
+        }
+        assert!(SERVER_DOWN_THRESHOLD / 2 == MAX_HEARTBEAT_GAP);
+    }
+
+    #[test]
+    fn server_counting_fewer_of_our_requests_wins() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        // Our log is full: 95 requests, 57 of them sync (some failed, which the server does
+        // not count).
+        let (mut sync, mut hb) = (0, 0);
+        for i in 0..200 {
+            let at = t0 + Duration::from_millis(i);
+            if b.try_acquire(Class::Sync, at) {
+                sync += 1;
+            } else if b.try_acquire(Class::Heartbeat, at) {
+                hb += 1;
+            }
+        }
+        assert_eq!((sync, hb), (57, 38));
+        let now = t0 + secs(1);
+        assert!(!b.allows(Class::Heartbeat, now));
+        assert_eq!(b.remaining(now), 0);
+        let rate = |remaining| RateInfo {
+            limit: Some(100),
+            remaining: Some(remaining),
+            reset_s: Some(600),
+            retry_after_s: None,
+        };
+        // The server counted 90 of its 100: we believe 91 (one may be in flight).
+        b.observe(now, &rate(10));
+        assert_eq!(b.counted_in_window(now), 91);
+        assert!(b.allows(Class::Heartbeat, now), "the server wins");
+        assert_eq!(b.remaining(now), 4);
+        // It says 24 remain: heartbeats go, the sync share still holds (a burst of pushes
+        // cannot spend what the server's window restart freed).
+        b.observe(now, &rate(24));
+        assert_eq!(b.counted_in_window(now), 77);
+        assert_eq!(b.sent_in_window(now), 95);
+        assert!(b.allows(Class::Heartbeat, now));
+        assert!(!b.allows(Class::Sync, now));
+        assert_eq!(b.remaining(now), 18);
+        // Fewer remaining than we think: believed too (until its reset).
+        b.observe(now, &rate(3));
+        assert_eq!(b.remaining(now), 3);
     }
 
     #[test]
@@ -431,7 +580,7 @@ mod tests {
                 sent += 1;
             }
         }
-        assert_eq!(sent, 61);
+        assert_eq!(sent, 57);
         assert!(b.allows(Class::Heartbeat, t0 + secs(1)));
         assert!(!b.allows(Class::Sync, t0 + secs(1)));
     }

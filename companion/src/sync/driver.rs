@@ -1,10 +1,12 @@
 //! The threads that run the state machines against the real clock and the [`Client`].
 //!
 //! - [`SyncLoop`]: checks and fetches, hands each fetched document to a [`ConfigSink`],
-//!   updates [`SyncStatus`] in [`Shared`], takes pushes from a [`PushSignal`], and asks the
-//!   heartbeat thread for an immediate heartbeat after an applied config.
+//!   updates [`SyncStatus`](crate::state::SyncStatus) in [`Shared`], takes pushes from a
+//!   [`PushSignal`], and asks the heartbeat thread for an early heartbeat after applying a
+//!   config with a new hash.
 //! - [`HeartbeatLoop`]: sends heartbeats built by a caller's closure, on the
-//!   [`HeartbeatSchedule`], through the same [`SharedBudget`].
+//!   [`HeartbeatSchedule`], through the same [`SharedBudget`]; one the server did not get (no
+//!   answer, 5xx) is retried after [`super::schedule::FAILED_RETRY_DELAY`].
 //!
 //! Both stop when the shutdown flag is set (checked at least every [`SHUTDOWN_POLL`]; a
 //! signal handler may set it) or when their wake-up [`PushSignal`] is closed. A request in
@@ -369,7 +371,7 @@ impl<F: FnMut() -> Vec<u8>> HeartbeatLoop<F> {
         if !self.schedule.poll(now, &mut lock_budget(&self.budget)) {
             let wake = self
                 .schedule
-                .poll_timeout(&lock_budget(&self.budget))
+                .poll_timeout(now, &lock_budget(&self.budget))
                 .unwrap_or(now + SHUTDOWN_POLL)
                 .min(now + SHUTDOWN_POLL);
             if self.now_signal.wait_until(wake) {
@@ -391,6 +393,14 @@ impl<F: FnMut() -> Vec<u8>> HeartbeatLoop<F> {
                 tracing::warn!(error = %e, "heartbeat failed");
                 if let Some(rate) = e.rate_info() {
                     lock_budget(&self.budget).rate_limited(done, &rate);
+                }
+                // The server did not get it: try again soon, so that it does not judge us
+                // gone (a 4xx would fail again, a 429 pauses everything anyway).
+                if matches!(
+                    e,
+                    ClientError::Transport { .. } | ClientError::Status { code: 500.., .. }
+                ) {
+                    self.schedule.retry_soon(done);
                 }
                 Some(e.to_string())
             }

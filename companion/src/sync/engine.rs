@@ -6,20 +6,24 @@
 //! the I/O, tests drive it with virtual time.
 //!
 //! Rules:
-//! - A check goes out at start, then every [`Budget::check_interval`] (about 17 s with 30 s
-//!   heartbeats): that cadence is what catches a route deletion, which the server does not
-//!   push. `GC_POLL_INTERVAL_S` is only an upper bound, and the budget cadence is always
-//!   shorter (at most the window over [`super::budget::MIN_CHECK_SLOTS`], 30 s), unless the
-//!   server itself reports a shortage, when the server's numbers rule.
+//! - A check goes out at start, then every [`Budget::check_interval`] (18 s at heartbeat
+//!   intervals from 5 s to 30 s, shorter above): that cadence is what catches a route
+//!   deletion, which the server does not push. `GC_POLL_INTERVAL_S` is only an upper bound,
+//!   and the budget cadence is always shorter (at most
+//!   [`super::budget::MAX_CHECK_INTERVAL`]), unless the server's limit is too small for it or
+//!   the server itself reports a shortage, when the server's numbers rule.
 //! - A push schedules a fetch [`PUSH_DEBOUNCE`] later (pushes inside that window coalesce).
 //!   A push during a check or fetch is remembered, and another fetch follows it. A push
 //!   fetches rather than checks because the server pushes "even when nothing hashed
 //!   changed" (protocol §6): `backend_https`, for one, is not part of `config_hash` (the
 //!   fixtures prove it, see `config::canonical_hash`), so a check would answer 304 and miss
 //!   the change. A fetch costs the same one request of the budget.
-//! - A changed hash leads to a fetch; an applied config updates the stored hash and asks for
-//!   a heartbeat at once ([`SyncEngine::take_heartbeat_now`]). A document the sink rejects
-//!   is not fetched again until the server's hash changes.
+//! - A changed hash leads to a fetch; an applied config with a new hash updates the stored
+//!   hash and asks for an early heartbeat ([`SyncEngine::take_heartbeat_now`]; see
+//!   [`super::schedule`] for when it goes), so the server sees the new `config_hash`. A
+//!   fetch that returns the hash already applied (a push for a field outside the hash, or a
+//!   second push of a burst) asks for none: the next regular heartbeat says the same. A
+//!   document the sink rejects is not fetched again until the server's hash changes.
 //! - Failures retry after [`Backoff`] (full jitter, from 5 s up to 5 min); a 429 does not grow
 //!   the backoff: the [`Budget`] pause holds everything until `Retry-After`.
 
@@ -86,6 +90,7 @@ pub struct SyncEngine {
     stored_hash: Option<String>,
     rejected_hash: Option<String>,
     phase: Phase,
+    sent_at: Instant,
     next_at: Instant,
     push_at: Option<Instant>,
     push_during_flight: bool,
@@ -104,6 +109,7 @@ impl SyncEngine {
             stored_hash,
             rejected_hash: None,
             phase: Phase::Idle,
+            sent_at: now,
             next_at: now,
             push_at: None,
             push_during_flight: false,
@@ -170,6 +176,7 @@ impl SyncEngine {
         if !budget.try_acquire(Class::Sync, now) {
             return None;
         }
+        self.sent_at = now;
         // A push still in its debounce window stays pending through a regular check.
         let push_due = self.push_at.is_some_and(|p| p <= now);
         if push_due {
@@ -201,8 +208,9 @@ impl SyncEngine {
                 self.next_at = now;
             }
             Ok(_) => {
+                // The cadence runs from send to send: a slow answer does not stretch it.
                 self.succeeded();
-                self.next_at = now + budget.check_interval(now);
+                self.next_at = (self.sent_at + budget.check_interval(now)).max(now);
             }
             Err(f) => self.failed(now, f),
         }
@@ -217,8 +225,10 @@ impl SyncEngine {
                 self.succeeded();
                 self.fetch_pending = false;
                 self.rejected_hash = None;
+                if self.stored_hash.as_deref() != Some(hash.as_str()) {
+                    self.heartbeat_now = true;
+                }
                 self.stored_hash = Some(hash);
-                self.heartbeat_now = true;
                 self.next_at = now + budget.check_interval(now);
             }
             FetchResult::Rejected { hash, reason } => {
@@ -265,7 +275,8 @@ impl SyncEngine {
         }
     }
 
-    /// Whether a heartbeat should go out at once (a config was just applied). Clears it.
+    /// Whether an early heartbeat is wanted (a config with a new hash was just applied).
+    /// Clears it.
     pub fn take_heartbeat_now(&mut self) -> bool {
         std::mem::take(&mut self.heartbeat_now)
     }
@@ -464,5 +475,41 @@ mod tests {
         let at = e.poll_timeout(&b).unwrap();
         assert!(at <= t0 + Duration::from_secs(5));
         assert_eq!(e.poll_action(at, &mut b), Some(Action::Fetch));
+    }
+
+    #[test]
+    fn a_fetch_returning_the_applied_hash_asks_for_no_heartbeat() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        let mut e = engine(t0, Some(H1));
+        e.poll_action(t0, &mut b).unwrap();
+        e.on_check_result(t0, &b, Ok(CheckOutcome::Unchanged));
+        // A push for something outside the hash, and a push that arrives during its fetch.
+        let p = t0 + Duration::from_secs(3);
+        e.on_push(p);
+        let at = e.poll_timeout(&b).unwrap();
+        assert_eq!(e.poll_action(at, &mut b), Some(Action::Fetch));
+        e.on_push(at + Duration::from_millis(10));
+        e.on_fetch_result(at, &b, FetchResult::Applied { hash: H1.into() });
+        assert!(!e.take_heartbeat_now(), "same hash: no extra heartbeat");
+        let at = e.poll_timeout(&b).unwrap();
+        assert_eq!(
+            e.poll_action(at, &mut b),
+            Some(Action::Fetch),
+            "the push is kept"
+        );
+        e.on_fetch_result(at, &b, FetchResult::Applied { hash: H2.into() });
+        assert!(e.take_heartbeat_now(), "a new hash: one heartbeat");
+    }
+
+    #[test]
+    fn checks_run_from_send_to_send_whatever_the_answer_time() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(HB30);
+        let mut e = engine(t0, Some(H1));
+        e.poll_action(t0, &mut b).unwrap();
+        let answered = t0 + Duration::from_secs(2);
+        e.on_check_result(answered, &b, Ok(CheckOutcome::Unchanged));
+        assert_eq!(e.poll_timeout(&b), Some(t0 + b.check_interval(answered)));
     }
 }

@@ -6,7 +6,8 @@
 //! - [`backoff`]: exponential backoff with full jitter (5 s to 5 min).
 //! - [`budget`]: at most 100 requests per 15 min per source IP, heartbeats first, the rest
 //!   spread over hash checks; believes the server's `RateLimit-*` and `Retry-After`.
-//! - [`schedule`]: when heartbeats go out (interval ±10 %, at once after an apply).
+//! - [`schedule`]: when heartbeats go out (interval ±10 %, early after an apply that changed
+//!   the hash, at most [`budget::IMMEDIATE_HEARTBEATS`] per window).
 //! - [`engine`]: when to check, fetch, retry; pushes; the stored hash.
 //!
 //! And their driver on real threads and the HTTP [`crate::client::Client`]: [`driver`].
