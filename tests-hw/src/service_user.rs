@@ -20,18 +20,19 @@ use crate::{workspace_root, HarnessError, Netns, Result};
 pub const SERVICE_USER: &str = "gatelet";
 
 /// Runs in the private mount namespace, as root, before it becomes the service user:
-/// `$1` the root holding the installer's user database, `$2` the tmpfiles file, then the
-/// command line to run without any capability.
+/// `$1` the root holding the installer's user database, `$2` the tmpfiles file, `$3` the
+/// capabilities to keep (setpriv's syntax: `-all` or `-all,+net_admin`), then the command line.
 const SETUP_SCRIPT: &str = r#"set -eu
-root=$1 tmpfiles=$2
-shift 2
+root=$1 tmpfiles=$2 caps=$3
+shift 3
 mount --bind "$root/etc/passwd" /etc/passwd
 mount --bind "$root/etc/group" /etc/group
 mount -t tmpfs -o mode=0755,size=64k gatelet-fresh-dev /dev/net
 # A fresh machine's node: only root may open it.
 mknod -m 0600 /dev/net/tun c 10 200
 systemd-tmpfiles --create --prefix=/dev/net/tun "$tmpfiles"
-exec setpriv --reuid=gatelet --regid=gatelet --clear-groups --inh-caps=-all --bounding-set=-all -- "$@"
+exec setpriv --reuid=gatelet --regid=gatelet --clear-groups --inh-caps="$caps" \
+    --ambient-caps="$caps" --bounding-set="$caps" -- "$@"
 "#;
 
 /// The service user as the installer creates it, in a root directory of its own.
@@ -93,12 +94,29 @@ impl ServiceUser {
     /// after the installer's tmpfiles rule was applied to a fresh `/dev/net/tun` (see the
     /// module doc). Arguments added to it go to `program`.
     pub fn command(&self, ns: &Netns, program: impl AsRef<OsStr>) -> Command {
+        self.command_with_caps(ns, program, &[])
+    }
+
+    /// As [`ServiceUser::command`], keeping the named capabilities (like `"net_admin"`) in the
+    /// effective, permitted, ambient and bounding sets and no other: what the unit's
+    /// `AmbientCapabilities=` and `CapabilityBoundingSet=` give.
+    pub fn command_with_caps(
+        &self,
+        ns: &Netns,
+        program: impl AsRef<OsStr>,
+        caps: &[&str],
+    ) -> Command {
+        let caps: String = std::iter::once("-all".to_owned())
+            .chain(caps.iter().map(|c| format!("+{c}")))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut c = ns.command("sh");
         c.arg("-c")
             .arg(SETUP_SCRIPT)
             .arg("sh")
             .arg(&self.root)
             .arg(workspace_root().join("systemd/gatelet.tmpfiles.conf"))
+            .arg(caps)
             .arg(program);
         c
     }
