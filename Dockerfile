@@ -13,9 +13,9 @@
 #         --env /etc/gatelet/gateway.env --state-dir /var/lib/gatelet
 #     docker run -d --name gatelet-companion --network container:gatelet-agent \
 #         -v gatelet-run:/run/gatelet -v gatelet-state:/var/lib/gatelet -v /etc/gatelet:/etc/gatelet:ro gatelet
-# As is (unprivileged) the agent runs in netstack mode (board-configs/generic-x86_64-nas); TUN mode
-# needs `--user 0 --cap-add NET_ADMIN --cap-add NET_RAW --device /dev/net/tun` on the agent. tests-hw/bare-root.sh checks that the binaries start in an
-# empty root like this one (CI has no Docker engine).
+# The agent needs the TUN device and CAP_NET_ADMIN (there is no unprivileged userspace mode yet):
+# `--user 0 --cap-add NET_ADMIN --device /dev/net/tun` on the agent; the companion runs as is.
+# tests-hw/bare-root.sh checks that the binaries start in an empty root like this one (CI has no Docker engine).
 
 # Directory layout, users and the binary of the target architecture; runs on the build machine.
 FROM --platform=$BUILDPLATFORM busybox:1.36-musl AS layout

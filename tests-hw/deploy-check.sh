@@ -44,6 +44,12 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
   echo "deploy-check: skip: systemd-analyze not installed"
 fi
+# The agent gets only what the code uses: CAP_NET_ADMIN (TUN), no raw or packet sockets.
+if grep -Eq 'CAP_NET_RAW|AF_PACKET' <(grep -v '^#' systemd/gatelet-agent.service); then
+  fail "gatelet-agent.service grants CAP_NET_RAW or AF_PACKET, which the agent does not use"
+else
+  ok "gatelet-agent.service grants CAP_NET_ADMIN only, no packet sockets"
+fi
 if command -v systemd-sysusers >/dev/null 2>&1; then
   if out=$(systemd-sysusers --dry-run "$PWD/systemd/gatelet.sysusers.conf" 2>&1) &&
     ! grep -qi 'ignoring\|failed' <<<"$out"; then
@@ -96,11 +102,18 @@ for toml in board-configs/*/board.toml; do
   if ! python3 -c 'import sys, tomllib
 d = tomllib.load(open(sys.argv[1], "rb"))
 for section, key in [("board", "target"), ("interfaces", "lan"), ("interfaces", "wan"),
-                     ("interfaces", "tunnel"), ("memory", "agent_max"), ("memory", "companion_max"),
+                     ("interfaces", "tunnel"), ("memory", "agent_max"), ("memory", "agent_high"),
+                     ("memory", "companion_max"), ("memory", "companion_high"),
                      ("defaults", "netif_mode")]:
     assert str(d[section][key]), f"{section}.{key} is empty"
 assert d["board"]["name"] == sys.argv[2], "board.name must be the folder name"
-assert d["defaults"]["netif_mode"] in ("tun", "netstack"), "netif_mode is tun or netstack"
+assert d["defaults"]["netif_mode"] == "tun", "netif_mode must be tun (no userspace mode exists yet)"
+def size(v):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(v[:-1]) * units[v[-1]] if v[-1] in units else int(v)
+for daemon in ("agent", "companion"):
+    high, cap = d["memory"][daemon + "_high"], d["memory"][daemon + "_max"]
+    assert size(high) < size(cap), f"{daemon}_high {high} must leave headroom below {daemon}_max {cap}"
 ' "$toml" "$board"; then
     fail "$toml: not valid (see the error above)"
     continue
@@ -115,19 +128,34 @@ assert d["defaults"]["netif_mode"] in ("tun", "netstack"), "netif_mode is tun or
   for _ in 1 2; do # twice: the script is idempotent
     GATELET_BOARD=$board sh buildroot/board/gatelet/post-build.sh "$fake" >/dev/null || fail "post-build.sh for $board failed"
   done
-  agent_max=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["memory"]["agent_max"])' "$toml")
-  mode=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["defaults"]["netif_mode"])' "$toml")
-  dropin="$fake/etc/systemd/system/gatelet-agent.service.d/50-board.conf"
-  grep -qx "MemoryMax=$agent_max" "$dropin" || fail "$board: agent drop-in lacks MemoryMax=$agent_max"
-  if [ "$mode" = netstack ]; then
-    grep -qx "AmbientCapabilities=" "$dropin" || fail "$board: netstack mode must drop the agent's capabilities"
-  elif grep -q "AmbientCapabilities" "$dropin"; then
-    fail "$board: tun mode must keep the agent's capabilities"
-  fi
+  memory() { python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["memory"][sys.argv[2]])' "$toml" "$1"; }
+  for daemon in agent companion; do
+    dropin="$fake/etc/systemd/system/gatelet-$daemon.service.d/50-board.conf"
+    for key in max high; do
+      want="Memory${key^}=$(memory "${daemon}_$key")"
+      grep -qx "$want" "$dropin" || fail "$board: $daemon drop-in lacks $want"
+    done
+    # The agent keeps CAP_NET_ADMIN: without it, it cannot open its TUN device.
+    ! grep -q "Capabilit" "$dropin" || fail "$board: the $daemon drop-in changes capabilities"
+  done
   cmp -s "$toml" "$fake/etc/gatelet/board.toml" || fail "$board: board.toml not installed"
   [ "$(grep -c 'nftables.d' "$fake/etc/nftables.conf")" -eq 1 ] || fail "$board: nftables include missing or repeated"
 done
-[ "$failures" -gt 0 ] || ok "board configs parse; post-build.sh applies each of them"
+# A board asking for the userspace mode that does not exist is refused, not turned into an agent
+# without capabilities that cannot start.
+fake="$work/target-netstack"
+mkdir -p "$fake/usr/bin" "$work/board-configs/netstack-board" "$work/buildroot/board/gatelet"
+touch "$fake/usr/bin/gatelet-agent" "$fake/usr/bin/gatelet-companion"
+chmod +x "$fake/usr/bin/gatelet-agent" "$fake/usr/bin/gatelet-companion"
+sed -e 's/^netif_mode = .*/netif_mode = "netstack"/' -e 's/^name = .*/name = "netstack-board"/' \
+  board-configs/qemu-aarch64/board.toml >"$work/board-configs/netstack-board/board.toml"
+cp buildroot/board/gatelet/post-build.sh "$work/buildroot/board/gatelet/"
+if out=$(GATELET_BOARD=netstack-board sh "$work/buildroot/board/gatelet/post-build.sh" "$fake" 2>&1); then
+  fail "post-build.sh accepted netif_mode netstack"
+elif ! grep -q 'netif_mode "netstack" does not exist' <<<"$out"; then
+  fail "post-build.sh refused netstack without saying why: $out"
+fi
+[ "$failures" -gt 0 ] || ok "board configs parse; post-build.sh applies each of them (MemoryHigh below MemoryMax) and refuses netstack mode"
 
 # --- nftables, functional --------------------------------------------------------------------
 NFT_FILE=kernel-hooks/nftables/gatelet.nft

@@ -23,6 +23,9 @@ TEST_PACKAGES=(
   "qemu-user:qemu-aarch64"
   "tcpdump:tcpdump"
   "netcat-openbsd:nc"
+  # systemd-sysusers and systemd-tmpfiles apply the installer's user and /dev/net/tun rule
+  # (tunnel_interop's capability-less agent test)
+  "systemd:systemd-sysusers"
 )
 
 missing=()

@@ -10,6 +10,7 @@
 //! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
 //! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
+//! - [`watchdog`]: the systemd keep-alive, sent only while the data path and relays turn.
 //!
 //! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
 //! path thread, signals.
@@ -22,4 +23,5 @@ pub mod netif;
 pub mod probe;
 pub mod routes;
 pub mod tunnel;
+pub mod watchdog;
 pub mod wol;

@@ -15,13 +15,12 @@ use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
 use gatelet_agent::tunnel::driver::{self, DataPath};
 use gatelet_agent::tunnel::stats::TunnelStats;
 use gatelet_agent::tunnel::udp;
+use gatelet_agent::watchdog::{self, CheckIn, Watchdog};
 use gatelet_agent_api::env::{GatewayEnv, ENV_PATH_VAR};
 use gatelet_agent_api::sd_notify as notify;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// How often the agent tells systemd it is alive (the unit's WatchdogSec is 30 s).
-const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 /// Mode of the state directory when the agent creates it.
 const STATE_DIR_MODE: u32 = 0o750;
 /// How long shutdown waits for the last applied config to be saved.
@@ -161,6 +160,7 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
         stats.clone(),
     );
     let (stop, stop_rx) = watch::channel(false);
+    let datapath_checkin = CheckIn::new();
     let datapath = driver::spawn(
         DataPath {
             core,
@@ -168,6 +168,7 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
             udp: udp_sock,
             endpoint: env.wg_endpoint.clone(),
             mtu: env.mtu,
+            checkin: datapath_checkin.clone(),
         },
         stop_rx.clone(),
     )
@@ -188,14 +189,21 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
         }
-        // The unit's WatchdogSec (30 s) restarts an agent whose runtime stops turning.
-        let watchdog = tokio::spawn(async {
-            let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
-            loop {
-                tick.tick().await;
-                let _ = notify::notify("WATCHDOG=1");
+        // Every WatchdogSec/2 (WATCHDOG_USEC from systemd), and only while the data path thread
+        // turns; this task runs on this (the relay) runtime, so a stalled runtime stops it too.
+        let watchdog = match notify::watchdog_period_from_env() {
+            Some(period) => {
+                tracing::info!(
+                    period_ms = period.as_millis() as u64,
+                    "watchdog keep-alive on"
+                );
+                let dog = Watchdog::new([("datapath", datapath_checkin)]);
+                tokio::spawn(watchdog::run(period, dog, || {
+                    let _ = notify::notify("WATCHDOG=1");
+                }))
             }
-        });
+            None => tokio::spawn(std::future::pending()),
+        };
         tracing::info!(
             control_socket = %socket.path().display(),
             endpoint = %env.wg_endpoint,

@@ -8,8 +8,12 @@
 //!  mgmt API (loopback) ── push ──> sync loop        status socket ── Shared + store
 //! ```
 //!
-//! Start order: the last-known-good config is loaded and handed to the agent first, so the
-//! gateway serves its routes while the server is still unreachable.
+//! Start order: the state directory is created and locked (one companion per state directory,
+//! [`crate::instance_lock`]); the last-known-good config is loaded and handed to the agent first,
+//! so the gateway serves its routes while the server is still unreachable; then the listeners
+//! are bound. A state directory that cannot be created or locked, or a listener that cannot be
+//! bound, ends the daemon with an error line and exit status 1 before it reports READY, so the
+//! service manager restarts it and the journal says why.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,6 +32,7 @@ use crate::cli::RunArgs;
 use crate::client::Client;
 use crate::config::{self, ReservedPorts, RoutesFileWatcher};
 use crate::heartbeat::{DnsCheck, Heartbeat, MAX_HEARTBEAT_BYTES};
+use crate::instance_lock::InstanceLock;
 use crate::mgmt::{self, MgmtContext};
 use crate::state::{now_ms, Shared, Snapshot};
 use crate::store::Store;
@@ -39,8 +44,8 @@ use crate::telemetry::{self, TelemetrySource};
 pub const EXIT_CONFIG: u8 = 64;
 /// How often the standalone routes file is looked at.
 pub const ROUTES_FILE_POLL: Duration = Duration::from_secs(2);
-/// Watchdog keep-alive period (the units set `WatchdogSec=60`).
-pub const WATCHDOG_PERIOD: Duration = Duration::from_secs(15);
+/// How often the main thread looks for a signal and the watchdog period.
+const MAIN_LOOP_TICK: Duration = Duration::from_millis(200);
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
@@ -68,14 +73,9 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>
     }
 }
 
-/// Opens the store, creating the state dir (0700) if needed. An unusable store is logged and
-/// the daemon goes on without persistence rather than stop serving.
+/// Opens the store in the (existing, locked) state dir. An unusable store is logged and the
+/// daemon goes on without persistence rather than stop serving.
 fn open_store(state_dir: &Path) -> Option<Arc<Mutex<Store>>> {
-    if let Err(e) = create_private_dir(state_dir) {
-        tracing::error!(dir = %state_dir.display(), error = %e,
-            "cannot create the state dir; configs will not survive a restart");
-        return None;
-    }
     match Store::open(state_dir) {
         Ok(store) => {
             if let Some(moved) = store.recovered_from() {
@@ -133,6 +133,22 @@ pub fn run(args: RunArgs) -> ExitCode {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), mode, env = %env_path.display(),
         "gatelet-companion starting");
 
+    if let Err(e) = create_private_dir(&args.state_dir) {
+        tracing::error!(
+            "cannot create the state directory {}: {e}; exiting",
+            args.state_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    // Held until the process exits.
+    let _lock = match InstanceLock::acquire(&args.state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e}; exiting");
+            return ExitCode::FAILURE;
+        }
+    };
+
     let shutdown = Arc::new(AtomicBool::new(false));
     let shared = Shared::new(Snapshot {
         started_at_ms: now_ms(),
@@ -164,6 +180,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     let push = PushSignal::new();
     let heartbeat_now = PushSignal::new();
     let mut threads = Vec::new();
+    // Listeners that could not be bound: the daemon stops before READY.
+    let mut fatal: Vec<String> = Vec::new();
 
     threads.extend(spawn("agent", {
         let (link, shared, wake, stop, store) = (
@@ -265,8 +283,10 @@ pub fn run(args: RunArgs) -> ExitCode {
             let stop = shutdown.clone();
             threads.extend(spawn("mgmt", move || mgmt::serve(server, ctx, stop)));
         }
-        Err(e) => tracing::error!(addr = %mgmt_addr, error = %e,
-            "cannot bind the management API; the server cannot reach this gateway"),
+        Err(e) => fatal.push(format!(
+            "cannot bind the management API on {mgmt_addr}: {e} (the server could not reach this \
+             gateway)"
+        )),
     }
 
     if let Some(addr) = env.diag_listen {
@@ -277,33 +297,49 @@ pub fn run(args: RunArgs) -> ExitCode {
                     crate::diag::serve(server, shared, store, stop)
                 }));
             }
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot bind the diagnostics page"),
+            Err(e) => fatal.push(format!(
+                "cannot bind the diagnostics page on {addr}: {e} (set GATELET_DIAG_LISTEN to \
+                 another ADDR:PORT, or to off)"
+            )),
         }
     }
 
+    let mut status_bound = false;
     match crate::status::bind(&args.status_socket) {
         Ok(listener) => {
+            status_bound = true;
             let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());
             threads.extend(spawn("status", move || {
                 crate::status::serve(listener, shared, store, stop)
             }));
         }
-        Err(e) => tracing::warn!(path = %args.status_socket.display(), error = %e,
-            "cannot bind the status socket; `gatelet-companion status` will read the store"),
+        Err(e) => fatal.push(format!(
+            "cannot bind the status socket {}: {e}",
+            args.status_socket.display()
+        )),
     }
 
-    let _ = sd_notify::notify("READY=1");
-    let mut since_watchdog = Duration::ZERO;
-    while !SHUTDOWN.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        since_watchdog += Duration::from_millis(200);
-        if since_watchdog >= WATCHDOG_PERIOD {
-            let _ = sd_notify::notify("WATCHDOG=1");
-            since_watchdog = Duration::ZERO;
+    let failed = !fatal.is_empty();
+    if failed {
+        for line in &fatal {
+            tracing::error!("{line}; exiting");
         }
+    } else {
+        let _ = sd_notify::notify("READY=1");
+        // Every WatchdogSec/2, from WATCHDOG_USEC (no keep-alive when systemd asks for none).
+        let watchdog = sd_notify::watchdog_period_from_env();
+        let mut since_watchdog = Duration::ZERO;
+        while !SHUTDOWN.load(Ordering::SeqCst) {
+            std::thread::sleep(MAIN_LOOP_TICK);
+            since_watchdog += MAIN_LOOP_TICK;
+            if watchdog.is_some_and(|p| since_watchdog >= p) {
+                let _ = sd_notify::notify("WATCHDOG=1");
+                since_watchdog = Duration::ZERO;
+            }
+        }
+        tracing::info!("stopping");
+        let _ = sd_notify::notify("STOPPING=1");
     }
-    tracing::info!("stopping");
-    let _ = sd_notify::notify("STOPPING=1");
     shutdown.store(true, Ordering::SeqCst);
     for s in [&push, &heartbeat_now, &agent_wake] {
         s.close();
@@ -314,8 +350,14 @@ pub fn run(args: RunArgs) -> ExitCode {
     if let Some(store) = store {
         let _ = store.lock().unwrap_or_else(|p| p.into_inner()).flush();
     }
-    let _ = std::fs::remove_file(&args.status_socket);
-    ExitCode::SUCCESS
+    if status_bound {
+        let _ = std::fs::remove_file(&args.status_socket);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn heartbeat_body(

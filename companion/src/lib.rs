@@ -13,6 +13,7 @@
 //! - `status` and `diag`: the `status` command (over a Unix socket) and the diagnostics page.
 //! - `apply`, `supervisor`, `daemon`: a document becomes the config in force; the agent is
 //!   kept running it; the threads are started and stopped.
+//! - `instance_lock`: one daemon per state directory.
 
 pub mod agent_link;
 pub mod apply;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod diag;
 pub mod heartbeat;
+pub mod instance_lock;
 pub mod mgmt;
 pub mod state;
 pub mod status;

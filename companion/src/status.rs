@@ -113,15 +113,28 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A report for a daemon that is not running: the stored last-known-good config stands in for
+/// the config in force (its routes, its rejected routes), as it is what the agent serves and
+/// what the daemon will load when it starts.
+pub fn stopped_report(store: &Store) -> Report {
+    let mut r = Report::default();
+    fill_from_store(&mut r, store);
+    if let Ok(Some(lkg)) = store.last_good() {
+        r.snapshot.sync.rejected_routes = lkg.rejected;
+        r.snapshot.config = Some(lkg.agent);
+    }
+    r
+}
+
 /// Fetches a report: from the daemon, else from the store and the agent directly.
 pub fn fetch(args: &StatusArgs) -> Report {
     if let Ok(r) = fetch_from_daemon(&args.status_socket) {
         return r;
     }
-    let mut r = Report::default();
-    if let Ok(store) = Store::open(&args.state_dir) {
-        fill_from_store(&mut r, &store);
-    }
+    let mut r = match Store::open(&args.state_dir) {
+        Ok(store) => stopped_report(&store),
+        Err(_) => Report::default(),
+    };
     let link = AgentLink::new(&args.control_socket);
     match link.request(&Request::Status, CLIENT_TIMEOUT) {
         Ok(Response::Status(s)) => {

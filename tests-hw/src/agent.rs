@@ -4,6 +4,7 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use gatelet_agent_api::control::{AgentStatus, Request, Response};
@@ -141,21 +142,9 @@ impl Agent {
         env: &GatewayEnv,
         run_as: Option<(u32, u32)>,
     ) -> Result<Agent> {
-        let dir = ns.dir().join("agent");
-        let state = dir.join("state");
-        std::fs::create_dir_all(&state)
-            .map_err(|e| HarnessError::io(format!("create {}", state.display()), e))?;
-        let env_path = dir.join("gateway.env");
-        env.write(&env_path)?;
-        let socket = dir.join("agent.sock");
-        let mut cmd = match run_as {
+        let cmd = match run_as {
             None => ns.command(binary),
             Some((uid, gid)) => {
-                for path in [&dir, &state, &env_path] {
-                    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
-                        HarnessError::io(format!("chown {} to {uid}", path.display()), e)
-                    })?;
-                }
                 let mut c = ns.command("setpriv");
                 c.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={gid}"))
@@ -169,6 +158,32 @@ impl Agent {
                 c
             }
         };
+        Agent::start_command(ns, env, run_as, cmd)
+    }
+
+    /// As [`Agent::start`], with `cmd` the command line that runs the agent in `ns` (made with
+    /// [`Netns::command`]; the agent's `--env`, `--state-dir` and `--control-socket` are
+    /// appended). With `owner = Some((uid, gid))` the agent's files are given to that user.
+    pub fn start_command(
+        ns: &Netns,
+        env: &GatewayEnv,
+        owner: Option<(u32, u32)>,
+        mut cmd: Command,
+    ) -> Result<Agent> {
+        let dir = ns.dir().join("agent");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state)
+            .map_err(|e| HarnessError::io(format!("create {}", state.display()), e))?;
+        let env_path = dir.join("gateway.env");
+        env.write(&env_path)?;
+        let socket = dir.join("agent.sock");
+        if let Some((uid, gid)) = owner {
+            for path in [&dir, &state, &env_path] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+                    HarnessError::io(format!("chown {} to {uid}", path.display()), e)
+                })?;
+            }
+        }
         cmd.arg("--env")
             .arg(&env_path)
             .arg("--state-dir")

@@ -21,6 +21,7 @@ mod net;
 mod netns;
 mod process;
 mod products;
+mod service_user;
 mod tempdir;
 mod testbed;
 mod veth;
@@ -55,6 +56,7 @@ pub use products::{
     build, example_binary, product_binary, profile_dir, target_dir, workspace_root,
     PRODUCT_PACKAGES, TEST_PROFILE,
 };
+pub use service_user::{ServiceUser, SERVICE_USER};
 pub use tempdir::{next_seq, unique_name, TempDir};
 pub use testbed::{
     agent_env, Gateway, GatewayRole, Testbed, TestbedOptions, GW_LAN_IP, GW_TUNNEL_IP, HUB_LAN_IP,

@@ -316,9 +316,11 @@ fn agent_comes_back_after_a_crash_over_a_leftover_tun_device_and_socket_file() {
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
 }
 
-/// uid and gid of `nobody`, the stand-in for the service user.
-const NOBODY: (u32, u32) = (65534, 65534);
-
+/// On a fresh machine `/dev/net/tun` is 0600 root:root: the agent, running as the service user
+/// without CAP_DAC_OVERRIDE, can only open it once the installer's tmpfiles rule
+/// (systemd/gatelet.tmpfiles.conf) made it 0660 root:gatelet. The test creates the user with
+/// systemd-sysusers and applies the rule with systemd-tmpfiles to a fresh node, in the agent's
+/// private mount namespace (`gatelet_tests_hw::ServiceUser`).
 #[test]
 fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
     let mut tb = agent_testbed();
@@ -326,9 +328,14 @@ fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
         unreachable!("agent_testbed starts the agent")
     };
     agent.process().terminate();
+    let user = ok(
+        &tb,
+        gatelet_tests_hw::ServiceUser::create(&tb.gw_ns.dir().join("installer-root")),
+    );
+    let (uid, gid) = user.ids();
     // What an installer does once, as root: a persistent device owned by the service user,
     // with its address, MTU and route.
-    let (uid, gid) = (NOBODY.0.to_string(), NOBODY.1.to_string());
+    let (uid, gid) = (uid.to_string(), gid.to_string());
     let setup: [&[&str]; 4] = [
         &[
             "tuntap", "add", "dev", "gatelet0", "mode", "tun", "user", &uid, "group", &gid,
@@ -354,7 +361,12 @@ fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
     }
     let binary = product_binary("gatelet-agent").unwrap();
     let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
-    let unprivileged = gatelet_tests_hw::Agent::start_as(&tb.gw_ns, &binary, &env, Some(NOBODY));
+    let unprivileged = gatelet_tests_hw::Agent::start_command(
+        &tb.gw_ns,
+        &env,
+        Some(user.ids()),
+        user.command(&tb.gw_ns, &binary),
+    );
     tb.gateway = gatelet_tests_hw::Gateway::Agent(ok(&tb, unprivileged));
     let pid = ok(&tb, tb.agent()).pid();
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -366,6 +378,7 @@ fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
             .unwrap_or_default()
     };
     assert_eq!(field("Uid:")[0], uid, "{proc_status}");
+    assert_eq!(field("Gid:")[0], gid, "{proc_status}");
     assert_eq!(field("CapEff:"), ["0000000000000000"], "{proc_status}");
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));

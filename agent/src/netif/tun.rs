@@ -93,10 +93,18 @@ fn open_clone() -> Result<OwnedFd, NetifError> {
         )
     };
     if fd < 0 {
-        return Err(NetifError::sys(
-            "cannot open /dev/net/tun",
-            io::Error::last_os_error(),
-        ));
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EACCES) {
+            // File permissions, which CAP_NET_ADMIN does not override.
+            return Err(NetifError::Sys {
+                action: "cannot open /dev/net/tun".into(),
+                source: e,
+                hint: "; the device node must be readable and writable by the agent's user or \
+                       group: install systemd/gatelet.tmpfiles.conf (it makes the node 0660 \
+                       root:gatelet) and run `systemd-tmpfiles --create gatelet.conf`",
+            });
+        }
+        return Err(NetifError::sys("cannot open /dev/net/tun", e));
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -23,6 +23,7 @@ use super::core::{FromNetwork, TunnelCore, TIMER_TICK};
 use super::resolve::resolve;
 use super::udp::{self, PacketBatch, BATCH};
 use crate::netif::vnet::{Coalescer, Segments, VNET_HDR_LEN};
+use crate::watchdog::CheckIn;
 
 /// Batches handled per readiness before the loop looks at the other sources again.
 const ROUNDS_PER_WAKEUP: usize = 8;
@@ -82,6 +83,9 @@ pub struct DataPath<T: PacketInterface> {
     pub endpoint: Endpoint,
     /// The interface MTU, which sizes the buffers.
     pub mtu: u16,
+    /// Beaten on every turn of the loop (timer ticks included, so also when idle); the
+    /// watchdog withholds systemd's keep-alive when it stops.
+    pub checkin: CheckIn,
 }
 
 /// Starts the data path on a thread of its own; it runs until `shutdown` turns true or its
@@ -136,6 +140,7 @@ pub async fn run<T: PacketInterface>(
     // SAFETY: as above.
     let mut udp = unsafe { AsyncFd::register(dp.udp)? };
     let endpoint = dp.endpoint;
+    let checkin = dp.checkin;
     let mut rx = PacketBatch::new(out_len);
     let mut tx = PacketBatch::new(out_len);
     let mut plain = vec![0u8; out_len];
@@ -157,6 +162,7 @@ pub async fn run<T: PacketInterface>(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
+        checkin.beat();
         let now = Instant::now();
         if resolving.is_none() && core.wants_resolve(now) {
             core.resolve_started(now);
@@ -517,7 +523,9 @@ mod tests {
                 port: hub.sock.local_addr().unwrap().port(),
             },
             mtu: 1420,
+            checkin: CheckIn::new(),
         };
+        let checkin = dp.checkin.clone();
         let (stop, stop_rx) = watch::channel(false);
         let thread = spawn(dp, stop_rx).unwrap();
 
@@ -546,6 +554,10 @@ mod tests {
         assert_eq!(st.rx_dropped_not_allowed, 1);
         assert_eq!((st.rx_packets, st.tx_packets), (2, 1));
         assert_eq!(st.handshake_age_s, Some(0));
+        // Idle now: the timer tick alone keeps the loop checking in with the watchdog.
+        let mut watchdog = crate::watchdog::Watchdog::new([("datapath", checkin)]);
+        std::thread::sleep(TIMER_TICK * 3);
+        assert_eq!(watchdog.check(), Ok(()), "the idle data path beats");
 
         stop.send(true).unwrap();
         thread.join().unwrap().unwrap();

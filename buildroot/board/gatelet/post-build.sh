@@ -6,8 +6,9 @@
 # 1. Checks that both daemons are installed in the target.
 # 2. Applies the board configuration (board-configs/<board>/board.toml; the board comes from
 #    GATELET_BOARD or BR2_PACKAGE_GATELET_BOARD): installs it as /etc/gatelet/board.toml, writes
-#    the memory caps as systemd drop-ins, drops the agent's capabilities in netstack mode, and sets
-#    the tunnel interface of the nftables rules.
+#    the memory caps (MemoryMax, MemoryHigh) as systemd drop-ins and sets the tunnel interface of
+#    the nftables rules. A board asking for netif_mode "netstack" is refused: the agent has no
+#    userspace mode yet, and dropping its capabilities would only stop it from starting.
 # 3. Makes nftables load /etc/nftables.d/*.nft when the image has an /etc/nftables.conf.
 # Idempotent: running it twice gives the same tree.
 set -eu
@@ -46,8 +47,14 @@ if [ -n "$board" ]; then
 	install -D -m 0644 "$toml" "$TARGET_DIR/etc/gatelet/board.toml"
 
 	agent_max=$(toml_get "$toml" memory agent_max)
+	agent_high=$(toml_get "$toml" memory agent_high)
 	companion_max=$(toml_get "$toml" memory companion_max)
+	companion_high=$(toml_get "$toml" memory companion_high)
 	mode=$(toml_get "$toml" defaults netif_mode)
+	case "${mode:-tun}" in
+	tun) ;;
+	*) die "board '$board': netif_mode \"$mode\" does not exist; the agent only runs in \"tun\" mode (CAP_NET_ADMIN)" ;;
+	esac
 	tunnel_if=$(toml_get "$toml" interfaces tunnel)
 
 	dropins="$TARGET_DIR/etc/systemd/system"
@@ -56,16 +63,13 @@ if [ -n "$board" ]; then
 		echo "# Written by buildroot/board/gatelet/post-build.sh from board-configs/$board/board.toml"
 		echo "[Service]"
 		[ -z "$agent_max" ] || echo "MemoryMax=$agent_max"
-		if [ "$mode" = netstack ]; then
-			echo "# netstack mode: userspace TCP/IP, no TUN device, so no capabilities at all"
-			echo "AmbientCapabilities="
-			echo "CapabilityBoundingSet="
-		fi
+		[ -z "$agent_high" ] || echo "MemoryHigh=$agent_high"
 	} >"$dropins/gatelet-agent.service.d/50-board.conf"
 	{
 		echo "# Written by buildroot/board/gatelet/post-build.sh from board-configs/$board/board.toml"
 		echo "[Service]"
 		[ -z "$companion_max" ] || echo "MemoryMax=$companion_max"
+		[ -z "$companion_high" ] || echo "MemoryHigh=$companion_high"
 	} >"$dropins/gatelet-companion.service.d/50-board.conf"
 
 	nft="$TARGET_DIR/etc/nftables.d/gatelet.nft"
