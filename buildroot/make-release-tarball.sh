@@ -66,7 +66,9 @@ src="$stage/$name"
 
 # cargo vendor prints the [source] tables to add to .cargo/config.toml on stdout.
 echo "make-release-tarball: vendoring the crates of Cargo.lock ($commit)"
-(cd "$src" && cargo vendor --locked --versioned-dirs VENDOR >"$stage/vendor-config.toml")
+# Its progress and its advice to edit .cargo/config.toml (done below) go to a log, shown on failure.
+(cd "$src" && cargo vendor --locked --versioned-dirs VENDOR >"$stage/vendor-config.toml" 2>"$stage/vendor.log") ||
+  die "cargo vendor failed: $(cat "$stage/vendor.log")"
 grep -q '^directory = "VENDOR"' "$stage/vendor-config.toml" ||
   die "cargo vendor did not print the source replacement: $(cat "$stage/vendor-config.toml")"
 mkdir -p "$src/.cargo"
