@@ -78,6 +78,10 @@ check_licenses() { # MAKEFILE VAR
   say "$var of $mk: $n files, all in the tarball"
 }
 check_licenses buildroot/package/gatelet/gatelet.mk GATELET_LICENSE_FILES
+# GATELET_SOURCE is gatelet-$(GATELET_VERSION).tar.gz: the version must be the one of Cargo.toml.
+mk_version=$(license_files "$src/buildroot/package/gatelet/gatelet.mk" GATELET_VERSION)
+[ "$mk_version" = "$version" ] ||
+  die "GATELET_VERSION of gatelet.mk is '$mk_version', Cargo.toml says $version: Buildroot would look for another tarball"
 if [ -f "$repo/openwrt/gatelet/Makefile" ]; then
   check_licenses openwrt/gatelet/Makefile PKG_LICENSE_FILES
 fi
