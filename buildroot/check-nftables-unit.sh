@@ -30,8 +30,9 @@ say "$unit verifies"
 
 value() { sed -n "s/^$1=//p" "$unit"; }
 installed=/etc/nftables.d/gatelet.nft
-grep -q "kernel-hooks)/nftables/gatelet.nft\|HOOKS_DIR)/nftables/gatelet.nft" "$mk" &&
-  grep -q "$installed" "$mk" || die "$mk does not install $rules as $installed"
+if ! grep -q "HOOKS_DIR)/nftables/gatelet.nft" "$mk" || ! grep -q "$installed" "$mk"; then
+  die "$mk does not install $rules as $installed"
+fi
 grep -q 'gatelet-nftables.service' "$mk" || die "$mk does not install $unit"
 start=$(value ExecStart)
 stop=$(value ExecStop)

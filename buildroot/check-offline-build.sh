@@ -54,9 +54,10 @@ tar -xzf "$tarball" -C "$src" --strip-components=1
 
 # --- what the package and legal-info need ------------------------------------------------------
 [ -d "$src/VENDOR" ] || die "no VENDOR/ in $tarball: Buildroot would run cargo vendor (network) at download time"
-grep -qx 'replace-with = "vendored-sources"' "$src/.cargo/config.toml" &&
-  grep -qx 'directory = "VENDOR"' "$src/.cargo/config.toml" ||
+if ! grep -qx 'replace-with = "vendored-sources"' "$src/.cargo/config.toml" ||
+  ! grep -qx 'directory = "VENDOR"' "$src/.cargo/config.toml"; then
   die ".cargo/config.toml of the tarball does not replace crates.io by VENDOR"
+fi
 # Every crate of Cargo.lock that comes from crates.io has its directory in VENDOR/.
 missing=$(awk '/^\[\[package\]\]/ { n = ""; v = "" } $1 == "name" { n = $3 } $1 == "version" { v = $3 }
   $1 == "source" && $3 ~ /crates.io-index/ { gsub(/"/, "", n); gsub(/"/, "", v); print n "-" v }' "$src/Cargo.lock" |

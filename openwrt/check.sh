@@ -39,8 +39,9 @@ die() {
 
 [ "$(id -u)" -eq 0 ] || die "needs root (chroot into the fake OpenWrt root)"
 busybox=/bin/busybox
-[ -x "$busybox" ] && file -L "$busybox" | grep -q 'statically linked' ||
+if ! [ -x "$busybox" ] || ! file -L "$busybox" | grep -q 'statically linked'; then
   die "needs a static busybox at /bin/busybox (apt-get install busybox-static)"
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gatelet-openwrt.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -3,6 +3,7 @@
 # parameter, inside an open instance) and recorded, one line per call, in $PROCD_LOG:
 #   open_instance NAME | set_param NAME<TAB>ARG<TAB>ARG... | append_param ... | close_instance
 # Arguments are separated by tabs, so the log shows how the shell split them.
+# shellcheck shell=sh disable=SC3043 # busybox ash (OpenWrt's shell) has `local`
 
 _procd_instance=""
 
