@@ -4,13 +4,21 @@
 #
 ################################################################################
 
-# The checkout this BR2_EXTERNAL tree lives in is the source (site method local): the Buildroot
-# image always carries the code of the checkout it was built from.
+# The source is the release tarball of buildroot/make-release-tarball.sh: the tree of a commit with
+# every crate vendored in VENDOR/ and .cargo/config.toml pointing cargo at it, so the download,
+# the build and `make legal-info` need no network. Buildroot's cargo download post-process sees
+# VENDOR/ and leaves the tarball as it is. Make it in the checkout this tree lives in
+# (target/release-tarball/gatelet-<version>.tar.gz), or put a released tarball into
+# $(BR2_DL_DIR)/gatelet/ (Buildroot looks there first).
 GATELET_VERSION = 0.1.0
-GATELET_SITE = $(BR2_EXTERNAL_GATELET_PATH)/..
-GATELET_SITE_METHOD = local
+GATELET_SOURCE = gatelet-$(GATELET_VERSION).tar.gz
+GATELET_SITE = $(BR2_EXTERNAL_GATELET_PATH)/../target/release-tarball
+GATELET_SITE_METHOD = file
 GATELET_LICENSE = MIT or Apache-2.0
-# Build outputs of the checkout (cargo target dirs) are not sources: keep them out of the rsync.
+GATELET_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE
+# With GATELET_OVERRIDE_SRCDIR (local.mk, a checkout instead of the tarball) the build dir has no
+# VENDOR/: GATELET_CARGO_FETCH below fetches the crates (needs network once). Build outputs of the
+# checkout (cargo target dirs) are not sources: keep them out of the rsync.
 GATELET_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = --exclude target --exclude 'target-*'
 
 GATELET_PREBUILT_DIR = $(call qstrip,$(BR2_PACKAGE_GATELET_PREBUILT_DIR))
@@ -41,11 +49,14 @@ ifeq ($(GATELET_PREBUILT_DIR),)
 GATELET_CARGO_BUILD_OPTS = -p gatelet-agent -p gatelet-companion --bins
 GATELET_BIN_DIR = $(@D)/target/$(RUSTC_TARGET_NAME)/$(if $(BR2_ENABLE_DEBUG),debug,release)
 
-# Site method local skips the download step, where the cargo infrastructure vendors the crates;
-# fetch them into Buildroot's cargo home instead, so the --offline build finds them. A pre-build
-# hook, because host-rustc (which provides cargo) is only guaranteed to be built by then.
+# The tarball carries VENDOR/ and the source replacement: nothing to fetch. A checkout given as
+# GATELET_OVERRIDE_SRCDIR has neither: fetch the crates into Buildroot's cargo home, so the
+# --offline build finds them. A pre-build hook, because host-rustc (which provides cargo) is only
+# guaranteed to be built by then.
 define GATELET_CARGO_FETCH
-	cd $(@D) && $(TARGET_MAKE_ENV) $(PKG_CARGO_ENV) cargo fetch --locked
+	if [ ! -d $(@D)/VENDOR ]; then \
+		cd $(@D) && $(TARGET_MAKE_ENV) $(PKG_CARGO_ENV) cargo fetch --locked; \
+	fi
 endef
 GATELET_PRE_BUILD_HOOKS += GATELET_CARGO_FETCH
 
@@ -83,7 +94,18 @@ define GATELET_INSTALL_INIT_SYSTEMD
 	$(INSTALL) -d -m 0755 $(TARGET_DIR)/usr/lib/systemd/system-preset
 	printf 'enable gatelet-agent.service\nenable gatelet-companion.service\n' > \
 		$(TARGET_DIR)/usr/lib/systemd/system-preset/80-gatelet.preset
+	$(GATELET_INSTALL_NFTABLES_UNIT)
 endef
+
+# Buildroot's nftables package only has a SysV script: on systemd, this unit loads the rules.
+ifeq ($(BR2_PACKAGE_NFTABLES),y)
+define GATELET_INSTALL_NFTABLES_UNIT
+	$(INSTALL) -D -m 0644 $(GATELET_PKGDIR)/gatelet-nftables.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-nftables.service
+	printf 'enable gatelet-nftables.service\n' >> \
+		$(TARGET_DIR)/usr/lib/systemd/system-preset/80-gatelet.preset
+endef
+endif
 
 ifeq ($(GATELET_PREBUILT_DIR),)
 $(eval $(cargo-package))
