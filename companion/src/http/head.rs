@@ -123,15 +123,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     }))
 }
 
+/// A length is digits only; one too big for u64 saturates (it is over any cap: 413, not 400).
 fn parse_length(v: &[u8]) -> Result<u64, HeadError> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return Err(HeadError::BadLength);
     }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(HeadError::BadLength)
-    })
+    Ok(v.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
 }
 
 #[cfg(test)]
@@ -171,15 +170,7 @@ mod tests {
             l("1000000000000").unwrap().unwrap().framing,
             Framing::Length(1_000_000_000_000)
         );
-        for bad in [
-            "4, 5",
-            "-1",
-            "+4",
-            "0x10",
-            "",
-            "99999999999999999999",
-            "4 4",
-        ] {
+        for bad in ["4, 5", "-1", "+4", "0x10", "", "4 4"] {
             assert_eq!(l(bad), Err(HeadError::BadLength), "{bad:?}");
         }
         assert_eq!(

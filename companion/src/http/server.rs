@@ -439,28 +439,43 @@ fn advance(c: &mut Conn, limits: &Limits, now: Instant) -> Step {
             }
         }
     }
-    let cap = match &c.stage {
+    loop {
+        let cap = cap_of(&c.stage, limits);
+        let ended = match fill(c, cap) {
+            Ok(e) => e,
+            Err(_) => return Step::Close,
+        };
+        let was_head = matches!(c.stage, Stage::Head { .. });
+        let step = parse(c, limits, now);
+        let Step::Keep = step else { return step };
+        let is_head = matches!(c.stage, Stage::Head { .. });
+        if ended {
+            return Step::Close;
+        }
+        if was_head && !is_head {
+            // The head is complete: read on under the body's cap.
+            continue;
+        }
+        if c.buf.len() >= cap {
+            return Step::Refuse(if is_head {
+                Response::json_error(431, "request_header_fields_too_large")
+            } else {
+                Response::json_error(413, "payload_too_large")
+            });
+        }
+        return Step::Keep;
+    }
+}
+
+/// Bytes the connection's buffer may hold in `stage`.
+fn cap_of(stage: &Stage, limits: &Limits) -> usize {
+    match stage {
         Stage::Head { .. } => limits.max_head,
         Stage::Body { head } => match head.framing {
             Framing::Length(n) => head.len + n as usize,
             _ => head.len + limits.max_body + CHUNK_OVERHEAD,
         },
         Stage::Linger { .. } => 0,
-    };
-    let ended = match fill(c, cap) {
-        Ok(e) => e,
-        Err(_) => return Step::Close,
-    };
-    let step = parse(c, limits, now);
-    match step {
-        Step::Keep if ended => Step::Close,
-        Step::Keep if c.buf.len() >= cap => match c.stage {
-            Stage::Head { .. } => {
-                Step::Refuse(Response::json_error(431, "request_header_fields_too_large"))
-            }
-            _ => Step::Refuse(Response::json_error(413, "payload_too_large")),
-        },
-        other => other,
     }
 }
 
