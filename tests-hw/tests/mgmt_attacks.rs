@@ -319,3 +319,49 @@ fn an_endless_header_line_is_cut_and_memory_stays_flat() {
     assert_alive(&mut d, "endless header lines");
     measure(&mut d, "item4", "after", before);
 }
+
+/// The relay names the caller (PROXY v2), so the failed-auth limit counts per caller: ten bad
+/// tokens from the hub block the hub (429) but not a local caller on 127.0.0.1, and the right
+/// token still works from both (main: every relayed call counted as 127.0.0.1, one shared
+/// counter, so the hub's failures blocked everyone).
+#[test]
+fn failed_auth_through_the_relay_is_counted_per_caller() {
+    let d = deployment();
+    let api = Deployment::tunnel_addr(api_port());
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port()));
+    let call = |ns: &Netns, addr: SocketAddr, token: &str| {
+        http_request(
+            ns,
+            addr,
+            "GET",
+            "/api/status",
+            &[("X-Gateway-Token", token)],
+            None,
+            IO_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()))
+        .status
+    };
+    let hub = &d.testbed.hub_ns;
+    let statuses: Vec<u16> = (0..11).map(|_| call(hub, api, "wrong")).collect();
+    assert_eq!(statuses[..10], [403; 10], "{statuses:?}");
+    assert_eq!(statuses[10], 429, "the hub is blocked after ten failures");
+    assert_eq!(
+        call(&d.testbed.gw_ns, local, "wrong"),
+        403,
+        "a local caller is not blocked by the hub's failures\n{}",
+        d.logs()
+    );
+    let token = fixture_value("GC_GATEWAY_TOKEN").unwrap();
+    assert_eq!(call(hub, api, &token), 200);
+    assert!(
+        d.companion
+            .as_ref()
+            .unwrap()
+            .log()
+            .lines()
+            .any(|l| l.contains("bad token") && l.contains("10.8.0.1")),
+        "the companion logs the hub's address for its failures\n{}",
+        d.logs()
+    );
+}
