@@ -154,6 +154,25 @@ fn declared_bodies_over_the_cap_get_413_at_once_and_16_kib_is_accepted() {
 }
 
 #[test]
+fn expect_100_continue_is_answered_before_the_body_and_not_when_it_is_too_big() {
+    let srv = Server::start(small());
+    let mut s = conn(srv.addr);
+    s.write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").unwrap();
+    let a = answer(&mut s);
+    assert_eq!((status(&a), body(&a)), (200, "127.0.0.1 5"), "{a}");
+    let a = send(
+        srv.addr,
+        b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999\r\n\r\n",
+    );
+    assert_eq!(status(&a), 413, "no 100 Continue first: {a}");
+}
+
+#[test]
 fn a_head_over_16_kib_gets_431_however_much_more_is_sent() {
     let srv = Server::start(small());
     let mut s = conn(srv.addr);
@@ -227,9 +246,10 @@ fn ambiguous_or_unsupported_framing_is_refused() {
 
 #[test]
 fn a_full_budget_evicts_the_busiest_sources_oldest_and_new_requests_are_served() {
+    // Default (10 s) timeouts: only the budget may close a connection here.
     let srv = Server::start(Limits {
         max_connections: 4,
-        ..small()
+        ..Limits::default()
     });
     let (flood, quiet) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
     let mut other = connect_from(quiet, srv.addr);
