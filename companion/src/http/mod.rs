@@ -9,7 +9,8 @@
 //! adds only httparse (already in the agent) and nix's `poll`; measured, the static aarch64
 //! companion went from 2,972,576 bytes (tiny_http) to 2,896,008 (budget: 3 MiB), and under the
 //! floods of issue 8 the release companion stayed at 5.2-5.7 MiB RSS and 12 threads
-//! (tests-hw/tests/mgmt_attacks.rs; tiny_http: 1041 threads, 36 MiB, or an abort).
+//! (tests-hw/tests/mgmt_attacks.rs; the tiny_http debug build: 1041 threads, 36 MiB, or an
+//! abort).
 //!
 //! Shape ([`serve`]): one I/O thread polls the listener and every open connection
 //! (nonblocking sockets, `poll(2)`), reads each request into a buffer that never grows past
