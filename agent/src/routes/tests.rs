@@ -527,3 +527,27 @@ async fn a_wildcard_bind_address_is_refused() {
         Some(ListenerState::Failed { .. })
     ));
 }
+
+#[tokio::test]
+async fn the_api_relay_has_its_own_budget_when_the_routes_cap_is_full() {
+    let echo = tagged_echo("echo").await;
+    let api = proxy_echo().await;
+    let (route_port, relay_port) = (free_port(), free_port());
+    let mut s = settings();
+    s.max_connections_total = 2;
+    s.api_relay = Some((relay_port, api));
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    m.apply(config("h", vec![l4(1, route_port, echo)]));
+    let (_a, _) = Conn::open(route_port).await;
+    let (_b, _) = Conn::open(route_port).await;
+    // The routes' global cap is full: a third route connection is refused...
+    let mut third = Conn(BufReader::new(
+        TcpStream::connect(("127.0.0.1", route_port)).await.unwrap(),
+    ));
+    assert!(third.closed().await, "the routes' cap of 2 refuses a third");
+    // ...and the management API relay still answers.
+    let (mut c, tag) = Conn::open(relay_port).await;
+    assert_eq!(tag, "api 127.0.0.1");
+    c.echo("GET /api/status").await;
+}
