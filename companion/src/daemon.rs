@@ -262,7 +262,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     let mgmt_addr = args
         .mgmt_listen
         .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, env.api_port)));
-    match tiny_http::Server::http(mgmt_addr) {
+    match std::net::TcpListener::bind(mgmt_addr) {
         Ok(server) => {
             let mut ctx = MgmtContext::new(
                 env.gateway_token.clone(),
@@ -290,7 +290,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 
     if let Some(addr) = env.diag_listen {
-        match tiny_http::Server::http(addr) {
+        match std::net::TcpListener::bind(addr) {
             Ok(server) => {
                 let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());
                 threads.extend(spawn("diag", move || {

@@ -5,10 +5,11 @@
 //! `GATELET_DIAG_LISTEN` says (default [`DEFAULT_LISTEN`], loopback only): a LAN address is
 //! an explicit choice of whoever installs the gateway.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use crate::http::{self, Request, Responder, Response};
 use crate::state::{now_ms, Shared};
 use crate::status::{render, report};
 use crate::store::Store;
@@ -17,8 +18,6 @@ use crate::store::Store;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9877";
 /// How often the page reloads itself.
 const REFRESH_S: u32 = 5;
-/// How long the acceptor waits before looking at the shutdown flag again.
-const ACCEPT_POLL: Duration = Duration::from_millis(250);
 
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -48,54 +47,53 @@ pub fn page(status_text: &str) -> String {
     )
 }
 
-/// Serves the page on `server` until `shutdown` is set. One request at a time: each answer
-/// is built from memory in microseconds.
+/// The diagnostics page's server limits: the defaults of [`http::Limits`] with one worker, a
+/// budget of 16 connections and no PROXY header (nothing relays to this page).
+pub fn limits() -> http::Limits {
+    http::Limits {
+        max_connections: 16,
+        workers: 1,
+        queue: 4,
+        proxy_from_loopback: false,
+        ..http::Limits::default()
+    }
+}
+
+/// Serves the page on `listener` until `shutdown` is set, with [`limits`]: each answer is
+/// built from memory in microseconds, so one worker suffices.
 pub fn serve(
-    server: tiny_http::Server,
+    listener: TcpListener,
     shared: Shared,
     store: Option<Arc<Mutex<Store>>>,
     shutdown: Arc<AtomicBool>,
 ) {
-    tracing::info!(addr = %server.server_addr(), "diagnostics page serving");
-    while !shutdown.load(Ordering::Relaxed) {
-        let req = match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "diagnostics page accept failed");
-                std::thread::sleep(ACCEPT_POLL);
-                continue;
-            }
-        };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "diagnostics page serving");
+    }
+    let handler: http::Handler = Arc::new(move |req: Request, out: Responder| {
         let r = report(&shared, store.as_deref());
-        let (body, kind, code) = match (req.method(), req.url()) {
-            (tiny_http::Method::Get, "/") => {
-                (page(&render(&r, now_ms())), "text/html; charset=utf-8", 200)
-            }
-            (tiny_http::Method::Get, "/status.json") => (
+        let (body, kind, code) = match (req.method(), req.head.target.as_str()) {
+            ("GET", "/") => (page(&render(&r, now_ms())), "text/html; charset=utf-8", 200),
+            ("GET", "/status.json") => (
                 serde_json::to_string(&r).unwrap_or_else(|_| "{}".into()),
                 "application/json",
                 200,
             ),
             _ => ("not found\n".into(), "text/plain", 404),
         };
-        let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-        for (k, v) in [
-            ("Content-Type", kind),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-        ] {
-            if let Ok(h) = tiny_http::Header::from_bytes(k, v) {
-                resp.add_header(h);
-            }
-        }
-        let _ = req.respond(resp);
-    }
+        let mut resp = Response::new(code, kind, body.into_bytes());
+        resp.headers.push(("Cache-Control", "no-store".into()));
+        resp.headers
+            .push(("X-Content-Type-Options", "nosniff".into()));
+        out.send(&resp);
+    });
+    http::serve(listener, limits(), handler, &shutdown, "diag");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn page_escapes_what_it_shows() {
@@ -106,8 +104,8 @@ mod tests {
 
     #[test]
     fn serves_html_and_json_and_404() {
-        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-        let addr = server.server_addr().to_ip().unwrap();
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
         let shared = Shared::default();
         shared.lock().sync.config_hash = Some("sha256:feed".into());
         let stop = Arc::new(AtomicBool::new(false));

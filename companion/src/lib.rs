@@ -8,6 +8,7 @@
 //! - `store`: SQLite: last-known-good config, history, events.
 //! - `agent_link`: the agent's control socket.
 //! - `heartbeat` and `telemetry`: the heartbeat body and what goes in it.
+//! - `http`: the bounded HTTP/1.1 server under `mgmt` and `diag`.
 //! - `mgmt`: the management API the server calls (through the agent's relay).
 //! - `state`: what all of the above know right now, for status.
 //! - `status` and `diag`: the `status` command (over a Unix socket) and the diagnostics page.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod diag;
 pub mod heartbeat;
+pub mod http;
 pub mod instance_lock;
 pub mod mgmt;
 pub mod state;

@@ -172,8 +172,8 @@ struct Api {
 
 impl Api {
     fn start(ctx: MgmtContext) -> Api {
-        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-        let addr = server.server_addr().to_ip().unwrap();
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
         let sd = shutdown.clone();
         std::thread::spawn(move || serve(server, ctx, sd));
@@ -758,8 +758,8 @@ fn serve_returns_after_shutdown_and_clears_the_serving_flag() {
     let dir = TempDir::new("shutdown");
     let ctx = ctx_for(&dir, AgentLink::new(dir.0.join("none")), Shared::default());
     let serving = ctx.serving.clone();
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let addr = server.server_addr().to_ip().unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
     let shutdown = Arc::new(AtomicBool::new(false));
     let sd = shutdown.clone();
     let t = std::thread::spawn(move || serve(server, ctx, sd));

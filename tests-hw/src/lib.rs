@@ -53,8 +53,8 @@ pub use net::{ping, tcp_echo, udp_socket, EchoServer, ECHO_IO_TIMEOUT};
 pub use netns::{sweep_leftovers, Netns, NETNS_ETC, NETNS_RUN, WG_SOCKET_DIR};
 pub use process::{describe, run, Process, TERM_GRACE};
 pub use products::{
-    build, example_binary, product_binary, profile_dir, target_dir, workspace_root,
-    PRODUCT_PACKAGES, TEST_PROFILE,
+    build, example_binary, product_binary, product_profile, profile_dir, target_dir,
+    workspace_root, PRODUCT_PACKAGES, TEST_PROFILE,
 };
 pub use service_user::{ServiceUser, SERVICE_USER};
 pub use tempdir::{next_seq, unique_name, TempDir};

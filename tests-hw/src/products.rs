@@ -83,9 +83,18 @@ fn cargo_build(profile: &str, packages: &[&str]) -> Result<PathBuf, String> {
     Ok(profile_dir(profile))
 }
 
-/// The path of binary `name` from the product packages, built with [`TEST_PROFILE`] first.
+/// The profile the product binaries are built with: `$GATELET_PRODUCT_PROFILE` when set (e.g.
+/// `release`, to measure the shipped build), else [`TEST_PROFILE`].
+pub fn product_profile() -> String {
+    std::env::var("GATELET_PRODUCT_PROFILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| TEST_PROFILE.into())
+}
+
+/// The path of binary `name` from the product packages, built with [`product_profile`] first.
 pub fn product_binary(name: &str) -> Result<PathBuf> {
-    let dir = build(TEST_PROFILE, PRODUCT_PACKAGES)?;
+    let dir = build(&product_profile(), PRODUCT_PACKAGES)?;
     let path = dir.join(name);
     if path.is_file() {
         Ok(path)

@@ -13,4 +13,5 @@ pub mod env;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod mac;
+pub mod proxy_v2;
 pub mod sd_notify;

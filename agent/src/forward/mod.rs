@@ -1,9 +1,11 @@
-//! L4 relays: TCP ([`tcp`]) and UDP ([`udp`]) from a listener on the tunnel IP to a LAN target.
+//! L4 relays: TCP ([`tcp`]) and UDP ([`udp`]) from a listener on the tunnel IP to a LAN target,
+//! and the management API relay to the companion ([`api_relay`]: its own budget, PROXY v2).
 //!
 //! The listeners themselves are bound by the route manager (`crate::routes`); this module takes
 //! an already-bound socket, the route's [`TargetCell`] (read for every new connection or
 //! session, so a target change applies at once to new traffic) and its [`RouteCounters`].
 
+pub mod api_relay;
 pub mod tcp;
 pub mod udp;
 

@@ -4,7 +4,8 @@
 //! Every socket on the tunnel side belongs to the manager: one TCP and one UDP listener per L4
 //! route (keyed by listen port), the HTTP proxy on `GC_PROXY_PORT` (served by
 //! `crate::http::serve` from an [`HttpTable`]) and the management API relay on `GC_API_PORT`
-//! (a plain TCP relay to the companion on loopback). [`RouteManager::apply`] compares the new
+//! (`crate::forward::api_relay`: to the companion on loopback, with its own connection budget
+//! and a PROXY v2 header naming the caller). [`RouteManager::apply`] compares the new
 //! config with what runs:
 //! - same port, same target: untouched (listeners and connections);
 //! - same port, new target: the listener keeps running, new connections go to the new target;
@@ -32,6 +33,7 @@ use gatelet_agent_api::control::{
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Notify};
 
+use crate::forward::api_relay::{self, ApiRelay};
 use crate::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use crate::forward::udp::{self, UdpConfig, UdpRoute};
 use crate::forward::{wait_true, RouteCounters, Target, TargetCell};
@@ -389,20 +391,17 @@ impl RouteManager {
             let first = bind_tcp(addr);
             let state: StateCell = Arc::new(Mutex::new(first_state(&first, "API relay")));
             let switches = Switches::new();
-            let route = TcpRoute {
-                target: TargetCell::new(Target {
-                    host: target.ip().to_string(),
-                    port: target.port(),
-                }),
-                counters: self.inner.api_counters.clone(),
-                config: self.inner.tcp_config.clone(),
-                global: self.inner.global.clone(),
-                kill: switches.kill_rx(),
-            };
+            // Its own budget and idle timeout, outside the routes' global cap.
+            let relay = ApiRelay::new(
+                target,
+                self.inner.api_counters.clone(),
+                &self.inner.tcp_config,
+                switches.kill_rx(),
+            );
             tokio::spawn(keep_bound(
                 first,
                 move || bind_tcp(addr),
-                move |l, stop| tcp::serve(l, route, stop),
+                move |l, stop| api_relay::serve(l, relay.clone(), stop),
                 state.clone(),
                 switches.stop.subscribe(),
                 retry,

@@ -30,6 +30,39 @@ async fn tagged_echo(tag: &'static str) -> SocketAddr {
     addr
 }
 
+/// A stand-in companion: reads the relay's PROXY v2 header, greets with `api <caller ip>`,
+/// then echoes.
+async fn proxy_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 16];
+                s.read_exact(&mut head).await.unwrap();
+                let n = usize::from(u16::from_be_bytes([head[14], head[15]]));
+                let mut rest = vec![0u8; n];
+                s.read_exact(&mut rest).await.unwrap();
+                let mut all = head.to_vec();
+                all.extend_from_slice(&rest);
+                let gatelet_agent_api::proxy_v2::Decoded::Header {
+                    source: Some(src), ..
+                } = gatelet_agent_api::proxy_v2::decode(&all).unwrap()
+                else {
+                    panic!("no PROXY header with a source")
+                };
+                let greeting = format!("api {}\n", src.ip());
+                if s.write_all(greeting.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
 /// A port free for both TCP and UDP on loopback right now.
 fn free_port() -> u16 {
     for _ in 0..50 {
@@ -275,7 +308,7 @@ async fn saved_config_is_served_by_a_new_manager_at_start() {
 
 #[tokio::test]
 async fn api_relay_reaches_the_companion_and_http_proxy_listens() {
-    let api = tagged_echo("api").await;
+    let api = proxy_echo().await;
     let relay_port = free_port();
     let proxy_port = free_port();
     let mut s = settings();
@@ -287,7 +320,10 @@ async fn api_relay_reaches_the_companion_and_http_proxy_listens() {
     assert_eq!(st.api_relay, Some(ListenerState::Listening));
     assert_eq!(st.http_proxy, Some(ListenerState::Listening));
     let (mut c, tag) = Conn::open(relay_port).await;
-    assert_eq!(tag, "api");
+    assert_eq!(
+        tag, "api 127.0.0.1",
+        "the relay names the caller in a PROXY v2 header"
+    );
     c.echo("GET /api/health").await;
     // HTTP routes appear in status under their domain, with the proxy's state.
     let web = tagged_echo("web").await;
@@ -490,4 +526,28 @@ async fn a_wildcard_bind_address_is_refused() {
         route(&applied, p).udp,
         Some(ListenerState::Failed { .. })
     ));
+}
+
+#[tokio::test]
+async fn the_api_relay_has_its_own_budget_when_the_routes_cap_is_full() {
+    let echo = tagged_echo("echo").await;
+    let api = proxy_echo().await;
+    let (route_port, relay_port) = (free_port(), free_port());
+    let mut s = settings();
+    s.max_connections_total = 2;
+    s.api_relay = Some((relay_port, api));
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    m.apply(config("h", vec![l4(1, route_port, echo)]));
+    let (_a, _) = Conn::open(route_port).await;
+    let (_b, _) = Conn::open(route_port).await;
+    // The routes' global cap is full: a third route connection is refused...
+    let mut third = Conn(BufReader::new(
+        TcpStream::connect(("127.0.0.1", route_port)).await.unwrap(),
+    ));
+    assert!(third.closed().await, "the routes' cap of 2 refuses a third");
+    // ...and the management API relay still answers.
+    let (mut c, tag) = Conn::open(relay_port).await;
+    assert_eq!(tag, "api 127.0.0.1");
+    c.echo("GET /api/status").await;
 }

@@ -1,34 +1,35 @@
 //! The management API the GateControl server calls (protocol §6).
 //!
-//! Served with tiny_http on a loopback address; the agent relays the tunnel side
-//! (`<tunnel ip>:GC_API_PORT`) to it. [`serve`] takes an already-bound server and a shutdown
-//! flag, so tests bind `127.0.0.1:0` and stop it themselves.
+//! Served by [`crate::http`] (bounded head, body, time and connections) on a loopback address;
+//! the agent relays the tunnel side (`<tunnel ip>:GC_API_PORT`) to it, prefixing each
+//! connection with a PROXY v2 header so the caller's real address reaches the failed-auth
+//! limiter. [`serve`] takes an already-bound listener and a shutdown flag, so tests bind
+//! `127.0.0.1:0` and stop it themselves.
 //!
-//! Request path: accept ([`serve`], one thread) → a bounded queue → a small fixed pool of
-//! workers ([`WORKERS`]) → [`dispatch`]: size cap, token check (constant time) with the
+//! Request path: the server's I/O thread reads a complete request → a bounded queue → a small
+//! fixed pool of workers ([`WORKERS`]) → `handle`: token check (constant time) with the
 //! failed-auth limiter ([`auth`]), then one handler per endpoint ([`wol`], [`probe`],
-//! [`self_update`], status and the small ones here). When the queue is full the acceptor
-//! answers 503 itself; a wake (which may wait 300 s) holds at most [`MAX_CONCURRENT_WAKES`]
-//! workers, so status and pushes keep flowing.
+//! [`self_update`], status and the small ones here), chosen in `route`. When the queue is
+//! full the I/O thread answers 503 itself; a wake (which may wait 300 s) holds at most
+//! [`MAX_CONCURRENT_WAKES`] workers, so status and pushes keep flowing.
 
 pub mod auth;
 pub mod probe;
 pub mod self_update;
 pub mod wol;
 
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gatelet_agent_api::env::{Cidr, Secret};
 use serde_json::{json, Value};
 
 use crate::agent_link::AgentLink;
 use crate::heartbeat::{self_check, DnsCheck, SelfCheckInput, MAX_STATUS_BYTES};
+use crate::http::{self, Request, Responder, Response};
 use crate::state::Shared;
 
 /// Largest request body accepted, in bytes (larger: 413).
@@ -39,8 +40,6 @@ pub const WORKERS: usize = 4;
 pub const QUEUE_DEPTH: usize = 16;
 /// Wakes in progress at once (each holds a worker for up to its timeout).
 pub const MAX_CONCURRENT_WAKES: usize = 2;
-/// How often the acceptor looks at the shutdown flag.
-pub const ACCEPT_POLL: Duration = Duration::from_millis(200);
 /// The request header carrying the push token.
 pub const TOKEN_HEADER: &str = "X-Gateway-Token";
 
@@ -142,16 +141,10 @@ impl Reply {
         Reply::json(status, &json!({ "error": code }))
     }
 
-    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut r = tiny_http::Response::from_data(self.body).with_status_code(self.status);
-        if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-        {
-            r = r.with_header(h);
-        }
+    fn into_response(self) -> Response {
+        let mut r = Response::new(self.status, "application/json", self.body);
         if let Some(s) = self.retry_after {
-            if let Ok(h) = tiny_http::Header::from_bytes(&b"Retry-After"[..], s.to_string()) {
-                r = r.with_header(h);
-            }
+            r.headers.push(("Retry-After", s.to_string()));
         }
         r
     }
@@ -165,10 +158,32 @@ struct Server {
     self_update: Mutex<()>,
 }
 
-/// Serves the management API on `server` until `shutdown` is set. Blocks the calling thread
-/// (the acceptor); requests run on [`WORKERS`] threads. Workers finish the request they hold
-/// after shutdown (a wake may take up to its timeout) and are not waited for.
-pub fn serve(server: tiny_http::Server, ctx: MgmtContext, shutdown: Arc<AtomicBool>) {
+/// The server limits of the management API: [`http::Limits::default`] with [`WORKERS`],
+/// [`QUEUE_DEPTH`] and [`MAX_BODY_BYTES`].
+pub fn limits() -> http::Limits {
+    http::Limits {
+        workers: WORKERS,
+        queue: QUEUE_DEPTH,
+        max_body: MAX_BODY_BYTES,
+        ..http::Limits::default()
+    }
+}
+
+/// Serves the management API on `listener` with [`limits`] until `shutdown` is set. Blocks
+/// the calling thread (the server's I/O thread); requests run on [`WORKERS`] threads.
+/// Workers finish the request they hold after shutdown (a wake may take up to its timeout)
+/// and are not waited for.
+pub fn serve(listener: TcpListener, ctx: MgmtContext, shutdown: Arc<AtomicBool>) {
+    serve_with(listener, ctx, shutdown, limits());
+}
+
+/// [`serve`] with other limits (tests shrink the budget and timeouts).
+pub fn serve_with(
+    listener: TcpListener,
+    ctx: MgmtContext,
+    shutdown: Arc<AtomicBool>,
+    limits: http::Limits,
+) {
     if ctx.gateway_token.is_none() {
         tracing::warn!(
             "management API disabled: GC_GATEWAY_TOKEN is not set, so every call except \
@@ -177,79 +192,33 @@ pub fn serve(server: tiny_http::Server, ctx: MgmtContext, shutdown: Arc<AtomicBo
     }
     ctx.serving.store(true, Ordering::SeqCst);
     let serving = ctx.serving.clone();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "management API serving");
+    }
     let shared = Arc::new(Server {
         ctx,
         limiter: Mutex::new(auth::FailureLimiter::default()),
         wakes: AtomicUsize::new(0),
         self_update: Mutex::new(()),
     });
-    let (tx, rx) = sync_channel::<tiny_http::Request>(QUEUE_DEPTH);
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..WORKERS {
-        let (rx, s) = (rx.clone(), shared.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("mgmt-{i}"))
-            .spawn(move || worker(&rx, &s));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a management API worker thread");
-        }
-    }
-    tracing::info!(addr = %server.server_addr(), "management API serving");
-    while !shutdown.load(Ordering::SeqCst) {
-        let req = match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "management API accept failed; retrying");
-                std::thread::sleep(ACCEPT_POLL);
-                continue;
-            }
-        };
-        match tx.try_send(req) {
-            Ok(()) => {}
-            Err(TrySendError::Full(req)) => {
-                let mut r = Reply::error(503, "busy");
-                r.retry_after = Some(1);
-                respond(req, r);
-            }
-            Err(TrySendError::Disconnected(req)) => {
-                respond(req, Reply::error(503, "shutting_down"));
-                break;
-            }
-        }
-    }
+    let handler: http::Handler = Arc::new(move |req, out| handle(req, out, &shared));
+    http::serve(listener, limits, handler, &shutdown, "mgmt");
     serving.store(false, Ordering::SeqCst);
 }
 
-fn worker(rx: &Mutex<Receiver<tiny_http::Request>>, s: &Server) {
-    loop {
-        // The lock is held only while waiting for the next request, never while handling.
-        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(req) = next else { return };
-        handle(req, s);
-    }
-}
-
-fn respond(req: tiny_http::Request, reply: Reply) {
-    if let Err(e) = req.respond(reply.into_response()) {
-        tracing::debug!(error = %e, "management API: answer not delivered");
-    }
-}
-
-fn handle(mut req: tiny_http::Request, s: &Server) {
+fn handle(req: Request, out: Responder, s: &Server) {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let path = req.url().split('?').next().unwrap_or("").to_owned();
-    let reply = match prepare(&mut req, &method, &path, s) {
+    let (method, path) = (req.method(), req.path());
+    let reply = match prepare(&req, method, path, s) {
         Ok(body) => {
             if path == "/api/config-changed" {
                 // Answer first, then tell the sync engine: the server waits only 2 s.
-                respond(req, Reply::json(200, &json!({"ok": true})));
+                out.send(&Reply::json(200, &json!({"ok": true})).into_response());
                 (s.ctx.on_config_changed)();
                 tracing::info!("config change pushed by the server");
                 return;
             }
-            route(&method, &path, body.as_ref(), s)
+            route(method, path, body.as_ref(), s)
         }
         Err(r) => r,
     };
@@ -258,25 +227,18 @@ fn handle(mut req: tiny_http::Request, s: &Server) {
         took_ms = started.elapsed().as_millis() as u64,
         "management API call"
     );
-    respond(req, reply);
+    out.send(&reply.into_response());
 }
 
-/// Everything before the handler: health, size cap, auth, method, body.
-fn prepare(
-    req: &mut tiny_http::Request,
-    method: &str,
-    path: &str,
-    s: &Server,
-) -> Result<Option<Value>, Reply> {
+/// Everything before the handler: health, auth, method, body (its size is capped by the
+/// server: [`MAX_BODY_BYTES`]).
+fn prepare(req: &Request, method: &str, path: &str, s: &Server) -> Result<Option<Value>, Reply> {
     if path == "/api/health" {
         return Err(if method == "GET" {
             Reply::json(200, &json!({"ok": true}))
         } else {
             Reply::error(405, "method_not_allowed")
         });
-    }
-    if req.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(Reply::error(413, "payload_too_large"));
     }
     authenticate(req, s)?;
     let expected = match path {
@@ -291,24 +253,18 @@ fn prepare(
     if method != expected {
         return Err(Reply::error(405, "method_not_allowed"));
     }
-    read_json_body(req)
+    json_body(&req.body)
 }
 
-fn authenticate(req: &tiny_http::Request, s: &Server) -> Result<(), Reply> {
+fn authenticate(req: &Request, s: &Server) -> Result<(), Reply> {
     let Some(expected) = s.ctx.gateway_token.as_ref() else {
         return Err(Reply::error(403, "management_api_disabled"));
     };
-    let given = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(TOKEN_HEADER))
-        .map(|h| h.value.as_str().as_bytes());
+    let given = req.header(TOKEN_HEADER);
     if given.is_some_and(|g| auth::token_matches(g, expected.expose().as_bytes())) {
         return Ok(());
     }
-    let ip = req
-        .remote_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let ip = req.peer.ip();
     let now = Instant::now();
     let mut limiter = s.limiter.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(left) = limiter.blocked_for(ip, now) {
@@ -325,19 +281,14 @@ fn authenticate(req: &tiny_http::Request, s: &Server) -> Result<(), Reply> {
     })
 }
 
-fn read_json_body(req: &mut tiny_http::Request) -> Result<Option<Value>, Reply> {
-    let mut buf = Vec::new();
-    req.as_reader()
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|_| Reply::error(400, "body_unreadable"))?;
+fn json_body(buf: &[u8]) -> Result<Option<Value>, Reply> {
     if buf.len() > MAX_BODY_BYTES {
         return Err(Reply::error(413, "payload_too_large"));
     }
     if buf.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&buf)
+    serde_json::from_slice(buf)
         .map(Some)
         .map_err(|_| Reply::error(400, "invalid_json"))
 }
