@@ -6,7 +6,7 @@
 //! fake-gatecontrol [--listen ADDR:PORT] [--fixtures DIR] [--config FILE] [--rate-limit N]
 //! ```
 //! It prints `listening on http://ADDR:PORT` once ready, a line per request (for a heartbeat
-//! also its `tcp_listeners`), and serves until killed. `--config` replaces the served document
+//! also its `tcp_listeners`, for a discovery batch its body), and serves until killed. `--config` replaces the served document
 //! and is re-read whenever its modification time changes (`config reloaded` is printed).
 
 #[path = "../tests/fake_gatecontrol/mod.rs"]
@@ -76,6 +76,9 @@ fn main() -> anyhow::Result<()> {
                 if let Some(l) = listeners {
                     println!("  tcp_listeners {l}");
                 }
+            }
+            if r.path().ends_with("/discovery") {
+                println!("  discovery {}", String::from_utf8_lossy(&r.body));
             }
         }
         seen = reqs.len();

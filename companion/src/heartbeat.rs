@@ -547,6 +547,7 @@ mod tests {
             state_dir: std::env::temp_dir(),
             tunnel_iface: "gatelet0".into(),
             tunnel_ip: None,
+            lan_hints: Default::default(),
         });
         let hb = Heartbeat::from_snapshot(&snap, Some(1), true, Some(true), telemetry, 1_090_500);
         assert_eq!(hb.uptime_s, 90);

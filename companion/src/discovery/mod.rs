@@ -231,6 +231,36 @@ impl Scanner {
     }
 }
 
+/// A scanner over this box's LAN subnets (as telemetry reports them) with the LAN's
+/// resolvers (`/etc/resolv.conf` nameservers inside those subnets) for reverse lookups.
+pub fn system_scanner(
+    src: crate::telemetry::TelemetrySource,
+    env: DiscoveryEnv,
+    server: Option<(Client, SharedBudget)>,
+) -> Scanner {
+    let own: OwnSubnets = {
+        let src = src.clone();
+        Arc::new(move || {
+            crate::telemetry::lan_subnets(&src)
+                .iter()
+                .map(|s| (s.cidr(), s.addr))
+                .collect()
+        })
+    };
+    let mut scanner = Scanner::new(own, env, server);
+    scanner.resolvers = Arc::new(move || {
+        let subnets = crate::telemetry::lan_subnets(&src);
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        crate::telemetry::parse_resolv_conf(&text)
+            .iter()
+            .filter_map(|s| s.parse::<Ipv4Addr>().ok())
+            .filter(|ip| subnets.iter().any(|s| s.contains(*ip)))
+            .map(|ip| SocketAddrV4::new(ip, 53))
+            .collect()
+    });
+    scanner
+}
+
 /// Posts batches to the server, each within the shared request budget. A partial batch the
 /// budget has no room for is skipped (the closing batch repeats every device); the closing
 /// batch waits for a slot until the server would give up.
