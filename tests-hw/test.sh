@@ -23,6 +23,7 @@ TEST_PACKAGES=(
   "qemu-user:qemu-aarch64"
   "tcpdump:tcpdump"
   "netcat-openbsd:nc"
+  "nftables:nft"
 )
 
 missing=()

@@ -203,7 +203,9 @@ impl Scanner {
                 let mut reporter = ServerReporter::new(client, budget, Instant::now());
                 let s = scan::run(&plan, &mut reporter);
                 tracing::info!(request_id = %plan.request_id, devices = s.devices,
-                    tcp_probes = s.tcp_probes, batches = s.batches, took_ms = s.took.as_millis() as u64,
+                    tcp_probes = s.tcp_probes, datagrams = s.datagrams, batches = s.batches,
+                    first_batch_ms = s.first_batch.map_or(0, |d| d.as_millis() as u64),
+                    took_ms = s.took.as_millis() as u64,
                     cut_by_deadline = s.cut_by_deadline, "lan scan finished");
                 running.store(false, Ordering::SeqCst);
             });
