@@ -470,6 +470,7 @@ mod tests {
                 reachable: r,
                 latency_ms: Some(3),
                 last_checked_at: 1_795_345_500_000,
+                method: None,
             }),
         }
     }

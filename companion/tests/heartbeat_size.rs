@@ -52,6 +52,7 @@ fn big_agent() -> AgentStatus {
                     reachable: !is_unreachable(i),
                     latency_ms: Some(2),
                     last_checked_at: 1_795_345_500_000,
+                    method: None,
                 }),
             }
         })

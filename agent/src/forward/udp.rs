@@ -239,6 +239,10 @@ async fn session_task(
                     match session.lan.try_recv(&mut buf) {
                         Ok(n) => {
                             session.last.store(millis_since(base), Ordering::Relaxed);
+                            route
+                                .counters
+                                .udp_answered_ms
+                                .store(crate::probe::unix_ms(), Ordering::Relaxed);
                             match listen.send_to(&buf[..n], peer).await {
                                 Ok(n) => route.counters.add_bytes(n),
                                 Err(e) => {

@@ -704,6 +704,21 @@ impl Inner {
         locked(&self.state).reach.insert(target, r);
     }
 
+    /// For an L4 target: when it last answered a relayed UDP datagram (0: never), over every
+    /// L4 route to it. None for a target of HTTP routes only (TCP decides alone).
+    fn udp_answered_ms(&self, target: &Target) -> Option<u64> {
+        let st = locked(&self.state);
+        st.l4
+            .values()
+            .filter(|e| *e.target.get() == *target)
+            .map(|e| {
+                e.counters
+                    .udp_answered_ms
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .max()
+    }
+
     fn forget_unprobed(&self, keep: &[Target]) {
         locked(&self.state).reach.retain(|t, _| keep.contains(t));
     }

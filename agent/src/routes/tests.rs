@@ -388,6 +388,67 @@ async fn reachability_of_targets_is_probed_and_cached() {
 }
 
 #[tokio::test]
+async fn a_udp_only_target_is_reachable_and_says_how() {
+    // A UDP service that answers only real requests (not an empty datagram), on a port where
+    // nothing listens on TCP; and one that answers anything.
+    let picky = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let picky_addr = picky.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = picky.recv_from(&mut buf).await {
+            if n > 0 {
+                let _ = picky.send_to(&buf[..n], peer).await;
+            }
+        }
+    });
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], peer).await;
+        }
+    });
+    let (p1, p2) = (free_port(), free_port());
+    let mut s = settings();
+    s.probe_interval = Duration::from_millis(300);
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    m.apply(config(
+        "h",
+        vec![l4(1, p1, echo_addr), l4(2, p2, picky_addr)],
+    ));
+    let reach = |port: u16| route(&m.status().routes, port).reachability;
+    let wait = |port: u16, want: &'static str| {
+        let reach = &reach;
+        async move {
+            for _ in 0..100 {
+                if let Some(r) = reach(port).filter(|r| r.method.as_deref() == Some(want)) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            panic!("port {port}: no {want} verdict, last {:?}", reach(port));
+        }
+    };
+    let r = wait(p1, "udp_probe").await;
+    assert!(r.reachable && r.latency_ms.is_some(), "{r:?}");
+    // Silent to an empty datagram, and loopback has no neighbour entry: down so far.
+    let r = wait(p2, "tcp+udp").await;
+    assert!(!r.reachable, "{r:?}");
+    // Once it has answered a relayed datagram, it is up by that.
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.send_to(b"hello", ("127.0.0.1", p2)).await.unwrap();
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = wait(p2, "udp_reply").await;
+    assert!(r.reachable, "{r:?}");
+}
+
+#[tokio::test]
 async fn udp_route_relays_datagrams() {
     let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
