@@ -23,6 +23,81 @@ fn api_token() -> gatelet_agent_api::env::Secret {
     GatewayEnv::from_file(&file).unwrap().api_token.unwrap()
 }
 
+fn exchange(name: &str) -> Value {
+    let path = fake_gatecontrol::fixture_dir().join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn answer(fixture: &Value, when: &str) -> (u16, Value) {
+    let a = fixture["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["when"].as_str().unwrap().starts_with(when))
+        .unwrap_or_else(|| panic!("no answer {when:?} in the fixture"));
+    (a["status"].as_u64().unwrap() as u16, a["body"].clone())
+}
+
+#[test]
+fn the_fixtures_exchanges_are_answered_as_the_server_and_reference_do() {
+    // Our /api/lan-scan answers, from the fixture's request.
+    let lan = exchange("lan-scan-exchange.json");
+    let own = Arc::new(|| {
+        vec![(
+            "192.168.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 1, 5),
+        )]
+    });
+    let scanner = Scanner::new(own, DiscoveryEnv::default(), None);
+    let mut req = lan["request"]["body"].clone();
+    req.as_object_mut().unwrap().remove("request_id");
+    assert_eq!(scanner.start(&req), answer(&lan, "no request_id"));
+    let mut req = lan["request"]["body"].clone();
+    req["subnets"] = json!([]);
+    assert_eq!(scanner.start(&req), answer(&lan, "no or empty subnets"));
+    req["subnets"] = json!(["192.168.1.0/25"]);
+    assert_eq!(scanner.start(&req), answer(&lan, "no requested subnet"));
+    let ok = gatelet_companion::discovery::validate(
+        &lan["request"]["body"],
+        &[(
+            "192.168.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 1, 5),
+        )],
+        &DiscoveryEnv::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (202, gatelet_companion::discovery::accepted(&ok)),
+        answer(&lan, "accepted")
+    );
+
+    // The fake's /discovery answers, from the fixture's batch.
+    let disc = exchange("discovery-exchange.json");
+    let batch = &disc["request"]["body"];
+    let mut ingest = fake_gatecontrol::discovery::Ingest::default();
+    let now = Instant::now();
+    assert_eq!(ingest.take(batch, now), answer(&disc, "accepted"));
+    assert_eq!(
+        ingest.take(&json!({"devices": []}), now),
+        answer(&disc, "no request_id")
+    );
+    let other = json!({"request_id": "other", "devices": [], "done": true});
+    assert_eq!(
+        ingest.take(&other, now),
+        answer(&disc, "another request_id")
+    );
+    // Two counted so far (a batch without request_id is refused before the count); 60 pass.
+    for _ in 0..58 {
+        ingest.take(batch, now);
+    }
+    assert_eq!(ingest.take(batch, now), answer(&disc, "more than 60"));
+    // Our encoder produces the fixture's shape.
+    let v: Value =
+        serde_json::from_slice(&gatelet_companion::discovery::batch::encode("r", &[], true)[0])
+            .unwrap();
+    assert_eq!(v, json!({"request_id": "r", "devices": [], "done": true}));
+}
+
 #[test]
 fn a_scan_is_accepted_once_finds_a_listener_and_closes_within_the_limits() {
     let server = FakeGateControl::start_default().unwrap();
