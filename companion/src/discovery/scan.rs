@@ -585,7 +585,7 @@ pub fn location_host_port(url: &str) -> Option<(Ipv4Addr, u16)> {
 }
 
 /// The `<friendlyName>` (and `<modelName>`) of a UPnP description, bounded in size and time.
-fn fetch_friendly_name(url: &str) -> Option<String> {
+pub fn fetch_friendly_name(url: &str) -> Option<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(LOCATION_TIMEOUT))
         .max_redirects(0)
@@ -672,6 +672,51 @@ fn parse_reverse_name(name: &str) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_description_server_costs_at_most_the_limits() {
+        use std::io::{Read, Write};
+        // One server trickles an endless body, one sends a huge one at once.
+        let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let big = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (slow_at, big_at) = (slow.local_addr().unwrap(), big.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = slow.accept() {
+                let mut b = [0u8; 512];
+                let _ = c.read(&mut b);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<root>");
+                for _ in 0..100 {
+                    if c.write_all(b"<friendlyName>x").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = big.accept() {
+                let mut b = [0u8; 512];
+                let _ = c.read(&mut b);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n");
+                let chunk = vec![b'a'; 64 * 1024];
+                for _ in 0..150 {
+                    if c.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        for at in [slow_at, big_at] {
+            let started = Instant::now();
+            let name = fetch_friendly_name(&format!("http://{at}/desc.xml"));
+            let took = started.elapsed();
+            assert_eq!(name, None);
+            assert!(
+                took < LOCATION_TIMEOUT + Duration::from_millis(500),
+                "{at}: {took:?}"
+            );
+        }
+    }
 
     #[test]
     fn arp_table_complete_entries_only() {

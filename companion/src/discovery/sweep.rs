@@ -216,9 +216,17 @@ mod tests {
         ports: &[u16],
         max: usize,
     ) -> (Duration, u64, Vec<(Ipv4Addr, u16)>) {
+        simulate_with(lan, ports, SweepConfig::new(max))
+    }
+
+    fn simulate_with(
+        lan: &HashMap<Ipv4Addr, Lan>,
+        ports: &[u16],
+        cfg: SweepConfig,
+    ) -> (Duration, u64, Vec<(Ipv4Addr, u16)>) {
         let mut hosts: Vec<Ipv4Addr> = lan.keys().copied().collect();
         hosts.sort();
-        let mut s = Sweep::new(hosts, ports.to_vec(), SweepConfig::new(max));
+        let mut s = Sweep::new(hosts, ports.to_vec(), cfg);
         let mut now = Duration::ZERO;
         let mut pending: Vec<(Duration, Ipv4Addr, u16, Outcome)> = Vec::new();
         let mut open = Vec::new();
@@ -287,6 +295,34 @@ mod tests {
         assert_eq!(probes, 5 * 29 + 249 * 3);
         // Every silent probe costs 100 ms once answers were seen; 128 at a time.
         assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+
+    #[test]
+    fn the_same_lan_swept_the_reference_way_takes_over_20_seconds() {
+        // Baseline: a fixed 400 ms per probe and no silent host given up, as the reference
+        // gateway sweeps (128 at a time), against the adaptive plan, same LAN, same ports.
+        let ports = crate::discovery::categories::Selection::resolve(
+            crate::discovery::categories::Mode::Exclude,
+            &[],
+        )
+        .ports();
+        let mut lan: HashMap<Ipv4Addr, Lan> = (1..=254).map(|i| (ip(i), Lan::Empty)).collect();
+        for i in 10..15 {
+            lan.insert(ip(i), Lan::Live(&[80]));
+        }
+        lan.insert(ip(20), Lan::DropsSyns);
+        let reference = SweepConfig {
+            max_in_flight: 128,
+            initial_timeout: Duration::from_millis(400),
+            min_timeout: Duration::from_millis(400),
+            silent_probes: u32::MAX,
+        };
+        let (ref_took, ref_probes, _) = simulate_with(&lan, &ports, reference);
+        let (took, probes, _) = simulate(&lan, &ports, 128);
+        println!("reference-like sweep: {ref_took:?}, {ref_probes} probes; adaptive: {took:?}, {probes} probes");
+        assert_eq!(ref_probes, 254 * 29);
+        assert!(ref_took > Duration::from_secs(20), "{ref_took:?}");
+        assert!(took * 8 < ref_took, "{took:?} vs {ref_took:?}");
     }
 
     #[test]
