@@ -200,8 +200,24 @@ impl Scanner {
         let spawned = std::thread::Builder::new()
             .name("lan-scan".into())
             .spawn(move || {
-                let mut reporter = ServerReporter::new(client, budget, Instant::now());
-                let s = scan::run(&plan, &mut reporter);
+                // Batches are posted on their own thread, so a slow server (up to 10 s a
+                // POST) never holds up the sweep's timing; the scan ends when the closing
+                // batch has been posted.
+                let mut server = ServerReporter::new(client, budget, Instant::now());
+                let (tx, rx) = std::sync::mpsc::channel::<(Vec<Vec<u8>>, bool)>();
+                let sender = std::thread::Builder::new()
+                    .name("lan-scan-post".into())
+                    .spawn(move || {
+                        for (bodies, done) in rx {
+                            server.report(bodies, done);
+                        }
+                    });
+                let mut queue = Queue(tx);
+                let s = scan::run(&plan, &mut queue);
+                drop(queue);
+                if let Ok(sender) = sender {
+                    let _ = sender.join();
+                }
                 tracing::info!(request_id = %plan.request_id, devices = s.devices,
                     tcp_probes = s.tcp_probes, datagrams = s.datagrams, batches = s.batches,
                     first_batch_ms = s.first_batch.map_or(0, |d| d.as_millis() as u64),
@@ -261,6 +277,15 @@ pub fn system_scanner(
             .collect()
     });
     scanner
+}
+
+/// Hands batches to the posting thread.
+struct Queue(std::sync::mpsc::Sender<(Vec<Vec<u8>>, bool)>);
+
+impl Reporter for Queue {
+    fn report(&mut self, bodies: Vec<Vec<u8>>, done: bool) {
+        let _ = self.0.send((bodies, done));
+    }
 }
 
 /// Posts batches to the server, each within the shared request budget. A partial batch the
