@@ -467,7 +467,13 @@ fn on_mdns(sock: &UdpSocket, msg: &[u8], from: Ipv4Addr, plan: &Plan, st: &mut S
     for r in &records {
         match &r.data {
             Data::Ptr(t) if r.name == "_services._dns-sd._udp.local" => {
-                ask.push((t.clone(), dns::TYPE_PTR));
+                // Only service types an active category (or none) wants are followed.
+                if plan
+                    .selection
+                    .passes(Some(t.trim_end_matches(".local")), None)
+                {
+                    ask.push((t.clone(), dns::TYPE_PTR));
+                }
             }
             Data::Ptr(instance) => ask.push((instance.clone(), dns::TYPE_SRV)),
             Data::Srv(port, host) => {
