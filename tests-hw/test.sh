@@ -17,13 +17,13 @@ TEST_PACKAGES=(
   "wireguard-go:wireguard-go"
   "wireguard-tools:wg"
   "iproute2:ip"
+  "nftables:nft"
   "iperf3:iperf3"
   "iputils-ping:ping"
   "socat:socat"
   "qemu-user:qemu-aarch64"
   "tcpdump:tcpdump"
   "netcat-openbsd:nc"
-  "nftables:nft"
 )
 
 missing=()
