@@ -17,6 +17,7 @@ TEST_PACKAGES=(
   "wireguard-go:wireguard-go"
   "wireguard-tools:wg"
   "iproute2:ip"
+  "nftables:nft"
   "iperf3:iperf3"
   "iputils-ping:ping"
   "socat:socat"

@@ -6,7 +6,7 @@
 //! fake-gatecontrol [--listen ADDR:PORT] [--fixtures DIR] [--config FILE] [--rate-limit N]
 //! ```
 //! It prints `listening on http://ADDR:PORT` once ready, a line per request (for a heartbeat
-//! also its `tcp_listeners`), and serves until killed. `--config` replaces the served document
+//! also its `tcp_listeners` and `lan_ip`/`lan_subnets`, for a discovery batch its body), and serves until killed. `--config` replaces the served document
 //! and is re-read whenever its modification time changes (`config reloaded` is printed).
 
 #[path = "../tests/fake_gatecontrol/mod.rs"]
@@ -70,12 +70,17 @@ fn main() -> anyhow::Result<()> {
         for r in reqs.iter().skip(seen) {
             println!("{} {} -> {}", r.method, r.target, r.status);
             if r.path().ends_with("/heartbeat") {
-                let listeners = serde_json::from_slice::<serde_json::Value>(&r.body)
-                    .ok()
-                    .and_then(|v| v.get("tcp_listeners").cloned());
+                let body = serde_json::from_slice::<serde_json::Value>(&r.body).ok();
+                let listeners = body.as_ref().and_then(|v| v.get("tcp_listeners").cloned());
                 if let Some(l) = listeners {
                     println!("  tcp_listeners {l}");
                 }
+                if let Some(t) = body.as_ref().and_then(|v| v.get("telemetry")) {
+                    println!("  lan {} {}", t["lan_ip"], t["lan_subnets"]);
+                }
+            }
+            if r.path().ends_with("/discovery") {
+                println!("  discovery {}", String::from_utf8_lossy(&r.body));
             }
         }
         seen = reqs.len();

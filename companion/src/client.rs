@@ -281,6 +281,32 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST /api/v1/gateway/discovery` with one LAN-scan batch (JSON, at most 512 KiB):
+    /// the rate headers and the answer (`{ok}` or `{ok, accepted:false, reason}`).
+    pub fn discovery(&self, body: &[u8]) -> Result<(RateInfo, serde_json::Value), ClientError> {
+        const WHAT: &str = "discovery batch";
+        let response = self
+            .agent
+            .post(format!("{}{DISCOVERY_PATH}", self.base))
+            .header("Authorization", self.bearer())
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| transport(WHAT, e))?;
+        let (status, rate, answer) = read(WHAT, response, MAX_SMALL_BODY_BYTES)?;
+        match status {
+            200..=299 => Ok((
+                rate,
+                serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+            )),
+            code => Err(status_error(WHAT, code, rate, &answer)),
+        }
+    }
+}
+
+/// Path of the LAN-scan results.
+pub const DISCOVERY_PATH: &str = "/api/v1/gateway/discovery";
+
 /// Reads status, rate headers and the whole body (so that the connection may be reused).
 fn read(
     what: &'static str,

@@ -209,14 +209,29 @@ pub fn run(args: RunArgs) -> ExitCode {
         state_dir: args.state_dir.clone(),
         tunnel_iface: env.tun_name.clone(),
         tunnel_ip: Some(env.tunnel_ip),
+        lan_hints: telemetry::LanHints {
+            wg_endpoint: env
+                .wg_endpoint
+                .host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, env.wg_endpoint.port)),
+            route_targets: Some({
+                let shared = shared.clone();
+                Arc::new(move || shared.lock().route_targets())
+            }),
+        },
     };
     let dns = DnsCheck::new(env.wg_endpoint.host.clone());
     let mgmt_serving = Arc::new(AtomicBool::new(false));
+    let mut scan_server = None;
 
     match (&env.server_url, &env.api_token) {
         (Some(url), Some(token)) => {
             let client = Client::new(url, token.clone());
             let budget = Budget::new(env.heartbeat_interval).shared();
+            scan_server = Some((client.clone(), budget.clone()));
             let mut sync = SyncLoop::new(
                 client.clone(),
                 stored_hash,
@@ -280,6 +295,11 @@ pub fn run(args: RunArgs) -> ExitCode {
             ctx.lan_probe_target = env.lan_probe_target.clone();
             ctx.dns = Some(dns.clone());
             ctx.serving = mgmt_serving.clone();
+            ctx.lan_scan = Some(crate::discovery::system_scanner(
+                telemetry_src.clone(),
+                env.discovery,
+                scan_server.clone(),
+            ));
             let stop = shutdown.clone();
             threads.extend(spawn("mgmt", move || mgmt::serve(server, ctx, stop)));
         }

@@ -470,6 +470,7 @@ mod tests {
                 reachable: r,
                 latency_ms: Some(3),
                 last_checked_at: 1_795_345_500_000,
+                method: None,
             }),
         }
     }
@@ -547,6 +548,7 @@ mod tests {
             state_dir: std::env::temp_dir(),
             tunnel_iface: "gatelet0".into(),
             tunnel_ip: None,
+            lan_hints: Default::default(),
         });
         let hb = Heartbeat::from_snapshot(&snap, Some(1), true, Some(true), telemetry, 1_090_500);
         assert_eq!(hb.uptime_s, 90);

@@ -8,6 +8,7 @@
 //! - `store`: SQLite: last-known-good config, history, events.
 //! - `agent_link`: the agent's control socket.
 //! - `heartbeat` and `telemetry`: the heartbeat body and what goes in it.
+//! - `discovery`: LAN scans for `/api/lan-scan`, results to `/api/v1/gateway/discovery`.
 //! - `http`: the bounded HTTP/1.1 server under `mgmt` and `diag`.
 //! - `mgmt`: the management API the server calls (through the agent's relay).
 //! - `state`: what all of the above know right now, for status.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod discovery;
 pub mod heartbeat;
 pub mod http;
 pub mod instance_lock;

@@ -85,6 +85,16 @@ impl Snapshot {
         macs
     }
 
+    /// The IPv4 targets of the routes in force (the LAN's side of them).
+    pub fn route_targets(&self) -> Vec<std::net::Ipv4Addr> {
+        let Some(c) = &self.config else {
+            return Vec::new();
+        };
+        let http = c.http_routes.iter().map(|r| r.target_host.as_str());
+        let l4 = c.l4_routes.iter().map(|r| r.target_host.as_str());
+        http.chain(l4).filter_map(|h| h.parse().ok()).collect()
+    }
+
     /// Number of L4 routes in force, if a config is.
     pub fn configured_l4_routes(&self) -> Option<usize> {
         self.config.as_ref().map(|c| c.l4_routes.len())

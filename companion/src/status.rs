@@ -280,7 +280,10 @@ pub fn render(r: &Report, now: u64) -> String {
         };
         let reach = route.reachability.as_ref().map_or("unprobed".into(), |p| {
             if p.reachable {
-                format!("target up ({} ms)", p.latency_ms.unwrap_or(0))
+                match p.method.as_deref() {
+                    None | Some("tcp") => format!("target up ({} ms)", p.latency_ms.unwrap_or(0)),
+                    Some(m) => format!("target up (by {m})"),
+                }
             } else {
                 "target DOWN".into()
             }

@@ -7,8 +7,9 @@
 
 use std::ffi::CStr;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,49 @@ pub struct TelemetrySource {
     pub tunnel_iface: String,
     /// The tunnel address (never a LAN address, whatever interface carries it).
     pub tunnel_ip: Option<Ipv4Addr>,
+    /// What tells the LAN from the uplink when the default route cannot.
+    pub lan_hints: LanHints,
+}
+
+/// Supplies the IPv4 targets of the routes in force.
+pub type RouteTargets = Arc<dyn Fn() -> Vec<Ipv4Addr> + Send + Sync>;
+
+/// What tells the LAN from the uplink: the LAN is the interface the routes' targets are on;
+/// the uplink is the one that reaches the WireGuard endpoint. Both matter with two
+/// interfaces and no default route (or a default route on the uplink).
+#[derive(Clone, Default)]
+pub struct LanHints {
+    /// The WireGuard endpoint, when it is an address literal (no lookup happens here).
+    pub wg_endpoint: Option<SocketAddr>,
+    /// The routes' targets.
+    pub route_targets: Option<RouteTargets>,
+}
+
+impl std::fmt::Debug for LanHints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanHints")
+            .field("wg_endpoint", &self.wg_endpoint)
+            .field("route_targets", &self.route_targets.is_some())
+            .finish()
+    }
+}
+
+impl LanHints {
+    /// The local address the kernel would use towards the WireGuard endpoint: a UDP
+    /// `connect` only looks up the route, nothing is sent.
+    fn uplink_addr(&self) -> Option<Ipv4Addr> {
+        let ep = self.wg_endpoint?;
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        s.connect(ep).ok()?;
+        match s.local_addr().ok()?.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+            _ => None,
+        }
+    }
+
+    fn targets(&self) -> Vec<Ipv4Addr> {
+        self.route_targets.as_ref().map(|f| f()).unwrap_or_default()
+    }
 }
 
 /// Disk usage of the filesystem holding the state dir, in bytes.
@@ -137,8 +181,10 @@ pub struct Telemetry {
     pub lan_ip: Option<String>,
     /// LAN subnets.
     pub lan_subnets: Vec<LanSubnet>,
-    /// False until LAN scanning exists.
+    /// LAN scans are supported (`/api/lan-scan`).
     pub lan_discovery: bool,
+    /// The scan categories the server's UI offers: `[{key, label}]`.
+    pub lan_discovery_categories: serde_json::Value,
     /// Whether the state dir accepts writes.
     pub state_dir_writable: bool,
     /// When the self-updater last pulled (not implemented: always null).
@@ -184,7 +230,8 @@ pub fn collect(src: &TelemetrySource) -> Telemetry {
         default_gateway_ip: default_gw.map(|ip| ip.to_string()),
         lan_ip: primary_lan_ip(&subnets).map(|ip| ip.to_string()),
         lan_subnets: subnets,
-        lan_discovery: false,
+        lan_discovery: true,
+        lan_discovery_categories: crate::discovery::categories::catalogue(),
         state_dir_writable: state_dir_writable(&src.state_dir),
         last_pull_at: None,
         last_pull_ok: None,
@@ -215,13 +262,49 @@ fn lan_subnets_with(
     default_gw: Option<Ipv4Addr>,
     default_iface: Option<&str>,
 ) -> Vec<LanSubnet> {
-    select_lan_subnets(
-        &interface_addrs(),
+    let addrs = interface_addrs();
+    let uplink = src
+        .lan_hints
+        .uplink_addr()
+        .and_then(|ip| addrs.iter().find(|a| a.addr == ip))
+        .map(|a| a.iface.clone());
+    let mut subnets = select_lan_subnets(
+        &addrs,
         &src.tunnel_iface,
         src.tunnel_ip,
         default_gw,
         default_iface,
-    )
+    );
+    choose_primary(&mut subnets, &src.lan_hints.targets(), uplink.as_deref());
+    subnets
+}
+
+/// Re-picks the primary subnet with what the default route cannot know, and puts it first
+/// (the server takes the first as the scan scope): the subnet holding the most route
+/// targets; else, when one interface reaches the WireGuard endpoint and others exist, the
+/// current primary if it is not on that uplink, else the first that is not.
+pub fn choose_primary(subnets: &mut [LanSubnet], targets: &[Ipv4Addr], uplink: Option<&str>) {
+    if subnets.is_empty() {
+        return;
+    }
+    let by_targets = subnets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (targets.iter().filter(|t| s.contains(**t)).count(), i))
+        .filter(|(n, _)| *n > 0)
+        .max_by_key(|(n, i)| (*n, std::cmp::Reverse(*i)))
+        .map(|(_, i)| i);
+    let current = subnets.iter().position(|s| s.primary);
+    let off_uplink = |i: usize| uplink != Some(subnets[i].iface.as_str());
+    let pick = by_targets
+        .or(current.filter(|i| off_uplink(*i)))
+        .or_else(|| (0..subnets.len()).find(|i| off_uplink(*i)))
+        .or(current)
+        .unwrap_or(0);
+    for (i, s) in subnets.iter_mut().enumerate() {
+        s.primary = i == pick;
+    }
+    subnets[..=pick].rotate_right(1);
 }
 
 /// One IPv4 address of an interface, as `getifaddrs` reports it.
@@ -603,12 +686,44 @@ mod tests {
         let cidrs: Vec<String> = s.iter().map(|s| s.cidr().to_string()).collect();
         assert_eq!(cidrs, vec!["10.0.0.0/8", "192.168.1.0/24"]);
         assert!(!s[0].primary && s[1].primary, "{s:?}");
+        let mut s = s;
+        choose_primary(&mut s, &[], None);
+        assert_eq!(s[0].cidr().to_string(), "192.168.1.0/24", "primary first");
+        assert!(s[0].primary && !s[1].primary);
         assert_eq!(primary_lan_ip(&s), Some(Ipv4Addr::new(192, 168, 1, 5)));
-        let json = serde_json::to_string(&s[1]).unwrap();
+        let json = serde_json::to_string(&s[0]).unwrap();
         assert_eq!(
             json,
             r#"{"cidr":"192.168.1.0/24","iface":"eth0","primary":true}"#
         );
+    }
+
+    #[test]
+    fn the_lan_is_where_the_route_targets_are_not_the_uplink() {
+        // Two interfaces, no default route: eth0 (first) reaches the hub, eth1 has the targets.
+        let addrs = vec![
+            ifa("eth0", [203, 0, 113, 7], 24),
+            ifa("eth1", [192, 168, 50, 1], 24),
+        ];
+        let base = select_lan_subnets(&addrs, "gatelet0", None, None, None);
+        assert!(base[0].primary, "without hints the first wins");
+        let table: &[(&[Ipv4Addr], Option<&str>, &str)] = &[
+            (&[Ipv4Addr::new(192, 168, 50, 20)], None, "eth1"),
+            (&[], Some("eth0"), "eth1"),
+            (&[Ipv4Addr::new(192, 168, 50, 20)], Some("eth1"), "eth1"),
+            (&[Ipv4Addr::new(8, 8, 8, 8)], Some("eth1"), "eth0"),
+            (&[], None, "eth0"),
+        ];
+        for (targets, uplink, want) in table {
+            let mut s = base.clone();
+            choose_primary(&mut s, targets, *uplink);
+            assert_eq!(s[0].iface, *want, "{targets:?} {uplink:?}");
+            assert!(s[0].primary && !s[1].primary);
+            let ip = primary_lan_ip(&s).map(|ip| ip.to_string());
+            if *want == "eth1" {
+                assert_eq!(ip.as_deref(), Some("192.168.50.1"));
+            }
+        }
     }
 
     #[test]
@@ -617,6 +732,7 @@ mod tests {
             state_dir: std::env::temp_dir(),
             tunnel_iface: "gatelet0".into(),
             tunnel_ip: None,
+            lan_hints: LanHints::default(),
         };
         let started = Instant::now();
         let t = collect(&src);
@@ -628,6 +744,7 @@ mod tests {
         assert_eq!(t.cpu_load_avg.len(), 3);
         assert!(t.mem_total.is_some() && t.disk.is_some());
         assert!(t.state_dir_writable);
-        assert!(!t.lan_discovery);
+        assert!(t.lan_discovery);
+        assert_eq!(t.lan_discovery_categories[0]["key"], "web");
     }
 }

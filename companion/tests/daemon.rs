@@ -215,7 +215,13 @@ fn syncs_heartbeats_follows_a_push_and_survives_the_server_going_away() {
     assert!(hb["tcp_listeners"].is_array());
     assert!(hb["uptime_s"].is_number());
     assert_eq!(hb["telemetry"]["os_platform"], "linux");
-    assert_eq!(hb["telemetry"]["lan_discovery"], false);
+    assert_eq!(hb["telemetry"]["lan_discovery"], true);
+    assert_eq!(
+        hb["telemetry"]["lan_discovery_categories"]
+            .as_array()
+            .map(Vec::len),
+        Some(7)
+    );
     assert!(hb["telemetry"]["gateway_version"].is_string());
     let sent = server.requests();
     let beat = sent

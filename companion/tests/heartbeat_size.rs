@@ -52,6 +52,7 @@ fn big_agent() -> AgentStatus {
                     reachable: !is_unreachable(i),
                     latency_ms: Some(2),
                     last_checked_at: 1_795_345_500_000,
+                    method: None,
                 }),
             }
         })
@@ -87,6 +88,7 @@ fn heartbeat(agent: Option<&AgentStatus>) -> Heartbeat {
             state_dir: std::env::temp_dir(),
             tunnel_iface: "gatelet0".into(),
             tunnel_ip: None,
+            lan_hints: Default::default(),
         }),
     }
 }
@@ -192,7 +194,6 @@ fn body_has_every_field_and_type_the_server_reads() {
     let reference_only = [
         "node_version",
         "wg_tools_version",
-        "lan_discovery_categories",
         "scan_egress",
         "image_digest",
         "scan_egress_listeners",
@@ -214,7 +215,8 @@ fn body_has_every_field_and_type_the_server_reads() {
     assert!(v["tcp_listeners"].is_array());
     assert!(v["uptime_s"].is_number());
     assert_eq!(v["telemetry"]["os_platform"], "linux");
-    assert_eq!(v["telemetry"]["lan_discovery"], false);
+    assert_eq!(v["telemetry"]["lan_discovery"], true);
+    assert_eq!(v["telemetry"]["lan_discovery_categories"][0]["key"], "web");
     assert!(v["telemetry"]["last_pull_at"].is_null());
     assert!(v["telemetry"]["pending_update"].is_boolean());
     let r = &v["route_reachability"][0];

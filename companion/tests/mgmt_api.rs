@@ -719,7 +719,7 @@ fn self_update_writes_the_flag_then_answers_cooldown() {
 }
 
 #[test]
-fn lan_scan_is_answered_as_not_available_and_unknown_paths_404() {
+fn lan_scan_without_a_scanner_is_not_available_and_unknown_paths_404() {
     let dir = TempDir::new("scan");
     let api = Api::start(ctx_for(
         &dir,
@@ -728,13 +728,7 @@ fn lan_scan_is_answered_as_not_available_and_unknown_paths_404() {
     ));
     let body = r#"{"request_id":"c1c5f26e","subnets":["192.168.1.0/24"],"category_mode":"include","categories":[],"active_scan":false,"timeout_ms":45000}"#;
     let (s, b) = api.call("POST", "/api/lan-scan", body);
-    assert_eq!(
-        (s, b),
-        (
-            501,
-            json!({"accepted": false, "error": "lan_scan_not_supported"})
-        )
-    );
+    assert_eq!((s, b), (501, json!({"error": "lan_scan_not_supported"})));
     let (s, b) = api.call("GET", "/api/nope", "");
     assert_eq!((s, b), (404, json!({"error": "not_found"})));
 }

@@ -170,12 +170,19 @@ pub enum RouteKind {
 /// Cached result of the agent's scheduled reachability probe of a route's LAN target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reachability {
-    /// Whether a TCP connect succeeded within the probe timeout.
+    /// Whether the target answered (see `method`).
     pub reachable: bool,
     /// Connect latency in milliseconds, when reachable.
     pub latency_ms: Option<u64>,
     /// When the probe ran, in milliseconds since the Unix epoch.
     pub last_checked_at: u64,
+    /// How it was decided: `tcp` (a TCP connect), or, for an L4 target that refuses TCP,
+    /// `udp_reply` (the target answered a relayed datagram lately), `udp_probe` (it answered
+    /// an empty datagram) or `neighbour` (no ICMP port-unreachable for an empty datagram and
+    /// a complete neighbour entry: a UDP-only service that stays silent). None: an older
+    /// agent (TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// Status of one route as the agent runs it.

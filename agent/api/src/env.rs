@@ -370,6 +370,8 @@ pub struct GatewayEnv {
     pub wol_interfaces: Vec<String>,
     /// `GATELET_WOL_EXCLUDE`: interfaces that never get magic packets (same syntax).
     pub wol_exclude: Vec<String>,
+    /// The LAN discovery keys (`GC_DISCOVERY_*`).
+    pub discovery: DiscoveryEnv,
     /// Keys the file has that gatelet does not know (newer servers add some): warn, ignore.
     pub unknown_keys: Vec<String>,
 }
@@ -398,6 +400,9 @@ const KNOWN_KEYS: &[&str] = &[
     "GATELET_DIAG_LISTEN",
     "GATELET_WOL_INTERFACES",
     "GATELET_WOL_EXCLUDE",
+    "GC_DISCOVERY_MAX_PREFIX",
+    "GC_DISCOVERY_TIMEOUT_MS",
+    "GC_DISCOVERY_CONCURRENCY",
 ];
 
 /// Reads one key: `Ok(None)` when absent or empty, errors carry the key's line.
@@ -761,6 +766,8 @@ impl GatewayEnv {
             })?
             .unwrap_or_default();
 
+        let discovery = DiscoveryEnv::read(&r)?;
+
         let unknown_keys = file
             .keys()
             .filter(|k| !KNOWN_KEYS.contains(k))
@@ -791,8 +798,116 @@ impl GatewayEnv {
             diag_listen,
             wol_interfaces,
             wol_exclude,
+            discovery,
             unknown_keys,
         })
+    }
+}
+
+// --- LAN discovery keys (issue 11) -------------------------------------------------------
+
+/// `GC_DISCOVERY_MAX_PREFIX` when absent: the smallest subnet size scanned is a /22.
+pub const DEFAULT_DISCOVERY_MAX_PREFIX: u8 = 22;
+/// `GC_DISCOVERY_TIMEOUT_MS` when absent: the server's own scan timeout.
+pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_millis(45_000);
+/// `GC_DISCOVERY_CONCURRENCY` when absent: TCP probes in flight at most.
+pub const DEFAULT_DISCOVERY_CONCURRENCY: u16 = 128;
+
+/// The LAN discovery settings (`GC_DISCOVERY_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoveryEnv {
+    /// `GC_DISCOVERY_MAX_PREFIX`: a requested subnet must have at least this prefix length
+    /// (16 to 30; 22 means at most 1022 hosts).
+    pub max_prefix: u8,
+    /// `GC_DISCOVERY_TIMEOUT_MS`: the longest a scan runs (1000 to 55000: the server gives up
+    /// 60 s after its request).
+    pub timeout: Duration,
+    /// `GC_DISCOVERY_CONCURRENCY`: the most TCP connects in flight (1 to 1024).
+    pub concurrency: u16,
+}
+
+impl Default for DiscoveryEnv {
+    fn default() -> Self {
+        DiscoveryEnv {
+            max_prefix: DEFAULT_DISCOVERY_MAX_PREFIX,
+            timeout: DEFAULT_DISCOVERY_TIMEOUT,
+            concurrency: DEFAULT_DISCOVERY_CONCURRENCY,
+        }
+    }
+}
+
+impl DiscoveryEnv {
+    fn read(r: &Reader<'_>) -> Result<Self, EnvError> {
+        let d = DiscoveryEnv::default();
+        Ok(DiscoveryEnv {
+            max_prefix: r
+                .parsed(
+                    "GC_DISCOVERY_MAX_PREFIX",
+                    "a prefix length from 16 to 30",
+                    |v| v.parse::<u8>().ok().filter(|p| (16..=30).contains(p)),
+                )?
+                .unwrap_or(d.max_prefix),
+            timeout: r
+                .parsed(
+                    "GC_DISCOVERY_TIMEOUT_MS",
+                    "milliseconds from 1000 to 55000",
+                    |v| {
+                        v.parse::<u64>()
+                            .ok()
+                            .filter(|ms| (1_000..=55_000).contains(ms))
+                            .map(Duration::from_millis)
+                    },
+                )?
+                .unwrap_or(d.timeout),
+            concurrency: r
+                .parsed("GC_DISCOVERY_CONCURRENCY", "a number from 1 to 1024", |v| {
+                    v.parse::<u16>().ok().filter(|c| (1..=1024).contains(c))
+                })?
+                .unwrap_or(d.concurrency),
+        })
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    const SERVER_FILE: &str = include_str!("../testdata/gateway-env.txt");
+
+    fn parse_with(extra: &str) -> Result<GatewayEnv, EnvError> {
+        EnvFile::parse(&format!("{SERVER_FILE}\n{extra}\n")).and_then(|f| GatewayEnv::from_file(&f))
+    }
+
+    #[test]
+    fn discovery_keys_default_parse_and_reject_garbage() {
+        let d = parse_with("").unwrap().discovery;
+        assert_eq!(d, DiscoveryEnv::default());
+        let d = parse_with(
+            "GC_DISCOVERY_MAX_PREFIX=24\nGC_DISCOVERY_TIMEOUT_MS=20000\nGC_DISCOVERY_CONCURRENCY=64",
+        )
+        .unwrap();
+        assert!(d.unknown_keys.is_empty(), "{:?}", d.unknown_keys);
+        assert_eq!(
+            d.discovery,
+            DiscoveryEnv {
+                max_prefix: 24,
+                timeout: Duration::from_millis(20_000),
+                concurrency: 64
+            }
+        );
+        for (key, bad) in [
+            ("GC_DISCOVERY_MAX_PREFIX", "8"),
+            ("GC_DISCOVERY_MAX_PREFIX", "/22"),
+            ("GC_DISCOVERY_TIMEOUT_MS", "60000"),
+            ("GC_DISCOVERY_TIMEOUT_MS", "45s"),
+            ("GC_DISCOVERY_CONCURRENCY", "0"),
+            ("GC_DISCOVERY_CONCURRENCY", "100000"),
+        ] {
+            let e = parse_with(&format!("{key}={bad}")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{key}={bad}: {e}");
+            assert!(e.line.is_some(), "{key}: {e}");
+            assert!(e.to_string().contains("must be"), "{e}");
+        }
     }
 }
 

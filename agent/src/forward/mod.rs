@@ -77,6 +77,9 @@ pub struct RouteCounters {
     pub refused: AtomicU64,
     /// Connections or sessions whose target could not be reached.
     pub target_failures: AtomicU64,
+    /// When the target last answered a relayed UDP datagram (ms since the Unix epoch; 0:
+    /// never). The reachability probe counts it for targets that refuse TCP.
+    pub udp_answered_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 

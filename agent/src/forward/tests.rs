@@ -326,7 +326,7 @@ async fn udp_relay(to: SocketAddr, config: UdpConfig) -> (Relay, SocketAddr) {
         config: Arc::new(config),
         kill: kill_rx,
     };
-    tokio::spawn(udp::serve(s, route, stop_rx));
+    tokio::spawn(udp::serve(Arc::new(s), route, stop_rx));
     (
         Relay {
             addr,

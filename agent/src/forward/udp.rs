@@ -82,9 +82,10 @@ fn millis_since(base: Instant) -> u64 {
 }
 
 /// Receives on `socket` until `stop` turns true, relaying each client's datagrams through its
-/// own session. Sessions already open keep going until they idle out or `route.kill` fires.
-pub async fn serve(socket: UdpSocket, route: UdpRoute, stop: watch::Receiver<bool>) {
-    let socket = Arc::new(socket);
+/// own session. Sessions already open keep going until they idle out or `route.kill` fires;
+/// they hold the socket (their replies leave from it), so a route re-added while they drain
+/// takes the same socket back instead of binding anew (see `routes::UdpSockets`).
+pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receiver<bool>) {
     let sessions: Sessions = Arc::default();
     let base = Instant::now();
     let stopped = wait_true(stop);
@@ -238,6 +239,10 @@ async fn session_task(
                     match session.lan.try_recv(&mut buf) {
                         Ok(n) => {
                             session.last.store(millis_since(base), Ordering::Relaxed);
+                            route
+                                .counters
+                                .udp_answered_ms
+                                .store(crate::probe::unix_ms(), Ordering::Relaxed);
                             match listen.send_to(&buf[..n], peer).await {
                                 Ok(n) => route.counters.add_bytes(n),
                                 Err(e) => {

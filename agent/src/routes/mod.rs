@@ -11,7 +11,11 @@
 //! - same port, new target: the listener keeps running, new connections go to the new target;
 //! - port gone: stops accepting at once; open connections get [`DEFAULT_GRACE`] to finish;
 //! - new port: bound now; a bind that fails marks that listener `Failed` and is retried by
-//!   itself ([`DEFAULT_RETRY_INITIAL`] doubling up to [`DEFAULT_RETRY_MAX`]).
+//!   itself ([`DEFAULT_RETRY_INITIAL`] doubling up to [`DEFAULT_RETRY_MAX`]);
+//! - a port re-added while its old route drains: the TCP listener binds again at once (the
+//!   old one is closed; its connections do not hold the port), and the UDP socket, which the
+//!   draining sessions still hold to send their replies, is taken back rather than bound
+//!   again (which would fail with "address in use" for the whole grace period).
 //!
 //! Status ([`RouteManager::status`]) is read from atomics and cells, never waiting on I/O.
 
@@ -24,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use gatelet_agent_api::control::{
@@ -210,6 +214,8 @@ struct Inner {
     api_counters: Arc<RouteCounters>,
     state: Mutex<State>,
     probe_now: Arc<Notify>,
+    /// UDP listening sockets, for taking one back from a draining route.
+    udp_sockets: Arc<UdpSockets>,
     /// The latest config to save, with its generation (for the persister task).
     saves: watch::Sender<SaveRequest>,
     /// Taken by the persister task when it starts.
@@ -263,6 +269,28 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, String> {
     s.set_nonblocking(true)
         .and_then(|()| UdpSocket::from_std(s))
         .map_err(|e| bind_reason(addr, &e))
+}
+
+/// The UDP listening sockets still alive, by address. A removed route's socket stays bound
+/// while its sessions drain (they send their replies from it), so binding the same address
+/// again would fail with "address in use" for the whole grace period; a route re-added
+/// meanwhile takes that socket back instead. Entries die with the last session.
+#[derive(Debug, Default)]
+struct UdpSockets(Mutex<HashMap<SocketAddr, Weak<UdpSocket>>>);
+
+impl UdpSockets {
+    /// The live socket on `addr`, or a new one.
+    fn take_or_bind(&self, addr: SocketAddr) -> Result<Arc<UdpSocket>, String> {
+        let mut map = locked(&self.0);
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = map.get(&addr).and_then(Weak::upgrade) {
+            tracing::info!(%addr, "UDP listener taken back from the draining route");
+            return Ok(s);
+        }
+        let s = Arc::new(bind_udp(addr)?);
+        map.insert(addr, Arc::downgrade(&s));
+        Ok(s)
+    }
 }
 
 /// The state after the first bind attempt (logged when it failed).
@@ -335,6 +363,7 @@ impl RouteManager {
                 api_counters: Arc::default(),
                 state: Mutex::default(),
                 probe_now: Arc::new(Notify::new()),
+                udp_sockets: Arc::default(),
                 saves,
                 saves_rx: Mutex::new(Some((saves_rx, saved_tx))),
                 saved,
@@ -554,7 +583,7 @@ impl RouteManager {
         };
         // Bound here, synchronously, so the answer to the apply already says what happened.
         let tcp_first = bind_tcp(addr);
-        let udp_first = bind_udp(addr);
+        let udp_first = inner.udp_sockets.take_or_bind(addr);
         set_state(&tcp_state, first_state(&tcp_first, "L4 TCP listener"));
         set_state(&udp_state, first_state(&udp_first, "L4 UDP listener"));
         tokio::spawn(keep_bound(
@@ -568,7 +597,10 @@ impl RouteManager {
         ));
         tokio::spawn(keep_bound(
             udp_first,
-            move || bind_udp(addr),
+            {
+                let sockets = inner.udp_sockets.clone();
+                move || sockets.take_or_bind(addr)
+            },
             move |l, stop| udp::serve(l, udp_route, stop),
             udp_state.clone(),
             switches.stop.subscribe(),
@@ -669,6 +701,21 @@ async fn persist_task(dir: PathBuf, mut rx: SavesRx, done: watch::Sender<u64>) {
 impl Inner {
     fn record_reachability(&self, target: Target, r: Reachability) {
         locked(&self.state).reach.insert(target, r);
+    }
+
+    /// For an L4 target: when it last answered a relayed UDP datagram (0: never), over every
+    /// L4 route to it. None for a target of HTTP routes only (TCP decides alone).
+    fn udp_answered_ms(&self, target: &Target) -> Option<u64> {
+        let st = locked(&self.state);
+        st.l4
+            .values()
+            .filter(|e| *e.target.get() == *target)
+            .map(|e| {
+                e.counters
+                    .udp_answered_ms
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .max()
     }
 
     fn forget_unprobed(&self, keep: &[Target]) {

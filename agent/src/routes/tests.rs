@@ -220,6 +220,57 @@ async fn removed_route_stops_accepting_and_closes_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn a_route_re_added_while_draining_takes_its_listeners_back_at_once() {
+    // One target port answering on TCP (greeting "t", then echo) and on UDP (echo).
+    let (tcp_target, echo) = loop {
+        let t = tagged_echo("t").await;
+        if let Ok(u) = UdpSocket::bind(t).await {
+            break (t, u);
+        }
+    };
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], peer).await;
+        }
+    });
+    let echo_addr = tcp_target;
+    let p = free_port();
+    let mut s = settings();
+    s.grace = Duration::from_secs(30);
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    // One UDP session and one TCP connection open, then the route goes and comes back.
+    m.apply(config("h1", vec![l4(1, p, echo_addr)]));
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let round_trip = |msg: &'static [u8]| {
+        let c = &c;
+        async move {
+            c.send_to(msg, ("127.0.0.1", p)).await.unwrap();
+            let mut buf = [0u8; 64];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+                .await
+                .expect("a UDP answer within 5 s")
+                .unwrap();
+            buf[..n].to_vec()
+        }
+    };
+    assert_eq!(round_trip(b"before").await, b"before");
+    let (mut open, _) = Conn::open(p).await;
+    m.apply(config("h2", vec![]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let readded = m.apply(config("h3", vec![l4(1, p, echo_addr)]));
+    let r = route(&readded, p);
+    // At once: without taking the socket back, UDP fails with "address in use" for 30 s.
+    assert_eq!(r.udp, Some(ListenerState::Listening), "{r:?}");
+    assert_eq!(r.tcp, ListenerState::Listening, "{r:?}");
+    assert_eq!(round_trip(b"after").await, b"after");
+    let (_new, tag) = Conn::open(p).await;
+    assert_eq!(tag, "t");
+    open.echo("old connection still in grace").await;
+}
+
+#[tokio::test]
 async fn port_taken_by_another_socket_fails_that_route_alone_and_recovers() {
     let a = tagged_echo("a").await;
     let (taken, free) = (free_port(), free_port());
@@ -370,6 +421,67 @@ async fn reachability_of_targets_is_probed_and_cached() {
     assert!(a.reachable && a.latency_ms.is_some(), "{a:?}");
     assert!(!b.reachable && b.latency_ms.is_none(), "{b:?}");
     assert!(a.last_checked_at > 0);
+}
+
+#[tokio::test]
+async fn a_udp_only_target_is_reachable_and_says_how() {
+    // A UDP service that answers only real requests (not an empty datagram), on a port where
+    // nothing listens on TCP; and one that answers anything.
+    let picky = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let picky_addr = picky.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = picky.recv_from(&mut buf).await {
+            if n > 0 {
+                let _ = picky.send_to(&buf[..n], peer).await;
+            }
+        }
+    });
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], peer).await;
+        }
+    });
+    let (p1, p2) = (free_port(), free_port());
+    let mut s = settings();
+    s.probe_interval = Duration::from_millis(300);
+    let m = RouteManager::new(s);
+    m.start().unwrap();
+    m.apply(config(
+        "h",
+        vec![l4(1, p1, echo_addr), l4(2, p2, picky_addr)],
+    ));
+    let reach = |port: u16| route(&m.status().routes, port).reachability;
+    let wait = |port: u16, want: &'static str| {
+        let reach = &reach;
+        async move {
+            for _ in 0..100 {
+                if let Some(r) = reach(port).filter(|r| r.method.as_deref() == Some(want)) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            panic!("port {port}: no {want} verdict, last {:?}", reach(port));
+        }
+    };
+    let r = wait(p1, "udp_probe").await;
+    assert!(r.reachable && r.latency_ms.is_some(), "{r:?}");
+    // Silent to an empty datagram, and loopback has no neighbour entry: down so far.
+    let r = wait(p2, "tcp+udp").await;
+    assert!(!r.reachable, "{r:?}");
+    // Once it has answered a relayed datagram, it is up by that.
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.send_to(b"hello", ("127.0.0.1", p2)).await.unwrap();
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = wait(p2, "udp_reply").await;
+    assert!(r.reachable, "{r:?}");
 }
 
 #[tokio::test]

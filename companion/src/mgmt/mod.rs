@@ -14,6 +14,7 @@
 //! [`MAX_CONCURRENT_WAKES`] workers, so status and pushes keep flowing.
 
 pub mod auth;
+pub mod lan_scan;
 pub mod probe;
 pub mod self_update;
 pub mod wol;
@@ -78,6 +79,8 @@ pub struct MgmtContext {
     pub clock: Clock,
     /// Set while [`serve`] runs (the heartbeat's `api_healthy` reads it).
     pub serving: Arc<AtomicBool>,
+    /// LAN scans (`/api/lan-scan`); None answers 501.
+    pub lan_scan: Option<crate::discovery::Scanner>,
 }
 
 impl std::fmt::Debug for MgmtContext {
@@ -111,6 +114,7 @@ impl MgmtContext {
             dns: None,
             clock: Arc::new(crate::state::now_ms),
             serving: Arc::default(),
+            lan_scan: None,
         }
     }
 }
@@ -314,10 +318,7 @@ fn route(method: &str, path: &str, body: Option<&Value>, s: &Server) -> Reply {
             let _one_at_a_time = s.self_update.lock().unwrap_or_else(|p| p.into_inner());
             self_update::handle(&s.ctx, body_or_empty)
         }
-        ("POST", "/api/lan-scan") => Reply::json(
-            501,
-            &json!({"accepted": false, "error": "lan_scan_not_supported"}),
-        ),
+        ("POST", "/api/lan-scan") => lan_scan::handle(&s.ctx, body),
         _ => Reply::error(404, "not_found"),
     }
 }

@@ -28,6 +28,8 @@
 //! Use from another test crate: `mod fake_gatecontrol;` next to this directory.
 #![allow(dead_code)]
 
+pub mod discovery;
+
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -128,6 +130,7 @@ struct State {
     heartbeats: Vec<serde_json::Value>,
     faults: VecDeque<Fault>,
     next_conn: u64,
+    discovery: discovery::Ingest,
 }
 
 /// The running fake server. Stops when dropped.
@@ -202,6 +205,7 @@ impl FakeGateControl {
             heartbeats: Vec::new(),
             faults: VecDeque::new(),
             next_conn: 0,
+            discovery: discovery::Ingest::default(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let accept = {
@@ -302,6 +306,16 @@ impl FakeGateControl {
     /// Heartbeat bodies as the server stored them (`{}` when sent without JSON content type).
     pub fn heartbeats(&self) -> Vec<serde_json::Value> {
         lock(&self.state).heartbeats.clone()
+    }
+
+    /// The discovery batches accepted so far, in order.
+    pub fn discovery_batches(&self) -> Vec<serde_json::Value> {
+        lock(&self.state).discovery.batches.clone()
+    }
+
+    /// What the server does when it sends `/api/lan-scan`: opens the scan `request_id`.
+    pub fn begin_scan(&self, request_id: &str) {
+        lock(&self.state).discovery.begin(request_id);
     }
 
     /// Waits (at most `timeout`) until `pred` holds for the recorded requests; returns them.
@@ -486,7 +500,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Head> {
             .map_err(|_| io::Error::other("bad content-length"))?,
         None => 0,
     };
-    if len > MAX_BODY {
+    let cap = if req.target.starts_with("/api/v1/gateway/discovery") {
+        discovery::MAX_DISCOVERY_BODY
+    } else {
+        MAX_BODY
+    };
+    if len > cap {
         return Ok(Head::TooLarge(req));
     }
     req.body = vec![0; len];
@@ -672,6 +691,7 @@ fn route(
         ("GET", "/api/v1/gateway/config/check")
             | ("GET", "/api/v1/gateway/config")
             | ("POST", "/api/v1/gateway/heartbeat")
+            | ("POST", "/api/v1/gateway/discovery")
     );
     if !known {
         return json(
@@ -738,6 +758,11 @@ fn route(
                 body: s.config.clone(),
                 close: false,
             }
+        }
+        "/api/v1/gateway/discovery" => {
+            let body = parsed_body.unwrap_or_else(|| serde_json::json!({}));
+            let (status, answer) = s.discovery.take(&body, Instant::now());
+            json(status, &answer)
         }
         _ => {
             // Without a JSON content type the body parser leaves req.body = {}.
