@@ -292,9 +292,10 @@ async fn handle(
     for attempt in 0..2 {
         let pooled = if attempt == 0 {
             match attached.take() {
-                // Used at most BUFFER_GRACE ago (else it went to the pool): no staleness
-                // probe (a system call per request); a close in that window is retried below.
-                Some((k, b)) if k == key => Some(b),
+                // Used at most BUFFER_GRACE ago (else it went to the pool), but it is checked
+                // all the same: surplus bytes after the last response must never be taken for
+                // the next one (a close in the window after the check is retried below).
+                Some((k, mut b)) if k == key => (!b.is_stale()).then_some(b),
                 Some((k, b)) => {
                     shared.pool.put(k, b);
                     shared.pool.take(&key)
@@ -518,6 +519,9 @@ async fn exchange(
 ) -> Exchange {
     let cfg = &shared.config;
     let idle = cfg.io_idle_timeout;
+    // The backend buffer belongs to the previous backend connection: anything left in it
+    // (surplus after a response, which made that connection unusable) is not this one's.
+    bb.consume(bb.len());
     let (mut cr, mut cw) = client.split();
     let (mut br, mut bw) = tokio::io::split(backend);
     let ctx = ResponseContext {
@@ -543,9 +547,17 @@ async fn exchange(
                     r = &mut read => break r,
                     r = &mut upload, if uploaded.is_none() => {
                         match &r {
-                            // The client went away, stalled or sent a broken body: nothing
-                            // sensible to answer.
-                            Err(CopyError::Read(_) | CopyError::Truncated | CopyError::Framing(_)) => {
+                            // Broken chunked framing before any response: a 400 (RFC 9112),
+                            // then the connection closes (its input is out of sync).
+                            Err(CopyError::Framing(_)) => {
+                                return Exchange::Failed {
+                                    err: ProxyError::BadRequest,
+                                    retryable: false,
+                                    client_in_sync: false,
+                                };
+                            }
+                            // The client went away or stalled: nothing sensible to answer.
+                            Err(CopyError::Read(_) | CopyError::Truncated) => {
                                 return Exchange::Broken { status: 0, bytes: 0 };
                             }
                             Err(e) if e.is_timeout() => return Exchange::Broken { status: 0, bytes: 0 },

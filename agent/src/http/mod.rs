@@ -1,8 +1,13 @@
 //! The HTTP reverse proxy on `GC_PROXY_PORT` (HTTP/1.1, streaming, keep-alive on both sides).
 //!
 //! The hub's reverse proxy sends every HTTP route's requests to this listener; each request is
-//! routed by `X-Gateway-Target-Domain` (else `Host`) through the live [`HttpTable`] and relayed
-//! to the route's LAN backend, plain or HTTPS.
+//! routed by `X-Gateway-Target-Domain` (else the authority of an absolute-form target, else
+//! `Host`) through the live [`HttpTable`] and relayed to the route's LAN backend, plain or HTTPS.
+//!
+//! A backend connection carries another request only when nothing is waiting on it after the
+//! end of the previous response (surplus bytes close it). What cannot be caught: bytes a backend
+//! sends after it has received the next request are indistinguishable from its answer to that
+//! request (as for any HTTP/1.1 proxy that keeps backend connections).
 //!
 //! Files follow the request path:
 //! - `conn`: the accepted connection's request loop, backend exchange, retries, error answers.
