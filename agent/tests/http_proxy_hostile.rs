@@ -307,3 +307,139 @@ async fn bad_chunk_framing_is_answered_400_not_a_silent_close() {
         assert!(c.closed().await);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Floods: one route's slow clients must not take the other routes down
+
+/// A small proxy: 64 connections, 16 requests in flight per route.
+fn small_caps() -> ProxyConfig {
+    ProxyConfig {
+        max_connections: 64,
+        max_requests_per_route: 16,
+        ..ProxyConfig::default()
+    }
+}
+
+/// Times one request for `host` on a new connection.
+async fn timed_get(proxy: SocketAddr, host: &str) -> (u16, Duration) {
+    let start = std::time::Instant::now();
+    let mut c = Client::connect(proxy).await;
+    let r = c.get(host, "/", "").await;
+    (r.status, start.elapsed())
+}
+
+#[tokio::test]
+async fn slow_request_heads_on_one_route_leave_the_others_answering() {
+    let a = start_backend("a").await;
+    let b = start_backend("b").await;
+    let p = start_proxy(
+        vec![route(1, "a.example", a.addr), route(2, "b.example", b.addr)],
+        small_caps(),
+    )
+    .await;
+    // 100 clients (more than the 64 slots) that never finish their head.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    for round in 0..3 {
+        let (status, took) = timed_get(p.addr, "b.example").await;
+        assert_eq!(status, 200, "round {round}");
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+    }
+    // The newest slow clients evicted the oldest ones; the cap holds.
+    assert!(HttpStats::get(&p.stats.evicted) >= 36);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(HttpStats::get(&p.stats.active) <= 64);
+    assert_eq!(HttpStats::get(&p.stats.refused), 0);
+}
+
+#[tokio::test]
+async fn a_route_at_its_cap_answers_503_and_the_others_still_answer() {
+    let a = start_backend("a").await;
+    let b = start_backend("b").await;
+    let p = start_proxy(
+        vec![route(1, "a.example", a.addr), route(2, "b.example", b.addr)],
+        small_caps(),
+    )
+    .await;
+    // 100 clients on route a that announce a body and never send it: requests in flight.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut c = Client::connect(p.addr).await;
+        c.send(b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1000\r\n\r\n")
+            .await;
+        slow.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 16 are in flight (no answer); every other one got a 503 and was closed (the body is
+    // not read), or was evicted while its head was still waiting (closed without answer).
+    let (mut in_flight, mut busy, mut evicted) = (0, 0, 0);
+    for c in slow.iter_mut() {
+        match tokio::time::timeout(Duration::from_millis(100), read_head(&mut c.r)).await {
+            Err(_) => in_flight += 1,
+            Ok(None) => evicted += 1,
+            Ok(Some(head)) => {
+                assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+                assert_eq!(header(&head, "connection"), Some("close"));
+                busy += 1;
+            }
+        }
+    }
+    assert_eq!(in_flight, 16);
+    assert_eq!(busy + evicted, 84);
+    assert_eq!(HttpStats::get(&p.stats.route_busy), busy);
+    for round in 0..3 {
+        let (status, took) = timed_get(p.addr, "b.example").await;
+        assert_eq!(status, 200, "round {round}");
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+    }
+    // A request on the full route without a body: 503, and the connection stays usable.
+    let mut c = Client::connect(p.addr).await;
+    let r = c.get("a.example", "/", "").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(c.get("b.example", "/", "").await.status, 200);
+    // The slow uploads end: route a answers again.
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(timed_get(p.addr, "a.example").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_header_timeout_counts_from_the_accept() {
+    let a = start_backend("a").await;
+    let p = start_proxy(
+        vec![route(1, "a.example", a.addr)],
+        ProxyConfig {
+            head_timeout: Duration::from_millis(600),
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let (rd, mut wr) = TcpStream::connect(p.addr).await.unwrap().into_split();
+    // Silent for most of the timeout, then one byte every 20 ms (a whole head would take
+    // 1.2 s).
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for b in b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Slow: yes\r\n" {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wr
+    });
+    let head = tokio::time::timeout(STEP, read_head(&mut BufReader::new(rd)))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    assert!(took < Duration::from_millis(900), "408 after {took:?}");
+    drop(writer.await);
+}

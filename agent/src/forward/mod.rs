@@ -4,6 +4,7 @@
 //! an already-bound socket, the route's [`TargetCell`] (read for every new connection or
 //! session, so a target change applies at once to new traffic) and its [`RouteCounters`].
 
+pub mod refusals;
 pub mod tcp;
 pub mod udp;
 
