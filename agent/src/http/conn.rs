@@ -166,7 +166,11 @@ async fn serve_requests(
                     .await
                     .is_ok()
                 {
-                    linger_close(&mut client, cb).await;
+                    // Still evictable: nothing left to do but let the answer arrive.
+                    tokio::select! {
+                        _ = linger_close(&mut client, cb) => {}
+                        _ = eviction.wait() => {}
+                    }
                 }
                 tracing::info!(
                     target: "gatelet_agent::http::access",
@@ -198,7 +202,12 @@ async fn serve_requests(
         ))
         .await;
         if !keep || *shutdown.borrow() {
-            linger_close(&mut client, cb).await;
+            // Done with this connection: its slot may go to a new one while the answer drains.
+            ticket.waiting();
+            tokio::select! {
+                _ = linger_close(&mut client, cb) => {}
+                _ = eviction.wait() => {}
+            }
             return;
         }
     }
