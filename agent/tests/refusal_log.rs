@@ -80,6 +80,8 @@ async fn http_refusals_are_summed_into_one_line_per_interval() {
         assert!(c.closed().await);
     }
     assert_eq!(HttpStats::get(&p.stats.refused), 40);
+    // One WARN line for 40 refusals (there used to be one per refused connection).
+    assert_eq!(captured.lines("HTTP proxy").len(), 1);
     let lines = captured.lines("new connection(s)");
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(
