@@ -185,7 +185,6 @@ async fn serve_requests(
         };
         HttpStats::add(&shared.stats.requests, 1);
         cb.consume(req.head_len);
-        let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let stopping = *shutdown.borrow();
         // Boxed: the request's state (heads, both directions' futures) lives on the heap only
         // while a request is in flight, so an idle connection's task stays small.
@@ -194,7 +193,7 @@ async fn serve_requests(
             attached,
             &mut client,
             cb,
-            bb,
+            &mut bbuf,
             &req,
             &routes,
             !stopping,
@@ -289,7 +288,7 @@ async fn handle(
     attached: &mut Option<(PoolKey, Backend)>,
     client: &mut TcpStream,
     cb: &mut IoBuf,
-    bb: &mut IoBuf,
+    bbuf: &mut Option<IoBuf>,
     req: &Request,
     routes: &[HttpRoute],
     may_keep_alive: bool,
@@ -404,6 +403,8 @@ async fn handle(
                 }
             },
         };
+        // Allocated only for a backend exchange (not for the proxy's own answers).
+        let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let ex = exchange(shared, client, cb, &mut backend, bb, req, client_keep_alive).await;
         match ex {
             Exchange::Failed {

@@ -22,9 +22,11 @@
 //! - `error_page`: 4xx/5xx answers, HTML for browsers and JSON for API clients.
 //! - `log`: the access-log line.
 //!
-//! Memory: a connection holds no buffer while idle between requests; while a request is in
-//! flight it holds two fixed buffers of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side and backend
-//! side), which also carry bodies. Every wait is bounded by one of the timeouts below.
+//! Memory: a connection holds no buffer while idle between requests; while it reads a request
+//! head it holds one fixed buffer of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side), and while a
+//! request goes to a backend a second one (backend side); they also carry bodies. The proxy's
+//! own answers (4xx, 502, 503) need no backend buffer. Every wait is bounded by one of the
+//! timeouts below; connections and requests in flight are capped (see `admit`).
 
 mod admit;
 mod body;
