@@ -144,6 +144,60 @@ async fn surplus_on_a_pooled_connection_closes_it() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// The same over HTTPS to the backend: surplus 100 ms after the response arrives as a TLS
+/// record while the backend connection waits attached (then pooled); it is never decrypted as
+/// the next response.
+#[tokio::test]
+async fn tls_surplus_after_100_ms_closes_the_backend_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let acceptor = tls_acceptor("a.example");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut r = BufReader::new(tls);
+                let mut first = true;
+                while let Some(head) = read_head(&mut r).await {
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                        path.len()
+                    );
+                    let w = r.get_mut();
+                    let _ = w.write_all(resp.as_bytes()).await;
+                    let _ = w.flush().await;
+                    if first {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = w.write_all(EVIL).await;
+                        let _ = w.flush().await;
+                    }
+                    first = false;
+                }
+            });
+        }
+    });
+    let mut r = route(1, "a.example", addr);
+    r.backend_https = true;
+    let p = start_proxy(vec![r], ProxyConfig::default()).await;
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (a, b) = two_requests(p.addr, false, Duration::from_millis(150)).await;
+        assert_eq!(a, "/first", "round {round}");
+        assert_eq!(
+            b, "/second",
+            "round {round}: the second request got another response"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 6);
+}
+
 // ---------------------------------------------------------------------------------------------
 // RFC 9112 answers to ambiguous heads
 
