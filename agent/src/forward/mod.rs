@@ -6,6 +6,7 @@
 //! session, so a target change applies at once to new traffic) and its [`RouteCounters`].
 
 pub mod api_relay;
+pub mod refusals;
 pub mod tcp;
 pub mod udp;
 

@@ -21,6 +21,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use super::{resolve, wait_true, RouteCounters, TargetCell};
 
 /// Time allowed to connect to the LAN target.
@@ -66,6 +67,8 @@ pub struct TcpConfig {
     /// 1.40–1.52x HAProxy against 1.12–1.32x for copying, at about 30 % less CPU
     /// (tests-hw/bench/l4-relay.sh). A user-space network stack would need copy mode.
     pub splice: bool,
+    /// At most one log line per this interval about connections refused at a cap.
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for TcpConfig {
@@ -77,6 +80,7 @@ impl Default for TcpConfig {
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             max_per_route: DEFAULT_MAX_CONNECTIONS_PER_ROUTE,
             splice: true,
+            refusal_log_interval: REFUSAL_LOG_INTERVAL,
         }
     }
 }
@@ -176,9 +180,19 @@ pub struct TcpRoute {
 pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver<bool>) {
     let stopped = wait_true(stop);
     tokio::pin!(stopped);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    // One summary line per interval under a flood, not one per refused connection.
+    let mut refusals = RefusalLog::new(route.config.refusal_log_interval);
     loop {
+        let due = refusals.due();
         let client = tokio::select! {
             _ = &mut stopped => return,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                if let Some(r) = refusals.flush(tokio::time::Instant::now()) {
+                    log_refusals(port, &route, r);
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -202,6 +216,9 @@ pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver
                 route.global.max,
             ));
             reset(client);
+            if let Some(r) = refusals.refused(tokio::time::Instant::now()) {
+                log_refusals(port, &route, r);
+            }
             continue;
         };
         let route = route.clone();
@@ -215,6 +232,27 @@ pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver
             drop(global_slot);
         });
     }
+}
+
+fn log_refusals(port: u16, route: &TcpRoute, r: RefusalReport) {
+    let since = if r.over.is_zero() {
+        String::new()
+    } else {
+        format!(" in the last {} s", r.over.as_secs())
+    };
+    tracing::warn!(
+        port,
+        refused = r.count,
+        total = r.total,
+        "L4 TCP route on port {port}: reset {} new connection(s){since} at a connection cap: {} \
+         open on this route (cap {}), {} on all routes (cap {}); {} in all",
+        r.count,
+        route.counters.tcp_active.load(Ordering::Relaxed),
+        route.config.max_per_route,
+        route.global.open(),
+        route.global.max,
+        r.total,
+    );
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.

@@ -357,6 +357,7 @@ async fn udp_echo_uses_one_session_per_client_and_sessions_expire() {
         UdpConfig {
             idle_timeout: Duration::from_millis(300),
             max_sessions: 2,
+            ..UdpConfig::default()
         },
     )
     .await;

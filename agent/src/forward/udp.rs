@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use super::{resolve, wait_true, RouteCounters, TargetCell};
 
 /// A session with no datagram either way for this long ends.
@@ -36,6 +37,8 @@ pub struct UdpConfig {
     pub idle_timeout: Duration,
     /// Live sessions per route at most.
     pub max_sessions: usize,
+    /// At most one log line per this interval about datagrams dropped at the cap.
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for UdpConfig {
@@ -43,6 +46,7 @@ impl Default for UdpConfig {
         UdpConfig {
             idle_timeout: DEFAULT_SESSION_IDLE,
             max_sessions: DEFAULT_MAX_SESSIONS_PER_ROUTE,
+            refusal_log_interval: REFUSAL_LOG_INTERVAL,
         }
     }
 }
@@ -90,9 +94,19 @@ pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receive
     let base = Instant::now();
     let stopped = wait_true(stop);
     tokio::pin!(stopped);
+    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+    // One summary line per interval under a flood, not one per dropped datagram.
+    let mut refusals = RefusalLog::new(route.config.refusal_log_interval);
     loop {
+        let due = refusals.due();
         tokio::select! {
             _ = &mut stopped => return,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                if let Some(r) = refusals.flush(Instant::now()) {
+                    log_refusals(port, &route, r);
+                }
+                continue;
+            }
             r = socket.readable() => {
                 if let Err(e) = r {
                     route.counters.set_error(format!("udp receive: {e}"));
@@ -105,7 +119,12 @@ pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receive
         loop {
             match socket.try_recv_from(&mut buf) {
                 Ok((n, peer)) => {
-                    datagram(&socket, &sessions, &route, base, peer, &buf[..n]).await;
+                    let refused = datagram(&socket, &sessions, &route, base, peer, &buf[..n]).await;
+                    if refused {
+                        if let Some(r) = refusals.refused(Instant::now()) {
+                            log_refusals(port, &route, r);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -118,6 +137,26 @@ pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receive
     }
 }
 
+fn log_refusals(port: u16, route: &UdpRoute, r: RefusalReport) {
+    let since = if r.over.is_zero() {
+        String::new()
+    } else {
+        format!(" in the last {} s", r.over.as_secs())
+    };
+    tracing::warn!(
+        port,
+        refused = r.count,
+        total = r.total,
+        "L4 UDP route on port {port}: dropped {} datagram(s) from new clients{since}: {} \
+         sessions open (cap); {} in all",
+        r.count,
+        route.config.max_sessions,
+        r.total,
+    );
+}
+
+/// Relays one datagram from `peer`. True when it was dropped because the session cap was
+/// reached.
 async fn datagram(
     listen: &Arc<UdpSocket>,
     sessions: &Sessions,
@@ -125,7 +164,7 @@ async fn datagram(
     base: Instant,
     peer: SocketAddr,
     data: &[u8],
-) {
+) -> bool {
     let existing = lock(sessions).get(&peer).cloned();
     let session = match existing {
         Some(s) => s,
@@ -136,7 +175,7 @@ async fn datagram(
                     "dropped {n} datagram(s) from new clients so far: {} UDP sessions open (cap)",
                     route.config.max_sessions
                 ));
-                return;
+                return true;
             }
             match open_session(route).await {
                 Ok(lan) => {
@@ -174,14 +213,14 @@ async fn datagram(
                         .target_failures
                         .fetch_add(1, Ordering::Relaxed);
                     route.counters.set_error(format!("udp to {target}: {e}"));
-                    return;
+                    return false;
                 }
             }
         }
     };
     session.last.store(millis_since(base), Ordering::Relaxed);
     if session.wol.as_ref().is_some_and(|g| g.hold(data)) {
-        return;
+        return false;
     }
     match session.lan.send(data).await {
         Ok(n) => route.counters.add_bytes(n),
@@ -189,6 +228,7 @@ async fn datagram(
             .counters
             .set_error(format!("udp to {}: {e}", route.target.get())),
     }
+    false
 }
 
 async fn open_session(route: &UdpRoute) -> io::Result<UdpSocket> {

@@ -1,33 +1,46 @@
-//! The one fixed-size buffer each side of a proxied connection reads into.
+//! The one buffer each side of a proxied connection reads into.
 //!
-//! A request or response head must fit in it whole (that is the header size limit), and bodies
-//! are streamed through it a buffer at a time. Bytes past the end of a head (the start of the
-//! body, or a pipelined next request) stay in it for the next step to consume.
+//! A request or response head must fit in it whole (its largest size is the header size limit),
+//! and bodies are streamed through it a buffer at a time. Bytes past the end of a head (the
+//! start of the body, or a pipelined next request) stay in it for the next step to consume.
+//! It starts small ([`INITIAL_BYTES`]: a connection that only sends a few bytes, like a slow
+//! client's, costs little) and doubles up to its largest size when a head does not fit or a read
+//! fills all the free space (a bulk transfer).
 
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// A fixed-capacity byte buffer with a read cursor (`start`) and a fill mark (`end`).
+/// Size a buffer starts with, in bytes (most request and response heads fit).
+pub(crate) const INITIAL_BYTES: usize = 2048;
+
+/// A byte buffer of bounded capacity with a read cursor (`start`) and a fill mark (`end`).
+/// (Positions are `u32`: every idle connection's task holds two of these.)
 pub(crate) struct IoBuf {
     data: Box<[u8]>,
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
+    max: u32,
+    /// The last read filled all the free space: grow before the next one.
+    grow: bool,
 }
 
 impl IoBuf {
-    /// An empty buffer of `capacity` bytes (zeroed lazily by the allocator).
+    /// An empty buffer that grows up to `capacity` bytes.
     pub(crate) fn new(capacity: usize) -> Self {
+        let max = capacity.min(u32::MAX as usize);
         IoBuf {
-            data: vec![0u8; capacity].into_boxed_slice(),
+            data: vec![0u8; max.min(INITIAL_BYTES)].into_boxed_slice(),
             start: 0,
             end: 0,
+            max: max as u32,
+            grow: false,
         }
     }
 
     /// The bytes read but not consumed yet.
     pub(crate) fn filled(&self) -> &[u8] {
-        &self.data[self.start..self.end]
+        &self.data[self.start as usize..self.end as usize]
     }
 
     /// True when no unconsumed byte is buffered.
@@ -37,47 +50,113 @@ impl IoBuf {
 
     /// Number of unconsumed bytes.
     pub(crate) fn len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
     }
 
-    /// True when the buffer cannot take another byte (even after compaction).
+    /// True when the buffer cannot take another byte (even after compaction and growth).
     pub(crate) fn is_full(&self) -> bool {
-        self.len() == self.data.len()
+        self.len() >= self.max as usize
     }
 
     /// Marks `n` buffered bytes as consumed.
     pub(crate) fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
+        let n = n.min(self.len()) as u32;
+        self.start += n;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
     }
 
-    /// Reads once from `src` into the free space (moving unconsumed bytes to the front first
-    /// when the tail is full). Returns the number of bytes read; 0 means end of stream (or a
-    /// full buffer, which callers check with [`IoBuf::is_full`] first).
+    fn grow_to(&mut self, size: usize) {
+        let mut bigger = vec![0u8; size].into_boxed_slice();
+        let len = self.len();
+        bigger[..len].copy_from_slice(self.filled());
+        self.data = bigger;
+        self.start = 0;
+        self.end = len as u32;
+    }
+
+    /// Reads once from `src` into the free space (moving unconsumed bytes to the front, or
+    /// growing, first when the tail is full). Returns the number of bytes read; 0 means end of
+    /// stream (or a full buffer, which callers check with [`IoBuf::is_full`] first).
     pub(crate) async fn fill_from<R: AsyncRead + Unpin + ?Sized>(
         &mut self,
         src: &mut R,
     ) -> io::Result<usize> {
-        if self.end == self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
+        let size = self.data.len();
+        let max = self.max as usize;
+        let (start, end) = (self.start as usize, self.end as usize);
+        if size < max && (self.grow || (end == size && start == 0)) {
+            self.grow_to((size * 2).min(max));
+        } else if end == size && start > 0 {
+            self.data.copy_within(start..end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.data.len() {
+        self.grow = false;
+        let end = self.end as usize;
+        if end == self.data.len() {
             return Ok(0);
         }
-        let n = src.read(&mut self.data[self.end..]).await?;
-        self.end += n;
+        let free = self.data.len() - end;
+        let n = src.read(&mut self.data[end..]).await?;
+        self.end += n as u32;
+        self.grow = n == free;
         Ok(n)
+    }
+
+    /// The current capacity, in bytes.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.data.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn starts_small_and_grows_for_a_large_head_or_a_bulk_transfer() {
+        let mut b = IoBuf::new(4 * INITIAL_BYTES);
+        assert_eq!(b.capacity(), INITIAL_BYTES);
+        let mut few: &[u8] = b"GET / HTTP/1.1\r\n";
+        b.fill_from(&mut few).await.unwrap();
+        assert_eq!(b.capacity(), INITIAL_BYTES);
+        // A head larger than the buffer: it grows, up to the limit, keeping the bytes.
+        let big: Vec<u8> = (0..5 * INITIAL_BYTES).map(|i| (i % 251) as u8).collect();
+        let mut src = &big[..];
+        let mut got = b.filled().to_vec();
+        b.consume(b.len());
+        while !b.is_full() {
+            if b.fill_from(&mut src).await.unwrap() == 0 {
+                break;
+            }
+        }
+        assert_eq!(b.capacity(), 4 * INITIAL_BYTES);
+        assert!(b.is_full());
+        got.extend_from_slice(b.filled());
+        assert_eq!(got.len(), 16 + 4 * INITIAL_BYTES);
+        assert!(
+            got[16..] == big[..4 * INITIAL_BYTES],
+            "bytes kept across growth"
+        );
+        // A bulk stream consumed as it comes: reads that fill the buffer make it grow.
+        let mut b = IoBuf::new(4 * INITIAL_BYTES);
+        let mut src = &big[..];
+        let mut out = Vec::new();
+        loop {
+            let n = b.fill_from(&mut src).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(b.filled());
+            b.consume(n);
+        }
+        assert!(out == big, "every byte once, in order");
+        assert_eq!(b.capacity(), 4 * INITIAL_BYTES);
+    }
 
     #[tokio::test]
     async fn fill_compacts_when_the_tail_is_full_and_consume_resets() {

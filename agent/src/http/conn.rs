@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use gatelet_agent_api::control::HttpRoute;
 
+use super::admit::Ticket;
 use super::body::{bounded, copy_body, write_two, BodyKind, CopyError};
 use super::buf::IoBuf;
 use super::error_page::{render, ProxyError};
@@ -23,7 +24,7 @@ use super::log::{access, Access};
 use super::pool::{Backend, PoolKey};
 use super::route::Choice;
 use super::upgrade::relay;
-use super::{tls, Shared};
+use super::{tls, Refusal, Shared};
 use crate::routes::HttpStats;
 
 /// How long a connection idle between requests keeps its buffers and backend connection (for
@@ -67,6 +68,7 @@ pub(crate) async fn run(
     client: TcpStream,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    mut ticket: Ticket,
 ) {
     HttpStats::add(&shared.stats.active, 1);
     let _active = ActiveGuard(shared.clone());
@@ -74,7 +76,7 @@ pub(crate) async fn run(
     // pool round trip, one backend connection per busy client connection); it goes to the
     // pool when the client connection ends.
     let mut attached: Option<(PoolKey, Backend)> = None;
-    serve_requests(&shared, client, peer, shutdown, &mut attached).await;
+    serve_requests(&shared, client, peer, shutdown, &mut attached, &mut ticket).await;
     if let Some((key, backend)) = attached {
         shared.pool.put(key, backend);
     }
@@ -86,13 +88,19 @@ async fn serve_requests(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
     attached: &mut Option<(PoolKey, Backend)>,
+    ticket: &mut Ticket,
 ) {
     let _ = client.set_nodelay(true);
     let cfg = &shared.config;
     let mut cbuf: Option<IoBuf> = None;
     let mut bbuf: Option<IoBuf> = None;
     let mut first = true;
+    let accepted = Instant::now();
+    let eviction = ticket.eviction();
     loop {
+        // No request in flight: the connection may be evicted (see `admit`) until its next
+        // request head is complete.
+        ticket.waiting();
         if cbuf.as_ref().is_none_or(IoBuf::is_empty) {
             // Wait for the next request. A busy connection keeps its buffers and its backend
             // connection; one idle for longer than BUFFER_GRACE frees the buffers and hands
@@ -124,14 +132,31 @@ async fn serve_requests(
                         Err(_) => return,
                     },
                     _ = stopped(&mut shutdown) => return,
+                    _ = eviction.wait() => return,
                 }
             }
         }
+        // The whole first head within the header timeout of the accept; a later one within
+        // the header timeout of its first byte.
+        let head_deadline = if first {
+            accepted + cfg.head_timeout
+        } else {
+            Instant::now() + cfg.head_timeout
+        };
         first = false;
         let cb = cbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let started = Instant::now();
         let routes = shared.table.current();
-        let req = match read_request(&mut client, cb, &routes, peer, cfg.head_timeout).await {
+        let read = tokio::select! {
+            r = read_request(&mut client, cb, &routes, peer, head_deadline) => r,
+            _ = eviction.wait() => return,
+        };
+        let req = match read {
+            Some(Ok(r)) if !ticket.busy() => {
+                // Evicted as the head completed: closed like any waiting connection.
+                drop(r);
+                return;
+            }
             Some(Ok(r)) => r,
             Some(Err(err)) => {
                 HttpStats::add(&shared.stats.requests, 1);
@@ -141,7 +166,11 @@ async fn serve_requests(
                     .await
                     .is_ok()
                 {
-                    linger_close(&mut client, cb).await;
+                    // Still evictable: nothing left to do but let the answer arrive.
+                    tokio::select! {
+                        _ = linger_close(&mut client, cb) => {}
+                        _ = eviction.wait() => {}
+                    }
                 }
                 tracing::info!(
                     target: "gatelet_agent::http::access",
@@ -156,7 +185,6 @@ async fn serve_requests(
         };
         HttpStats::add(&shared.stats.requests, 1);
         cb.consume(req.head_len);
-        let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let stopping = *shutdown.borrow();
         // Boxed: the request's state (heads, both directions' futures) lives on the heap only
         // while a request is in flight, so an idle connection's task stays small.
@@ -165,7 +193,7 @@ async fn serve_requests(
             attached,
             &mut client,
             cb,
-            bb,
+            &mut bbuf,
             &req,
             &routes,
             !stopping,
@@ -173,7 +201,12 @@ async fn serve_requests(
         ))
         .await;
         if !keep || *shutdown.borrow() {
-            linger_close(&mut client, cb).await;
+            // Done with this connection: its slot may go to a new one while the answer drains.
+            ticket.waiting();
+            tokio::select! {
+                _ = linger_close(&mut client, cb) => {}
+                _ = eviction.wait() => {}
+            }
             return;
         }
     }
@@ -202,13 +235,12 @@ async fn read_request(
     cb: &mut IoBuf,
     routes: &[HttpRoute],
     peer: SocketAddr,
-    head_timeout: std::time::Duration,
+    deadline: Instant,
 ) -> Option<Result<Request, ProxyError>> {
     let ctx = RequestContext {
         routes,
         client_ip: peer.ip(),
     };
-    let deadline = Instant::now() + head_timeout;
     loop {
         if !cb.is_empty() {
             match prepare_request(cb.filled(), &ctx) {
@@ -256,7 +288,7 @@ async fn handle(
     attached: &mut Option<(PoolKey, Backend)>,
     client: &mut TcpStream,
     cb: &mut IoBuf,
-    bb: &mut IoBuf,
+    bbuf: &mut Option<IoBuf>,
     req: &Request,
     routes: &[HttpRoute],
     may_keep_alive: bool,
@@ -274,6 +306,25 @@ async fn handle(
         return keep && ok;
     };
     let route = &routes[ri];
+    // Held while the request is in flight (an upgraded connection's whole life).
+    let Some(_in_flight) = shared.admission.enter_route(route.id) else {
+        HttpStats::add(&shared.stats.errors, 1);
+        shared.refused(Refusal::RouteBusy(route.id));
+        let keep = may_keep_alive && req.keep_alive && req.body == BodyKind::None;
+        let page = render(ProxyError::RouteBusy, req.wants_html, !keep);
+        let ok = bounded(cfg.io_idle_timeout, client.write_all(&page))
+            .await
+            .is_ok();
+        log(
+            req,
+            ProxyError::RouteBusy.status(),
+            0,
+            started,
+            Some(route.id),
+            None,
+        );
+        return keep && ok;
+    };
     if let Choice::Refused(_) = choice {
         HttpStats::add(&shared.stats.refused_target_overrides, 1);
         // Counted in HttpStats; logged at debug only, as the hub may send it on every request.
@@ -292,9 +343,10 @@ async fn handle(
     for attempt in 0..2 {
         let pooled = if attempt == 0 {
             match attached.take() {
-                // Used at most BUFFER_GRACE ago (else it went to the pool): no staleness
-                // probe (a system call per request); a close in that window is retried below.
-                Some((k, b)) if k == key => Some(b),
+                // Used at most BUFFER_GRACE ago (else it went to the pool), but it is checked
+                // all the same: surplus bytes after the last response must never be taken for
+                // the next one (a close in the window after the check is retried below).
+                Some((k, mut b)) if k == key => (!b.is_stale()).then_some(b),
                 Some((k, b)) => {
                     shared.pool.put(k, b);
                     shared.pool.take(&key)
@@ -351,6 +403,8 @@ async fn handle(
                 }
             },
         };
+        // Allocated only for a backend exchange (not for the proxy's own answers).
+        let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
         let ex = exchange(shared, client, cb, &mut backend, bb, req, client_keep_alive).await;
         match ex {
             Exchange::Failed {
@@ -518,6 +572,9 @@ async fn exchange(
 ) -> Exchange {
     let cfg = &shared.config;
     let idle = cfg.io_idle_timeout;
+    // The backend buffer belongs to the previous backend connection: anything left in it
+    // (surplus after a response, which made that connection unusable) is not this one's.
+    bb.consume(bb.len());
     let (mut cr, mut cw) = client.split();
     let (mut br, mut bw) = tokio::io::split(backend);
     let ctx = ResponseContext {
@@ -543,9 +600,17 @@ async fn exchange(
                     r = &mut read => break r,
                     r = &mut upload, if uploaded.is_none() => {
                         match &r {
-                            // The client went away, stalled or sent a broken body: nothing
-                            // sensible to answer.
-                            Err(CopyError::Read(_) | CopyError::Truncated | CopyError::Framing(_)) => {
+                            // Broken chunked framing before any response: a 400 (RFC 9112),
+                            // then the connection closes (its input is out of sync).
+                            Err(CopyError::Framing(_)) => {
+                                return Exchange::Failed {
+                                    err: ProxyError::BadRequest,
+                                    retryable: false,
+                                    client_in_sync: false,
+                                };
+                            }
+                            // The client went away or stalled: nothing sensible to answer.
+                            Err(CopyError::Read(_) | CopyError::Truncated) => {
                                 return Exchange::Broken { status: 0, bytes: 0 };
                             }
                             Err(e) if e.is_timeout() => return Exchange::Broken { status: 0, bytes: 0 },
@@ -677,15 +742,16 @@ mod tests {
     async fn connection_task_is_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let shared = Arc::new(Shared {
-            table: crate::routes::HttpTable::default(),
-            stats: Arc::default(),
-            config: super::super::ProxyConfig::default(),
-            pool: super::super::pool::Pool::new(1, Duration::from_secs(1)),
-            tls: std::sync::OnceLock::new(),
-        });
+        let shared = Arc::new(Shared::new(
+            crate::routes::HttpTable::default(),
+            Arc::default(),
+            super::super::ProxyConfig::default(),
+        ));
+        let super::super::admit::Admit::Admitted(ticket) = shared.admission.admit() else {
+            panic!("no slot");
+        };
         let (_tx, rx) = watch::channel(false);
-        let fut = run(shared, c, "127.0.0.1:1".parse().unwrap(), rx);
+        let fut = run(shared, c, "127.0.0.1:1".parse().unwrap(), rx, ticket);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1536, "connection future is {size} bytes");
     }

@@ -24,6 +24,8 @@ pub(crate) enum ProxyError {
     ConnectTimeout,
     /// The backend did not send its response head in time (504).
     ResponseTimeout,
+    /// The route has its cap of requests in flight (503).
+    RouteBusy,
 }
 
 impl ProxyError {
@@ -37,6 +39,7 @@ impl ProxyError {
             | ProxyError::Unreachable
             | ProxyError::TlsFailed
             | ProxyError::BadResponse => 502,
+            ProxyError::RouteBusy => 503,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
         }
     }
@@ -48,6 +51,7 @@ impl ProxyError {
             408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
             502 => "Bad Gateway",
+            503 => "Service Unavailable",
             _ => "Gateway Timeout",
         }
     }
@@ -64,6 +68,7 @@ impl ProxyError {
             ProxyError::BadResponse => "invalid response from the backend",
             ProxyError::ConnectTimeout => "the backend did not accept the connection in time",
             ProxyError::ResponseTimeout => "the backend did not answer in time",
+            ProxyError::RouteBusy => "too many requests in flight for this route; retry shortly",
         }
     }
 }

@@ -4,7 +4,13 @@
 //! Rewriting follows RFC 9110 §7.6.1: hop-by-hop fields (`Connection` and the fields it names,
 //! `Keep-Alive`, `TE`, `Trailer`, `Upgrade`, `Proxy-*`) are not forwarded, except `Upgrade` on
 //! an upgrade. The body framing fields are kept because bodies are relayed verbatim.
+//!
+//! Ambiguous heads get the RFC 9112 answers: two `Host` fields, `Content-Length` with
+//! `Transfer-Encoding`, differing lengths, `Transfer-Encoding` in HTTP/1.0 are a 400 (and the
+//! connection closes); equal lengths (`4, 4`) go on as one normalized field; an absolute-form
+//! target's authority replaces `Host` and the request goes on in origin-form.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use gatelet_agent_api::control::HttpRoute;
@@ -119,6 +125,34 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, ()> {
     Ok(found)
 }
 
+/// Splits an absolute-form request target (`http://authority/path?query`, RFC 9112 §3.2.2)
+/// into its authority and the origin-form to forward (`/` when the path is empty). None for
+/// origin-form and `*`; Err for any other form: another scheme, user info (deprecated, RFC 9110
+/// §4.2.4), an empty host.
+fn split_absolute(target: &str) -> Option<Result<(&str, Cow<'_, str>), ()>> {
+    if target.starts_with('/') || target == "*" {
+        return None;
+    }
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return Some(Err(()));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Some(Err(()));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') || normalize_host(authority.as_bytes()).is_none() {
+        return Some(Err(()));
+    }
+    let tail = tail.split('#').next().unwrap_or("");
+    let origin = if tail.starts_with('/') {
+        Cow::Borrowed(tail)
+    } else {
+        Cow::Owned(format!("/{tail}"))
+    };
+    Some(Ok((authority, origin)))
+}
+
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -157,25 +191,43 @@ pub(crate) fn prepare_request(
     }
     let headers: &[httparse::Header<'_>] = req.headers;
     let header = |name: &str| headers.iter().find(|h| is(h.name, name)).map(|h| h.value);
+    let count = |name: &str| headers.iter().filter(|h| is(h.name, name)).count();
 
-    let body = match (transfer_chunked(headers), content_length(headers)) {
-        (Some(_), Ok(Some(_))) | (_, Err(())) | (Some(false), _) => {
-            return Err(ProxyError::BadRequest)
-        }
-        (Some(true), Ok(None)) => BodyKind::Chunked,
-        (None, Ok(Some(0))) | (None, Ok(None)) => BodyKind::None,
-        (None, Ok(Some(n))) => BodyKind::Length(n),
+    // RFC 9112 §6.1: Content-Length with Transfer-Encoding, a final coding other than chunked,
+    // and Transfer-Encoding in an HTTP/1.0 message all make the framing unreliable: 400, and
+    // the connection closes after the answer. Differing lengths likewise (§6.3); equal ones
+    // ("4, 4" or two fields) are forwarded as one normalized field.
+    let te = transfer_chunked(headers);
+    let length = content_length(headers).map_err(|()| ProxyError::BadRequest)?;
+    let body = match (te, length) {
+        (Some(_), Some(_)) | (Some(false), _) => return Err(ProxyError::BadRequest),
+        (Some(true), None) if minor == 0 => return Err(ProxyError::BadRequest),
+        (Some(true), None) => BodyKind::Chunked,
+        (None, Some(0)) | (None, None) => BodyKind::None,
+        (None, Some(n)) => BodyKind::Length(n),
+    };
+    // RFC 9112 §3.2: more than one Host is a 400. The same for the hub's routing header: two
+    // of them would route on one and leave the other to guess.
+    if count("host") > 1 || count("x-gateway-target-domain") > 1 {
+        return Err(ProxyError::BadRequest);
+    }
+    // RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host; the request
+    // goes on in origin-form with a Host that matches.
+    let (authority, target) = match split_absolute(target) {
+        Some(Ok((authority, origin))) => (Some(authority), origin),
+        Some(Err(())) => return Err(ProxyError::BadRequest),
+        None => (None, Cow::Borrowed(target)),
     };
     let keep_alive = minor == 1 && !connection_has(headers, "close");
     let upgrade = minor == 1 && header("upgrade").is_some() && connection_has(headers, "upgrade");
-    let host_field = header("host");
+    let host_field = authority.map(str::as_bytes).or(header("host"));
     let host = match header("x-gateway-target-domain") {
         Some(v) => normalize_host(v),
         None => host_field.and_then(normalize_host),
     };
     let route = host.as_deref().and_then(|h| find(ctx.routes, h));
     let choice = route.map(|i| effective_target(&ctx.routes[i], header("x-gateway-target")));
-    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let path = target.split('?').next().unwrap_or(&target).to_owned();
 
     let mut out = Vec::with_capacity(head_len + 160);
     out.extend_from_slice(method.as_bytes());
@@ -188,6 +240,9 @@ pub(crate) fn prepare_request(
     });
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     let (mut has_proto, mut has_fwd_host) = (false, false);
+    let mut length = length;
+    let authority_used = authority.is_some();
+    let mut authority = authority;
     for h in headers {
         let name = h.name;
         if name.len() >= 10 && name[..10].eq_ignore_ascii_case("x-gateway-") {
@@ -200,12 +255,31 @@ pub(crate) fn prepare_request(
             forwarded_for.push(h.value);
             continue;
         }
+        if is(name, "content-length") {
+            // Only one, normalized (there is at least one: `length` is Some).
+            if let Some(n) = length.take() {
+                push_header(&mut out, "Content-Length", n.to_string().as_bytes());
+            }
+            continue;
+        }
+        if is(name, "host") {
+            if let Some(a) = authority.take() {
+                push_header(&mut out, "Host", a.as_bytes());
+                continue;
+            }
+            if authority_used {
+                continue;
+            }
+        }
         has_proto |= is(name, "x-forwarded-proto");
         has_fwd_host |= is(name, "x-forwarded-host");
         push_header(&mut out, name, h.value);
     }
     let domain = route.map(|i| ctx.routes[i].domain.as_str());
-    if host_field.is_none() {
+    if let Some(a) = authority {
+        // Absolute-form without a Host field.
+        push_header(&mut out, "Host", a.as_bytes());
+    } else if host_field.is_none() {
         if let Some(d) = domain {
             push_header(&mut out, "Host", d.as_bytes());
         }
@@ -308,10 +382,15 @@ pub(crate) fn prepare_response(
     }
     let interim = (100..200).contains(&status) && !upgrade;
     let chunked = transfer_chunked(headers);
+    if chunked.is_some() && minor == 0 {
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+        return Err(ProxyError::BadResponse);
+    }
+    let length = content_length(headers);
     let body = if ctx.is_head || interim || upgrade || status == 204 || status == 304 {
         BodyKind::None
     } else {
-        match (chunked, content_length(headers)) {
+        match (chunked, length) {
             (Some(true), _) => BodyKind::Chunked,
             (Some(false), _) => BodyKind::UntilClose,
             (None, Err(())) => return Err(ProxyError::BadResponse),
@@ -319,9 +398,19 @@ pub(crate) fn prepare_response(
             (None, Ok(None)) => BodyKind::UntilClose,
         }
     };
-    let backend_keep_alive =
-        minor == 1 && !connection_has(headers, "close") && body != BodyKind::UntilClose;
+    // Both framings (RFC 9112 §6.3: Transfer-Encoding wins, Content-Length is removed): a
+    // possible response splitting attempt, so the backend connection is not used again.
+    let both_framings = chunked.is_some() && headers.iter().any(|h| is(h.name, "content-length"));
+    let backend_keep_alive = minor == 1
+        && !connection_has(headers, "close")
+        && body != BodyKind::UntilClose
+        && !both_framings;
     let close = !ctx.client_keep_alive || body == BodyKind::UntilClose;
+    // Equal lengths ("4, 4", or two fields) go on as one normalized field.
+    let mut normalized = match (chunked, length) {
+        (None, Ok(Some(n))) => Some(n),
+        _ => None,
+    };
 
     let mut out = Vec::with_capacity(head_len + 64);
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
@@ -330,8 +419,16 @@ pub(crate) fn prepare_response(
         if is_hop_by_hop(name) || nominated(headers, name) {
             continue;
         }
-        if chunked.is_some() && is(name, "content-length") {
-            continue;
+        if is(name, "content-length") {
+            if chunked.is_some() {
+                continue;
+            }
+            if let Ok(Some(_)) = length {
+                if let Some(n) = normalized.take() {
+                    push_header(&mut out, "Content-Length", n.to_string().as_bytes());
+                }
+                continue;
+            }
         }
         push_header(&mut out, name, h.value);
     }
@@ -476,6 +573,99 @@ mod tests {
             .unwrap();
         assert_eq!(r.body, BodyKind::Chunked);
         assert_eq!(r.route, None);
+    }
+
+    #[test]
+    fn rfc9112_answers_to_ambiguous_heads() {
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.example\r\nX-Gateway-Target-Domain: a.example\r\nX-Gateway-Target-Domain: b.example\r\n\r\n",
+            "POST / HTTP/1.0\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4, 5\r\n\r\n",
+            "GET ftp://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET http://u:p@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET http:///x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "GET a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ] {
+            assert_eq!(prep(bad).unwrap_err(), ProxyError::BadRequest, "{bad}");
+        }
+        // Absolute-form: the authority routes and becomes the only Host.
+        let r = prep("GET HTTP://b.example:8080?x=1 HTTP/1.1\r\nHost: a.example\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.route, Some(1));
+        assert_eq!(r.path, "/");
+        let o = out(&r);
+        assert!(
+            o.starts_with("GET /?x=1 HTTP/1.1\r\nHost: b.example:8080\r\n"),
+            "{o}"
+        );
+        assert_eq!(o.matches("\r\nHost:").count(), 1, "{o}");
+        assert!(o.contains("X-Forwarded-Host: b.example:8080\r\n"), "{o}");
+        // Without a Host field at all.
+        let r = prep("GET http://a.example/p#frag HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.route, Some(0));
+        assert!(out(&r).starts_with("GET /p HTTP/1.1\r\n"));
+        assert!(out(&r).contains("\r\nHost: a.example\r\n"));
+        // Equal lengths: one normalized field where the first one was.
+        let r = prep("POST / HTTP/1.1\r\nContent-Length: 007, 7\r\nHost: a.example\r\ncontent-length: 7\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, BodyKind::Length(7));
+        let o = out(&r);
+        assert!(
+            o.starts_with("POST / HTTP/1.1\r\nContent-Length: 7\r\nHost: a.example\r\n"),
+            "{o}"
+        );
+        assert_eq!(
+            o.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{o}"
+        );
+        let r = prep("POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, BodyKind::None);
+        assert!(out(&r).contains("Content-Length: 0\r\n"));
+    }
+
+    #[test]
+    fn response_lengths_are_normalized_and_both_framings_end_reuse() {
+        let ctx = ResponseContext {
+            is_head: false,
+            upgrade: false,
+            client_keep_alive: true,
+        };
+        let r = prepare_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n",
+            ctx,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, BodyKind::Length(3));
+        assert!(r.backend_keep_alive);
+        assert_eq!(
+            String::from_utf8(r.out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+        );
+        let r = prepare_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ctx,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, BodyKind::Chunked);
+        assert!(!r.backend_keep_alive);
+        assert_eq!(
+            prepare_response(
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                ctx
+            )
+            .unwrap_err(),
+            ProxyError::BadResponse
+        );
     }
 
     #[test]

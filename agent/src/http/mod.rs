@@ -1,10 +1,17 @@
 //! The HTTP reverse proxy on `GC_PROXY_PORT` (HTTP/1.1, streaming, keep-alive on both sides).
 //!
 //! The hub's reverse proxy sends every HTTP route's requests to this listener; each request is
-//! routed by `X-Gateway-Target-Domain` (else `Host`) through the live [`HttpTable`] and relayed
-//! to the route's LAN backend, plain or HTTPS.
+//! routed by `X-Gateway-Target-Domain` (else the authority of an absolute-form target, else
+//! `Host`) through the live [`HttpTable`] and relayed to the route's LAN backend, plain or HTTPS.
+//!
+//! A backend connection carries another request only when nothing is waiting on it after the
+//! end of the previous response (surplus bytes close it). What cannot be caught: bytes a backend
+//! sends after it has received the next request are indistinguishable from its answer to that
+//! request (as for any HTTP/1.1 proxy that keeps backend connections).
 //!
 //! Files follow the request path:
+//! - `admit`: the connection cap (evicting the longest-waiting connection when full) and the
+//!   cap per route on requests in flight.
 //! - `conn`: the accepted connection's request loop, backend exchange, retries, error answers.
 //! - `head`: request and response heads (httparse), framing, hop-by-hop and forwarding headers.
 //! - `route`: host normalization, route lookup, the `X-Gateway-Target` policy.
@@ -15,10 +22,13 @@
 //! - `error_page`: 4xx/5xx answers, HTML for browsers and JSON for API clients.
 //! - `log`: the access-log line.
 //!
-//! Memory: a connection holds no buffer while idle between requests; while a request is in
-//! flight it holds two fixed buffers of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side and backend
-//! side), which also carry bodies. Every wait is bounded by one of the timeouts below.
+//! Memory: a connection holds no buffer while idle between requests; while it reads a request
+//! head it holds one fixed buffer of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side), and while a
+//! request goes to a backend a second one (backend side); they also carry bodies. The proxy's
+//! own answers (4xx, 502, 503) need no backend buffer. Every wait is bounded by one of the
+//! timeouts below; connections and requests in flight are capped (see `admit`).
 
+mod admit;
 mod body;
 mod buf;
 mod conn;
@@ -30,13 +40,14 @@ mod route;
 mod tls;
 mod upgrade;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use crate::forward::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use crate::routes::{HttpStats, HttpTable};
 
 /// Largest request or response head, in bytes (a larger request head is answered with 431).
@@ -57,8 +68,13 @@ pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_POOL_IDLE_PER_TARGET: usize = 4;
 /// How long an idle backend connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most client connections served at once (more are closed at accept).
+/// Most client connections open at once. When all are taken, a new connection takes the slot
+/// of the connection that has waited longest for a request (see `admit`); it is closed at
+/// accept only when every slot has a request in flight.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Most requests in flight per route (WebSocket connections included); more are answered 503,
+/// so one route's flood leaves connection slots to the other routes.
+pub const DEFAULT_MAX_REQUESTS_PER_ROUTE: usize = 256;
 /// Pause after a failed accept (for example out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How often expired idle backend connections are closed.
@@ -87,6 +103,11 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// See [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// See [`DEFAULT_MAX_REQUESTS_PER_ROUTE`].
+    pub max_requests_per_route: usize,
+    /// At most one log line per this interval and kind of refusal (connections refused or
+    /// evicted at the cap, requests refused at a route's cap), with the counts.
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -102,6 +123,8 @@ impl Default for ProxyConfig {
             pool_idle_per_target: DEFAULT_POOL_IDLE_PER_TARGET,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_requests_per_route: DEFAULT_MAX_REQUESTS_PER_ROUTE,
+            refusal_log_interval: REFUSAL_LOG_INTERVAL,
         }
     }
 }
@@ -114,9 +137,134 @@ pub(crate) struct Shared {
     pool: pool::Pool,
     /// Built on the first HTTPS backend connection (most gateways never need it).
     tls: OnceLock<Option<Arc<ClientConfig>>>,
+    admission: Arc<admit::Admission>,
+    refusals: Mutex<Refusals>,
+}
+
+/// What the proxy turned away, for the rate-limited summary lines.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusal {
+    /// A new connection closed at accept: every slot had a request in flight.
+    Connection,
+    /// A waiting connection closed to make room for a new one.
+    Evicted,
+    /// A request answered 503: this route had its cap of requests in flight.
+    RouteBusy(u64),
+}
+
+struct Refusals {
+    connection: RefusalLog,
+    evicted: RefusalLog,
+    route_busy: RefusalLog,
+    last_busy_route: u64,
 }
 
 impl Shared {
+    fn new(table: HttpTable, stats: Arc<HttpStats>, config: ProxyConfig) -> Self {
+        Shared {
+            table,
+            stats,
+            pool: pool::Pool::new(config.pool_idle_per_target, config.pool_idle_timeout),
+            admission: admit::Admission::new(config.max_connections, config.max_requests_per_route),
+            refusals: Mutex::new(Refusals {
+                connection: RefusalLog::new(config.refusal_log_interval),
+                evicted: RefusalLog::new(config.refusal_log_interval),
+                route_busy: RefusalLog::new(config.refusal_log_interval),
+                last_busy_route: 0,
+            }),
+            config,
+            tls: OnceLock::new(),
+        }
+    }
+
+    /// Counts a refusal; writes a summary line when one is due (at most one per interval and
+    /// kind, see [`RefusalLog`]).
+    pub(crate) fn refused(&self, what: Refusal) {
+        let counter = match what {
+            Refusal::Connection => &self.stats.refused,
+            Refusal::Evicted => &self.stats.evicted,
+            Refusal::RouteBusy(_) => &self.stats.route_busy,
+        };
+        HttpStats::add(counter, 1);
+        let mut logs = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let report = match what {
+            Refusal::Connection => logs.connection.refused(now),
+            Refusal::Evicted => logs.evicted.refused(now),
+            Refusal::RouteBusy(route) => {
+                logs.last_busy_route = route;
+                logs.route_busy.refused(now)
+            }
+        };
+        if let Some(r) = report {
+            self.log_refusals(what, r);
+        }
+    }
+
+    /// When the next summary line is due, if refusals wait to be reported.
+    fn refusals_due(&self) -> Option<tokio::time::Instant> {
+        let logs = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        [
+            logs.connection.due(),
+            logs.evicted.due(),
+            logs.route_busy.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Writes the summary lines that are due.
+    fn flush_refusals(&self) {
+        let mut logs = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let route = logs.last_busy_route;
+        let due = [
+            (Refusal::Connection, logs.connection.flush(now)),
+            (Refusal::Evicted, logs.evicted.flush(now)),
+            (Refusal::RouteBusy(route), logs.route_busy.flush(now)),
+        ];
+        drop(logs);
+        for (what, report) in due {
+            if let Some(r) = report {
+                self.log_refusals(what, r);
+            }
+        }
+    }
+
+    fn log_refusals(&self, what: Refusal, r: RefusalReport) {
+        let since = if r.over.is_zero() {
+            String::new()
+        } else {
+            format!(" in the last {} s", r.over.as_secs())
+        };
+        let (n, total) = (r.count, r.total);
+        match what {
+            Refusal::Connection => tracing::warn!(
+                refused = n,
+                total,
+                "HTTP proxy: every connection slot ({}) has a request in flight; closed {n} new \
+                 connection(s){since} ({total} in all)",
+                self.admission.max_connections()
+            ),
+            Refusal::Evicted => tracing::warn!(
+                evicted = n,
+                total,
+                "HTTP proxy at its connection cap ({}): closed {n} connection(s) waiting for a \
+                 request{since} to make room for new ones ({total} in all)",
+                self.admission.max_connections()
+            ),
+            Refusal::RouteBusy(route) => tracing::warn!(
+                route_busy = n,
+                total,
+                last_route = route,
+                "HTTP proxy: answered 503 to {n} request(s){since} on routes at their cap of {} \
+                 requests in flight, last on route {route} ({total} in all)",
+                self.admission.max_per_route()
+            ),
+        }
+    }
+
     /// The TLS client configuration for backends (None if it cannot be built).
     fn tls_config(&self) -> Option<Arc<ClientConfig>> {
         self.tls
@@ -153,32 +301,31 @@ pub async fn serve_with(
     mut shutdown: watch::Receiver<bool>,
     config: ProxyConfig,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let shared = Arc::new(Shared {
-        table,
-        stats,
-        pool: pool::Pool::new(config.pool_idle_per_target, config.pool_idle_timeout),
-        config,
-        tls: OnceLock::new(),
-    });
+    let shared = Arc::new(Shared::new(table, stats, config));
     let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let due = shared.refusals_due();
         tokio::select! {
             _ = conn::stopped(&mut shutdown) => break,
             _ = sweep.tick() => shared.pool.sweep(),
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                shared.flush_refusals();
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(peer = %peer.ip(), "HTTP proxy at its connection limit; closing a new connection");
-                        continue;
+                    let ticket = match shared.admission.admit() {
+                        admit::Admit::Admitted(t) => t,
+                        admit::Admit::Evicted(t) => {
+                            shared.refused(Refusal::Evicted);
+                            t
+                        }
+                        admit::Admit::Refused => {
+                            shared.refused(Refusal::Connection);
+                            continue;
+                        }
                     };
-                    let shared = shared.clone();
-                    let rx = shutdown.clone();
-                    tokio::spawn(async move {
-                        conn::run(shared, stream, peer, rx).await;
-                        drop(permit);
-                    });
+                    tokio::spawn(conn::run(shared.clone(), stream, peer, shutdown.clone(), ticket));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTP proxy accept failed; retrying shortly");

@@ -1,9 +1,9 @@
 //! Backend connections: plain or TLS streams, and a small idle pool per target.
 //!
-//! A connection goes back to the pool only when its last response was read completely and both
-//! sides allowed keep-alive. The pool keeps at most a few idle connections per target, each for
-//! a bounded time; a connection the backend closed meanwhile is noticed on take (peek) and
-//! dropped.
+//! A connection goes back to the pool only when its last response was read completely, nothing
+//! followed it, and both sides allowed keep-alive. The pool keeps at most a few idle connections
+//! per target, each for a bounded time; a connection the backend closed or sent anything on
+//! meanwhile is noticed on take ([`Backend::is_stale`]) and dropped.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,9 +36,18 @@ impl Backend {
         }
     }
 
-    /// True when the backend closed the connection (or, for plain HTTP, sent something
-    /// unsolicited) while it sat idle: such a connection must not carry a request.
-    pub(crate) fn is_stale(&self) -> bool {
+    /// True when the backend closed the connection or anything is waiting on it between two
+    /// exchanges: bytes in the socket, or (HTTPS) plaintext the TLS layer decrypted and nobody
+    /// read. Such a connection must not carry another request: whatever is waiting would be
+    /// taken for the next response (issue 8, item 5).
+    pub(crate) fn is_stale(&mut self) -> bool {
+        if let Backend::Tls(s) = self {
+            match s.get_mut().1.process_new_packets() {
+                Ok(io) if io.plaintext_bytes_to_read() > 0 || io.peer_has_closed() => return true,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
         let mut byte = 0u8;
         // SAFETY: recv on a valid socket descriptor into a one-byte buffer we own; MSG_PEEK
         // leaves the data in place and MSG_DONTWAIT never blocks.
@@ -52,7 +61,8 @@ impl Backend {
         };
         match n {
             0 => true,
-            n if n > 0 => matches!(self, Backend::Plain(_)),
+            // Surplus bytes; for HTTPS possibly a late TLS record, also not worth the risk.
+            n if n > 0 => true,
             _ => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
         }
     }
@@ -150,7 +160,7 @@ impl Pool {
         let list = map.get_mut(key)?;
         let now = Instant::now();
         let mut found = None;
-        while let Some(idle) = list.pop() {
+        while let Some(mut idle) = list.pop() {
             if now.duration_since(idle.since) < self.timeout && !idle.conn.is_stale() {
                 found = Some(idle.conn);
                 break;

@@ -53,8 +53,16 @@ pub struct HttpStats {
     /// `X-Gateway-Target` headers ignored because they named something other than the route's
     /// target (the configured target was used instead).
     pub refused_target_overrides: AtomicU64,
-    /// Requests answered with an error status by the proxy itself (502, 504, 4xx on bad input).
+    /// Requests answered with an error status by the proxy itself (502, 503, 504, 4xx on bad
+    /// input).
     pub errors: AtomicU64,
+    /// New connections closed at once because every connection slot had a request in flight.
+    pub refused: AtomicU64,
+    /// Connections waiting for a request that were closed to make room for a new connection
+    /// (the proxy was at its connection cap).
+    pub evicted: AtomicU64,
+    /// Requests answered 503 because their route had its cap of requests in flight.
+    pub route_busy: AtomicU64,
 }
 
 impl HttpStats {
