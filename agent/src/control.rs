@@ -37,12 +37,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The socket's directory could not be created.
-    #[error("cannot create the control socket directory {path}: {source}")]
+    #[error("cannot create the control socket directory {path}: {error}")]
     Dir {
         /// The directory.
         path: PathBuf,
         /// The system's error.
-        source: io::Error,
+        error: io::Error,
     },
     /// Another process answers on the socket.
     #[error("control socket {0} is in use: is another gatelet-agent running?")]
@@ -52,22 +52,22 @@ pub enum ControlError {
     NotASocket(PathBuf),
     /// The socket (or the directory the agent created for it) could not be given to
     /// `--control-group`.
-    #[error("cannot give {path} to group {gid} (--control-group): {source}; the agent must run as root or as a member of that group")]
+    #[error("cannot give {path} to group {gid} (--control-group): {error}; the agent must run as root or as a member of that group")]
     Group {
         /// The socket or its directory.
         path: PathBuf,
         /// The group id.
         gid: u32,
         /// The system's error.
-        source: io::Error,
+        error: io::Error,
     },
     /// Binding failed.
-    #[error("cannot listen on control socket {path}: {source}")]
+    #[error("cannot listen on control socket {path}: {error}")]
     Bind {
         /// The socket path.
         path: PathBuf,
         /// The system's error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -94,11 +94,11 @@ impl ControlSocket {
     pub fn bind(path: &Path, group: Option<u32>) -> Result<Self, ControlError> {
         let give = |p: &Path| -> Result<(), ControlError> {
             match group {
-                Some(gid) => std::os::unix::fs::chown(p, None, Some(gid)).map_err(|source| {
+                Some(gid) => std::os::unix::fs::chown(p, None, Some(gid)).map_err(|error| {
                     ControlError::Group {
                         path: p.to_owned(),
                         gid,
-                        source,
+                        error,
                     }
                 }),
                 None => Ok(()),
@@ -110,9 +110,9 @@ impl ControlSocket {
                     .recursive(true)
                     .mode(SOCKET_DIR_MODE)
                     .create(dir)
-                    .map_err(|source| ControlError::Dir {
+                    .map_err(|error| ControlError::Dir {
                         path: dir.to_owned(),
-                        source,
+                        error,
                     })?;
                 give(dir)?;
             }
@@ -127,9 +127,9 @@ impl ControlSocket {
             tracing::info!(path = %path.display(), "replacing a stale control socket");
             let _ = std::fs::remove_file(path);
         }
-        let bind_err = |source| ControlError::Bind {
+        let bind_err = |error| ControlError::Bind {
             path: path.to_owned(),
-            source,
+            error,
         };
         let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
         let socket = ControlSocket {
