@@ -9,7 +9,8 @@
 #      |     veth 192.168.78.1 <-> 192.168.78.10
 #   ctr-lan  an HTTP server on 192.168.78.10:8000
 #
-# Checks: a gateway.env of mode 0600 stops the companion with exit 64 and says what to do; then,
+# Checks: a gateway.env of mode 0600 stops the companion (root's file) and the agent (another
+# user's file) with exit 64 and says what to do; then,
 # with the documented 0640 root:65532, the tunnel handshakes, the config syncs and heartbeats,
 # the agent's control socket is group 65532 and the companion reaches it, the HTTP route and the
 # L4 route answer from the hub, and Docker reports the HEALTHCHECK healthy. Prints the image size.
@@ -178,9 +179,24 @@ if [ "$rc" -ne 64 ] || ! grep -q "owner 0, group 0, mode 0600.*chgrp 65532 /etc/
   exit 1
 fi
 echo "container-check.sh: OK: gateway.env 0600 -> exit 64: $(cat "$RUN/env-0600.out")"
+# The agent as compose runs it (uid 0 without CAP_DAC_OVERRIDE), the file as a NAS admin's
+# upload leaves it (that user's, 0600): the same exit 64 and advice.
+chown 1000:1000 "$RUN/gateway.env"
+rc=0
+docker run --name gatelet-check-env --user 0:65532 --network none --read-only \
+  --cap-drop ALL --security-opt no-new-privileges:true --entrypoint /usr/bin/gatelet-agent \
+  -v "$RUN/gateway.env:/etc/gatelet/gateway.env:ro" "$TAG" \
+  --env /etc/gatelet/gateway.env --state-dir /tmp/agent >"$RUN/env-agent.out" 2>&1 || rc=$?
+docker rm -f gatelet-check-env >/dev/null 2>&1
+if [ "$rc" -ne 64 ] || ! grep -q "owner 1000, group 1000, mode 0600.*chgrp 65532 /etc/gatelet/gateway.env && chmod 0640" "$RUN/env-agent.out"; then
+  echo "container-check.sh: FAILED: agent, gateway.env 1000:1000 0600: want exit 64 and the advice, got exit $rc:" >&2
+  cat "$RUN/env-agent.out" >&2
+  exit 1
+fi
+echo "container-check.sh: OK: agent, gateway.env 1000:1000 0600 -> exit 64 with the same advice"
 
 # 2. As documented: root:65532 0640, both containers from the compose file.
-chgrp 65532 "$RUN/gateway.env" && chmod 0640 "$RUN/gateway.env"
+chown 0:65532 "$RUN/gateway.env" && chmod 0640 "$RUN/gateway.env"
 compose up -d
 wait_for 30 "the tunnel carries a ping (hub -> gateway 10.8.0.2)" in_ns $HUB ping -c1 -W1 10.8.0.2
 wait_for 40 "the companion syncs its config over the tunnel and heartbeats" \
