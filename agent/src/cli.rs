@@ -12,7 +12,8 @@ pub const DEFAULT_LOG_LEVEL: tracing::Level = tracing::Level::INFO;
 
 /// Help text for `--help`.
 pub const USAGE: &str = "\
-Usage: gatelet-agent --state-dir DIR [--env PATH] [--control-socket PATH] [--log-level LEVEL]
+Usage: gatelet-agent --state-dir DIR [--env PATH] [--control-socket PATH] [--control-group GROUP]
+                     [--log-level LEVEL]
 
 gatelet data plane: WireGuard tunnel to the hub over a TUN device, control socket for the
 companion.
@@ -22,6 +23,9 @@ companion.
   --state-dir DIR        directory for the agent's saved state (created 0750 if missing)
   --control-socket PATH  control socket (default /run/gatelet/agent.sock; its directory is
                          created 0750 if missing)
+  --control-group GROUP  group (name or gid) of the control socket, and of its directory when
+                         the agent creates it: the group the companion runs as, so that it can
+                         connect when the two run as different users (default: the agent's)
   --log-level LEVEL      error, warn, info, debug or trace (default info)
   --help, --version
 
@@ -36,6 +40,8 @@ pub struct Args {
     pub state_dir: PathBuf,
     /// `--control-socket`.
     pub control_socket: PathBuf,
+    /// `--control-group`, as given (a name or a gid; resolved by the caller).
+    pub control_group: Option<String>,
     /// `--log-level`.
     pub log_level: tracing::Level,
 }
@@ -72,6 +78,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut env = None;
     let mut state_dir = None;
     let mut control_socket = None;
+    let mut control_group = None;
     let mut log_level = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -85,7 +92,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         match name.as_str() {
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
-            "--env" | "--state-dir" | "--control-socket" | "--log-level" => {}
+            "--env" | "--state-dir" | "--control-socket" | "--control-group" | "--log-level" => {}
             other => return Err(UsageError(format!("unknown argument {other:?}"))),
         }
         let value = match inline {
@@ -102,6 +109,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "--env" => env.replace(PathBuf::from(&value)).is_some(),
             "--state-dir" => state_dir.replace(PathBuf::from(&value)).is_some(),
             "--control-socket" => control_socket.replace(PathBuf::from(&value)).is_some(),
+            "--control-group" => control_group.replace(value.clone()).is_some(),
             _ => {
                 let level = parse_level(&value).ok_or_else(|| {
                     UsageError(format!(
@@ -120,6 +128,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         env,
         state_dir,
         control_socket: control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
+        control_group,
         log_level: log_level.unwrap_or(DEFAULT_LOG_LEVEL),
     }))
 }
@@ -140,6 +149,7 @@ mod tests {
             "--state-dir=/s",
             "--control-socket",
             "/c.sock",
+            "--control-group=gatelet",
             "--log-level=debug",
         ])
         .unwrap();
@@ -149,6 +159,7 @@ mod tests {
                 env: Some("/e".into()),
                 state_dir: "/s".into(),
                 control_socket: "/c.sock".into(),
+                control_group: Some("gatelet".into()),
                 log_level: tracing::Level::DEBUG,
             })
         );
@@ -161,6 +172,7 @@ mod tests {
         };
         assert_eq!(a.env, None);
         assert_eq!(a.control_socket, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(a.control_group, None);
         assert_eq!(a.log_level, DEFAULT_LOG_LEVEL);
     }
 

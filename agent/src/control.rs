@@ -37,12 +37,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The socket's directory could not be created.
-    #[error("cannot create the control socket directory {path}: {source}")]
+    #[error("cannot create the control socket directory {path}: {error}")]
     Dir {
         /// The directory.
         path: PathBuf,
         /// The system's error.
-        source: io::Error,
+        error: io::Error,
     },
     /// Another process answers on the socket.
     #[error("control socket {0} is in use: is another gatelet-agent running?")]
@@ -50,13 +50,24 @@ pub enum ControlError {
     /// Something other than a socket has the socket's path.
     #[error("{0} exists and is not a socket: remove it or choose --control-socket")]
     NotASocket(PathBuf),
+    /// The socket (or the directory the agent created for it) could not be given to
+    /// `--control-group`.
+    #[error("cannot give {path} to group {gid} (--control-group): {error}; the agent must run as root or as a member of that group")]
+    Group {
+        /// The socket or its directory.
+        path: PathBuf,
+        /// The group id.
+        gid: u32,
+        /// The system's error.
+        error: io::Error,
+    },
     /// Binding failed.
-    #[error("cannot listen on control socket {path}: {source}")]
+    #[error("cannot listen on control socket {path}: {error}")]
     Bind {
         /// The socket path.
         path: PathBuf,
         /// The system's error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -76,17 +87,34 @@ impl Drop for ControlSocket {
 impl ControlSocket {
     /// Binds `path`: creates a missing directory (mode [`SOCKET_DIR_MODE`]), replaces a stale
     /// socket left by a crash, refuses when another agent still answers.
-    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+    ///
+    /// With `group` (`--control-group`), the socket file, and the directory when the agent
+    /// creates it, belong to that group, so that a companion running as another uid in that
+    /// group can connect (mode [`SOCKET_MODE`]). Without it they keep the agent's own group.
+    pub fn bind(path: &Path, group: Option<u32>) -> Result<Self, ControlError> {
+        let give = |p: &Path| -> Result<(), ControlError> {
+            match group {
+                Some(gid) => std::os::unix::fs::chown(p, None, Some(gid)).map_err(|error| {
+                    ControlError::Group {
+                        path: p.to_owned(),
+                        gid,
+                        error,
+                    }
+                }),
+                None => Ok(()),
+            }
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(SOCKET_DIR_MODE)
                     .create(dir)
-                    .map_err(|source| ControlError::Dir {
+                    .map_err(|error| ControlError::Dir {
                         path: dir.to_owned(),
-                        source,
+                        error,
                     })?;
+                give(dir)?;
             }
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -99,15 +127,16 @@ impl ControlSocket {
             tracing::info!(path = %path.display(), "replacing a stale control socket");
             let _ = std::fs::remove_file(path);
         }
-        let bind_err = |source| ControlError::Bind {
+        let bind_err = |error| ControlError::Bind {
             path: path.to_owned(),
-            source,
+            error,
         };
         let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
         let socket = ControlSocket {
             listener,
             path: path.to_owned(),
         };
+        give(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(bind_err)?;
         socket.listener.set_nonblocking(true).map_err(bind_err)?;
@@ -123,6 +152,26 @@ impl ControlSocket {
     pub fn listener(&self) -> io::Result<UnixListener> {
         UnixListener::from_std(self.listener.try_clone()?)
     }
+}
+
+/// The gid of `--control-group`: a number, or a group name looked up in `group_file` (the text
+/// of `/etc/group`; no NSS lookup, the binary is static).
+pub fn resolve_group(spec: &str, group_file: &str) -> Result<u32, String> {
+    if let Ok(gid) = spec.parse::<u32>() {
+        return Ok(gid);
+    }
+    group_file
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == spec).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            format!("--control-group {spec:?}: no such group in /etc/group (give a numeric gid)")
+        })
 }
 
 /// What the control socket reports about the agent.
@@ -316,7 +365,7 @@ mod tests {
     async fn socket_answers_hello_status_probe_and_not_implemented() {
         let dir = std::env::temp_dir().join(format!("gatelet-ctl-{}", std::process::id()));
         let path = dir.join("sub/agent.sock");
-        let sock = ControlSocket::bind(&path).unwrap();
+        let sock = ControlSocket::bind(&path, None).unwrap();
         let started = Instant::now();
         let stats = Arc::new(TunnelStats::new(started, "tun"));
         stats.count_rx(10);
@@ -364,7 +413,7 @@ mod tests {
 
         // A second agent on the same path is refused while this one answers.
         assert!(matches!(
-            ControlSocket::bind(&path),
+            ControlSocket::bind(&path, None),
             Err(ControlError::InUse(_))
         ));
         stop.send(true).unwrap();
@@ -375,6 +424,39 @@ mod tests {
     }
 
     #[test]
+    fn control_group_names_resolve_through_the_group_file() {
+        let groups = "root:x:0:\ngatelet:x:65532:\nbroken:x:notanumber:\n";
+        assert_eq!(resolve_group("gatelet", groups), Ok(65532));
+        assert_eq!(resolve_group("0", groups), Ok(0));
+        assert_eq!(resolve_group("1234", ""), Ok(1234));
+        let e = resolve_group("nobody", groups).unwrap_err();
+        assert!(e.contains("no such group"), "{e}");
+        assert!(resolve_group("broken", groups).is_err());
+    }
+
+    #[test]
+    fn control_group_owns_the_socket_and_the_directory_it_creates() {
+        use std::os::unix::fs::MetadataExt;
+        let own = std::fs::metadata("/proc/self").unwrap();
+        // Root can give the socket to any group (the container case: agent uid 0, companion
+        // gid 65532); anyone else only to a group of its own.
+        let gid = if own.uid() == 0 { 65532 } else { own.gid() };
+        // (hand-made like the other tests here: the agent has no tempfile dependency)
+        let tmp = std::env::temp_dir().join(format!("gatelet-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let path = tmp.join("run").join("agent.sock");
+        let sock = ControlSocket::bind(&path, Some(gid)).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.gid(), gid);
+        assert_eq!(meta.mode() & 0o777, SOCKET_MODE);
+        let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(dir.gid(), gid);
+        assert_eq!(dir.mode() & 0o777, SOCKET_DIR_MODE);
+        drop(sock);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
     fn stale_socket_file_is_replaced() {
         let dir = std::env::temp_dir().join(format!("gatelet-stale-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -382,7 +464,7 @@ mod tests {
         // A socket file nobody listens on, as a crash leaves behind.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let sock = ControlSocket::bind(&path).unwrap();
+        let sock = ControlSocket::bind(&path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, SOCKET_MODE);
         drop(sock);

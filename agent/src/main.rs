@@ -51,6 +51,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let control_gid = match &args.control_group {
+        Some(spec) => {
+            let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            match control::resolve_group(spec, &groups) {
+                Ok(gid) => Some(gid),
+                Err(e) => {
+                    eprintln!("gatelet-agent: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+        None => None,
+    };
     init_logging(args.log_level);
     if !env.unknown_keys.is_empty() {
         tracing::warn!(
@@ -59,7 +72,7 @@ fn main() -> ExitCode {
             "ignoring keys gatelet does not know"
         );
     }
-    match run(&args, &env) {
+    match run(&args, &env, control_gid) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -117,7 +130,7 @@ fn start_routes(args: &Args, env: &GatewayEnv) -> RouteManager {
     manager
 }
 
-fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
+fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -132,7 +145,7 @@ fn run(args: &Args, env: &GatewayEnv) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let stats = Arc::new(TunnelStats::new(started, "tun"));
-    let socket = ControlSocket::bind(&args.control_socket)?;
+    let socket = ControlSocket::bind(&args.control_socket, control_gid)?;
 
     let tun = TunDevice::open(&env.tun_name)?;
     tun.configure(&TunConfig {

@@ -17,8 +17,8 @@ pub const DEFAULT_STATUS_SOCKET: &str = "/run/gatelet/companion.sock";
 pub const USAGE: &str = "\
 usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket PATH]
                          [--status-socket PATH] [--mgmt-listen ADDR:PORT] [--log-level LEVEL]
-       gatelet-companion status [--json] [--status-socket PATH] [--control-socket PATH]
-                                [--state-dir DIR]
+       gatelet-companion status [--json | --health] [--status-socket PATH]
+                                [--control-socket PATH] [--state-dir DIR]
        gatelet-companion --version
 
   --env PATH             gateway.env (default: $GATEWAY_ENV_PATH, else /etc/gatelet/gateway.env)
@@ -28,6 +28,8 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
   --mgmt-listen ADDR     management API listener (default 127.0.0.1:<GC_API_PORT>; the agent
                          relays <tunnel ip>:<GC_API_PORT> to it)
   --log-level LEVEL      error, warn, info (default), debug, trace
+  status --health        one line, exit 0 when the daemon answers on its status socket and
+                         reaches the agent, else 1 (a container HEALTHCHECK: no shell needed)
 ";
 
 /// Options of the daemon.
@@ -52,6 +54,8 @@ pub struct RunArgs {
 pub struct StatusArgs {
     /// `--json`: machine-readable output.
     pub json: bool,
+    /// `--health`: a one-line verdict and exit code only.
+    pub health: bool,
     /// Where the running daemon answers.
     pub status_socket: PathBuf,
     /// The agent's socket, asked directly when the daemon is not running.
@@ -101,6 +105,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         log_level: "info".into(),
     };
     let mut json = false;
+    let mut health = false;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
@@ -116,6 +121,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--json" if status => json = true,
+            "--health" if status => health = true,
             "--env" if !status => run.env = Some(value()?.into()),
             "--state-dir" => run.state_dir = value()?.into(),
             "--control-socket" => run.control_socket = value()?.into(),
@@ -139,8 +145,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         }
     }
     Ok(if status {
+        if json && health {
+            return Err(UsageError("--json and --health exclude each other".into()));
+        }
         Command::Status(StatusArgs {
             json,
+            health,
             status_socket: run.status_socket,
             control_socket: run.control_socket,
             state_dir: run.state_dir,
@@ -186,7 +196,14 @@ mod tests {
             panic!()
         };
         assert!(s.json);
+        assert!(!s.health);
         assert_eq!(s.status_socket, PathBuf::from("/x"));
+        let Command::Status(s) = parse(args("status --health")).unwrap() else {
+            panic!()
+        };
+        assert!(s.health && !s.json);
+        assert!(parse(args("status --health --json")).is_err());
+        assert!(parse(args("run --health")).is_err());
     }
 
     #[test]

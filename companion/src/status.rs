@@ -307,8 +307,48 @@ pub fn render(r: &Report, now: u64) -> String {
     o
 }
 
+/// The verdict of `status --health` on what the daemon answered (`None`: it did not):
+/// healthy when the daemon runs and reaches the agent. `Ok` and `Err` carry the line to print.
+pub fn health(report: Option<&Report>) -> Result<String, String> {
+    let Some(r) = report else {
+        return Err("unhealthy: the companion does not answer on its status socket".into());
+    };
+    if !r.snapshot.agent_reachable {
+        let why = r
+            .snapshot
+            .agent_error
+            .as_deref()
+            .unwrap_or("not connected yet");
+        return Err(format!(
+            "unhealthy: the companion cannot reach the agent: {why}"
+        ));
+    }
+    Ok(format!(
+        "healthy: companion and agent up, config {}",
+        r.snapshot
+            .agent
+            .as_ref()
+            .and_then(|a| a.config_hash.as_deref())
+            .unwrap_or("none yet")
+    ))
+}
+
 /// Runs `gatelet-companion status`.
 pub fn run(args: &StatusArgs) -> std::process::ExitCode {
+    if args.health {
+        // Only the daemon's answer counts (no fallback to the store: a health check writes
+        // nothing and takes no locks).
+        return match health(fetch_from_daemon(&args.status_socket).ok().as_ref()) {
+            Ok(line) => {
+                println!("{line}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(line) => {
+                println!("{line}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let report = fetch(args);
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -333,6 +373,25 @@ mod tests {
     use super::*;
     use crate::state::{HeartbeatStatus, RejectedRoute};
     use gatelet_agent_api::control::{AgentConfig, L4Route, RouteStatus};
+
+    #[test]
+    fn health_needs_the_daemon_and_the_agent() {
+        let e = health(None).unwrap_err();
+        assert!(e.contains("does not answer"), "{e}");
+        let mut r = Report {
+            daemon_running: true,
+            ..Report::default()
+        };
+        r.snapshot.agent_error = Some("Permission denied (os error 13)".into());
+        let e = health(Some(&r)).unwrap_err();
+        assert!(
+            e.contains("cannot reach the agent: Permission denied"),
+            "{e}"
+        );
+        r.snapshot.agent_reachable = true;
+        r.snapshot.agent_error = None;
+        assert!(health(Some(&r)).unwrap().starts_with("healthy"));
+    }
 
     #[test]
     fn report_round_trips_through_the_socket() {

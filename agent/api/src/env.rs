@@ -526,6 +526,30 @@ fn seconds(v: &str) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// What to do about a `gateway.env` this process may not read, in one line: `me` is the
+/// process's (uid, gid), `file` the file's (uid, gid, mode), when known. The file holds the
+/// WireGuard private key, so the advice is group-readable (0640), never world-readable.
+fn unreadable_hint(path: &Path, me: Option<(u32, u32)>, file: Option<(u32, u32, u32)>) -> String {
+    let p = path.display();
+    let who = match me {
+        Some((uid, gid)) => format!("this process (uid {uid}, gid {gid})"),
+        None => "this process".to_owned(),
+    };
+    let gid = me.map_or_else(|| "<gid of gatelet>".to_owned(), |(_, g)| g.to_string());
+    let file = match file {
+        Some((uid, fgid, mode)) => {
+            format!(" (owner {uid}, group {fgid}, mode {:04o})", mode & 0o7777)
+        }
+        None => String::new(),
+    };
+    format!(
+        "cannot be read by {who}: permission denied{file}; make it readable by the daemons' \
+         group but not by everyone (it holds the WireGuard private key): \
+         chgrp {gid} {p} && chmod 0640 {p} (its directory needs search permission for that \
+         group too)"
+    )
+}
+
 impl GatewayEnv {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, EnvError> {
@@ -534,11 +558,24 @@ impl GatewayEnv {
             e
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
+            let message = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                use std::os::unix::fs::MetadataExt;
+                // The process's own ids without libc: /proc/self belongs to them.
+                let me = std::fs::metadata("/proc/self")
+                    .ok()
+                    .map(|m| (m.uid(), m.gid()));
+                let file = std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.uid(), m.gid(), m.mode()));
+                unreadable_hint(path, me, file)
+            } else {
+                format!("cannot be read: {e}")
+            };
             with_path(EnvError {
                 path: None,
                 line: None,
                 key: None,
-                message: format!("cannot be read: {e}"),
+                message,
             })
         })?;
         EnvFile::parse(&text)
@@ -1168,6 +1205,26 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("/nonexistent/gateway.env: cannot be read"));
+    }
+
+    #[test]
+    fn unreadable_file_says_what_to_do() {
+        let m = unreadable_hint(
+            Path::new("/etc/gatelet/gateway.env"),
+            Some((65532, 65532)),
+            Some((0, 0, 0o100600)),
+        );
+        assert!(m.contains("uid 65532, gid 65532"), "{m}");
+        assert!(m.contains("owner 0, group 0, mode 0600"), "{m}");
+        assert!(
+            m.contains(
+                "chgrp 65532 /etc/gatelet/gateway.env && chmod 0640 /etc/gatelet/gateway.env"
+            ),
+            "{m}"
+        );
+        assert!(!m.contains('\n'));
+        let m = unreadable_hint(Path::new("/e"), None, None);
+        assert!(m.contains("chgrp <gid of gatelet> /e"), "{m}");
     }
 
     #[test]
