@@ -137,6 +137,13 @@ pub fn check(data: &[u8]) {
     };
     let h = canonical_hash(&doc);
     assert_hash(&h);
+    // serde_json reads floats best-effort (no `float_roundtrip` feature): a long mantissa may
+    // read back one unit off after printing. Such a document's hash cannot be stable under
+    // re-reading, whatever the canonical form; the properties below are for the others.
+    let printed: Value = serde_json::from_str(&doc.to_string()).unwrap();
+    if printed != doc {
+        return;
+    }
     let canonical: Value = serde_json::from_str(&canonical_text(&doc))
         .unwrap_or_else(|e| panic!("canonical text is not JSON: {e}"));
     assert_eq!(
