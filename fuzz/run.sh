@@ -4,7 +4,7 @@
 #
 #   bash fuzz/run.sh [--time SECONDS] [--runs N] [--replay-only] [TARGET...]
 #
-#   --time S       fuzz each target for S seconds (default 20)
+#   --time S       fuzz each target for S seconds (default 15)
 #   --runs N       fuzz each target for N inputs instead; then --time is a cap, and a target
 #                  that has not run N inputs when it is reached fails
 #   --replay-only  only run the checked-in corpus (no fuzzing)
@@ -28,7 +28,7 @@ exec </dev/null
 
 cd "$(dirname "$0")"
 ALL_TARGETS=(http_request_head http_response_head chunked gateway_env config_document control_message)
-time_s=20
+time_s=15
 runs=-1
 replay_only=
 targets=()
