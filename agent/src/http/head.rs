@@ -374,6 +374,10 @@ pub(crate) fn prepare_response(
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err(ProxyError::BadResponse);
     };
+    if status < 100 {
+        // Three digits, but not a status (RFC 9110 §15): `HTTP/1.1 1 ...` is no head either.
+        return Err(ProxyError::BadResponse);
+    }
     let reason = resp.reason.unwrap_or("");
     let headers: &[httparse::Header<'_>] = resp.headers;
     let upgrade = status == 101;
@@ -726,5 +730,25 @@ mod tests {
             prepare_response(b"SSH-2.0-OpenSSH\r\n\r\n", ctx).unwrap_err(),
             ProxyError::BadResponse
         );
+    }
+
+    #[test]
+    fn status_below_100_is_a_bad_response() {
+        // Found by fuzz/http_response_head: `001` was sent on as `HTTP/1.1 1 ...`.
+        let ctx = ResponseContext {
+            is_head: false,
+            upgrade: true,
+            client_keep_alive: true,
+        };
+        for head in [&b"HTTP/1.1 001 X\r\n\r\n"[..], b"HTTP/1.1 099 X\r\n\r\n"] {
+            assert_eq!(
+                prepare_response(head, ctx).unwrap_err(),
+                ProxyError::BadResponse
+            );
+        }
+        let r = prepare_response(b"HTTP/1.1 999 X\r\nContent-Length: 0\r\n\r\n", ctx)
+            .unwrap()
+            .unwrap();
+        assert!(r.out.starts_with(b"HTTP/1.1 999 X\r\n"));
     }
 }

@@ -21,6 +21,7 @@
 //! - `upgrade`: the raw two-way relay after `101 Switching Protocols`.
 //! - `error_page`: 4xx/5xx answers, HTML for browsers and JSON for API clients.
 //! - `log`: the access-log line.
+//! - `fuzz_api`: the head parsers and the chunked decoder for the fuzz targets in `fuzz/` (hidden).
 //!
 //! Memory: a connection holds no buffer while idle between requests; while it reads a request
 //! head it holds one fixed buffer of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side), and while a
@@ -33,6 +34,8 @@ mod body;
 mod buf;
 mod conn;
 mod error_page;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod head;
 mod log;
 mod pool;
