@@ -17,7 +17,7 @@
 # config (root filesystem on the virtio disk); `systemctl stop` of both units is clean; poweroff.
 # Prints the boot time to both units ready and the image size.
 #
-# The guest is driven over a virtio serial port (image/console.py) on which the image's
+# The guest is driven over a virtio console, /dev/hvc0 (image/console.py), on which the image's
 # gatelet-test-console.service runs a shell; it is started only by `systemd.wants=` on the kernel
 # command line this script passes. No SSH.
 #
@@ -150,7 +150,8 @@ cat >"$RUN/config.json" <<EOF
  "config_hash":"sha256:$(printf boot-test | sha256sum | cut -c1-64)"}
 EOF
 start_gatecontrol() {
-  in_ns $HUB "$FAKE_GC" --listen 10.8.0.1:3000 --config "$RUN/config.json" >>"$RUN/gatecontrol.log" 2>&1 &
+  # ip execs the server: $! is the server's pid (a shell function in the background would not be).
+  ip netns exec $HUB "$FAKE_GC" --listen 10.8.0.1:3000 --config "$RUN/config.json" >>"$RUN/gatecontrol.log" 2>&1 &
   GC_PID=$!
   pids+=("$GC_PID")
 }
@@ -188,7 +189,7 @@ ip netns exec $HUB qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 512M \
   -device virtio-net-pci,netdev=net,mac=52:54:00:6a:74:01,romfile= \
   -device virtio-serial-pci \
   -chardev "socket,id=tc,path=$RUN/console.sock,server=on,wait=off" \
-  -device virtserialport,chardev=tc,name=gatelet.test \
+  -device virtconsole,chardev=tc \
   -object rng-random,filename=/dev/urandom,id=rng -device virtio-rng-pci,rng=rng \
   >"$RUN/qemu.log" 2>&1 &
 QEMU_PID=$!
@@ -219,6 +220,14 @@ wait_booted "$T_QEMU" "boot 1"
 BOOT1_ID=$(guest cat /proc/sys/kernel/random/boot_id)
 GUEST_TIMEOUT=$BOOT_TIMEOUT guest systemctl is-system-running --wait >"$RUN/state.txt" || true
 log "boot 1: system state $(tr -d '\r' <"$RUN/state.txt")"
+
+# The image's root partition is the root filesystem (persistent, read-write), its boot partition
+# is on /boot/firmware.
+mounts=$(guest "findmnt -no SOURCE,FSTYPE,OPTIONS /; findmnt -no SOURCE,FSTYPE /boot/firmware" | tr -d '\r')
+echo "$mounts" | sed 's/^/    /'
+[[ "$mounts" == "/dev/vda2 ext4 rw"* ]] || die "/ is not the image's ext4 root partition, read-write: $mounts"
+[[ "$mounts" == *"/dev/vda1 vfat"* ]] || die "/boot/firmware is not the image's boot partition: $mounts"
+log "ok: root filesystem = the image's partition 2 (ext4, rw), /boot/firmware = partition 1"
 
 # gateway.env moved off the boot partition, with the owner and mode the daemons expect.
 perm=$(guest stat -c "'%a %U:%G'" /etc/gatelet/gateway.env | tr -d '\r')

@@ -45,7 +45,7 @@ SECURITY=http://deb.debian.org/debian-security
 PACKAGES=(
   linux-image-arm64 raspi-firmware busybox-static
   systemd systemd-sysv udev dbus systemd-resolved systemd-timesyncd kmod
-  base-files base-passwd libc-bin bash coreutils util-linux mount procps iproute2 grep sed findutils
+  base-files base-passwd libc-bin dash bash coreutils util-linux mount procps iproute2 grep sed findutils
   dosfstools
 )
 # Dependencies that only maintainer scripts and kernel install hooks use: not unpacked.
@@ -164,6 +164,9 @@ for deb in "${DEBS[@]}"; do
 done
 log "unpacked ${#unpacked[@]} of ${#DEBS[@]} packages"
 printf '%s\n' "${unpacked[@]}" >"$OUT/packages.txt"
+
+# /bin/sh (dash's maintainer script makes this link on Debian).
+[ -e "$ROOT/usr/bin/sh" ] || ln -s dash "$ROOT/usr/bin/sh"
 
 KVER=$(basename "$(ls -d "$ROOT"/usr/lib/modules/*)")
 log "kernel $KVER"

@@ -3,7 +3,7 @@
 
     console.py SOCKET TIMEOUT_S COMMAND
 
-SOCKET is the host end of the guest's virtio serial port "gatelet.test" (qemu
+SOCKET is the host end of the guest's virtio console /dev/hvc0 (qemu
 -chardev socket,server=on), on which gatelet-test-console.service runs a root shell. Each call
 connects, waits until the shell answers (it restarts when the previous caller disconnects, and
 it is not there at all until the guest has booted), sends the command once, and reads until the
