@@ -95,7 +95,7 @@ dump() {
   done
   if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
     echo "--- guest: systemctl --failed; gatelet journal"
-    GUEST_TIMEOUT=15 guest "systemctl --failed --no-pager; journalctl -b --no-pager -o short-monotonic -u gatelet-agent -u gatelet-companion -u gatelet-import-env | tail -n 40"
+    GUEST_TIMEOUT=15 guest "systemctl --failed --no-pager; ip -br addr; resolvectl status --no-pager | head -n 30; journalctl -b --no-pager -o short-monotonic -u gatelet-agent -u gatelet-companion -u gatelet-import-env | tail -n 40"
   fi
 } >&2
 
@@ -125,8 +125,8 @@ in_ns $LAN ip link set eth0 up
 bg_in_ns $HUB "$RUN/dnsmasq.log" dnsmasq --keep-in-foreground --log-facility=- --conf-file=/dev/null \
   --no-resolv --no-hosts --bind-interfaces --interface=glimg-br --except-interface=lo \
   --dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,1h --dhcp-option=option:router,10.77.0.1 \
-  --dhcp-option=option:dns-server,10.77.0.1 --address=/hub.gatelet.test/10.77.0.1 \
-  --dhcp-leasefile="$RUN/dnsmasq.leases" --pid-file= --user=root
+  --dhcp-option=option:dns-server,10.77.0.1 --host-record=hub.gatelet.test,10.77.0.1 \
+  --dhcp-leasefile="$RUN/dnsmasq.leases" --pid-file= --user=root --log-queries
 
 umask 077
 wg genkey >"$RUN/hub.key"; wg pubkey <"$RUN/hub.key" >"$RUN/hub.pub"
@@ -217,6 +217,10 @@ wait_booted() { # label
 }
 
 wait_booted "$T_QEMU" "boot 1"
+if [ -n "${BOOT_TEST_PAUSE:-}" ]; then
+  log "paused (BOOT_TEST_PAUSE): python3 image/console.py $RUN/console.sock 30 'COMMAND'"
+  sleep "$BOOT_TEST_PAUSE"
+fi
 BOOT1_ID=$(guest cat /proc/sys/kernel/random/boot_id)
 GUEST_TIMEOUT=$BOOT_TIMEOUT guest systemctl is-system-running --wait >"$RUN/state.txt" || true
 log "boot 1: system state $(tr -d '\r' <"$RUN/state.txt")"

@@ -5,8 +5,8 @@
 
 SOCKET is the host end of the guest's virtio console /dev/hvc0 (qemu
 -chardev socket,server=on), on which gatelet-test-console.service runs a root shell. Each call
-connects, waits until the shell answers (it restarts when the previous caller disconnects, and
-it is not there at all until the guest has booted), sends the command once, and reads until the
+connects, waits until the shell answers (it is not there until the guest has booted, and input
+that arrives before it starts may be discarded), sends the command once, and reads until the
 end marker carrying the command's exit status, which becomes this program's exit status.
 Exit 124 when the guest does not answer within TIMEOUT_S.
 """
@@ -68,7 +68,9 @@ def main() -> int:
             buf += chunk
 
     # The shell may not be reading yet: repeat a harmless echo until it answers.
-    if not read_until(re.compile(hello.encode()), f"echo {hello}\n".encode()):
+    # The typed text `echo "GL_HELLO_"<nonce>` differs from what the shell prints, so a terminal's
+    # echo of the input (before the shell turned it off) does not count as an answer.
+    if not read_until(re.compile(hello.encode()), f'echo "GL_HELLO_"{nonce}\n'.encode()):
         print(f"console.py: the guest shell did not answer within {timeout:.0f}s", file=sys.stderr)
         return 124
     buf = b""
