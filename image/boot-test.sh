@@ -125,7 +125,7 @@ in_ns $LAN ip link set eth0 up
 bg_in_ns $HUB "$RUN/dnsmasq.log" dnsmasq --keep-in-foreground --log-facility=- --conf-file=/dev/null \
   --no-resolv --no-hosts --bind-interfaces --interface=glimg-br --except-interface=lo \
   --dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,1h --dhcp-option=option:router,10.77.0.1 \
-  --dhcp-option=option:dns-server,10.77.0.1 --host-record=hub.gatelet.test,10.77.0.1 \
+  --dhcp-option=option:dns-server,10.77.0.1 --local=/gatelet.test/ --host-record=hub.gatelet.test,10.77.0.1 \
   --dhcp-leasefile="$RUN/dnsmasq.leases" --pid-file= --user=root --log-queries
 
 umask 077
@@ -147,8 +147,10 @@ cat >"$RUN/config.json" <<EOF
  "l4_routes":[{"id":2,"listen_port":2222,"target_lan_host":"10.77.0.10","target_lan_port":8000,
                "wol_enabled":false}],
  "egress_routes":[],
- "config_hash":"sha256:$(printf boot-test | sha256sum | cut -c1-64)"}
+ "config_hash":"sha256:8c131937bd7464d4e18cea5078c4df207d9ffc771c9bad26508468ff2bf18875"}
 EOF
+# (config_hash: this document's canonical hash, as the server computes it; on a mismatch the
+# companion logs a warning, which the journal check below would report.)
 start_gatecontrol() {
   # ip execs the server: $! is the server's pid (a shell function in the background would not be).
   ip netns exec $HUB "$FAKE_GC" --listen 10.8.0.1:3000 --config "$RUN/config.json" >>"$RUN/gatecontrol.log" 2>&1 &
@@ -172,7 +174,6 @@ sed -e "s#^WG_PRIVATE_KEY=.*#WG_PRIVATE_KEY=$(cat "$RUN/gw.key")#" \
   -e "s#^WG_PRESHARED_KEY=.*#WG_PRESHARED_KEY=$(cat "$RUN/psk")#" \
   -e "s#^WG_SERVER_PUBLIC_KEY=.*#WG_SERVER_PUBLIC_KEY=$(cat "$RUN/hub.pub")#" \
   -e "s#^WG_ENDPOINT=.*#WG_ENDPOINT=hub.gatelet.test:51820#" \
-  -e "s#^GC_HEARTBEAT_INTERVAL_S=.*#GC_HEARTBEAT_INTERVAL_S=10#" \
   companion/tests/data/gateway-env.txt | sed 's/$/\r/' >"$RUN/gateway.env"
 # (CRLF line endings, as a file saved on Windows: the import converts them.)
 mcopy -i "$RUN/disk.img@@$BOOT_OFFSET" "$RUN/gateway.env" ::gateway.env
@@ -227,7 +228,7 @@ log "boot 1: system state $(tr -d '\r' <"$RUN/state.txt")"
 
 # The image's root partition is the root filesystem (persistent, read-write), its boot partition
 # is on /boot/firmware.
-mounts=$(guest "findmnt -no SOURCE,FSTYPE,OPTIONS /; findmnt -no SOURCE,FSTYPE /boot/firmware" | tr -d '\r')
+mounts=$(guest "findmnt -rno SOURCE,FSTYPE,OPTIONS /; findmnt -rno SOURCE,FSTYPE /boot/firmware" | tr -d '\r')
 echo "$mounts" | sed 's/^/    /'
 [[ "$mounts" == "/dev/vda2 ext4 rw"* ]] || die "/ is not the image's ext4 root partition, read-write: $mounts"
 [[ "$mounts" == *"/dev/vda1 vfat"* ]] || die "/boot/firmware is not the image's boot partition: $mounts"
@@ -251,7 +252,7 @@ wait_for 30 "the hub pings the gateway through the tunnel" in_ns $HUB ping -c1 -
 log "ok: the tunnel handshakes (the endpoint name resolved by the guest's DHCP DNS)"
 synced() { guest gatelet-companion status | grep -q 'config:    sha256:'; }
 wait_for 60 "the companion reports the server's config" synced
-wait_for 30 "the companion heartbeats" grep -q "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol.log"
+wait_for 60 "the companion heartbeats" grep -q "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol.log"
 log "ok: config synced, heartbeats accepted"
 
 http_route() { in_ns $HUB curl -sS -m 5 -H 'Host: files.demo' http://10.8.0.2:8080/ | grep -q "hello from the LAN host"; }
@@ -261,13 +262,17 @@ wait_for 30 "the L4 route answers from the hub" l4_route
 log "ok: the HTTP route and the L4 route answer from the hub through the tunnel"
 
 # --- the journal of the clean boot ---------------------------------------------------------------------
-guest "journalctl -b --no-pager -o short-monotonic -p warning" | tr -d '\r' >"$RUN/journal-warnings.txt" || true
+guest "journalctl -b --no-pager -o short-monotonic -p warning" | tr -d '\r' | grep -v '^-- ' >"$RUN/journal-warnings.txt" || true
 units_warn=$(guest "journalctl -b --no-pager -o cat -p warning -u gatelet-agent -u gatelet-companion -u gatelet-import-env" | tr -d '\r')
 units_text=$(guest "journalctl -b --no-pager -o cat -u gatelet-agent -u gatelet-companion -u gatelet-import-env" | tr -d '\r' | grep -E '\b(WARN|ERROR)\b' || true)
-log "boot 1: the whole system's journal has $(grep -vc '^-- ' "$RUN/journal-warnings.txt" || true) warning-or-worse lines:"
+log "boot 1: warning-or-worse lines in the whole journal: $(wc -l <"$RUN/journal-warnings.txt")"
 sed 's/^/    /' "$RUN/journal-warnings.txt"
 [ -z "$units_warn$units_text" ] || die "warnings or errors in the gatelet units' journal: $units_warn $units_text"
-log "ok: no warning or error from gatelet-agent, gatelet-companion, gatelet-import-env"
+# Userspace must be quiet too. Kernel lines are printed above but not judged: they come from the
+# emulated board and Debian's kernel configuration, which the image does not choose.
+userspace_warn=$(grep -v ' kernel: ' "$RUN/journal-warnings.txt" || true)
+[ -z "$userspace_warn" ] || die "warnings or errors from userspace in the journal of a clean boot: $userspace_warn"
+log "ok: no warning or error in the journal from userspace (gatelet units included)"
 
 # --- the watchdog ------------------------------------------------------------------------------------------
 pid1=$(guest systemctl show -p MainPID --value gatelet-agent | tr -d '\r')
