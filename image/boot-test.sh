@@ -204,8 +204,8 @@ guest_ready_s() {
     awk 'BEGIN { m = 0 } $1 + 0 > m { m = $1 + 0 } END { printf "%.1f", m / 1e6 }'
 }
 
-wait_booted() { # label
-  local t0=$1 label=$2
+wait_booted() { # t0 label since-what
+  local t0=$1 label=$2 since=$3
   GUEST_TIMEOUT=$BOOT_TIMEOUT guest true >/dev/null || die "$label: the guest's test console did not answer within ${BOOT_TIMEOUT}s"
   local end=$(($(date +%s) + BOOT_TIMEOUT))
   until both_active; do
@@ -214,10 +214,10 @@ wait_booted() { # label
   done
   local host_s=$(($(date +%s) - t0)) guest_s
   guest_s=$(guest_ready_s)
-  log "$label: both units ready ${guest_s}s after kernel start (guest clock); ${host_s}s after qemu start (host, TCG)"
+  log "$label: both units ready ${guest_s}s after kernel start (guest clock); ${host_s}s after $since (host clock, TCG)"
 }
 
-wait_booted "$T_QEMU" "boot 1"
+wait_booted "$T_QEMU" "boot 1" "qemu started"
 if [ -n "${BOOT_TEST_PAUSE:-}" ]; then
   log "paused (BOOT_TEST_PAUSE): python3 image/console.py $RUN/console.sock 30 'COMMAND'"
   sleep "$BOOT_TEST_PAUSE"
@@ -310,7 +310,7 @@ new_boot() {
   id=$(GUEST_TIMEOUT=5 guest cat /proc/sys/kernel/random/boot_id) && [ -n "$id" ] && [ "$id" != "$BOOT1_ID" ]
 }
 wait_for "$BOOT_TIMEOUT" "the guest comes back after the reboot" new_boot
-wait_booted "$T_REBOOT" "boot 2 (server down)"
+wait_booted "$T_REBOOT" "boot 2 (server down)" "systemctl reboot"
 wait_for 60 "the tunnel handshakes after the reboot" in_ns $HUB ping -c1 -W1 10.8.0.2
 wait_for 60 "the HTTP route answers from the stored config (server down)" http_route
 wait_for 30 "the L4 route answers from the stored config (server down)" l4_route
