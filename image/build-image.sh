@@ -62,9 +62,12 @@ PRUNE_MODULES=(
   fs/ntfs3 fs/reiserfs fs/dlm fs/nilfs2 fs/orangefs fs/afs fs/coda
 )
 # Modules the initramfs loads (with their dependencies) to reach the root filesystem: virtio disks
-# (qemu), the Pi 4 (sdhci-iproc) and Pi 3 (mmc-bcm2835) SD controllers, ext4.
-INITRD_MODULES=(virtio_pci virtio_mmio virtio_blk sdhci_iproc kernel/drivers/mmc/host/bcm2835.ko crc32c_generic
-  ext4)
+# (qemu), the Pi 4 (sdhci-iproc) and Pi 3 (bcm2835 sdhost) SD controllers, the SD card's
+# regulators on a Pi 4 (its device tree gives emmc2 a GPIO and a fixed regulator; without them
+# the controller's probe waits forever), the reset controller (USB on a Pi 4), ext4.
+INITRD_MODULES=(virtio_pci virtio_mmio virtio_blk sdhci_iproc kernel/drivers/mmc/host/bcm2835.ko
+  kernel/drivers/regulator/gpio-regulator.ko kernel/drivers/regulator/fixed.ko reset_raspberrypi
+  crc32c_generic ext4)
 
 BOOT_MIB=256
 ROOT_LABEL=gatelet-root

@@ -60,7 +60,7 @@ file -b "$WORK/vmlinuz" | grep -q 'Linux kernel ARM64 boot executable Image' &&
 zcat "$WORK/initrd.img" | cpio -it --quiet 2>/dev/null >"$WORK/initrd.list"
 grep -qx init "$WORK/initrd.list" && grep -qx bin/busybox "$WORK/initrd.list" && ok "initrd: /init and busybox" ||
   bad "initrd lacks /init or busybox"
-for m in sdhci-iproc.ko bcm2835.ko virtio_blk.ko ext4.ko; do
+for m in sdhci-iproc.ko bcm2835.ko gpio-regulator.ko fixed.ko virtio_blk.ko ext4.ko; do
   grep -q "/$m\$" "$WORK/initrd.list" && ok "initrd has $m" || bad "initrd lacks $m"
 done
 

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the gatelet image's initramfs (image/build-image.sh fills in @KVER@): loads the disk
 # drivers listed in /lib/modules/<kver>/load-order (dependencies first), waits for the root
 # filesystem named by root=LABEL=... (or root=/dev/...) on the kernel command line, mounts it and
