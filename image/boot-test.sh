@@ -225,6 +225,9 @@ fi
 BOOT1_ID=$(guest cat /proc/sys/kernel/random/boot_id)
 GUEST_TIMEOUT=$BOOT_TIMEOUT guest systemctl is-system-running --wait >"$RUN/state.txt" || true
 log "boot 1: system state $(tr -d '\r' <"$RUN/state.txt")"
+# The baseline of the same boot: systemd's own figure for the whole boot (kernel + userspace to
+# multi-user.target).
+log "boot 1: systemd-analyze: $(guest systemd-analyze time --no-pager | tr -d '\r' | head -n 1)"
 
 # The image's root partition is the root filesystem (persistent, read-write), its boot partition
 # is on /boot/firmware.
@@ -316,6 +319,11 @@ wait_for 60 "the HTTP route answers from the stored config (server down)" http_r
 wait_for 30 "the L4 route answers from the stored config (server down)" l4_route
 in_ns $HUB curl -s -m 2 -o /dev/null http://10.8.0.1:3000/ && die "the fake server still answers"
 log "ok: after a reboot with the server down, both routes answer from the stored config"
+GUEST_TIMEOUT=$BOOT_TIMEOUT guest systemctl is-system-running --wait >/dev/null || true
+log "boot 2: systemd-analyze: $(guest systemd-analyze time --no-pager | tr -d '\r' | head -n 1)"
+failed=$(guest systemctl --failed --no-legend --plain --no-pager)
+[ -z "$failed" ] || die "boot 2: failed units: $failed"
+log "ok: boot 2: both units active, systemctl --failed is empty"
 guest gatelet-companion status | tr -d '\r' | sed 's/^/    /' | head -n 20
 
 # --- a clean stop, then power off --------------------------------------------------------------------
