@@ -186,13 +186,27 @@ else
   else
     fail "$NFT_FILE does not load"
   fi
+  # A LAN interface whose address the hub could aim at through the tunnel.
+  ip -n "$NS_GW" link add lan0 type veth peer name lan1
+  ip -n "$NS_GW" addr add 192.168.77.1/24 dev lan0
+  ip -n "$NS_GW" link set lan0 up
+  ip -n "$NS_GW" link set lan1 up
+  ip -n "$NS_HUB" route add 192.168.77.0/24 via 10.99.0.2
+  # The box's own services listen on the wildcard address (proxy port: opened by its rule; L4_PORT:
+  # a service like sshd, closed to the tunnel); the agent binds its L4 listeners on the tunnel IP
+  # (AGENT_PORT, in no set); a service bound to the LAN address (LAN_PORT) stays closed.
+  AGENT_PORT=2345
+  LAN_PORT=2346
   for port in "$PROXY_PORT" "$L4_PORT"; do
     ip netns exec "$NS_GW" socat "TCP-LISTEN:$port,fork,reuseaddr" SYSTEM:'echo hi' &
   done
-  # wait (bounded) for both listeners
+  ip netns exec "$NS_GW" socat "TCP-LISTEN:$AGENT_PORT,bind=10.99.0.2,fork,reuseaddr" SYSTEM:'echo hi' &
+  ip netns exec "$NS_GW" socat "TCP-LISTEN:$LAN_PORT,bind=192.168.77.1,fork,reuseaddr" SYSTEM:'echo hi' &
+  # wait (bounded) for the listeners
   for _ in $(seq 1 50); do
-    if ip netns exec "$NS_GW" ss -ltn | grep -q ":$L4_PORT " &&
-      ip netns exec "$NS_GW" ss -ltn | grep -q ":$PROXY_PORT "; then break; fi
+    listening=$(ip netns exec "$NS_GW" ss -ltn)
+    if grep -q ":$L4_PORT " <<<"$listening" && grep -q ":$PROXY_PORT " <<<"$listening" &&
+      grep -q ":$AGENT_PORT " <<<"$listening" && grep -q ":$LAN_PORT " <<<"$listening"; then break; fi
     sleep 0.1
   done
   reach() { # ns host port -> 0 if a TCP connection gets the greeting
@@ -203,6 +217,8 @@ else
   if reach "$NS_HUB" 10.99.0.2 "$PROXY_PORT"; then ok "proxy port $PROXY_PORT open on $TUNNEL_IF"; else fail "proxy port $PROXY_PORT not reachable over $TUNNEL_IF"; fi
   if reach "$NS_HUB" 10.99.0.2 "$L4_PORT"; then fail "port $L4_PORT reachable over $TUNNEL_IF before it is in the set"; else ok "unlisted port $L4_PORT dropped on $TUNNEL_IF"; fi
   if reach "$NS_GW" 127.0.0.1 "$L4_PORT"; then ok "other interfaces (lo) not filtered"; else fail "port $L4_PORT blocked on lo"; fi
+  if reach "$NS_HUB" 10.99.0.2 "$AGENT_PORT"; then ok "a listener bound to the tunnel IP (as the agent binds L4 routes) open on $TUNNEL_IF without a set entry"; else fail "a listener bound to the tunnel IP is dropped on $TUNNEL_IF"; fi
+  if reach "$NS_HUB" 192.168.77.1 "$LAN_PORT"; then fail "a service bound to the LAN address is reachable through $TUNNEL_IF"; else ok "a service bound to the LAN address stays closed to $TUNNEL_IF"; fi
   ip netns exec "$NS_GW" nft add element inet gatelet tunnel_tcp_ports "{ $L4_PORT }"
   if reach "$NS_HUB" 10.99.0.2 "$L4_PORT"; then ok "port $L4_PORT open once added to tunnel_tcp_ports"; else fail "port $L4_PORT still dropped after adding it to the set"; fi
 fi
