@@ -19,6 +19,11 @@ use serde::Serialize;
 /// The self-update flag file in the state dir (same name as the reference gateway's).
 pub const PENDING_UPDATE_FILE: &str = "pending-update";
 
+/// A collection slower than this is logged as a warning (it delays the heartbeat: reading
+/// `/proc`, the state dir's disk usage and its write probe on a slow SD card or under emulation
+/// take tens to hundreds of milliseconds, which is normal and logged at debug level).
+pub const SLOW_COLLECTION: Duration = Duration::from_secs(1);
+
 /// How often the state-dir writability probe really creates a file; in between, a
 /// permission and read-only-mount check answers (flash wear: no file churn per heartbeat).
 pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -239,11 +244,13 @@ pub fn collect(src: &TelemetrySource) -> Telemetry {
         pending_update: src.state_dir.join(PENDING_UPDATE_FILE).exists(),
     };
     let took = started.elapsed();
-    if took > Duration::from_millis(100) {
+    if took > SLOW_COLLECTION {
         tracing::warn!(
             took_ms = took.as_millis() as u64,
             "telemetry collection was slow"
         );
+    } else {
+        tracing::debug!(took_ms = took.as_millis() as u64, "telemetry collected");
     }
     t
 }
