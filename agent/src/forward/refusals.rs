@@ -23,6 +23,17 @@ pub struct RefusalReport {
     pub over: Duration,
 }
 
+impl RefusalReport {
+    /// " in the last N s" for a line after the first, empty for the first (for the log text).
+    pub fn since(&self) -> String {
+        if self.over.is_zero() {
+            String::new()
+        } else {
+            format!(" in the last {} s", self.over.as_secs())
+        }
+    }
+}
+
 /// Counts refusals and says when a summary line is due.
 #[derive(Debug)]
 pub struct RefusalLog {
@@ -131,5 +142,20 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         let r = log.refused(Instant::now()).unwrap();
         assert_eq!((r.count, r.total), (1, 2));
+    }
+
+    #[test]
+    fn the_first_line_names_no_interval_and_later_ones_do() {
+        let first = RefusalReport {
+            count: 3,
+            total: 3,
+            over: Duration::ZERO,
+        };
+        let later = RefusalReport {
+            over: Duration::from_secs(10),
+            ..first
+        };
+        assert_eq!(first.since(), "");
+        assert_eq!(later.since(), " in the last 10 s");
     }
 }

@@ -235,11 +235,7 @@ pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver
 }
 
 fn log_refusals(port: u16, route: &TcpRoute, r: RefusalReport) {
-    let since = if r.over.is_zero() {
-        String::new()
-    } else {
-        format!(" in the last {} s", r.over.as_secs())
-    };
+    let since = r.since();
     tracing::warn!(
         port,
         refused = r.count,

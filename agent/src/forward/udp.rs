@@ -138,11 +138,7 @@ pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receive
 }
 
 fn log_refusals(port: u16, route: &UdpRoute, r: RefusalReport) {
-    let since = if r.over.is_zero() {
-        String::new()
-    } else {
-        format!(" in the last {} s", r.over.as_secs())
-    };
+    let since = r.since();
     tracing::warn!(
         port,
         refused = r.count,

@@ -236,11 +236,7 @@ impl Shared {
     }
 
     fn log_refusals(&self, what: Refusal, r: RefusalReport) {
-        let since = if r.over.is_zero() {
-            String::new()
-        } else {
-            format!(" in the last {} s", r.over.as_secs())
-        };
+        let since = r.since();
         let (n, total) = (r.count, r.total);
         match what {
             Refusal::Connection => tracing::warn!(
