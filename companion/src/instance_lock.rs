@@ -10,9 +10,11 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 /// Name of the lock file in the state directory.
 pub const LOCK_FILE: &str = "companion.lock";
@@ -48,7 +50,7 @@ pub enum LockError {
 /// The held lock; released when dropped (or when the process exits).
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: File,
+    _file: Flock<File>,
     path: PathBuf,
 }
 
@@ -60,7 +62,7 @@ impl InstanceLock {
             path: path.clone(),
             source,
         };
-        let mut file = File::options()
+        let file = File::options()
             .read(true)
             .write(true)
             .create(true)
@@ -68,9 +70,9 @@ impl InstanceLock {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        match try_lock_exclusive(&file) {
-            Ok(true) => {}
-            Ok(false) => {
+        let mut file = match lock_exclusive_nonblocking(file) {
+            Ok(locked) => locked,
+            Err((file, Errno::EWOULDBLOCK)) => {
                 let mut text = String::new();
                 let _ = (&file).take(MAX_PID_BYTES).read_to_string(&mut text);
                 return Err(LockError::Held {
@@ -78,8 +80,8 @@ impl InstanceLock {
                     pid: text.trim().parse().ok(),
                 });
             }
-            Err(e) => return Err(io(e)),
-        }
+            Err((_, e)) => return Err(io(e.into())),
+        };
         file.set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()))
@@ -93,20 +95,13 @@ impl InstanceLock {
     }
 }
 
-/// `flock(LOCK_EX | LOCK_NB)`: Ok(false) when another open file description holds it.
-fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+/// `flock(LOCK_EX | LOCK_NB)`, retried on EINTR: the file back with the error when another open
+/// file description holds the lock (EWOULDBLOCK) or the call fails.
+fn lock_exclusive_nonblocking(mut file: File) -> Result<Flock<File>, (File, Errno)> {
     loop {
-        // SAFETY: flock(2) on a descriptor that `file` keeps open for the call; no memory is
-        // passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(e),
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Err((f, Errno::EINTR)) => file = f,
+            other => return other,
         }
     }
 }
