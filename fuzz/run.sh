@@ -69,6 +69,13 @@ export RUSTFLAGS="-Cpasses=sancov-module \
 --cfg fuzzing"
 bins=()
 for t in "${targets[@]}"; do bins+=(--bin "$t"); done
+# fuzz/ is its own workspace whose lock file is the root one plus the fuzzing crates: when the
+# root's dependencies change, it must follow (say so plainly instead of cargo's --locked error).
+if ! cargo metadata --locked --offline --format-version 1 >/dev/null 2>&1; then
+  echo "fuzz: fuzz/Cargo.lock is behind the root Cargo.lock; bring it in step with:" >&2
+  echo "  cp Cargo.lock fuzz/Cargo.lock && cargo metadata --offline --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null" >&2
+  exit 1
+fi
 t0=$(date +%s)
 cargo build --locked --release --target "$host" "${bins[@]}"
 echo "fuzz: built ${#targets[@]} targets in $(($(date +%s) - t0))s"
