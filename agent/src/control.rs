@@ -6,7 +6,7 @@
 //! counters, so a slow client never stalls packets.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +94,9 @@ impl ControlSocket {
     pub fn bind(path: &Path, group: Option<u32>) -> Result<Self, ControlError> {
         let give = |p: &Path| -> Result<(), ControlError> {
             match group {
+                // Already the group (the agent runs in it, as under the systemd unit): no chown,
+                // which the unit's seccomp filter (~@privileged holds @chown) answers with EPERM.
+                Some(gid) if std::fs::metadata(p).is_ok_and(|m| m.gid() == gid) => Ok(()),
                 Some(gid) => std::os::unix::fs::chown(p, None, Some(gid)).map_err(|error| {
                     ControlError::Group {
                         path: p.to_owned(),
