@@ -266,21 +266,16 @@ log "ok: the HTTP route and the L4 route answer from the hub through the tunnel"
 
 # --- the journal of the clean boot ---------------------------------------------------------------------
 guest "journalctl -b --no-pager -o short-monotonic -p warning" | tr -d '\r' | grep -v '^-- ' >"$RUN/journal-warnings.txt" || true
-# One warning is tolerated, and printed: the companion warns when collecting telemetry takes over
-# 100 ms (companion/src/telemetry.rs), which an emulated CPU on a shared host does at boot.
-TOLERATED='^telemetry collection was slow$'
-units_all=$(guest "journalctl -b --no-pager -o cat -p warning -u gatelet-agent -u gatelet-companion -u gatelet-import-env" | tr -d '\r')
-units_warn=$(grep -Ev "$TOLERATED" <<<"$units_all" || true)
-tolerated=$(grep -Ec "$TOLERATED" <<<"$units_all" || true)
+units_warn=$(guest "journalctl -b --no-pager -o cat -p warning -u gatelet-agent -u gatelet-companion -u gatelet-import-env" | tr -d '\r')
 units_text=$(guest "journalctl -b --no-pager -o cat -u gatelet-agent -u gatelet-companion -u gatelet-import-env" | tr -d '\r' | grep -E '\b(WARN|ERROR)\b' || true)
 log "boot 1: warning-or-worse lines in the whole journal: $(wc -l <"$RUN/journal-warnings.txt")"
 sed 's/^/    /' "$RUN/journal-warnings.txt"
 [ -z "$units_warn$units_text" ] || die "warnings or errors in the gatelet units' journal: $units_warn $units_text"
 # Userspace must be quiet too. Kernel lines are printed above but not judged: they come from the
 # emulated board and Debian's kernel configuration, which the image does not choose.
-userspace_warn=$(grep -v ' kernel: ' "$RUN/journal-warnings.txt" | grep -Ev "gatelet-companion\[[0-9]+\]: ${TOLERATED#^}" || true)
+userspace_warn=$(grep -v ' kernel: ' "$RUN/journal-warnings.txt" || true)
 [ -z "$userspace_warn" ] || die "warnings or errors from userspace in the journal of a clean boot: $userspace_warn"
-log "ok: no warning or error in the journal from userspace (gatelet units included; tolerated under emulation: $tolerated x 'telemetry collection was slow')"
+log "ok: no warning or error in the journal from userspace (gatelet units included)"
 
 # --- the watchdog ------------------------------------------------------------------------------------------
 pid1=$(guest systemctl show -p MainPID --value gatelet-agent | tr -d '\r')
@@ -344,7 +339,7 @@ done
 # or a heartbeat may still fail while the companion shuts down).
 SERVER_DOWN='^(config check failed|heartbeat failed)$'
 stop_warn=$(guest "journalctl --no-pager -o cat -p warning --after-cursor='$stop_cursor' -u gatelet-agent -u gatelet-companion" |
-  tr -d '\r' | grep -Ev "$TOLERATED" | grep -Ev "$SERVER_DOWN" || true)
+  tr -d '\r' | grep -Ev "$SERVER_DOWN" || true)
 [ -z "$stop_warn" ] || die "warnings or errors in the gatelet units' journal during the stop: $stop_warn"
 log "ok: no warning or error in the gatelet units' journal during the stop"
 
