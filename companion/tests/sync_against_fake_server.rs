@@ -552,6 +552,12 @@ fn server_counting_more_remaining_than_our_log_wins_and_heartbeats_go() {
         })
         .expect("a heartbeat within 3 s");
     assert!(reqs.iter().all(|r| r.status == 200), "no 429");
+    // The server has the request; the companion records the answer a moment later (longer on a
+    // loaded machine): wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !loops.shared.snapshot().heartbeat.is_some_and(|h| h.ok) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         loops.shared.snapshot().heartbeat.is_some_and(|h| h.ok),
         "heartbeat answered"
