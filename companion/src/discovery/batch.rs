@@ -74,22 +74,26 @@ impl Device {
         }
     }
 
-    /// Adds a port (once per port and source). Returns whether it was new.
+    /// Adds a port (once per port and source). Returns whether it was new. What a LAN host can
+    /// make us keep is bounded here, not only when a batch is encoded: any in-scope host may send
+    /// unasked mDNS/SSDP answers, so at most [`MAX_PORTS`] ports, hints cut to
+    /// [`MAX_HINT_CHARS`].
     pub fn add_port(&mut self, port: u16, source: &'static str, hint: Option<String>) -> bool {
         if !self.sources.contains(&source) {
             self.sources.push(source);
         }
-        if self
-            .ports
-            .iter()
-            .any(|p| p.port == port && p.source == source)
+        if self.ports.len() >= MAX_PORTS
+            || self
+                .ports
+                .iter()
+                .any(|p| p.port == port && p.source == source)
         {
             return false;
         }
         self.ports.push(Port {
             port,
             source,
-            service_hint: hint,
+            service_hint: hint.map(|h| cut(&h, MAX_HINT_CHARS)),
         });
         true
     }
@@ -372,6 +376,20 @@ mod tests {
             1,
             "an empty closing batch is still sent"
         );
+    }
+
+    #[test]
+    fn a_chatty_host_cannot_grow_its_record_past_the_server_limits() {
+        let mut d = Device::new(Ipv4Addr::new(192, 168, 1, 9));
+        for port in 1..=1000u16 {
+            d.add_port(port, "ssdp", Some("x".repeat(9000)));
+        }
+        assert_eq!(d.ports.len(), MAX_PORTS);
+        assert!(d
+            .ports
+            .iter()
+            .all(|p| p.service_hint.as_ref().unwrap().chars().count() == MAX_HINT_CHARS));
+        assert!(!d.add_port(5000, "tcp", None), "full: nothing more kept");
     }
 
     #[test]

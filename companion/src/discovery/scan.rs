@@ -635,10 +635,12 @@ fn send_reverse_lookups(plan: &Plan, st: &mut State) -> Option<UdpSocket> {
         return None;
     }
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    // Connected: answers are taken from the resolver only, not from whoever finds the port.
+    sock.connect(resolver).ok()?;
     let _ = sock.set_nonblocking(true);
     for (i, ip) in unnamed.iter().enumerate() {
         let q = dns::query(i as u16, &[(&dns::reverse_name(*ip), dns::TYPE_PTR)], true);
-        if sock.send_to(&q, resolver).is_ok() {
+        if sock.send(&q).is_ok() {
             st.summary.datagrams += 1;
         }
     }
