@@ -25,8 +25,11 @@ use tokio::sync::{oneshot, watch};
 use super::tcp::{self, TcpConfig};
 use super::{wait_true, RouteCounters};
 
-/// Relayed API connections open at once.
-pub const API_RELAY_MAX_CONNECTIONS: usize = 128;
+/// Relayed API connections open at once: below the companion's budget of 64 (its
+/// `companion/src/http` server), so that this relay, which knows each caller's address at
+/// accept, is the one that evicts under a flood, and the companion keeps room for callers on
+/// loopback (was 128: relayed connections 65-128 only made the companion evict).
+pub const API_RELAY_MAX_CONNECTIONS: usize = 48;
 /// A relayed API connection with no byte moving for this long is closed (between one and two
 /// periods after the last byte).
 pub const API_RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
