@@ -20,6 +20,7 @@ pub mod control;
 pub mod forward;
 pub mod http;
 pub mod netif;
+pub mod netstack;
 pub mod probe;
 pub mod routes;
 pub mod tunnel;
