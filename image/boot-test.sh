@@ -14,7 +14,9 @@
 # boot (the whole system's warnings are printed); the tunnel handshakes; the config syncs; the
 # HTTP route and the L4 route answer from the hub; a stalled agent (SIGSTOP) is restarted by the
 # watchdog and serves again; a reboot with the server stopped serves both routes from the stored
-# config (root filesystem on the virtio disk); `systemctl stop` of both units is clean; poweroff.
+# config (root filesystem on the virtio disk); the first boot grows the root file system into a
+# disk 512 MiB larger than the image, once; the journal survives the reboot; `systemctl stop` of
+# both units is clean; poweroff.
 # Prints the boot time to both units ready and the image size.
 #
 # The guest is driven over a virtio console, /dev/hvc0 (image/console.py), on which the image's
@@ -166,6 +168,9 @@ wait_for 10 "the LAN host serves HTTP" in_ns $LAN curl -sf -o /dev/null -m 1 htt
 # --- the disk: a copy of the image with gateway.env on its boot partition -------------------------
 log "image $IMG: $(($(stat -c %s "$IMG") / 1048576)) MiB ($(($(du -k "$IMG" | cut -f1) / 1024)) MiB allocated)"
 cp --sparse=always "$IMG" "$RUN/disk.img"
+# A card larger than the image, as every real one is: the first boot grows the root file system.
+ROOT_MIB_IMAGE=$(($(sfdisk -d "$RUN/disk.img" | sed -n 's/.*2 : start= *[0-9]*, size= *\([0-9]*\),.*/\1/p') / 2048))
+truncate -s +512M "$RUN/disk.img"
 BOOT_OFFSET=$(($(sfdisk -d "$RUN/disk.img" | sed -n 's/.*1 : start= *\([0-9]*\),.*/\1/p') * 512))
 export MTOOLS_SKIP_CHECK=1
 for f in vmlinuz initrd.img cmdline.txt; do mcopy -i "$RUN/disk.img@@$BOOT_OFFSET" "::$f" "$RUN/$f"; done
@@ -179,7 +184,9 @@ sed -e "s#^WG_PRIVATE_KEY=.*#WG_PRIVATE_KEY=$(cat "$RUN/gw.key")#" \
 mcopy -i "$RUN/disk.img@@$BOOT_OFFSET" "$RUN/gateway.env" ::gateway.env
 
 # --- boot ------------------------------------------------------------------------------------------
-APPEND="$(tr -d '\n' <"$RUN/cmdline.txt") console=ttyAMA0 systemd.wants=gatelet-test-console.service"
+# (systemd's getty generator would also put a login prompt on /dev/hvc0, a virtualization console,
+# when the kernel has virtio_console built in, as Debian's 7.x does: the test console owns it.)
+APPEND="$(tr -d '\n' <"$RUN/cmdline.txt") console=ttyAMA0 systemd.wants=gatelet-test-console.service systemd.mask=serial-getty@hvc0.service"
 log "qemu-system-aarch64 -M virt (TCG), kernel command line: $APPEND"
 T_QEMU=$(date +%s)
 ip netns exec $HUB qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 512M \
@@ -235,6 +242,12 @@ mounts=$(guest "findmnt -rno SOURCE,FSTYPE,OPTIONS /; findmnt -rno SOURCE,FSTYPE
 echo "$mounts" | sed 's/^/    /'
 [[ "$mounts" == "/dev/vda2 ext4 rw"* ]] || die "/ is not the image's ext4 root partition, read-write: $mounts"
 [[ "$mounts" == *"/dev/vda1 vfat"* ]] || die "/boot/firmware is not the image's boot partition: $mounts"
+# The first boot grew the root partition and its file system into the 512 MiB added to the disk.
+wait_for 120 "the root file system is grown (gatelet-growroot)" guest test -e /var/lib/gatelet-growroot/done
+root_mib=$(guest "df -m --output=size / | tail -n 1" | tr -dc 0-9)
+log "root file system: ${root_mib} MiB on a ${ROOT_MIB_IMAGE} MiB partition in the image, disk +512 MiB"
+[ "$root_mib" -gt $((ROOT_MIB_IMAGE + 400)) ] || die "the root file system did not grow: ${root_mib} MiB"
+log "ok: first boot grew the root file system to fill the disk"
 log "ok: root filesystem = the image's partition 2 (ext4, rw), /boot/firmware = partition 1"
 
 # gateway.env moved off the boot partition, with the owner and mode the daemons expect.
@@ -319,6 +332,14 @@ log "boot 2: systemd-analyze: $(guest systemd-analyze time --no-pager | tr -d '\
 failed=$(guest systemctl --failed --no-legend --plain --no-pager)
 [ -z "$failed" ] || die "boot 2: failed units: $failed"
 log "ok: boot 2: both units active, systemctl --failed is empty"
+# The journal is on disk: boot 1 (with the watchdog restart) is still there after the reboot.
+boots=$(guest "journalctl --list-boots --no-pager | wc -l" | tr -dc 0-9)
+[ "${boots:-0}" -ge 2 ] || die "the journal kept ${boots:-0} boot(s) across the reboot (not persistent)"
+guest "journalctl -b -1 --no-pager -o cat -u gatelet-agent | grep -q 'Watchdog timeout'" >/dev/null ||
+  die "boot 1's watchdog restart is not in the journal after the reboot"
+guest "systemctl show -p ConditionResult gatelet-growroot" | tr -d '\r' | grep -qx 'ConditionResult=no' ||
+  die "gatelet-growroot ran again on the second boot"
+log "ok: boot 2: the journal of boot 1 survived the reboot; the root file system was grown once"
 guest gatelet-companion status | tr -d '\r' | sed 's/^/    /' | head -n 20
 
 # --- a clean stop, then power off --------------------------------------------------------------------

@@ -7,9 +7,10 @@
 #                                    p2 ext4 "gatelet-root" (Debian's systemd userland, the static
 #                                    gatelet binaries, units, sysusers, tmpfiles, kernel hooks)
 #
-# The same image boots a Raspberry Pi 4 / 400 / CM4 (and 3B/3B+, whose firmware and DTBs are also
+# The same image boots a Raspberry Pi 5, 4 / 400 / CM4 (and 3B/3B+, whose firmware and DTBs are also
 # on the boot partition) and `qemu-system-aarch64 -M virt` (kernel and initrd taken from the boot
-# partition; image/boot-test.sh). One kernel (Debian's linux-image-arm64) serves both.
+# partition; image/boot-test.sh). One kernel (Debian's linux-image-arm64, from trixie-backports:
+# see KERNEL_SUITE) serves them all.
 #
 # Usage: bash image/build-image.sh            (as root: the root filesystem keeps file owners)
 #   IMAGE_OUT=DIR      output directory (default ${CARGO_TARGET_DIR:-target}/image)
@@ -32,21 +33,23 @@
 #
 # SSH is off: no SSH server is installed. No login either (root is locked): the device is managed
 # through gateway.env and GateControl. Debian's raspi-firmware (non-free-firmware) provides the Pi
-# boot files; the kernel 6.1 of bookworm has no Raspberry Pi 5 support.
+# boot files (a Pi 5 boots from its EEPROM bootloader and needs only config.txt, the kernel, the
+# initrd and its device tree).
 set -euo pipefail
 exec </dev/null
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
 SUITE=bookworm
+KERNEL_SUITE=trixie-backports
 MIRROR=http://deb.debian.org/debian
 SECURITY=http://deb.debian.org/debian-security
 # The userland. Dependencies come along (apt resolves them); no recommends.
 PACKAGES=(
-  linux-image-arm64 raspi-firmware busybox-static
+  raspi-firmware busybox-static
   systemd systemd-sysv udev dbus systemd-resolved systemd-timesyncd kmod
   base-files base-passwd libc-bin dash bash coreutils util-linux mount procps iproute2 grep sed findutils
-  dosfstools
+  dosfstools fdisk e2fsprogs
 )
 # Dependencies that only maintainer scripts and kernel install hooks use: not unpacked.
 SKIP_PACKAGES=' initramfs-tools initramfs-tools-core klibc-utils libklibc cpio perl perl-base
@@ -62,12 +65,14 @@ PRUNE_MODULES=(
   fs/ntfs3 fs/reiserfs fs/dlm fs/nilfs2 fs/orangefs fs/afs fs/coda
 )
 # Modules the initramfs loads (with their dependencies) to reach the root filesystem: virtio disks
-# (qemu), the Pi 4 (sdhci-iproc) and Pi 3 (bcm2835 sdhost) SD controllers, the SD card's
+# (qemu), the Pi 5 (sdhci-brcmstb), Pi 4 (sdhci-iproc) and Pi 3 (bcm2835 sdhost) SD controllers, the SD card's
 # regulators on a Pi 4 (its device tree gives emmc2 a GPIO and a fixed regulator; without them
-# the controller's probe waits forever), the reset controller (USB on a Pi 4), ext4.
-INITRD_MODULES=(virtio_pci virtio_mmio virtio_blk sdhci_iproc kernel/drivers/mmc/host/bcm2835.ko
+# the controller's probe waits forever), the reset controller (USB on a Pi 4), ext4 (and the
+# crc32c that ext4 asked the crypto API for up to Linux 6.x; later kernels link it: a name ending
+# in ? may be missing).
+INITRD_MODULES=(virtio_pci virtio_mmio virtio_blk sdhci_brcmstb sdhci_iproc kernel/drivers/mmc/host/bcm2835.ko
   kernel/drivers/regulator/gpio-regulator.ko kernel/drivers/regulator/fixed.ko reset_raspberrypi
-  crc32c_generic ext4)
+  crc32c_generic? ext4)
 
 BOOT_MIB=256
 ROOT_LABEL=gatelet-root
@@ -81,7 +86,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 # Host tools, installed when missing (idempotent; a fresh CI machine has none of them).
 need=()
-for p in mtools:mcopy dosfstools:mkfs.vfat fdisk:sfdisk e2fsprogs:mkfs.ext4 kmod:depmod \
+for p in mtools:mcopy dosfstools:mkfs.vfat fdisk:sfdisk e2fsprogs:mkfs.ext4 kmod:depmod xz-utils:xz \
   qemu-user:qemu-aarch64 systemd:systemd-sysusers python3:python3 cpio:cpio \
   debian-archive-keyring:/usr/share/keyrings/debian-archive-keyring.gpg; do
   tool=${p#*:}
@@ -144,6 +149,31 @@ done < <(apt-get "${APT_OPTS[@]}" install -s -q "${PACKAGES[@]}" 2>/dev/null |
   sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) .*/\1 \2/p')
 [ ${#DEBS[@]} -gt 20 ] || die "apt resolved only ${#DEBS[@]} packages"
 
+# The kernel is Debian's too, from $KERNEL_SUITE (its own private apt state): the first Debian
+# kernel with the Raspberry Pi 5 (BCM2712, and the RP1 south bridge whose Ethernet is the Pi 5's LAN
+# port). bookworm's 6.1 has no BCM2712 at all; trixie's 6.12 boots a Pi 5 without RP1, so without
+# Ethernet. A kernel needs nothing of the userland it runs, so the kernel's three packages (image,
+# modules, device trees) are taken alone, without dependency resolution.
+KAPT=$OUT/apt-kernel
+mkdir -p "$KAPT/etc/apt.conf.d" "$KAPT/etc/preferences.d" "$KAPT/state/lists/partial" \
+  "$KAPT/cache/archives/partial"
+: >"$KAPT/state/status"
+echo "deb [arch=arm64 signed-by=$KEYRING] $MIRROR $KERNEL_SUITE main" >"$KAPT/etc/sources.list"
+KAPT_OPTS=()
+for o in "${APT_OPTS[@]}"; do KAPT_OPTS+=("${o//$APT\//$KAPT/}"); done
+log "apt-get update ($KERNEL_SUITE arm64, the kernel)"
+apt-get "${KAPT_OPTS[@]}" update -q >/dev/null
+kimage=$(apt-cache "${KAPT_OPTS[@]}" depends linux-image-arm64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+[ -n "$kimage" ] || die "no linux-image-arm64 in $KERNEL_SUITE"
+kver=${kimage#linux-image-}
+KDEBS=()
+for part in binary modules base; do
+  (cd "$KAPT/cache/archives" && apt-get "${KAPT_OPTS[@]}" -o APT::Sandbox::User=root download -q "linux-$part-$kver" >/dev/null) ||
+    die "cannot download linux-$part-$kver from $KERNEL_SUITE"
+  KDEBS+=("$(cd "$KAPT/cache/archives" && ls "linux-${part}-${kver}_"*_arm64.deb | head -n 1)")
+done
+log "kernel $kver from $KERNEL_SUITE"
+
 ROOT=$OUT/rootfs
 BOOT=$OUT/bootfs
 rm -rf "$ROOT" "$BOOT" "$OUT/initrd"
@@ -157,7 +187,9 @@ unpacked=()
 # translations, and the pruned kernel module trees.
 EXCLUDES=(--exclude='./usr/share/man/*' --exclude='./usr/share/info/*' --exclude='./usr/share/locale/*'
   --exclude='./usr/share/lintian/*' --exclude='./usr/share/bug/*' --exclude='./usr/share/zoneinfo/right/*')
-for d in "${PRUNE_MODULES[@]}"; do EXCLUDES+=(--exclude="./lib/modules/*/kernel/$d"); done
+for d in "${PRUNE_MODULES[@]}"; do
+  EXCLUDES+=(--exclude="./lib/modules/*/kernel/$d" --exclude="./usr/lib/modules/*/kernel/$d")
+done
 for deb in "${DEBS[@]}"; do
   name=${deb%%_*}
   [[ "$SKIP_PACKAGES" == *" $name "* ]] && continue
@@ -165,7 +197,12 @@ for deb in "${DEBS[@]}"; do
     tar -x --keep-directory-symlink "${EXCLUDES[@]}" -C "$ROOT"
   unpacked+=("${deb%.deb}")
 done
-log "unpacked ${#unpacked[@]} of ${#DEBS[@]} packages"
+for deb in "${KDEBS[@]}"; do
+  dpkg-deb --fsys-tarfile "$KAPT/cache/archives/$deb" |
+    tar -x --keep-directory-symlink "${EXCLUDES[@]}" -C "$ROOT"
+  unpacked+=("${deb%.deb}")
+done
+log "unpacked ${#unpacked[@]} of $((${#DEBS[@]} + ${#KDEBS[@]})) packages"
 printf '%s\n' "${unpacked[@]}" >"$OUT/packages.txt"
 
 # /bin/sh (dash's maintainer script makes this link on Debian).
@@ -221,7 +258,7 @@ mkdir -p "$ROOT/boot/firmware" "$ROOT/var/lib/gatelet"
 # on the first boot: masked (the image is configured here).
 systemctl --root="$ROOT" enable systemd-networkd.service systemd-resolved.service \
   systemd-timesyncd.service gatelet-agent.service gatelet-companion.service \
-  gatelet-import-env.service >/dev/null 2>&1
+  gatelet-import-env.service gatelet-growroot.service >/dev/null 2>&1
 systemctl --root="$ROOT" mask systemd-firstboot.service >/dev/null 2>&1
 systemctl --root="$ROOT" set-default multi-user.target >/dev/null 2>&1
 
@@ -240,9 +277,11 @@ deps = {}
 for line in open(os.path.join(base, "modules.dep")):
     path, _, rest = line.partition(":")
     deps[path] = rest.split()
-by_name = {os.path.basename(p)[:-3].replace("-", "_"): p for p in deps}
-builtin = {os.path.basename(l.strip())[:-3].replace("-", "_")
-           for l in open(os.path.join(base, "modules.builtin"))}
+def stem(path):
+    # Modules are plain (.ko) or compressed (.ko.xz, .ko.zst: Debian 13 and later).
+    return os.path.basename(path).split(".ko")[0].replace("-", "_")
+by_name = {stem(p): p for p in deps}
+builtin = {stem(l.strip()) for l in open(os.path.join(base, "modules.builtin"))}
 order, seen = [], set()
 def load(path):
     if path in seen:
@@ -252,31 +291,57 @@ def load(path):
         load(d)
     order.append(path)
 for name in wanted:
+    optional = name.endswith("?")
+    name = name.rstrip("?")
+    if optional and name not in by_name and name not in builtin:
+        continue
     if name.endswith(".ko"):
-        load(name)
+        # A path (a name two modules share): compressed or not.
+        path = next((p for p in (name, name + ".xz", name + ".zst") if p in deps), None)
+        if path is None:
+            sys.exit("initrd module %s: not in modules.dep" % name)
+        load(path)
     elif name in by_name:
         load(by_name[name])
     elif name not in builtin:
         sys.exit("initrd module %s: neither a module nor built in" % name)
 print("\n".join(order))
 EOF
+# Compressed modules are unpacked: busybox's insmod takes plain ones (and the initramfs itself is
+# compressed as a whole).
+: >"$INITRD/lib/modules/$KVER/load-order"
 while read -r m; do
-  install -D -m 0644 "$ROOT/usr/lib/modules/$KVER/$m" "$INITRD/lib/modules/$KVER/$m"
+  src=$ROOT/usr/lib/modules/$KVER/$m
+  case "$m" in
+    *.ko.xz) m=${m%.xz}; mkdir -p "$(dirname "$INITRD/lib/modules/$KVER/$m")"; xz -dc "$src" >"$INITRD/lib/modules/$KVER/$m" ;;
+    *.ko.zst) m=${m%.zst}; mkdir -p "$(dirname "$INITRD/lib/modules/$KVER/$m")"; zstd -qdc "$src" >"$INITRD/lib/modules/$KVER/$m" ;;
+    *) install -D -m 0644 "$src" "$INITRD/lib/modules/$KVER/$m" ;;
+  esac
+  echo "$m" >>"$INITRD/lib/modules/$KVER/load-order"
 done <"$OUT/initrd-modules.txt"
 sed "s#@KVER@#$KVER#" image/initrd-init.sh >"$INITRD/init"
-cp "$OUT/initrd-modules.txt" "$INITRD/lib/modules/$KVER/load-order"
 chmod 0755 "$INITRD/init"
 (cd "$INITRD" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 >"$BOOT/initrd.img"
 
 # --- 5. the boot partition (Raspberry Pi firmware, kernel, initrd) ---------------------------------
-cp "$ROOT/boot/vmlinuz-$KVER" "$BOOT/vmlinuz"
+# The kernel: /usr/lib/modules/<kver>/vmlinuz since Debian 13 (/boot/vmlinuz-<kver> before).
+KIMAGE=$ROOT/usr/lib/modules/$KVER/vmlinuz
+[ -f "$KIMAGE" ] || KIMAGE=$ROOT/boot/vmlinuz-$KVER
+cp "$KIMAGE" "$BOOT/vmlinuz"
 cp "$ROOT"/usr/lib/raspi-firmware/* "$BOOT/"
-cp "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm*.dtb "$BOOT/"
+# Device trees: /usr/lib/modules/<kver>/dtb since Debian 13 (/usr/lib/linux-image-<kver> before).
+DTBS=$ROOT/usr/lib/modules/$KVER/dtb/broadcom
+[ -d "$DTBS" ] || DTBS=$ROOT/usr/lib/linux-image-$KVER/broadcom
+cp "$DTBS"/bcm*.dtb "$BOOT/"
+# The Pi 5's firmware asks for bcm2712d0-rpi-5-b.dtb on a D0-stepping board (the Raspberry Pi
+# kernel's name); the mainline kernel calls that tree bcm2712-d-rpi-5-b.dtb.
+[ ! -f "$BOOT/bcm2712-d-rpi-5-b.dtb" ] || cp "$BOOT/bcm2712-d-rpi-5-b.dtb" "$BOOT/bcm2712d0-rpi-5-b.dtb"
 cp image/config.txt "$BOOT/config.txt"
 cp image/cmdline.txt "$BOOT/cmdline.txt"
 cp image/gateway.env.README.txt "$BOOT/README-gatelet.txt"
 # The kernel and firmware are on the boot partition; the root filesystem needs no second copy.
-rm -rf "$ROOT/boot/vmlinuz-$KVER" "$ROOT"/usr/lib/raspi-firmware/* "$ROOT/usr/lib/linux-image-$KVER"
+rm -rf "$KIMAGE" "$ROOT"/usr/lib/raspi-firmware/* "$ROOT/usr/lib/linux-image-$KVER" \
+  "$ROOT/usr/lib/modules/$KVER/dtb"
 
 # --- 6. filesystems and the disk --------------------------------------------------------------------
 # Root: the content plus 256 MiB for the state, logs and upgrades; whole MiB.

@@ -2,7 +2,8 @@
 # Static checks of the Raspberry Pi side of the gatelet image (no hardware here): the partition
 # table, the boot partition's firmware files, config.txt, cmdline.txt, kernel, initrd and device
 # trees, both filesystems (fsck, read-only), and that the root filesystem carries what a Pi boot
-# needs (the import unit, the fstab entry for the boot partition, no SSH server). That the root
+# needs (the import unit, the fstab entry for the boot partition, no SSH server), and the Pi 5's
+# device trees and drivers (SD, PCIe south bridge, Ethernet). That the root
 # filesystem mounts and boots on an emulated board is image/boot-test.sh (the same image).
 #
 # Usage: bash image/check-pi-image.sh [IMAGE]   (default ${CARGO_TARGET_DIR:-target}/image/gatelet-arm64.img)
@@ -41,7 +42,7 @@ label=$(fatlabel "$WORK/boot.vfat" 2>/dev/null | tr -d ' ')
 [ "$label" = GATELETBOOT ] && ok "boot label GATELETBOOT (the fstab entry)" || bad "boot label is '$label'"
 mdir -b -i "$WORK/boot.vfat" ::/ | sed 's#^::/##' >"$WORK/files"
 for f in bootcode.bin start.elf fixup.dat start4.elf fixup4.dat config.txt cmdline.txt vmlinuz initrd.img \
-  bcm2711-rpi-4-b.dtb bcm2711-rpi-400.dtb bcm2711-rpi-cm4-io.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb \
+  bcm2712-rpi-5-b.dtb bcm2712d0-rpi-5-b.dtb bcm2711-rpi-4-b.dtb bcm2711-rpi-400.dtb bcm2711-rpi-cm4-io.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb \
   README-gatelet.txt; do
   grep -qx "$f" "$WORK/files" && ok "boot partition has $f" || bad "boot partition lacks $f"
 done
@@ -60,7 +61,7 @@ file -b "$WORK/vmlinuz" | grep -q 'Linux kernel ARM64 boot executable Image' &&
 zcat "$WORK/initrd.img" | cpio -it --quiet 2>/dev/null >"$WORK/initrd.list"
 grep -qx init "$WORK/initrd.list" && grep -qx bin/busybox "$WORK/initrd.list" && ok "initrd: /init and busybox" ||
   bad "initrd lacks /init or busybox"
-for m in sdhci-iproc.ko bcm2835.ko gpio-regulator.ko fixed.ko virtio_blk.ko ext4.ko; do
+for m in sdhci-brcmstb.ko sdhci-iproc.ko bcm2835.ko gpio-regulator.ko fixed.ko virtio_blk.ko ext4.ko; do
   grep -q "/$m\$" "$WORK/initrd.list" && ok "initrd has $m" || bad "initrd lacks $m"
 done
 
@@ -76,11 +77,27 @@ for f in /usr/bin/gatelet-agent /usr/bin/gatelet-companion /usr/lib/systemd/syst
   /usr/lib/sysusers.d/gatelet.conf /usr/lib/tmpfiles.d/gatelet.conf /usr/lib/modules-load.d/gatelet.conf \
   /usr/lib/sysctl.d/60-gatelet.conf /etc/systemd/system/multi-user.target.wants/gatelet-agent.service \
   /etc/systemd/system/multi-user.target.wants/gatelet-companion.service \
-  /etc/systemd/system/multi-user.target.wants/gatelet-import-env.service /usr/sbin/init; do
+  /etc/systemd/system/multi-user.target.wants/gatelet-import-env.service \
+  /etc/systemd/system/multi-user.target.wants/gatelet-growroot.service /usr/libexec/gatelet/growroot \
+  /usr/sbin/sfdisk /usr/bin/resizepart /usr/sbin/resize2fs /usr/sbin/init; do
   exists "$f" && ok "root has $f" || bad "root lacks $f"
+done
+# The Pi 5's LAN port is the RP1 south bridge's Ethernet (Cadence GEM) behind PCIe: udev loads
+# these from the root filesystem.
+kmods=$(debugfs -R "ls -p /usr/lib/modules" "$WORK/root.ext4" 2>/dev/null | awk -F/ 'NF > 5 && $6 != "." && $6 != ".." { print $6 }' | head -n 1)
+[ -n "$kmods" ] && ok "kernel $kmods" || bad "no kernel modules directory"
+for m in misc/rp1/rp1_pci net/ethernet/cadence/macb clk/clk-rp1 pinctrl/pinctrl-rp1 mmc/host/sdhci-brcmstb; do
+  if exists "/usr/lib/modules/$kmods/kernel/drivers/$m.ko.xz" || exists "/usr/lib/modules/$kmods/kernel/drivers/$m.ko"; then
+    ok "root has the Pi 5 module $m"
+  else
+    bad "root lacks the Pi 5 module $m"
+  fi
 done
 rootfile /etc/fstab | grep -qE '^LABEL=GATELETBOOT +/boot/firmware +vfat' && ok "fstab mounts the boot partition on /boot/firmware" ||
   bad "fstab has no /boot/firmware entry"
+rootfile /etc/systemd/journald.conf.d/gatelet.conf | grep -qx 'Storage=persistent' &&
+  ok "the journal persists across reboots (bounded: $(rootfile /etc/systemd/journald.conf.d/gatelet.conf | grep SystemMaxUse))" ||
+  bad "the journal is not persistent"
 for f in /usr/sbin/sshd /usr/lib/systemd/system/ssh.service /usr/lib/systemd/system/dropbear.service; do
   if exists "$f"; then bad "SSH is on by default: $f is in the image"; fi
 done
