@@ -54,12 +54,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    if let Err(e) = crate::sys::on_termination(on_signal) {
+        tracing::warn!(error = %e, "cannot install the signal handlers");
     }
 }
 

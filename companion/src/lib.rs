@@ -16,6 +16,9 @@
 //! - `apply`, `supervisor`, `daemon`: a document becomes the config in force; the agent is
 //!   kept running it; the threads are started and stopped.
 //! - `instance_lock`: one daemon per state directory.
+//! - `sys`: the system calls std lacks, and the crate's only `unsafe` code.
+
+#![deny(unsafe_code)]
 
 pub mod agent_link;
 pub mod apply;
@@ -34,4 +37,5 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod sync;
+pub mod sys;
 pub mod telemetry;

@@ -5,7 +5,6 @@
 //! probe creates and removes one empty file, at most every [`WRITE_PROBE_INTERVAL`]). The
 //! parsers are pure functions over the files' text, so they are tested without a real `/proc`.
 
-use std::ffi::CStr;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -459,60 +458,26 @@ fn read(path: &str) -> Option<String> {
 }
 
 fn uname_release() -> Option<String> {
-    // SAFETY: `uname` fills a caller-owned struct; zeroed is a valid initial value.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    // SAFETY: the kernel NUL-terminates every utsname field.
-    let r = unsafe { CStr::from_ptr(u.release.as_ptr()) };
-    Some(r.to_string_lossy().into_owned())
+    crate::sys::kernel_release()
 }
 
 /// This box's host name (`uname -n`), or `unknown`.
 pub fn hostname() -> String {
-    // SAFETY: as in `uname_release`.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".to_owned();
-    }
-    // SAFETY: the kernel NUL-terminates every utsname field.
-    let n = unsafe { CStr::from_ptr(u.nodename.as_ptr()) };
-    n.to_string_lossy().into_owned()
+    crate::sys::node_name().unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn cpu_cores() -> u32 {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        n as u32
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-    }
+    crate::sys::cpus_online()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
-fn statvfs(path: &Path) -> Option<libc::statvfs> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: zeroed is a valid statvfs; the call fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path, `st` a valid out pointer.
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st)
-}
-
-// The field types differ by target (u32 on 32-bit glibc), hence the casts.
-#[allow(clippy::unnecessary_cast)]
 fn disk_usage(path: &Path) -> Option<Disk> {
-    let st = statvfs(path)?;
-    let frsize = st.f_frsize as u64;
-    let total = (st.f_blocks as u64).saturating_mul(frsize);
-    let free = (st.f_bavail as u64).saturating_mul(frsize);
-    let used = (st.f_blocks as u64)
-        .saturating_sub(st.f_bfree as u64)
-        .saturating_mul(frsize);
-    Some(Disk { total, free, used })
+    let st = crate::sys::fs_space(path)?;
+    Some(Disk {
+        total: st.total,
+        free: st.available,
+        used: st.used,
+    })
 }
 
 static WRITE_PROBE: Mutex<Option<(PathBuf, Instant, bool)>> = Mutex::new(None);
@@ -537,14 +502,7 @@ pub fn state_dir_writable(dir: &Path) -> bool {
 }
 
 fn cheap_writable(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a NUL-terminated path.
-    let access_ok = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
-    let rw_mount = statvfs(dir).is_some_and(|st| st.f_flag & libc::ST_RDONLY == 0);
-    access_ok && rw_mount
+    crate::sys::may_write(dir) && crate::sys::fs_space(dir).is_some_and(|st| !st.read_only)
 }
 
 fn probe_write(dir: &Path) -> bool {
@@ -559,54 +517,22 @@ fn probe_write(dir: &Path) -> bool {
     created && removed
 }
 
-/// Every IPv4 address of every interface (via `getifaddrs`; empty when it fails).
+/// Every IPv4 address of every interface (via `getifaddrs`; empty when it fails). Bounded: a
+/// box with thousands of addresses reports the first [`MAX_INTERFACE_ADDRS`].
 pub fn interface_addrs() -> Vec<IfAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `head` is a valid out pointer; freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
-    }
-    let mut cur = head;
-    // Bounded by the kernel's list; the guard stops a corrupt list from looping forever.
-    let mut guard = 0usize;
-    while !cur.is_null() && guard < 4096 {
-        guard += 1;
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to a sockaddr.
-        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: the family is AF_INET, so the storage is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        let prefix = if ifa.ifa_netmask.is_null() {
-            32
-        } else {
-            // SAFETY: the netmask of an AF_INET address is a sockaddr_in.
-            let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
-            u32::from_be(m.sin_addr.s_addr).count_ones() as u8
-        };
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let iface = unsafe { CStr::from_ptr(ifa.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        out.push(IfAddr {
-            iface,
-            addr,
-            prefix,
-            loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
-        });
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
+    crate::sys::interfaces_v4(MAX_INTERFACE_ADDRS)
+        .into_iter()
+        .map(|i| IfAddr {
+            iface: i.name,
+            addr: i.addr,
+            prefix: i.prefix,
+            loopback: i.loopback,
+        })
+        .collect()
 }
+
+/// Interface addresses read at most (the list used to stop at 4,096 nodes).
+pub const MAX_INTERFACE_ADDRS: usize = 4096;
 
 #[cfg(test)]
 mod tests {

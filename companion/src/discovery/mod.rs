@@ -23,7 +23,6 @@ pub mod categories;
 pub mod dns;
 pub mod scan;
 pub mod sweep;
-pub mod sys;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;

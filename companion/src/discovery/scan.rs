@@ -23,7 +23,7 @@ use super::batch::{encode, BatchPolicy, Device, Due, Schedule};
 use super::categories::Selection;
 use super::dns::{self, Data};
 use super::sweep::{Outcome, Sweep, SweepConfig};
-use super::sys;
+use crate::sys;
 
 /// The mDNS group.
 pub const MDNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), 5353);
