@@ -6,7 +6,9 @@
 //!   line and one JSON response per line. The companion is its only client.
 //!
 //! The types here are versioned by [`control::API_VERSION`]; every field added later carries
-//! `#[serde(default)]`, so an older peer keeps working.
+//! `#[serde(default)]`, so an older peer keeps working. No `unsafe` code here.
+
+#![forbid(unsafe_code)]
 
 pub mod control;
 pub mod env;
