@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::sys::sock::Peek;
 use tokio_rustls::client::TlsStream;
 
 use super::route::Target;
@@ -48,22 +50,11 @@ impl Backend {
                 Err(_) => return true,
             }
         }
-        let mut byte = 0u8;
-        // SAFETY: recv on a valid socket descriptor into a one-byte buffer we own; MSG_PEEK
-        // leaves the data in place and MSG_DONTWAIT never blocks.
-        let n = unsafe {
-            libc::recv(
-                self.tcp().as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => true,
-            // Surplus bytes; for HTTPS possibly a late TLS record, also not worth the risk.
-            n if n > 0 => true,
-            _ => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
+        match crate::sys::sock::peek(self.tcp().as_raw_fd()) {
+            Ok(Peek::Empty) => false,
+            // Closed, or surplus bytes (for HTTPS possibly a late TLS record, also not worth
+            // the risk), or an error.
+            Ok(Peek::Closed | Peek::Data) | Err(_) => true,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use gatelet_agent_api::env::Cidr;
 
@@ -135,33 +135,7 @@ pub fn parse_ack(buf: &[u8], seq: u32) -> Option<i32> {
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: `tv` outlives the call and the length matches its type.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        let fd = crate::sys::netlink::open_route(std::time::Duration::from_secs(5))?;
         Ok(Netlink { fd, seq: 1 })
     }
 
@@ -181,32 +155,11 @@ impl Netlink {
     }
 
     fn request(&mut self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: an all-zero sockaddr_nl addresses the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `msg` and `kernel` are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sys::netlink::send_to_kernel(&self.fd, msg)?;
         let mut buf = [0u8; ACK_BUF_LEN];
         for _ in 0..8 {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            match parse_ack(&buf[..n as usize], self.seq) {
+            let n = crate::sys::netlink::recv(&self.fd, &mut buf)?;
+            match parse_ack(&buf[..n], self.seq) {
                 Some(0) => return Ok(()),
                 Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
                 None => continue,

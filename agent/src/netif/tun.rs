@@ -12,14 +12,15 @@
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use gatelet_agent_api::env::Cidr;
 
 use super::netlink::{network_of, Netlink};
 use super::NetifError;
+use crate::sys;
+use crate::sys::iface::V4;
 
-const TUN_CLONE_PATH: &[u8] = b"/dev/net/tun\0";
 /// `IFF_PERSIST` as the kernel reports it in `/sys/class/net/<name>/tun_flags`.
 const IFF_PERSIST: u32 = 0x0800;
 
@@ -50,20 +51,8 @@ fn valid_name(name: &str) -> bool {
         && !name.contains(['/', ':', ' ', '\t', '\n', '\0'])
 }
 
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    req
-}
-
 fn ifindex_of(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `cname` is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    (idx != 0).then_some(idx)
+    sys::iface::ifindex(name)
 }
 
 /// `tun_flags` of an existing TUN/TAP device, None when no such TUN/TAP device exists.
@@ -73,41 +62,27 @@ fn tun_flags(name: &str) -> Option<u32> {
 }
 
 fn set_iff(fd: RawFd, name: &str) -> io::Result<()> {
-    let mut req = ifreq(name);
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: `req` is a valid ifreq for TUNSETIFF and outlives the call.
-    let rc = unsafe { libc::ioctl(fd, libc::TUNSETIFF as libc::Ioctl, &mut req) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::iface::tun_attach(
+        fd,
+        name,
+        libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+    )
 }
 
 fn open_clone() -> Result<OwnedFd, NetifError> {
-    // SAFETY: the path is NUL-terminated; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            TUN_CLONE_PATH.as_ptr().cast(),
-            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
+    sys::iface::open_tun_clone().map_err(|e| {
         if e.raw_os_error() == Some(libc::EACCES) {
             // File permissions, which CAP_NET_ADMIN does not override.
-            return Err(NetifError::Sys {
+            return NetifError::Sys {
                 action: "cannot open /dev/net/tun".into(),
                 source: e,
                 hint: "; the device node must be readable and writable by the agent's user or \
                        group: install systemd/gatelet.tmpfiles.conf (it makes the node 0660 \
                        root:gatelet) and run `systemd-tmpfiles --create gatelet.conf`",
-            });
+            };
         }
-        return Err(NetifError::sys("cannot open /dev/net/tun", e));
-    }
-    // SAFETY: `fd` is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        NetifError::sys("cannot open /dev/net/tun", e)
+    })
 }
 
 impl TunDevice {
@@ -147,18 +122,10 @@ impl TunDevice {
         // Checksum and TSO offloads: the kernel may hand over partial checksums and TCP
         // segments up to 64 KiB, which the data path completes and cuts (see `vnet`).
         let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
-        // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        let rc = unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                libc::TUNSETOFFLOAD as libc::Ioctl,
-                offloads as libc::c_ulong,
-            )
-        };
-        if rc < 0 {
+        if let Err(e) = sys::iface::tun_set_offload(fd.as_raw_fd(), offloads) {
             tracing::info!(
                 device = name,
-                error = %io::Error::last_os_error(),
+                error = %e,
                 "TUN offloads unavailable; the kernel segments and checksums itself"
             );
         }
@@ -231,13 +198,13 @@ impl TunDevice {
                 .checked_shl(32 - u32::from(cfg.address.prefix))
                 .unwrap_or(0),
         );
-        let current = ctl.addr(&self.name, libc::SIOCGIFADDR)?;
-        let current_mask = ctl.addr(&self.name, libc::SIOCGIFNETMASK)?;
+        let current = ctl.addr(&self.name, V4::Address)?;
+        let current_mask = ctl.addr(&self.name, V4::Netmask)?;
         if current != Some(addr) || current_mask != Some(netmask) {
             check(
                 format!("set address {}", cfg.address),
-                ctl.set_addr(&self.name, libc::SIOCSIFADDR, addr)
-                    .and_then(|()| ctl.set_addr(&self.name, libc::SIOCSIFNETMASK, netmask)),
+                ctl.set_addr(&self.name, V4::Address, addr)
+                    .and_then(|()| ctl.set_addr(&self.name, V4::Netmask, netmask)),
             )?;
         }
         let flags = ctl.flags(&self.name)?;
@@ -315,101 +282,55 @@ impl AsRawFd for TunDevice {
     }
 }
 
-/// An `AF_INET` datagram socket, the handle for interface ioctls.
-struct IoctlSocket(OwnedFd);
+/// The interface ioctls, with errors that name the device.
+struct IoctlSocket(sys::iface::IfSocket);
 
 impl IoctlSocket {
     fn open() -> Result<Self, NetifError> {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(NetifError::sys(
-                "cannot open a socket for interface ioctls",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(IoctlSocket(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn ioctl(&self, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-        // SAFETY: `req` is a valid ifreq for these interface requests and outlives the call.
-        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request as libc::Ioctl, req) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::iface::IfSocket::open()
+            .map(IoctlSocket)
+            .map_err(|e| NetifError::sys("cannot open a socket for interface ioctls", e))
     }
 
     fn mtu(&self, name: &str) -> Result<i32, NetifError> {
-        let mut req = ifreq(name);
-        self.ioctl(libc::SIOCGIFMTU, &mut req)
-            .map_err(|e| NetifError::sys(format!("cannot read the MTU of {name}"), e))?;
-        // SAFETY: SIOCGIFMTU filled the mtu member.
-        Ok(unsafe { req.ifr_ifru.ifru_mtu })
+        self.0
+            .mtu(name)
+            .map_err(|e| NetifError::sys(format!("cannot read the MTU of {name}"), e))
     }
 
     fn set_mtu(&self, name: &str, mtu: u16) -> Result<(), NetifError> {
-        let mut req = ifreq(name);
-        req.ifr_ifru.ifru_mtu = i32::from(mtu);
-        self.ioctl(libc::SIOCSIFMTU, &mut req)
+        self.0
+            .set_mtu(name, i32::from(mtu))
             .map_err(|e| NetifError::sys(format!("cannot set MTU {mtu} on {name}"), e))
     }
 
     fn flags(&self, name: &str) -> Result<libc::c_short, NetifError> {
-        let mut req = ifreq(name);
-        self.ioctl(libc::SIOCGIFFLAGS, &mut req)
-            .map_err(|e| NetifError::sys(format!("cannot read the flags of {name}"), e))?;
-        // SAFETY: SIOCGIFFLAGS filled the flags member.
-        Ok(unsafe { req.ifr_ifru.ifru_flags })
+        self.0
+            .flags(name)
+            .map_err(|e| NetifError::sys(format!("cannot read the flags of {name}"), e))
     }
 
     fn set_flags(&self, name: &str, flags: libc::c_short) -> Result<(), NetifError> {
-        let mut req = ifreq(name);
-        req.ifr_ifru.ifru_flags = flags;
-        self.ioctl(libc::SIOCSIFFLAGS, &mut req)
+        self.0
+            .set_flags(name, flags)
             .map_err(|e| NetifError::sys(format!("cannot bring {name} up"), e))
     }
 
-    /// The IPv4 address (or netmask) `request` reads; None when the device has none.
-    fn addr(&self, name: &str, request: libc::c_ulong) -> Result<Option<Ipv4Addr>, NetifError> {
-        let mut req = ifreq(name);
-        match self.ioctl(request, &mut req) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
-            Err(e) => {
-                return Err(NetifError::sys(
-                    format!("cannot read the address of {name}"),
-                    e,
-                ))
-            }
+    /// The IPv4 address (or netmask); None when the device has none.
+    fn addr(&self, name: &str, which: V4) -> Result<Option<Ipv4Addr>, NetifError> {
+        match self.0.ipv4(name, which) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(None),
+            Err(e) => Err(NetifError::sys(
+                format!("cannot read the address of {name}"),
+                e,
+            )),
         }
-        // SAFETY: the kernel filled an AF_INET sockaddr, which sockaddr_in overlays.
-        let sin: libc::sockaddr_in = unsafe {
-            std::ptr::read_unaligned((&req.ifr_ifru.ifru_addr as *const libc::sockaddr).cast())
-        };
-        Ok(Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
     }
 
-    fn set_addr(
-        &self,
-        name: &str,
-        request: libc::c_ulong,
-        addr: Ipv4Addr,
-    ) -> Result<(), NetifError> {
-        let mut req = ifreq(name);
-        // SAFETY: sockaddr_in is plain old data.
-        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_addr.s_addr = u32::from(addr).to_be();
-        // SAFETY: sockaddr_in fits in the sockaddr member it is written over.
-        unsafe {
-            std::ptr::write_unaligned(
-                (&mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast(),
-                sin,
-            );
-        }
-        self.ioctl(request, &mut req)
+    fn set_addr(&self, name: &str, which: V4, addr: Ipv4Addr) -> Result<(), NetifError> {
+        self.0
+            .set_ipv4(name, which, addr)
             .map_err(|e| NetifError::sys(format!("cannot set address {addr} on {name}"), e))
     }
 }

@@ -6,6 +6,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
+use crate::sys;
+
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
 /// Kernel buffer asked for in each direction, in bytes: bursts at Gbit/s rates overflow the
@@ -73,45 +75,16 @@ impl PacketBatch {
     }
 }
 
-fn check(rc: libc::c_int) -> io::Result<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
-}
-
 /// Receives up to [`BATCH`] datagrams without blocking into `batch` (cleared first). Returns
 /// how many arrived, or `WouldBlock` when none is waiting.
 pub fn recv_batch(sock: &UdpSocket, batch: &mut PacketBatch) -> io::Result<usize> {
     batch.clear();
-    let slot = batch.slot;
-    // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
-    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let base = batch.data.as_mut_ptr();
-    for i in 0..BATCH {
-        // SAFETY: slot i lies within `data` (BATCH * slot bytes).
-        iov[i].iov_base = unsafe { base.add(i * slot) }.cast();
-        iov[i].iov_len = slot;
-        hdr[i].msg_hdr.msg_iov = &mut iov[i];
-        hdr[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: every header points at a valid, exclusively borrowed buffer.
-    let n = check(unsafe {
-        libc::recvmmsg(
-            sock.as_raw_fd(),
-            hdr.as_mut_ptr(),
-            BATCH as libc::c_uint,
-            libc::MSG_DONTWAIT as _,
-            std::ptr::null_mut(),
-        )
-    })?;
-    for (i, h) in hdr.iter().enumerate().take(n) {
-        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        batch.lens[i] = if truncated { 0 } else { h.msg_len as usize };
-    }
+    let n = sys::mmsg::recv_slots(
+        sock.as_raw_fd(),
+        &mut batch.data,
+        batch.slot,
+        &mut batch.lens,
+    )?;
     batch.count = n;
     Ok(n)
 }
@@ -119,31 +92,7 @@ pub fn recv_batch(sock: &UdpSocket, batch: &mut PacketBatch) -> io::Result<usize
 /// Sends datagrams `from..` of `batch` without blocking. Returns how many the kernel took
 /// (possibly fewer), or the error of the first one.
 pub fn send_batch(sock: &UdpSocket, batch: &PacketBatch, from: usize) -> io::Result<usize> {
-    let count = batch.count.saturating_sub(from);
-    if count == 0 {
-        return Ok(0);
-    }
-    // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
-    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for k in 0..count {
-        let d = batch.get(from + k);
-        iov[k].iov_base = d.as_ptr() as *mut libc::c_void;
-        iov[k].iov_len = d.len();
-        hdr[k].msg_hdr.msg_iov = &mut iov[k];
-        hdr[k].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: the headers point at datagrams borrowed from `batch` for the call; the kernel
-    // only reads them.
-    check(unsafe {
-        libc::sendmmsg(
-            sock.as_raw_fd(),
-            hdr.as_mut_ptr(),
-            count as libc::c_uint,
-            libc::MSG_DONTWAIT as _,
-        )
-    })
+    sys::mmsg::send_many::<BATCH>(sock.as_raw_fd(), (from..batch.count).map(|i| batch.get(i)))
 }
 
 /// A non-blocking UDP socket of `peer`'s address family on an ephemeral port, connected to
@@ -168,23 +117,9 @@ pub fn socket_for(peer: SocketAddr, connect: bool) -> io::Result<UdpSocket> {
 /// `CAP_NET_ADMIN` (`force`), else as far as the limit allows (`plain`). Best effort.
 fn set_buffer(sock: &UdpSocket, force: libc::c_int, plain: libc::c_int) {
     let size = SOCKET_BUFFER_BYTES as libc::c_int;
-    let set = |opt| {
-        // SAFETY: `size` outlives the call and the length matches its type.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force) != 0 && set(plain) != 0 {
-        tracing::debug!(
-            error = %io::Error::last_os_error(),
-            "cannot enlarge the UDP socket buffer"
-        );
+    let set = |opt| sys::sock::set_int(sock.as_raw_fd(), libc::SOL_SOCKET, opt, size);
+    if let Err(e) = set(force).or_else(|_| set(plain)) {
+        tracing::debug!(error = %e, "cannot enlarge the UDP socket buffer");
     }
 }
 

@@ -105,52 +105,22 @@ impl IfaceFilter {
     }
 }
 
-fn v4(sa: *const libc::sockaddr) -> Option<Ipv4Addr> {
-    if sa.is_null() {
-        return None;
-    }
-    // SAFETY: getifaddrs hands out valid sockaddrs; the family says how to read it.
-    unsafe {
-        if libc::c_int::from((*sa).sa_family) != libc::AF_INET {
-            return None;
-        }
-        let sin = &*(sa as *const libc::sockaddr_in);
-        Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-    }
-}
+/// Interface addresses read at most (a namespace with more is not a home gateway's).
+const MAX_ADDRS: usize = 4096;
 
 /// Every IPv4 address of every interface of this network namespace (getifaddrs).
 pub fn list() -> io::Result<Vec<Iface>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        if let (Some(addr), Some(netmask)) = (v4(ifa.ifa_addr), v4(ifa.ifa_netmask)) {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-                .to_string_lossy()
-                .into_owned();
-            let flags = ifa.ifa_flags as libc::c_int;
-            out.push(Iface {
-                name,
-                addr,
-                netmask,
-                up: flags & libc::IFF_UP != 0,
-                loopback: flags & libc::IFF_LOOPBACK != 0,
-                broadcast: flags & libc::IFF_BROADCAST != 0,
-            });
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: frees the list getifaddrs allocated, once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    Ok(crate::sys::ifaddrs::list(MAX_ADDRS)?
+        .into_iter()
+        .map(|a| Iface {
+            name: a.name,
+            addr: a.addr,
+            netmask: a.netmask,
+            up: a.flags & libc::IFF_UP != 0,
+            loopback: a.flags & libc::IFF_LOOPBACK != 0,
+            broadcast: a.flags & libc::IFF_BROADCAST != 0,
+        })
+        .collect())
 }
 
 #[cfg(test)]

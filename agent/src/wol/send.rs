@@ -8,13 +8,14 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use gatelet_agent_api::control::SentOn;
 use tokio::net::UdpSocket;
 
 use super::ifaces::Iface;
+use crate::sys;
 
 /// UDP port of magic packets (discard).
 pub const WOL_PORT: u16 = 9;
@@ -25,67 +26,29 @@ pub const REPEAT_GAP: Duration = Duration::from_millis(100);
 
 static FALLBACK_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn setsockopt(fd: i32, name: libc::c_int, val: &[u8]) -> io::Result<()> {
-    // SAFETY: `val` is a live buffer of the given length for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            val.as_ptr().cast(),
-            val.len() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// A broadcast-capable UDP socket for `iface`; the flag says whether `SO_BINDTODEVICE` held.
 fn socket_for(iface: &Iface) -> io::Result<(UdpSocket, bool)> {
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    setsockopt(fd, libc::SO_BROADCAST, &1i32.to_ne_bytes())?;
-    let bound_to_device = match setsockopt(fd, libc::SO_BINDTODEVICE, iface.name.as_bytes()) {
+    let owned = sys::sock::udp_v4()?;
+    let fd = owned.as_raw_fd();
+    sys::sock::set_int(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, 1)?;
+    let bound_to_device = match sys::sock::set_bytes(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_BINDTODEVICE,
+        iface.name.as_bytes(),
+    ) {
         Ok(()) => true,
         Err(e) => {
             // Said once per process: the fallback works, but an operator should know.
             if !FALLBACK_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::info!(iface = %iface.name, error = %e,
-                    "SO_BINDTODEVICE refused (no CAP_NET_RAW?): magic packets leave by the \
-                     interface address only");
+                        "SO_BINDTODEVICE refused (no CAP_NET_RAW?): magic packets leave by the \
+                         interface address only");
             }
             false
         }
     };
-    // SAFETY: an all-zero sockaddr_in is valid; the fields are set below.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_addr.s_addr = u32::from(iface.addr).to_be();
-    // SAFETY: binds `fd` to a sockaddr_in that lives for the call, with its size.
-    let r = unsafe {
-        libc::bind(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::sock::bind_v4(&owned, iface.addr, 0)?;
     let std_sock = std::net::UdpSocket::from(owned);
     Ok((UdpSocket::from_std(std_sock)?, bound_to_device))
 }
