@@ -8,7 +8,8 @@ include!("common/http.rs");
 
 use gatelet_agent::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use gatelet_agent::forward::udp::{self, UdpConfig, UdpRoute};
-use gatelet_agent::forward::{RouteCounters, Target, TargetCell};
+use gatelet_agent::forward::{RouteCounters, TargetCell};
+use gatelet_agent::target::Target;
 use tokio::net::UdpSocket;
 
 /// The summary interval the tests use.

@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
-use super::{resolve, wait_true, RouteCounters, TargetCell};
+use super::{wait_true, RouteCounters, TargetCell};
+use crate::target;
 
 /// Time allowed to connect to the LAN target.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,7 +260,7 @@ pub fn reset(stream: TcpStream) {
 
 async fn connection(client: TcpStream, route: &TcpRoute) {
     let target = route.target.get();
-    let first = connect(&target, route.config.connect_timeout).await;
+    let first = target::connect(&target, route.config.connect_timeout).await;
     // Wake-on-LAN: a route with `wol` holds the connection while its target wakes.
     let server =
         match crate::wol::connect_or_wake(first, &target, route.config.connect_timeout).await {
@@ -288,27 +289,6 @@ async fn connection(client: TcpStream, route: &TcpRoute) {
         }
         reset(client);
         reset(server);
-    }
-}
-
-/// Connects to the first address of `target` that answers within `timeout` in total.
-pub async fn connect(target: &super::Target, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async {
-        let mut last = None;
-        for addr in resolve(target).await? {
-            match TcpStream::connect(addr).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("no address")))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no answer within {} ms", timeout.as_millis()),
-        )),
     }
 }
 

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use super::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use super::udp::{self, UdpConfig, UdpRoute};
-use super::{RouteCounters, Target, TargetCell};
+use super::{RouteCounters, TargetCell};
+use crate::target::Target;
 
 /// A TCP echo server on loopback; each connection echoes until EOF, then closes.
 async fn echo_server() -> SocketAddr {
@@ -219,7 +220,7 @@ async fn connect_to_a_target_that_never_answers_times_out() {
         }
     }
     let started = std::time::Instant::now();
-    let r = tcp::connect(&target(addr), Duration::from_millis(400)).await;
+    let r = crate::target::connect(&target(addr), Duration::from_millis(400)).await;
     let err = r.expect_err("the full listener must not accept");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));

@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
-use super::{resolve, wait_true, RouteCounters, TargetCell};
+use super::{wait_true, RouteCounters, TargetCell};
+use crate::target::resolve;
 
 /// A session with no datagram either way for this long ends.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(60);

@@ -24,8 +24,8 @@ use super::log::{access, Access};
 use super::pool::{Backend, PoolKey};
 use super::route::Choice;
 use super::upgrade::relay;
+use super::HttpStats;
 use super::{tls, Refusal, Shared};
-use crate::routes::HttpStats;
 
 /// How long a connection idle between requests keeps its buffers and backend connection (for
 /// the next request of a busy client) before it lets them go.
@@ -743,7 +743,7 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let shared = Arc::new(Shared::new(
-            crate::routes::HttpTable::default(),
+            crate::http::HttpTable::default(),
             Arc::default(),
             super::super::ProxyConfig::default(),
         ));

@@ -40,6 +40,7 @@ mod head;
 mod log;
 mod pool;
 mod route;
+mod table;
 mod tls;
 mod upgrade;
 
@@ -51,7 +52,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::forward::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
-use crate::routes::{HttpStats, HttpTable};
+
+pub use table::{HttpStats, HttpTable};
 
 /// Largest request or response head, in bytes (a larger request head is answered with 431).
 pub const DEFAULT_HEAD_LIMIT_BYTES: usize = 16 * 1024;

@@ -21,7 +21,6 @@
 
 mod persist;
 mod probe;
-mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -40,11 +39,12 @@ use tokio::sync::{watch, Notify};
 use crate::forward::api_relay::{self, ApiRelay};
 use crate::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use crate::forward::udp::{self, UdpConfig, UdpRoute};
-use crate::forward::{wait_true, RouteCounters, Target, TargetCell};
+use crate::forward::{wait_true, RouteCounters, TargetCell};
+use crate::target::Target;
 
+use crate::http::{HttpStats, HttpTable};
 pub use persist::{PersistError, APPLIED_CONFIG_FILE};
 pub use probe::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
-pub use table::{HttpStats, HttpTable};
 
 /// Time a removed route's open connections keep going before they are closed.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);

@@ -502,7 +502,7 @@ impl Waker {
 /// `wol`, holds the connection while the host wakes (up to [`HOLD_TIMEOUT`]) and connects again.
 pub async fn connect_or_wake(
     first: std::io::Result<TcpStream>,
-    target: &crate::forward::Target,
+    target: &crate::target::Target,
     connect_timeout: Duration,
 ) -> std::io::Result<TcpStream> {
     let err = match first {
@@ -517,7 +517,7 @@ pub async fn connect_or_wake(
         .await
     {
         Hold::NotWol => Err(err),
-        Hold::Up => crate::forward::tcp::connect(target, connect_timeout).await,
+        Hold::Up => crate::target::connect(target, connect_timeout).await,
         Hold::StillWaking | Hold::Failed(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
@@ -545,7 +545,7 @@ pub struct UdpGate(Mutex<GateState>);
 impl UdpGate {
     /// A closed gate and the target's `wol`, when a route pointing at `target` has one (and a
     /// waker is installed); None otherwise.
-    pub fn for_target(target: &crate::forward::Target) -> Option<(Arc<UdpGate>, WolTarget)> {
+    pub fn for_target(target: &crate::target::Target) -> Option<(Arc<UdpGate>, WolTarget)> {
         let wol = global()?.wol_for(&target.host, target.port)?;
         let gate = UdpGate(Mutex::new(GateState::Holding {
             queued: Vec::new(),
@@ -573,7 +573,7 @@ impl UdpGate {
     /// to [`HOLD_TIMEOUT`]; then opens the gate and returns the held datagrams, in order.
     pub async fn open_when_up(
         &self,
-        target: &crate::forward::Target,
+        target: &crate::target::Target,
         wol: &WolTarget,
     ) -> Vec<Vec<u8>> {
         let up = match global() {

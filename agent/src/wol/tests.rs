@@ -241,7 +241,7 @@ async fn udp_gate_holds_up_to_its_limit_then_releases_in_order() {
     assert!(gate.hold(&big));
     assert!(gate.hold(&big), "over the limit: dropped, still not sent");
     assert!(gate.hold(b"last"));
-    let target = crate::forward::Target {
+    let target = crate::target::Target {
         host: "127.0.0.1".into(),
         port: 9,
     };
