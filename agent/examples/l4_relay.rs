@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             }),
             global: ConnectionLimit::new(tcp::DEFAULT_MAX_CONNECTIONS_TOTAL),
             kill: stop_rx.clone(),
+            waker: None,
         };
         eprintln!("l4_relay: {listen} -> {target} (splice: {splice}, buffer: {buffer_bytes})");
         tcp::serve(listener, route, stop_rx).await;

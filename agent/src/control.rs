@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::probe;
 use crate::routes::RouteManager;
 use crate::tunnel::stats::TunnelStats;
+use crate::wol::Waker;
 
 /// Connections served at once; more are told to retry.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -183,6 +184,7 @@ pub struct AgentState {
     started: Instant,
     tunnel: Arc<TunnelStats>,
     routes: Option<RouteManager>,
+    waker: Option<Waker>,
 }
 
 impl AgentState {
@@ -192,7 +194,14 @@ impl AgentState {
             started,
             tunnel,
             routes: None,
+            waker: None,
         }
+    }
+
+    /// The same state, answering `Wake` and reporting recent wakes through `waker`.
+    pub fn with_waker(mut self, waker: Waker) -> Self {
+        self.waker = Some(waker);
+        self
     }
 
     /// The same state, answering `Apply` and reporting routes through `routes`.
@@ -216,7 +225,7 @@ impl AgentState {
             status.http_proxy = r.http_proxy;
             status.api_relay = r.api_relay;
         }
-        if let Some(waker) = crate::wol::global() {
+        if let Some(waker) = &self.waker {
             status.wakes = waker.recent();
         }
         status
@@ -250,7 +259,7 @@ pub async fn answer(req: Request, state: &AgentState) -> Response {
                 message: NOT_IMPLEMENTED.to_owned(),
             },
         },
-        Request::Wake(w) => match crate::wol::global() {
+        Request::Wake(w) => match &state.waker {
             Some(waker) => Response::Woke(waker.answer(&w).await),
             None => Response::Error {
                 message: NOT_IMPLEMENTED.to_owned(),

@@ -144,6 +144,7 @@ async fn tcp_relay_refusals_are_summed_into_one_line_per_interval() {
         }),
         global: ConnectionLimit::new(100),
         kill: kill_rx,
+        waker: None,
     };
     tokio::spawn(tcp::serve(l, route, stop_rx));
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -200,6 +201,7 @@ async fn udp_relay_drops_are_summed_into_one_line_per_interval() {
             ..UdpConfig::default()
         }),
         kill: kill_rx,
+        waker: None,
     };
     tokio::spawn(udp::serve(Arc::new(s), route, stop_rx));
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();

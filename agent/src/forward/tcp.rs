@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use super::{wait_true, RouteCounters, TargetCell};
 use crate::target;
+use crate::wol::{connect_or_wake, Waker};
 
 /// Time allowed to connect to the LAN target.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,6 +175,8 @@ pub struct TcpRoute {
     pub global: Arc<ConnectionLimit>,
     /// Turns true when the route's open connections must close (end of the grace period).
     pub kill: watch::Receiver<bool>,
+    /// Wakes a silent target of a route with `wol` (None: no Wake-on-LAN).
+    pub waker: Option<Waker>,
 }
 
 /// Accepts on `listener` until `stop` turns true, relaying each connection to the current
@@ -262,22 +265,28 @@ async fn connection(client: TcpStream, route: &TcpRoute) {
     let target = route.target.get();
     let first = target::connect(&target, route.config.connect_timeout).await;
     // Wake-on-LAN: a route with `wol` holds the connection while its target wakes.
-    let server =
-        match crate::wol::connect_or_wake(first, &target, route.config.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                route
-                    .counters
-                    .target_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                route
-                    .counters
-                    .set_error(format!("connect to {target}: {e}"));
-                tracing::debug!(%target, error = %e, "cannot reach the route's target");
-                reset(client);
-                return;
-            }
-        };
+    let server = match connect_or_wake(
+        first,
+        &target,
+        route.config.connect_timeout,
+        route.waker.as_ref(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            route
+                .counters
+                .target_failures
+                .fetch_add(1, Ordering::Relaxed);
+            route
+                .counters
+                .set_error(format!("connect to {target}: {e}"));
+            tracing::debug!(%target, error = %e, "cannot reach the route's target");
+            reset(client);
+            return;
+        }
+    };
     for s in [&client, &server] {
         let _ = s.set_nodelay(true);
         let _ = set_keepalive(s.as_raw_fd());

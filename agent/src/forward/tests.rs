@@ -55,6 +55,7 @@ async fn tcp_relay(to: SocketAddr, config: TcpConfig, global: Arc<ConnectionLimi
         config: Arc::new(config),
         global,
         kill: kill_rx,
+        waker: None,
     };
     tokio::spawn(tcp::serve(l, route, stop_rx));
     Relay {
@@ -326,6 +327,7 @@ async fn udp_relay(to: SocketAddr, config: UdpConfig) -> (Relay, SocketAddr) {
         counters: counters.clone(),
         config: Arc::new(config),
         kill: kill_rx,
+        waker: None,
     };
     tokio::spawn(udp::serve(Arc::new(s), route, stop_rx));
     (

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use super::{wait_true, RouteCounters, TargetCell};
 use crate::target::resolve;
+use crate::wol::{UdpGate, Waker};
 
 /// A session with no datagram either way for this long ends.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(60);
@@ -63,6 +64,8 @@ pub struct UdpRoute {
     pub config: Arc<UdpConfig>,
     /// Turns true when the route's sessions must end (end of the grace period).
     pub kill: watch::Receiver<bool>,
+    /// Wakes a silent target of a route with `wol` (None: no Wake-on-LAN).
+    pub waker: Option<Waker>,
 }
 
 struct Session {
@@ -70,7 +73,7 @@ struct Session {
     /// Milliseconds since the relay's start at the last datagram either way.
     last: AtomicU64,
     /// Wake-on-LAN: holds the session's first datagrams while its target wakes.
-    wol: Option<Arc<crate::wol::UdpGate>>,
+    wol: Option<Arc<UdpGate>>,
 }
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
@@ -177,7 +180,10 @@ async fn datagram(
             match open_session(route).await {
                 Ok(lan) => {
                     let target = route.target.get();
-                    let gate = crate::wol::UdpGate::for_target(&target);
+                    let gate = route
+                        .waker
+                        .as_ref()
+                        .and_then(|w| UdpGate::for_target(&target, w));
                     let s = Arc::new(Session {
                         lan,
                         last: AtomicU64::new(millis_since(base)),

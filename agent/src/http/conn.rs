@@ -364,7 +364,7 @@ async fn handle(
                 Err(err) => {
                     // Wake-on-LAN: a silent or refusing backend of a route with `wol` is woken;
                     // the request waits for it (a browser gets the "waking up" page instead).
-                    let hold = match (&route.wol, crate::wol::global(), err) {
+                    let hold = match (&route.wol, shared.waker.as_ref(), err) {
                         (
                             Some(wol),
                             Some(waker),
@@ -746,6 +746,7 @@ mod tests {
             crate::http::HttpTable::default(),
             Arc::default(),
             super::super::ProxyConfig::default(),
+            None,
         ));
         let super::super::admit::Admit::Admitted(ticket) = shared.admission.admit() else {
             panic!("no slot");

@@ -52,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::forward::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
+use crate::wol::Waker;
 
 pub use table::{HttpStats, HttpTable};
 
@@ -144,6 +145,8 @@ pub(crate) struct Shared {
     tls: OnceLock<Option<Arc<ClientConfig>>>,
     admission: Arc<admit::Admission>,
     refusals: Mutex<Refusals>,
+    /// Wakes the silent backend of a route with `wol` (None: no Wake-on-LAN).
+    waker: Option<Waker>,
 }
 
 /// What the proxy turned away, for the rate-limited summary lines.
@@ -165,9 +168,15 @@ struct Refusals {
 }
 
 impl Shared {
-    fn new(table: HttpTable, stats: Arc<HttpStats>, config: ProxyConfig) -> Self {
+    fn new(
+        table: HttpTable,
+        stats: Arc<HttpStats>,
+        config: ProxyConfig,
+        waker: Option<Waker>,
+    ) -> Self {
         Shared {
             table,
+            waker,
             stats,
             pool: pool::Pool::new(config.pool_idle_per_target, config.pool_idle_timeout),
             admission: admit::Admission::new(config.max_connections, config.max_requests_per_route),
@@ -281,7 +290,8 @@ impl Shared {
 }
 
 /// Serves the HTTP proxy on `listener` with the routes of `table` until `shutdown` turns true
-/// (or its sender is dropped), with the default limits ([`ProxyConfig::default`]).
+/// (or its sender is dropped), with the default limits ([`ProxyConfig::default`]) and no
+/// Wake-on-LAN.
 ///
 /// On shutdown it stops accepting at once; requests in flight finish (within their timeouts)
 /// and idle keep-alive connections close.
@@ -291,18 +301,28 @@ pub async fn serve(
     stats: Arc<HttpStats>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_with(listener, table, stats, shutdown, ProxyConfig::default()).await
+    serve_with(
+        listener,
+        table,
+        stats,
+        shutdown,
+        ProxyConfig::default(),
+        None,
+    )
+    .await
 }
 
-/// [`serve`] with explicit limits and timeouts.
+/// [`serve`] with explicit limits and timeouts, and the `waker` that wakes the silent backend
+/// of a route with `wol`.
 pub async fn serve_with(
     listener: TcpListener,
     table: HttpTable,
     stats: Arc<HttpStats>,
     mut shutdown: watch::Receiver<bool>,
     config: ProxyConfig,
+    waker: Option<Waker>,
 ) {
-    let shared = Arc::new(Shared::new(table, stats, config));
+    let shared = Arc::new(Shared::new(table, stats, config, waker));
     let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -42,7 +42,8 @@ use crate::forward::udp::{self, UdpConfig, UdpRoute};
 use crate::forward::{wait_true, RouteCounters, TargetCell};
 use crate::target::Target;
 
-use crate::http::{HttpStats, HttpTable};
+use crate::http::{HttpStats, HttpTable, ProxyConfig};
+use crate::wol::Waker;
 pub use persist::{PersistError, APPLIED_CONFIG_FILE};
 pub use probe::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
 
@@ -83,6 +84,9 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Connect timeout of a reachability probe.
     pub probe_timeout: Duration,
+    /// Wake-on-LAN: told every applied config's routes, handed to the relays and the proxy
+    /// (None: no Wake-on-LAN).
+    pub waker: Option<Waker>,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
             retry_max: DEFAULT_RETRY_MAX,
             probe_interval: DEFAULT_PROBE_INTERVAL,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            waker: None,
         }
     }
 }
@@ -401,10 +406,13 @@ impl RouteManager {
             let switches = Switches::new();
             let table = self.inner.http_table.clone();
             let stats = self.inner.http_stats.clone();
+            let waker = s.waker.clone();
             tokio::spawn(keep_bound(
                 first,
                 move || bind_tcp(addr),
-                move |l, stop| crate::http::serve(l, table, stats, stop),
+                move |l, stop| {
+                    crate::http::serve_with(l, table, stats, stop, ProxyConfig::default(), waker)
+                },
                 state.clone(),
                 switches.stop.subscribe(),
                 retry,
@@ -478,7 +486,7 @@ impl RouteManager {
     }
 
     fn apply_inner(&self, config: AgentConfig, save: bool) {
-        if let Some(waker) = crate::wol::global() {
+        if let Some(waker) = &self.inner.settings.waker {
             waker.set_routes(&config);
         }
         let inner = &self.inner;
@@ -574,12 +582,14 @@ impl RouteManager {
             config: inner.tcp_config.clone(),
             global: inner.global.clone(),
             kill: switches.kill_rx(),
+            waker: s.waker.clone(),
         };
         let udp_route = UdpRoute {
             target: target.clone(),
             counters: counters.clone(),
             config: inner.udp_config.clone(),
             kill: switches.kill_rx(),
+            waker: s.waker.clone(),
         };
         // Bound here, synchronously, so the answer to the apply already says what happened.
         let tcp_first = bind_tcp(addr);

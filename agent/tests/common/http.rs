@@ -47,6 +47,7 @@ async fn start_proxy(routes: Vec<HttpRoute>, config: ProxyConfig) -> Proxy {
         stats.clone(),
         rx,
         config,
+        None,
     ));
     Proxy {
         addr,
