@@ -8,6 +8,8 @@
 //! - [`probe`]: TCP reachability checks of LAN targets.
 //! - [`target`]: a route's LAN target, its resolution and the LAN-side connect (the lowest
 //!   layer: the relays, the proxy and Wake-on-LAN use it).
+//! - [`stack`]: the seam the route executor binds and accepts through on the tunnel side:
+//!   kernel sockets (TUN mode) or the smoltcp [`netstack`] (userspace mode), as enums.
 //! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
 //! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`, with its live route table and counters.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
@@ -25,6 +27,7 @@ pub mod netif;
 pub mod netstack;
 pub mod probe;
 pub mod routes;
+pub mod stack;
 pub mod target;
 pub mod tunnel;
 pub mod watchdog;

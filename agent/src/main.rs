@@ -10,6 +10,7 @@ use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
 use gatelet_agent::control::{self, AgentState, ControlSocket};
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
 use gatelet_agent::routes::{self, RouteManager};
+use gatelet_agent::stack::Stack;
 use gatelet_agent::tunnel::allowed::AllowedIps;
 use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
 use gatelet_agent::tunnel::driver::{self, DataPath};
@@ -104,10 +105,11 @@ fn init_logging(level: tracing::Level) {
 }
 
 /// The composition root of the relays: builds the Wake-on-LAN waker and starts the route
-/// manager on the tunnel IP (configured on the TUN device by now) with it: the HTTP proxy, the
-/// management API relay, and the routes saved by the last apply, so they answer before the
-/// companion connects. Returns the manager and the waker (for the control socket).
-fn start_routes(args: &Args, env: &GatewayEnv) -> (RouteManager, Waker) {
+/// manager on the tunnel IP with it, binding through `stack` (kernel sockets on the TUN
+/// device's address, or the smoltcp stack): the HTTP proxy, the management API relay, and the
+/// routes saved by the last apply, so they answer before the companion connects. Returns the
+/// manager and the waker (for the control socket).
+fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, Waker) {
     match gatelet_agent::forward::raise_nofile_limit() {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
@@ -119,6 +121,7 @@ fn start_routes(args: &Args, env: &GatewayEnv) -> (RouteManager, Waker) {
     });
     let mut settings = routes::Settings::new(env.tunnel_ip.into());
     settings.waker = Some(waker.clone());
+    settings.stack = stack;
     settings.proxy_port = Some(env.proxy_port);
     settings.api_relay = Some((
         env.api_port,
@@ -195,7 +198,7 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
         .build()
         .context("cannot start the runtime")?;
     let outcome = rt.block_on(async {
-        let (manager, waker) = start_routes(args, env);
+        let (manager, waker) = start_routes(args, env, Stack::Kernel);
         let state = Arc::new(
             AgentState::new(started, stats)
                 .with_routes(manager.clone())

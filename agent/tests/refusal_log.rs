@@ -203,7 +203,7 @@ async fn udp_relay_drops_are_summed_into_one_line_per_interval() {
         kill: kill_rx,
         waker: None,
     };
-    tokio::spawn(udp::serve(Arc::new(s), route, stop_rx));
+    tokio::spawn(udp::serve(Arc::new(s.into()), route, stop_rx));
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     a.send_to(b"a", addr).await.unwrap();
     let mut buf = [0u8; 16];

@@ -1,6 +1,8 @@
 //! The HTTP reverse proxy on `GC_PROXY_PORT` (HTTP/1.1, streaming, keep-alive on both sides).
 //!
-//! The hub's reverse proxy sends every HTTP route's requests to this listener; each request is
+//! The hub's reverse proxy sends every HTTP route's requests to this listener (a
+//! `crate::stack::Listener` on the tunnel side: kernel or smoltcp; backends are reached with
+//! kernel sockets, plain or TLS); each request is
 //! routed by `X-Gateway-Target-Domain` (else the authority of an absolute-form target, else
 //! `Host`) through the live [`HttpTable`] and relayed to the route's LAN backend, plain or HTTPS.
 //!
@@ -48,10 +50,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::forward::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
+use crate::stack::Listener;
 use crate::wol::Waker;
 
 pub use table::{HttpStats, HttpTable};
@@ -296,7 +298,7 @@ impl Shared {
 /// On shutdown it stops accepting at once; requests in flight finish (within their timeouts)
 /// and idle keep-alive connections close.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     table: HttpTable,
     stats: Arc<HttpStats>,
     shutdown: watch::Receiver<bool>,
@@ -315,13 +317,14 @@ pub async fn serve(
 /// [`serve`] with explicit limits and timeouts, and the `waker` that wakes the silent backend
 /// of a route with `wol`.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     table: HttpTable,
     stats: Arc<HttpStats>,
     mut shutdown: watch::Receiver<bool>,
     config: ProxyConfig,
     waker: Option<Waker>,
 ) {
+    let listener = listener.into();
     let shared = Arc::new(Shared::new(table, stats, config, waker));
     let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
