@@ -1,8 +1,9 @@
 //! L4 relays: TCP ([`tcp`]) and UDP ([`udp`]) from a listener on the tunnel IP to a LAN target,
 //! and the management API relay to the companion ([`api_relay`]: its own budget, PROXY v2).
 //!
-//! The listeners themselves are bound by the route manager (`crate::routes`); this module takes
-//! an already-bound socket, the route's [`TargetCell`] (read for every new connection or
+//! The listeners themselves are bound by the route manager (`crate::routes`) through the
+//! `crate::stack::Stack`; this module takes an already-bound `crate::stack` socket (kernel or
+//! smoltcp), the route's [`TargetCell`] (read for every new connection or
 //! session, so a target change applies at once to new traffic) and its [`RouteCounters`].
 
 pub mod api_relay;
@@ -10,30 +11,12 @@ pub mod refusals;
 pub mod tcp;
 pub mod udp;
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
-/// Where a route's traffic goes: a LAN host (IP address or name) and port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    /// LAN host (IP address or name).
-    pub host: String,
-    /// LAN port.
-    pub port: u16,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+use crate::target::Target;
 
 /// The current target of a route, shared between the manager (writer) and its accept loops
 /// (readers, once per new connection).
@@ -124,46 +107,7 @@ pub async fn wait_true(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Resolves `target` (an IP literal needs no lookup).
-pub async fn resolve(target: &Target) -> io::Result<Vec<std::net::SocketAddr>> {
-    if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
-        return Ok(vec![std::net::SocketAddr::new(ip, target.port)]);
-    }
-    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await?
-        .collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{} has no address", target.host),
-        ));
-    }
-    Ok(addrs)
-}
-
-/// Raises the soft limit on open files to the hard limit (each relayed TCP connection needs
-/// two descriptors, more with splice). Returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write/read a plain struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    // rlim_t is 32 bits on some targets.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(lim.rlim_cur as u64)
-}
+pub use crate::sys::pipe::raise_nofile_limit;
 
 #[cfg(test)]
 mod tests;

@@ -9,12 +9,14 @@
 //! - [`sock`]: socket options and calls on a descriptor: integers and bytes, bind, a
 //!   non-blocking peek, a broadcast UDP socket pinned to an interface.
 //! - [`ifaddrs`]: every IPv4 address of every interface (`getifaddrs`).
+//! - [`pipe`]: pipes and `splice(2)` for the relays, the open-files limit.
 #![allow(unsafe_code)]
 
 pub mod iface;
 pub mod ifaddrs;
 pub mod mmsg;
 pub mod netlink;
+pub mod pipe;
 pub mod sock;
 
 use std::io;
