@@ -67,7 +67,13 @@ fn main() -> ExitCode {
         }
         None => None,
     };
-    init_logging(args.log_level);
+    // boringtun's own records (a warning per handshake retry) show only at debug and trace;
+    // the tunnel logs its own summary of those events.
+    gatelet_agent_api::logging::init(
+        "gatelet-agent",
+        tracing::level_filters::LevelFilter::from_level(args.log_level),
+        &["boringtun"],
+    );
     if !env.unknown_keys.is_empty() {
         tracing::warn!(
             file = %env_path.display(),
@@ -82,26 +88,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr at `level`. boringtun's own records (a warning per handshake retry) only
-/// show at debug and trace; the tunnel logs its own summary of those events.
-fn init_logging(level: tracing::Level) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let boringtun = if level >= tracing::Level::DEBUG {
-        LevelFilter::from_level(level)
-    } else {
-        LevelFilter::OFF
-    };
-    let filter = Targets::new()
-        .with_default(level)
-        .with_target("boringtun", boringtun);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
 /// The composition root of the relays: builds the Wake-on-LAN waker and starts the route

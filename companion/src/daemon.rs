@@ -115,7 +115,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     let level = gatelet_agent_api::logging::parse_level(&args.log_level)
         .unwrap_or(tracing::level_filters::LevelFilter::INFO);
-    gatelet_agent_api::logging::init("gatelet-companion", level);
+    gatelet_agent_api::logging::init("gatelet-companion", level, &[]);
     install_signal_handlers();
     if !env.unknown_keys.is_empty() {
         tracing::warn!(file = %env_path.display(), keys = %env.unknown_keys.join(","),
