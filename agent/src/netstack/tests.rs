@@ -29,7 +29,8 @@ const MTU: u16 = 1420;
 fn config() -> NetstackConfig {
     NetstackConfig {
         address: GW,
-        prefix_len: 24,
+        // As the server writes WG_ADDRESS: the hub is outside the stack's own subnet.
+        prefix_len: 32,
         mtu: MTU,
     }
 }
