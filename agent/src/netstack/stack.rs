@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
@@ -375,6 +375,12 @@ impl Inner {
             mtu: usize::from(self.config.mtu),
         };
         self.iface.poll(t, &mut dev, &mut self.sockets);
+        // smoltcp's egress sends at most one packet per socket per pass: pass again while
+        // something left and the output queue has room (each pass looks at every socket).
+        while !dev.tx.is_full()
+            && self.iface.poll_egress(t, &mut dev, &mut self.sockets)
+                == PollResult::SocketStateChanged
+        {}
         self.after_poll(t);
         let mut next = self.iface.poll_at(t, &self.sockets);
         for h in &self.orphans {
