@@ -645,13 +645,8 @@ fn a_thousand_idle_connections_keep_no_ring_pages_once_drained() {
 /// One flow over a 100 ms RTT link (virtual time, no bandwidth limit, no loss) with rings of
 /// `ring` bytes: the rate is what the windows allow. A 64 KiB window would give 0.65 MB/s.
 /// Returns (bytes to the stack per second, bytes from it per second).
-fn one_flow_at_100ms_rtt(
-    ring: usize,
-    drop_every: usize,
-    run_ms: u64,
-    measure_from_ms: u64,
-) -> (f64, f64) {
-    one_flow_at(ring, ring, drop_every, run_ms, measure_from_ms, None)
+fn one_flow_at_100ms_rtt(ring: usize, run_ms: u64, measure_from_ms: u64) -> (f64, f64) {
+    one_flow_at(ring, ring, run_ms, measure_from_ms, None)
 }
 
 /// As [`one_flow_at_100ms_rtt`], the stack's direction through a bottleneck of
@@ -659,15 +654,12 @@ fn one_flow_at_100ms_rtt(
 fn one_flow_at(
     ring: usize,
     tx_ring: usize,
-    drop_every: usize,
     run_ms: u64,
     measure_from_ms: u64,
     bottleneck: Option<(usize, usize)>,
 ) -> (f64, f64) {
     let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
     const ONE_WAY_MS: u64 = 50;
-    const RUN_MS: u64 = 0;
-    let _ = RUN_MS;
     let limits = Limits {
         tcp_rx: ring,
         tcp_tx: tx_ring,
@@ -700,7 +692,6 @@ fn one_flow_at(
     let (mut up, mut down) = (0usize, 0usize);
     let (_, w) = waker();
     let mut cx = Context::from_waker(&w);
-    let mut n = 0usize;
     for ms in 0..run_ms {
         let now = net.t0 + net.now + Duration::from_millis(ms);
         let t = SmolInstant::from_micros((net.now + Duration::from_millis(ms)).as_micros() as i64);
@@ -737,16 +728,10 @@ fn one_flow_at(
             ns.receive(now, &to_ns.pop_front().unwrap().1);
         }
         ns.poll(now);
-        while ns.take_output(256, |p| {
-            n += 1;
-            if drop_every != 0 && n % drop_every == 0 {
-                return;
-            }
-            match bottleneck {
-                None => to_peer.push_back((ms + ONE_WAY_MS, p.to_vec())),
-                Some((_, cap)) if queue.len() < cap => queue.push_back(p.to_vec()),
-                Some(_) => {}
-            }
+        while ns.take_output(256, |p| match bottleneck {
+            None => to_peer.push_back((ms + ONE_WAY_MS, p.to_vec())),
+            Some((_, cap)) if queue.len() < cap => queue.push_back(p.to_vec()),
+            Some(_) => {}
         }) {}
         if let Some((rate, _)) = bottleneck {
             let mut budget = rate;
@@ -764,10 +749,7 @@ fn one_flow_at(
             == smoltcp::iface::PollResult::SocketStateChanged
         {}
         while let Some(p) = net.wire.tx.pop_front() {
-            n += 1;
-            if drop_every == 0 || n % drop_every != 0 {
-                to_ns.push_back((ms + ONE_WAY_MS, p));
-            }
+            to_ns.push_back((ms + ONE_WAY_MS, p));
         }
     }
     let secs = (run_ms - measure_from_ms) as f64 / 1000.0;
@@ -779,7 +761,7 @@ fn one_flow_is_not_capped_by_buffers_at_100_ms_rtt() {
     // 1 MiB rings keep the test short (the default 4 MiB measured 41.9 MB/s each way, all
     // of 4 MiB per 100 ms).
     let ring = 1 << 20;
-    let (up, down) = one_flow_at_100ms_rtt(ring, 0, 2000, 1500);
+    let (up, down) = one_flow_at_100ms_rtt(ring, 2000, 1500);
     eprintln!(
         "100 ms RTT, one flow: to the stack {:.1} MB/s, from it {:.1} MB/s",
         up / 1e6,
@@ -798,7 +780,7 @@ fn what_the_stack_sends_does_not_collapse_behind_a_small_bottleneck() {
     // 20 Mbit/s with a 100-packet queue, 100 ms RTT, the default 4 MiB rings. Without the
     // congestion window the stack sent its whole ring each round trip and got 0.10 MB/s.
     let link = 2_500;
-    let (_, down) = one_flow_at(4 << 20, 4 << 20, 0, 6000, 2000, Some((link, 100)));
+    let (_, down) = one_flow_at(4 << 20, 4 << 20, 6000, 2000, Some((link, 100)));
     eprintln!("through 2.5 MB/s: {:.2} MB/s", down / 1e6);
     assert!(down > 0.3 * (link * 1000) as f64, "{down} B/s");
 }
