@@ -145,7 +145,7 @@ impl Listener {
                 .map(|r| r.map(|(s, a)| (Stream::Kernel(s), a))),
             Listener::Userspace(l) => l
                 .poll_accept(cx)
-                .map(|r| r.map(|(s, a)| (Stream::Userspace(s), a))),
+                .map(|r| r.map(|(s, a)| (Stream::Userspace(Box::new(s)), a))),
         }
     }
 
@@ -169,8 +169,9 @@ impl Listener {
 pub enum Stream {
     /// A kernel socket.
     Kernel(tokio::net::TcpStream),
-    /// A connection of the smoltcp stack.
-    Userspace(netstack::TcpStream),
+    /// A connection of the smoltcp stack (boxed: it is larger than a kernel socket, and every
+    /// proxy and relay task holds a `Stream`; kernel mode keeps its small tasks).
+    Userspace(Box<netstack::TcpStream>),
 }
 
 impl From<tokio::net::TcpStream> for Stream {
@@ -229,7 +230,7 @@ impl Stream {
     pub fn reset(self) {
         match self {
             Stream::Kernel(s) => reset(s),
-            Stream::Userspace(s) => s.reset(),
+            Stream::Userspace(s) => (*s).reset(),
         }
     }
 
@@ -259,7 +260,7 @@ impl Stream {
                 (ReadHalf::Kernel(r), WriteHalf::Kernel(w))
             }
             Stream::Userspace(s) => {
-                let (r, w) = tokio::io::split(s);
+                let (r, w) = tokio::io::split(&mut **s);
                 (ReadHalf::Userspace(r), WriteHalf::Userspace(w))
             }
         }
