@@ -224,6 +224,8 @@ macro_rules! both_modes {
     };
     ($name:ident, $case:ident -> $ret:ty) => {
         mod $name {
+            #[allow(unused_imports)]
+            use super::*;
             #[test]
             fn kernel() -> $ret {
                 super::$case($crate::NetstackMode::Kernel)
