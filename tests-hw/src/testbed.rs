@@ -54,6 +54,9 @@ pub struct TestbedOptions {
     /// Where the agent terminates the tunnel (kernel by default); ignored for a reference
     /// gateway.
     pub mode: NetstackMode,
+    /// The agent's `WG_ENDPOINT` instead of `hub.test:51820` (e.g. a delaying relay on the
+    /// hub's veth address and another port); None by default.
+    pub agent_endpoint: Option<String>,
 }
 
 impl Default for TestbedOptions {
@@ -63,6 +66,7 @@ impl Default for TestbedOptions {
             preshared_key: true,
             agent_env_extra: Vec::new(),
             mode: NetstackMode::Kernel,
+            agent_endpoint: None,
         }
     }
 }
@@ -163,6 +167,9 @@ impl Testbed {
             GatewayRole::Agent(binary) => {
                 let mut env = agent_env(&gw_key, &hub_key, psk.as_deref());
                 env.extra = options.agent_env_extra.clone();
+                if let Some(endpoint) = &options.agent_endpoint {
+                    env.endpoint = endpoint.clone();
+                }
                 Gateway::Agent(start_agent(&gw_ns, binary, &env, options.mode)?)
             }
             GatewayRole::Userspace(imp) => {
