@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use gatelet_agent::routes::{HttpStats, HttpTable};
+use gatelet_agent::http::{HttpStats, HttpTable};
 use gatelet_agent_api::control::HttpRoute;
 use tokio::signal::unix::{signal, SignalKind};
 

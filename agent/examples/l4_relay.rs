@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use gatelet_agent::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
-use gatelet_agent::forward::{RouteCounters, Target, TargetCell};
+use gatelet_agent::forward::{RouteCounters, TargetCell};
+use gatelet_agent::target::Target;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             }),
             global: ConnectionLimit::new(tcp::DEFAULT_MAX_CONNECTIONS_TOTAL),
             kill: stop_rx.clone(),
+            waker: None,
         };
         eprintln!("l4_relay: {listen} -> {target} (splice: {splice}, buffer: {buffer_bytes})");
         tcp::serve(listener, route, stop_rx).await;

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::probe;
 use crate::routes::RouteManager;
 use crate::tunnel::stats::TunnelStats;
+use crate::wol::Waker;
 
 /// Connections served at once; more are told to retry.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -183,6 +184,7 @@ pub struct AgentState {
     started: Instant,
     tunnel: Arc<TunnelStats>,
     routes: Option<RouteManager>,
+    waker: Option<Waker>,
 }
 
 impl AgentState {
@@ -192,7 +194,14 @@ impl AgentState {
             started,
             tunnel,
             routes: None,
+            waker: None,
         }
+    }
+
+    /// The same state, answering `Wake` and reporting recent wakes through `waker`.
+    pub fn with_waker(mut self, waker: Waker) -> Self {
+        self.waker = Some(waker);
+        self
     }
 
     /// The same state, answering `Apply` and reporting routes through `routes`.
@@ -216,7 +225,7 @@ impl AgentState {
             status.http_proxy = r.http_proxy;
             status.api_relay = r.api_relay;
         }
-        if let Some(waker) = crate::wol::global() {
+        if let Some(waker) = &self.waker {
             status.wakes = waker.recent();
         }
         status
@@ -250,7 +259,7 @@ pub async fn answer(req: Request, state: &AgentState) -> Response {
                 message: NOT_IMPLEMENTED.to_owned(),
             },
         },
-        Request::Wake(w) => match crate::wol::global() {
+        Request::Wake(w) => match &state.waker {
             Some(waker) => Response::Woke(waker.answer(&w).await),
             None => Response::Error {
                 message: NOT_IMPLEMENTED.to_owned(),
@@ -472,5 +481,74 @@ mod tests {
         assert_eq!(mode, SOCKET_MODE);
         drop(sock);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An apply on the control socket runs the config (the route manager on loopback) and the
+    /// status answer reports it.
+    #[tokio::test]
+    async fn apply_on_the_control_socket_runs_the_config_and_status_reports_it() {
+        use gatelet_agent_api::control::{AgentConfig, L4Route, ListenerState};
+        use std::net::{IpAddr, Ipv4Addr};
+        use tokio::io::AsyncReadExt;
+
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = target.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"a").await;
+                    let mut sink = [0u8; 64];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let p = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let m = RouteManager::new(crate::routes::Settings::new(IpAddr::V4(
+            Ipv4Addr::LOCALHOST,
+        )));
+        m.start().unwrap();
+        let started = Instant::now();
+        let state =
+            AgentState::new(started, Arc::new(TunnelStats::new(started, "tun"))).with_routes(m);
+        let config = AgentConfig {
+            config_hash: Some("sha256:ab".into()),
+            http_routes: vec![],
+            l4_routes: vec![L4Route {
+                id: 4,
+                listen_port: p,
+                target_host: to.ip().to_string(),
+                target_port: to.port(),
+                wol: None,
+            }],
+        };
+        match answer(Request::Apply { config }, &state).await {
+            Response::Applied {
+                config_hash,
+                routes,
+            } => {
+                assert_eq!(config_hash.as_deref(), Some("sha256:ab"));
+                assert_eq!(routes.len(), 1);
+                assert_eq!(routes[0].name, format!("l4:{p}"));
+                assert_eq!(routes[0].id, 4);
+                assert_eq!(routes[0].tcp, ListenerState::Listening);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", p))
+            .await
+            .unwrap();
+        let mut greeting = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greeting))
+            .await
+            .expect("the target's greeting within 5 s")
+            .unwrap();
+        assert_eq!(&greeting, b"a");
+        let status = state.status(Instant::now());
+        assert_eq!(status.config_hash.as_deref(), Some("sha256:ab"));
+        assert_eq!(status.routes.len(), 1);
+        assert_eq!(status.routes[0].active_connections, 1);
     }
 }

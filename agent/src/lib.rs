@@ -6,8 +6,12 @@
 //! - [`tunnel`]: WireGuard to the hub (boringtun `Tunn`, sans-IO core plus a batched driver).
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
 //! - [`probe`]: TCP reachability checks of LAN targets.
+//! - [`target`]: a route's LAN target, its resolution and the LAN-side connect (the lowest
+//!   layer: the relays, the proxy and Wake-on-LAN use it).
+//! - [`stack`]: the seam the route executor binds and accepts through on the tunnel side:
+//!   kernel sockets (TUN mode) or the smoltcp [`netstack`] (userspace mode), as enums.
 //! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
-//! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`.
+//! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`, with its live route table and counters.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
 //! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
 //! - [`watchdog`]: the systemd keep-alive, sent only while the data path and relays turn.
@@ -23,6 +27,8 @@ pub mod netif;
 pub mod netstack;
 pub mod probe;
 pub mod routes;
+pub mod stack;
+pub mod target;
 pub mod tunnel;
 pub mod watchdog;
 pub mod wol;

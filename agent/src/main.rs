@@ -10,12 +10,15 @@ use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
 use gatelet_agent::control::{self, AgentState, ControlSocket};
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
 use gatelet_agent::routes::{self, RouteManager};
+use gatelet_agent::stack::Stack;
 use gatelet_agent::tunnel::allowed::AllowedIps;
 use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
 use gatelet_agent::tunnel::driver::{self, DataPath};
 use gatelet_agent::tunnel::stats::TunnelStats;
 use gatelet_agent::tunnel::udp;
 use gatelet_agent::watchdog::{self, CheckIn, Watchdog};
+use gatelet_agent::wol::ifaces::IfaceFilter;
+use gatelet_agent::wol::Waker;
 use gatelet_agent_api::env::{GatewayEnv, ENV_PATH_VAR};
 use gatelet_agent_api::sd_notify as notify;
 use tokio::signal::unix::{signal, SignalKind};
@@ -101,22 +104,24 @@ fn init_logging(level: tracing::Level) {
     tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
-/// Starts the route manager on the tunnel IP (configured on the TUN device by now): the HTTP
-/// proxy, the management API relay, and the routes saved by the last apply, so they answer
-/// before the companion connects.
-fn start_routes(args: &Args, env: &GatewayEnv) -> RouteManager {
+/// The composition root of the relays: builds the Wake-on-LAN waker and starts the route
+/// manager on the tunnel IP with it, binding through `stack` (kernel sockets on the TUN
+/// device's address, or the smoltcp stack): the HTTP proxy, the management API relay, and the
+/// routes saved by the last apply, so they answer before the companion connects. Returns the
+/// manager and the waker (for the control socket).
+fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, Waker) {
     match gatelet_agent::forward::raise_nofile_limit() {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
-    gatelet_agent::wol::install(gatelet_agent::wol::Waker::system(
-        gatelet_agent::wol::ifaces::IfaceFilter {
-            tun_name: env.tun_name.clone(),
-            allow: env.wol_interfaces.clone(),
-            exclude: env.wol_exclude.clone(),
-        },
-    ));
+    let waker = Waker::system(IfaceFilter {
+        tun_name: env.tun_name.clone(),
+        allow: env.wol_interfaces.clone(),
+        exclude: env.wol_exclude.clone(),
+    });
     let mut settings = routes::Settings::new(env.tunnel_ip.into());
+    settings.waker = Some(waker.clone());
+    settings.stack = stack;
     settings.proxy_port = Some(env.proxy_port);
     settings.api_relay = Some((
         env.api_port,
@@ -127,7 +132,7 @@ fn start_routes(args: &Args, env: &GatewayEnv) -> RouteManager {
     if let Err(e) = manager.start() {
         tracing::warn!("{e}");
     }
-    manager
+    (manager, waker)
 }
 
 fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Result<()> {
@@ -193,8 +198,12 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
         .build()
         .context("cannot start the runtime")?;
     let outcome = rt.block_on(async {
-        let manager = start_routes(args, env);
-        let state = Arc::new(AgentState::new(started, stats).with_routes(manager.clone()));
+        let (manager, waker) = start_routes(args, env, Stack::Kernel);
+        let state = Arc::new(
+            AgentState::new(started, stats)
+                .with_routes(manager.clone())
+                .with_waker(waker),
+        );
         let server = tokio::spawn(control::serve(socket.listener()?, state, stop_rx));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

@@ -366,6 +366,7 @@ async fn shutdown_stops_accepting_and_closes_idle_connections() {
         Arc::new(HttpStats::default()),
         rx,
         ProxyConfig::default(),
+        None,
     ));
     let mut c = Client::connect(addr).await;
     assert_eq!(c.get("a.example", "/", "").await.status, 200);
@@ -390,6 +391,7 @@ async fn route_changes_apply_to_the_next_request() {
         Arc::new(HttpStats::default()),
         rx,
         ProxyConfig::default(),
+        None,
     ));
     let mut c = Client::connect(addr).await;
     assert_eq!(

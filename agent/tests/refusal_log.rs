@@ -8,7 +8,8 @@ include!("common/http.rs");
 
 use gatelet_agent::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use gatelet_agent::forward::udp::{self, UdpConfig, UdpRoute};
-use gatelet_agent::forward::{RouteCounters, Target, TargetCell};
+use gatelet_agent::forward::{RouteCounters, TargetCell};
+use gatelet_agent::target::Target;
 use tokio::net::UdpSocket;
 
 /// The summary interval the tests use.
@@ -143,6 +144,7 @@ async fn tcp_relay_refusals_are_summed_into_one_line_per_interval() {
         }),
         global: ConnectionLimit::new(100),
         kill: kill_rx,
+        waker: None,
     };
     tokio::spawn(tcp::serve(l, route, stop_rx));
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -199,8 +201,9 @@ async fn udp_relay_drops_are_summed_into_one_line_per_interval() {
             ..UdpConfig::default()
         }),
         kill: kill_rx,
+        waker: None,
     };
-    tokio::spawn(udp::serve(Arc::new(s), route, stop_rx));
+    tokio::spawn(udp::serve(Arc::new(s.into()), route, stop_rx));
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     a.send_to(b"a", addr).await.unwrap();
     let mut buf = [0u8; 16];

@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use gatelet_agent_api::proxy_v2;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use super::tcp::{self, TcpConfig};
 use super::{wait_true, RouteCounters};
+use crate::stack::{self, Listener, Stream};
 
 /// Relayed API connections open at once: below the companion's budget of 64 (its
 /// `companion/src/http` server), so that this relay, which knows each caller's address at
@@ -113,8 +114,10 @@ fn lock(m: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Accepts on `listener` until `stop` turns true, relaying each connection to the companion.
-pub async fn serve(listener: TcpListener, relay: ApiRelay, stop: watch::Receiver<bool>) {
+/// Accepts on `listener` (the tunnel side, kernel or smoltcp) until `stop` turns true, relaying
+/// each connection to the companion.
+pub async fn serve(listener: impl Into<Listener>, relay: ApiRelay, stop: watch::Receiver<bool>) {
+    let listener = listener.into();
     let registry = Arc::new(Mutex::new(Registry::default()));
     let local = listener.local_addr().ok();
     let stopped = wait_true(stop);
@@ -176,7 +179,7 @@ pub async fn serve(listener: TcpListener, relay: ApiRelay, stop: watch::Receiver
 }
 
 async fn connection(
-    client: TcpStream,
+    mut client: Stream,
     peer: SocketAddr,
     destination: SocketAddr,
     relay: &ApiRelay,
@@ -189,7 +192,7 @@ async fn connection(
                 .counters
                 .target_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tcp::reset(client);
+            client.reset();
             return Err(e);
         }
         Err(_) => {
@@ -197,7 +200,7 @@ async fn connection(
                 .counters
                 .target_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tcp::reset(client);
+            client.reset();
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "companion did not answer",
@@ -209,10 +212,10 @@ async fn connection(
     server
         .write_all(&proxy_v2::encode(peer, destination))
         .await?;
-    let r = tcp::relay(&client, &server, &relay.config, &relay.counters).await;
+    let r = tcp::relay_stream(&mut client, &mut server, &relay.config, &relay.counters).await;
     if r.is_err() {
-        tcp::reset(client);
-        tcp::reset(server);
+        client.reset();
+        stack::reset(server);
     }
     r
 }
@@ -222,7 +225,7 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpSocket;
+    use tokio::net::{TcpListener, TcpSocket};
 
     /// A stand-in companion that reports each connection's PROXY source on `tx`, then holds it.
     async fn companion() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<SocketAddr>) {

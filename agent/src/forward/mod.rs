@@ -16,24 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
-/// Where a route's traffic goes: a LAN host (IP address or name) and port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    /// LAN host (IP address or name).
-    pub host: String,
-    /// LAN port.
-    pub port: u16,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+use crate::target::Target;
 
 /// The current target of a route, shared between the manager (writer) and its accept loops
 /// (readers, once per new connection).
@@ -122,23 +105,6 @@ pub async fn wait_true(mut rx: watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// Resolves `target` (an IP literal needs no lookup).
-pub async fn resolve(target: &Target) -> io::Result<Vec<std::net::SocketAddr>> {
-    if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
-        return Ok(vec![std::net::SocketAddr::new(ip, target.port)]);
-    }
-    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await?
-        .collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{} has no address", target.host),
-        ));
-    }
-    Ok(addrs)
 }
 
 /// Raises the soft limit on open files to the hard limit (each relayed TCP connection needs

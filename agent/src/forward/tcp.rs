@@ -7,6 +7,11 @@
 //! [`TcpConfig::splice`] the bytes move socket → pipe → socket with `splice(2)` instead
 //! (Linux; the pipe is created on first data). End of stream on one side becomes
 //! `shutdown(SHUT_WR)` on the other while the other direction keeps flowing (half-close).
+//!
+//! The tunnel side is a `crate::stack::Stream`: a kernel socket (TUN mode), where the copy and
+//! splice paths above run between two kernel sockets, or a connection of the smoltcp stack,
+//! where [`relay_io`] copies through AsyncRead/AsyncWrite with the same lazily taken pooled
+//! buffers, half-close, idle timeout and counters. LAN-side sockets are always kernel sockets.
 
 use std::future::Future;
 use std::io;
@@ -17,12 +22,15 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
-use super::{resolve, wait_true, RouteCounters, TargetCell};
+use super::{wait_true, RouteCounters, TargetCell};
+use crate::stack::{self, Listener, Stream};
+use crate::target;
+use crate::wol::{connect_or_wake, Waker};
 
 /// Time allowed to connect to the LAN target.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,12 +46,6 @@ pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ROUTE: usize = 1024;
 /// Open relayed connections over all routes before new ones are refused with a reset.
 pub const DEFAULT_MAX_CONNECTIONS_TOTAL: usize = 4096;
-/// TCP keepalive: idle time before the first probe.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// TCP keepalive: time between probes.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// TCP keepalive: unanswered probes before the kernel drops the connection.
-pub const KEEPALIVE_PROBES: u32 = 6;
 /// Pause after a failed accept (for example out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes moved per `splice(2)` call at most (the default pipe capacity).
@@ -173,11 +175,15 @@ pub struct TcpRoute {
     pub global: Arc<ConnectionLimit>,
     /// Turns true when the route's open connections must close (end of the grace period).
     pub kill: watch::Receiver<bool>,
+    /// Wakes a silent target of a route with `wol` (None: no Wake-on-LAN).
+    pub waker: Option<Waker>,
 }
 
-/// Accepts on `listener` until `stop` turns true, relaying each connection to the current
-/// target. Connections already open keep going until `route.kill` turns true.
-pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver<bool>) {
+/// Accepts on `listener` (the tunnel side: a kernel or a smoltcp listener) until `stop` turns
+/// true, relaying each connection to the current target. Connections already open keep going
+/// until `route.kill` turns true.
+pub async fn serve(listener: impl Into<Listener>, route: TcpRoute, stop: watch::Receiver<bool>) {
+    let listener = listener.into();
     let stopped = wait_true(stop);
     tokio::pin!(stopped);
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -215,7 +221,7 @@ pub async fn serve(listener: TcpListener, route: TcpRoute, stop: watch::Receiver
                 route.global.open(),
                 route.global.max,
             ));
-            reset(client);
+            client.reset();
             if let Some(r) = refusals.refused(tokio::time::Instant::now()) {
                 log_refusals(port, &route, r);
             }
@@ -251,109 +257,59 @@ fn log_refusals(port: u16, route: &TcpRoute, r: RefusalReport) {
     );
 }
 
-/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
-pub fn reset(stream: TcpStream) {
-    let _ = stream.set_zero_linger();
-    drop(stream);
-}
-
-async fn connection(client: TcpStream, route: &TcpRoute) {
+async fn connection(mut client: Stream, route: &TcpRoute) {
     let target = route.target.get();
-    let first = connect(&target, route.config.connect_timeout).await;
+    let first = target::connect(&target, route.config.connect_timeout).await;
     // Wake-on-LAN: a route with `wol` holds the connection while its target wakes.
-    let server =
-        match crate::wol::connect_or_wake(first, &target, route.config.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                route
-                    .counters
-                    .target_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                route
-                    .counters
-                    .set_error(format!("connect to {target}: {e}"));
-                tracing::debug!(%target, error = %e, "cannot reach the route's target");
-                reset(client);
-                return;
-            }
-        };
-    for s in [&client, &server] {
-        let _ = s.set_nodelay(true);
-        let _ = set_keepalive(s.as_raw_fd());
-    }
-    let result = relay(&client, &server, &route.config, &route.counters).await;
+    let server = match connect_or_wake(
+        first,
+        &target,
+        route.config.connect_timeout,
+        route.waker.as_ref(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            route
+                .counters
+                .target_failures
+                .fetch_add(1, Ordering::Relaxed);
+            route
+                .counters
+                .set_error(format!("connect to {target}: {e}"));
+            tracing::debug!(%target, error = %e, "cannot reach the route's target");
+            client.reset();
+            return;
+        }
+    };
+    let mut server = server;
+    let _ = client.set_nodelay(true);
+    let _ = client.set_keepalive();
+    let _ = server.set_nodelay(true);
+    let _ = stack::set_keepalive(&server);
+    let result = relay_stream(&mut client, &mut server, &route.config, &route.counters).await;
     if let Err(e) = result {
         if e.kind() != io::ErrorKind::TimedOut {
             tracing::debug!(%target, error = %e, "relayed connection ended with an error");
         }
-        reset(client);
-        reset(server);
+        client.reset();
+        stack::reset(server);
     }
 }
 
-/// Connects to the first address of `target` that answers within `timeout` in total.
-pub async fn connect(target: &super::Target, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async {
-        let mut last = None;
-        for addr in resolve(target).await? {
-            match TcpStream::connect(addr).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("no address")))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no answer within {} ms", timeout.as_millis()),
-        )),
-    }
-}
-
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: u32) -> io::Result<()> {
-    let v = v as libc::c_int;
-    // SAFETY: passes a pointer to a c_int that lives for the call, with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Turns TCP keepalive on for `fd` with [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and
-/// [`KEEPALIVE_PROBES`].
-pub fn set_keepalive(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    setsockopt_int(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPIDLE,
-        KEEPALIVE_IDLE.as_secs() as u32,
-    )?;
-    setsockopt_int(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPINTVL,
-        KEEPALIVE_INTERVAL.as_secs() as u32,
-    )?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)
-}
-
-fn shutdown_write(s: &TcpStream) {
-    // SAFETY: shutdown on a descriptor the stream owns; no memory is involved.
-    unsafe {
-        libc::shutdown(s.as_raw_fd(), libc::SHUT_WR);
+/// Relays between a tunnel-side `client` and a LAN-side `server` (see [`relay`]): between two
+/// kernel sockets with [`relay`] itself (splice or the readiness-based copy), else with the
+/// AsyncRead/AsyncWrite copy of [`relay_io`].
+pub async fn relay_stream(
+    client: &mut Stream,
+    server: &mut TcpStream,
+    config: &TcpConfig,
+    counters: &RouteCounters,
+) -> io::Result<()> {
+    match client.as_kernel() {
+        Some(k) => relay(k, server, config, counters).await,
+        None => relay_io(client, server, config, counters).await,
     }
 }
 
@@ -368,6 +324,8 @@ struct Half {
     end: usize,
     eof: bool,
     done: bool,
+    /// Written since the last flush (copy through AsyncWrite).
+    unflushed: bool,
 }
 
 /// Bytes of free relay buffers kept for reuse per thread, at most (a buffer taken from the pool
@@ -438,7 +396,7 @@ impl Half {
                 continue;
             }
             if self.eof {
-                shutdown_write(to);
+                stack::shutdown_write(to);
                 self.done = true;
                 if let Some(b) = self.buf.take() {
                     give_buffer(b);
@@ -480,6 +438,88 @@ impl Half {
         }
     }
 
+    /// Copy through AsyncRead/AsyncWrite (a userspace stream on one side): the same lazily
+    /// taken, growing, pooled buffer as [`Half::poll_copy`]; the read waits for readiness
+    /// first, so an idle direction holds no buffer; end of stream becomes `poll_shutdown`
+    /// (our FIN) on the other side.
+    #[allow(clippy::too_many_arguments)]
+    fn poll_copy_io<F, T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut F,
+        to: &mut T,
+        (initial, max): (usize, usize),
+        counters: &RouteCounters,
+        active: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        F: ReadReady + AsyncRead + Unpin,
+        T: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.start < self.end {
+                let Some(buf) = self.buf.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("relay buffer lost")));
+                };
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[self.start..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                self.unflushed = true;
+                counters.add_bytes(n);
+                *active = true;
+                continue;
+            }
+            if self.unflushed {
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                self.unflushed = false;
+            }
+            if self.eof {
+                // Our FIN; an error here (the peer is gone) ends this direction all the same.
+                let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                self.done = true;
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            ready!(from.poll_ready_to_read(cx))?;
+            let want = self.size.max(initial);
+            if self.buf.as_ref().is_some_and(|b| b.len() < want) {
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+            }
+            let buf = self.buf.get_or_insert_with(|| take_buffer(want));
+            let len = buf.len();
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.eof = true;
+                    } else {
+                        self.start = 0;
+                        self.end = n;
+                        *active = true;
+                        if n == len && len < max {
+                            self.size = (len * 2).min(max);
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Ran dry: give the buffer back while the connection idles.
+                    if let Some(b) = self.buf.take() {
+                        give_buffer(b);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
     /// Splice mode: socket → pipe → socket without copying through user space.
     fn poll_splice(
         &mut self,
@@ -511,7 +551,7 @@ impl Half {
                 continue;
             }
             if self.eof {
-                shutdown_write(to);
+                stack::shutdown_write(to);
                 self.done = true;
                 self.pipe = None;
                 return Poll::Ready(Ok(()));
@@ -598,6 +638,72 @@ pub async fn relay(
                 half.poll_copy(cx, from, to, sizes, counters, &mut active)
             };
             if let Poll::Ready(Err(e)) = r {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if ab.done && ba.done {
+            return Poll::Ready(Ok(()));
+        }
+        active_since_timer |= active;
+        while timer.as_mut().poll(cx).is_ready() {
+            if !active_since_timer {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+            }
+            active_since_timer = false;
+            let next = tokio::time::Instant::now() + idle;
+            Pin::as_mut(&mut timer).reset(next);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Readiness to read without consuming: what [`relay_io`] waits for before it takes a buffer.
+pub trait ReadReady {
+    /// Ready when a read would not wait (data, end of stream or an error).
+    fn poll_ready_to_read(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_ready_to_read(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ReadReady for Stream {
+    fn poll_ready_to_read(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+/// [`relay`] through AsyncRead/AsyncWrite, for a tunnel side that is not a kernel socket: the
+/// same half-close, idle timeout, counters and lazily taken pooled buffers (copy mode; no
+/// splice, which needs two kernel sockets).
+pub async fn relay_io<A, B>(
+    a: &mut A,
+    b: &mut B,
+    config: &TcpConfig,
+    counters: &RouteCounters,
+) -> io::Result<()>
+where
+    A: ReadReady + AsyncRead + AsyncWrite + Unpin,
+    B: ReadReady + AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ab = Half::default();
+    let mut ba = Half::default();
+    let idle = config.idle_timeout;
+    let sizes = (config.buffer_bytes, config.max_buffer_bytes);
+    let mut timer = Box::pin(tokio::time::sleep(idle));
+    let mut active_since_timer = false;
+    std::future::poll_fn(|cx| {
+        let mut active = false;
+        if !ab.done {
+            if let Poll::Ready(Err(e)) = ab.poll_copy_io(cx, a, b, sizes, counters, &mut active) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !ba.done {
+            if let Poll::Ready(Err(e)) = ba.poll_copy_io(cx, b, a, sizes, counters, &mut active) {
                 return Poll::Ready(Err(e));
             }
         }

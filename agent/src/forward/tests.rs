@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use super::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use super::udp::{self, UdpConfig, UdpRoute};
-use super::{RouteCounters, Target, TargetCell};
+use super::{RouteCounters, TargetCell};
+use crate::target::Target;
 
 /// A TCP echo server on loopback; each connection echoes until EOF, then closes.
 async fn echo_server() -> SocketAddr {
@@ -54,6 +55,7 @@ async fn tcp_relay(to: SocketAddr, config: TcpConfig, global: Arc<ConnectionLimi
         config: Arc::new(config),
         global,
         kill: kill_rx,
+        waker: None,
     };
     tokio::spawn(tcp::serve(l, route, stop_rx));
     Relay {
@@ -219,7 +221,7 @@ async fn connect_to_a_target_that_never_answers_times_out() {
         }
     }
     let started = std::time::Instant::now();
-    let r = tcp::connect(&target(addr), Duration::from_millis(400)).await;
+    let r = crate::target::connect(&target(addr), Duration::from_millis(400)).await;
     let err = r.expect_err("the full listener must not accept");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -325,8 +327,9 @@ async fn udp_relay(to: SocketAddr, config: UdpConfig) -> (Relay, SocketAddr) {
         counters: counters.clone(),
         config: Arc::new(config),
         kill: kill_rx,
+        waker: None,
     };
-    tokio::spawn(udp::serve(Arc::new(s), route, stop_rx));
+    tokio::spawn(udp::serve(Arc::new(s.into()), route, stop_rx));
     (
         Relay {
             addr,
@@ -391,4 +394,88 @@ async fn udp_echo_uses_one_session_per_client_and_sessions_expire() {
         counters.udp_sessions.load(Ordering::Relaxed) == 0
     })
     .await;
+}
+
+/// Two connected loopback pairs: (client, its accepted end) and (the relay's LAN-side end,
+/// the server's accepted end).
+async fn two_pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (a, _) = l.accept().await.unwrap();
+    let b = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    ((c, a), (b, s))
+}
+
+/// The AsyncRead/AsyncWrite relay (the one a userspace tunnel-side stream takes), here between
+/// two kernel sockets.
+#[tokio::test]
+async fn relay_io_copies_both_ways_forwards_half_close_and_counts() {
+    let ((mut c, a), (mut b, mut s)) = two_pairs().await;
+    let counters = Arc::new(RouteCounters::default());
+    let task = {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut a = crate::stack::Stream::from(a);
+            tcp::relay_io(&mut a, &mut b, &TcpConfig::default(), &counters).await
+        })
+    };
+    // A bulk upload (its buffer grows), then our FIN.
+    let upload: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+    c.write_all(&upload).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the upload and the FIN within 5 s")
+        .unwrap();
+    assert!(got == upload, "the upload arrived whole and in order");
+    // The other direction still flows after the half-close.
+    s.write_all(b"reply").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut back))
+        .await
+        .expect("the reply and the FIN within 5 s")
+        .unwrap();
+    assert_eq!(back, b"reply");
+    let r = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the relay ends when both directions did")
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(counters.bytes.load(Ordering::Relaxed), 300_000 + 5);
+}
+
+#[tokio::test]
+async fn relay_io_ends_an_idle_connection_with_timed_out() {
+    let ((mut c, a), (mut b, mut s)) = two_pairs().await;
+    let counters = RouteCounters::default();
+    let config = TcpConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..TcpConfig::default()
+    };
+    let mut a = crate::stack::Stream::from(a);
+    let relay = tcp::relay_io(&mut a, &mut b, &config, &counters);
+    let traffic = async {
+        echo_byte(&mut c, &mut s).await;
+        std::future::pending::<()>().await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            r = relay => r,
+            _ = traffic => unreachable!(),
+        }
+    })
+    .await
+    .expect("the idle timeout ends the relay within 5 s");
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(counters.bytes.load(Ordering::Relaxed), 1);
+}
+
+/// One byte from `c` through the relay to `s`.
+async fn echo_byte(c: &mut TcpStream, s: &mut TcpStream) {
+    c.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await.unwrap();
 }

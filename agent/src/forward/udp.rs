@@ -1,6 +1,6 @@
 //! UDP relay: one LAN-side socket per hub-side client address.
 //!
-//! The listening socket (tunnel IP) receives a client's datagram; the relay finds or creates
+//! The listening socket (tunnel IP; a `crate::stack::Datagram`, kernel or smoltcp) receives a client's datagram; the relay finds or creates
 //! that client's session, a socket connected to the route's target, and sends the payload from
 //! it. Replies read on the session socket go back to the client from the listening socket. A
 //! session with no datagram either way for [`DEFAULT_SESSION_IDLE`] ends; at most
@@ -12,14 +12,19 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
-use super::{resolve, wait_true, RouteCounters, TargetCell};
+use super::{wait_true, RouteCounters, TargetCell};
+use crate::stack::Datagram;
+use crate::target::resolve;
+use crate::wol::{UdpGate, Waker};
 
 /// A session with no datagram either way for this long ends.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(60);
@@ -62,6 +67,8 @@ pub struct UdpRoute {
     pub config: Arc<UdpConfig>,
     /// Turns true when the route's sessions must end (end of the grace period).
     pub kill: watch::Receiver<bool>,
+    /// Wakes a silent target of a route with `wol` (None: no Wake-on-LAN).
+    pub waker: Option<Waker>,
 }
 
 struct Session {
@@ -69,7 +76,7 @@ struct Session {
     /// Milliseconds since the relay's start at the last datagram either way.
     last: AtomicU64,
     /// Wake-on-LAN: holds the session's first datagrams while its target wakes.
-    wol: Option<Arc<crate::wol::UdpGate>>,
+    wol: Option<Arc<UdpGate>>,
 }
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
@@ -85,11 +92,59 @@ fn millis_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Receives on `socket` until `stop` turns true, relaying each client's datagrams through its
-/// own session. Sessions already open keep going until they idle out or `route.kill` fires;
-/// they hold the socket (their replies leave from it), so a route re-added while they drain
-/// takes the same socket back instead of binding anew (see `routes::UdpSockets`).
-pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receiver<bool>) {
+/// After this many receive errors in a row, the serve loop pauses [`RECV_ERROR_BACKOFF`]
+/// between receives (a broken socket must not spin).
+const RECV_ERRORS_BEFORE_BACKOFF: u32 = 16;
+/// Pause between receives after [`RECV_ERRORS_BEFORE_BACKOFF`] errors in a row.
+const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// One datagram buffer per thread, lent to a serve loop while it receives: an idle UDP
+    /// route holds none (each would otherwise hold [`MAX_DATAGRAM`] bytes).
+    static RECV_BUFFER: std::cell::RefCell<Option<Box<[u8]>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn take_recv_buffer() -> Box<[u8]> {
+    RECV_BUFFER
+        .with(|b| b.borrow_mut().take())
+        .unwrap_or_else(|| vec![0u8; MAX_DATAGRAM].into_boxed_slice())
+}
+
+fn give_recv_buffer(buf: Box<[u8]>) {
+    RECV_BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.is_none() {
+            *b = Some(buf);
+        }
+    });
+}
+
+/// The next datagram on `socket`, in a buffer lent for it (give it back with
+/// [`give_recv_buffer`]); while nothing arrives the loop holds no buffer.
+async fn recv(socket: &Datagram) -> (Box<[u8]>, io::Result<(usize, SocketAddr)>) {
+    std::future::poll_fn(|cx| {
+        let mut buf = take_recv_buffer();
+        let mut rb = ReadBuf::new(&mut buf);
+        match socket.poll_recv_from(cx, &mut rb) {
+            Poll::Pending => {
+                give_recv_buffer(buf);
+                Poll::Pending
+            }
+            Poll::Ready(r) => {
+                let n = rb.filled().len();
+                Poll::Ready((buf, r.map(|from| (n, from))))
+            }
+        }
+    })
+    .await
+}
+
+/// Receives on `socket` (the tunnel side: a kernel or a smoltcp socket) until `stop` turns
+/// true, relaying each client's datagrams through its own session. Sessions already open keep
+/// going until they idle out or `route.kill` fires; they hold the socket (their replies leave
+/// from it), so a route re-added while they drain takes the same socket back instead of
+/// binding anew (see `routes::UdpSockets`).
+pub async fn serve(socket: Arc<Datagram>, route: UdpRoute, stop: watch::Receiver<bool>) {
     let sessions: Sessions = Arc::default();
     let base = Instant::now();
     let stopped = wait_true(stop);
@@ -97,9 +152,10 @@ pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receive
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
     // One summary line per interval under a flood, not one per dropped datagram.
     let mut refusals = RefusalLog::new(route.config.refusal_log_interval);
+    let mut errors = 0u32;
     loop {
         let due = refusals.due();
-        tokio::select! {
+        let (buf, r) = tokio::select! {
             _ = &mut stopped => return,
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 if let Some(r) = refusals.flush(Instant::now()) {
@@ -107,30 +163,30 @@ pub async fn serve(socket: Arc<UdpSocket>, route: UdpRoute, stop: watch::Receive
                 }
                 continue;
             }
-            r = socket.readable() => {
-                if let Err(e) = r {
-                    route.counters.set_error(format!("udp receive: {e}"));
-                    return;
-                }
-            }
-        }
-        // The buffer lives only while datagrams are waiting.
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        loop {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    let refused = datagram(&socket, &sessions, &route, base, peer, &buf[..n]).await;
-                    if refused {
-                        if let Some(r) = refusals.refused(Instant::now()) {
-                            log_refusals(port, &route, r);
-                        }
+            r = recv(&socket) => r,
+        };
+        match r {
+            Ok((n, peer)) => {
+                errors = 0;
+                let refused = datagram(&socket, &sessions, &route, base, peer, &buf[..n]).await;
+                give_recv_buffer(buf);
+                if refused {
+                    if let Some(r) = refusals.refused(Instant::now()) {
+                        log_refusals(port, &route, r);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    // An ICMP error for an earlier reply; nothing to relay.
-                    tracing::debug!(error = %e, "udp receive error");
-                    break;
+            }
+            Err(e) => {
+                give_recv_buffer(buf);
+                // An ICMP error for an earlier reply, typically; nothing to relay.
+                tracing::debug!(error = %e, "udp receive error");
+                errors += 1;
+                if errors >= RECV_ERRORS_BEFORE_BACKOFF {
+                    route.counters.set_error(format!("udp receive: {e}"));
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        _ = tokio::time::sleep(RECV_ERROR_BACKOFF) => {}
+                    }
                 }
             }
         }
@@ -154,7 +210,7 @@ fn log_refusals(port: u16, route: &UdpRoute, r: RefusalReport) {
 /// Relays one datagram from `peer`. True when it was dropped because the session cap was
 /// reached.
 async fn datagram(
-    listen: &Arc<UdpSocket>,
+    listen: &Arc<Datagram>,
     sessions: &Sessions,
     route: &UdpRoute,
     base: Instant,
@@ -176,7 +232,10 @@ async fn datagram(
             match open_session(route).await {
                 Ok(lan) => {
                     let target = route.target.get();
-                    let gate = crate::wol::UdpGate::for_target(&target);
+                    let gate = route
+                        .waker
+                        .as_ref()
+                        .and_then(|w| UdpGate::for_target(&target, w));
                     let s = Arc::new(Session {
                         lan,
                         last: AtomicU64::new(millis_since(base)),
@@ -244,7 +303,7 @@ async fn open_session(route: &UdpRoute) -> io::Result<UdpSocket> {
 }
 
 async fn session_task(
-    listen: Arc<UdpSocket>,
+    listen: Arc<Datagram>,
     peer: SocketAddr,
     session: Arc<Session>,
     route: UdpRoute,

@@ -24,8 +24,9 @@ use super::log::{access, Access};
 use super::pool::{Backend, PoolKey};
 use super::route::Choice;
 use super::upgrade::relay;
+use super::HttpStats;
 use super::{tls, Refusal, Shared};
-use crate::routes::HttpStats;
+use crate::stack::Stream;
 
 /// How long a connection idle between requests keeps its buffers and backend connection (for
 /// the next request of a busy client) before it lets them go.
@@ -65,7 +66,7 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// proxy shuts down.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    client: TcpStream,
+    client: Stream,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
     mut ticket: Ticket,
@@ -84,7 +85,7 @@ pub(crate) async fn run(
 
 async fn serve_requests(
     shared: &Arc<Shared>,
-    mut client: TcpStream,
+    mut client: Stream,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
     attached: &mut Option<(PoolKey, Backend)>,
@@ -215,7 +216,7 @@ async fn serve_requests(
 /// Ends a connection whose input may still hold unread request bytes: closing a socket with
 /// unread input sends a reset, which can destroy the answer before the client reads it. So the
 /// write side is shut down first and the input drained for a bounded time and amount.
-async fn linger_close(client: &mut TcpStream, buf: &mut IoBuf) {
+async fn linger_close(client: &mut Stream, buf: &mut IoBuf) {
     let _ = bounded(LINGER_TIME, client.shutdown()).await;
     let deadline = Instant::now() + LINGER_TIME;
     let mut drained = 0usize;
@@ -231,7 +232,7 @@ async fn linger_close(client: &mut TcpStream, buf: &mut IoBuf) {
 /// Reads and prepares one request head. None when the client closed or broke the connection
 /// before a complete head (nothing to answer).
 async fn read_request(
-    client: &mut TcpStream,
+    client: &mut Stream,
     cb: &mut IoBuf,
     routes: &[HttpRoute],
     peer: SocketAddr,
@@ -286,7 +287,7 @@ enum Exchange {
 async fn handle(
     shared: &Arc<Shared>,
     attached: &mut Option<(PoolKey, Backend)>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     cb: &mut IoBuf,
     bbuf: &mut Option<IoBuf>,
     req: &Request,
@@ -364,7 +365,7 @@ async fn handle(
                 Err(err) => {
                     // Wake-on-LAN: a silent or refusing backend of a route with `wol` is woken;
                     // the request waits for it (a browser gets the "waking up" page instead).
-                    let hold = match (&route.wol, crate::wol::global(), err) {
+                    let hold = match (&route.wol, shared.waker.as_ref(), err) {
                         (
                             Some(wol),
                             Some(waker),
@@ -563,7 +564,7 @@ where
 /// Sends the request on `backend` and relays the response (or the upgraded stream).
 async fn exchange(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut Stream,
     cb: &mut IoBuf,
     backend: &mut Backend,
     bb: &mut IoBuf,
@@ -743,15 +744,16 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let shared = Arc::new(Shared::new(
-            crate::routes::HttpTable::default(),
+            crate::http::HttpTable::default(),
             Arc::default(),
             super::super::ProxyConfig::default(),
+            None,
         ));
         let super::super::admit::Admit::Admitted(ticket) = shared.admission.admit() else {
             panic!("no slot");
         };
         let (_tx, rx) = watch::channel(false);
-        let fut = run(shared, c, "127.0.0.1:1".parse().unwrap(), rx, ticket);
+        let fut = run(shared, c.into(), "127.0.0.1:1".parse().unwrap(), rx, ticket);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1536, "connection future is {size} bytes");
     }

@@ -1,6 +1,8 @@
 //! The HTTP reverse proxy on `GC_PROXY_PORT` (HTTP/1.1, streaming, keep-alive on both sides).
 //!
-//! The hub's reverse proxy sends every HTTP route's requests to this listener; each request is
+//! The hub's reverse proxy sends every HTTP route's requests to this listener (a
+//! `crate::stack::Listener` on the tunnel side: kernel or smoltcp; backends are reached with
+//! kernel sockets, plain or TLS); each request is
 //! routed by `X-Gateway-Target-Domain` (else the authority of an absolute-form target, else
 //! `Host`) through the live [`HttpTable`] and relayed to the route's LAN backend, plain or HTTPS.
 //!
@@ -40,6 +42,7 @@ mod head;
 mod log;
 mod pool;
 mod route;
+mod table;
 mod tls;
 mod upgrade;
 
@@ -47,11 +50,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::forward::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
-use crate::routes::{HttpStats, HttpTable};
+use crate::stack::Listener;
+use crate::wol::Waker;
+
+pub use table::{HttpStats, HttpTable};
 
 /// Largest request or response head, in bytes (a larger request head is answered with 431).
 pub const DEFAULT_HEAD_LIMIT_BYTES: usize = 16 * 1024;
@@ -142,6 +147,8 @@ pub(crate) struct Shared {
     tls: OnceLock<Option<Arc<ClientConfig>>>,
     admission: Arc<admit::Admission>,
     refusals: Mutex<Refusals>,
+    /// Wakes the silent backend of a route with `wol` (None: no Wake-on-LAN).
+    waker: Option<Waker>,
 }
 
 /// What the proxy turned away, for the rate-limited summary lines.
@@ -163,9 +170,15 @@ struct Refusals {
 }
 
 impl Shared {
-    fn new(table: HttpTable, stats: Arc<HttpStats>, config: ProxyConfig) -> Self {
+    fn new(
+        table: HttpTable,
+        stats: Arc<HttpStats>,
+        config: ProxyConfig,
+        waker: Option<Waker>,
+    ) -> Self {
         Shared {
             table,
+            waker,
             stats,
             pool: pool::Pool::new(config.pool_idle_per_target, config.pool_idle_timeout),
             admission: admit::Admission::new(config.max_connections, config.max_requests_per_route),
@@ -279,28 +292,40 @@ impl Shared {
 }
 
 /// Serves the HTTP proxy on `listener` with the routes of `table` until `shutdown` turns true
-/// (or its sender is dropped), with the default limits ([`ProxyConfig::default`]).
+/// (or its sender is dropped), with the default limits ([`ProxyConfig::default`]) and no
+/// Wake-on-LAN.
 ///
 /// On shutdown it stops accepting at once; requests in flight finish (within their timeouts)
 /// and idle keep-alive connections close.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     table: HttpTable,
     stats: Arc<HttpStats>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_with(listener, table, stats, shutdown, ProxyConfig::default()).await
+    serve_with(
+        listener,
+        table,
+        stats,
+        shutdown,
+        ProxyConfig::default(),
+        None,
+    )
+    .await
 }
 
-/// [`serve`] with explicit limits and timeouts.
+/// [`serve`] with explicit limits and timeouts, and the `waker` that wakes the silent backend
+/// of a route with `wol`.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     table: HttpTable,
     stats: Arc<HttpStats>,
     mut shutdown: watch::Receiver<bool>,
     config: ProxyConfig,
+    waker: Option<Waker>,
 ) {
-    let shared = Arc::new(Shared::new(table, stats, config));
+    let listener = listener.into();
+    let shared = Arc::new(Shared::new(table, stats, config, waker));
     let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -21,11 +21,9 @@
 
 mod persist;
 mod probe;
-mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -34,17 +32,19 @@ use std::time::Duration;
 use gatelet_agent_api::control::{
     AgentConfig, HttpRoute, ListenerState, Reachability, RouteKind, RouteStatus,
 };
-use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Notify};
 
 use crate::forward::api_relay::{self, ApiRelay};
 use crate::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
 use crate::forward::udp::{self, UdpConfig, UdpRoute};
-use crate::forward::{wait_true, RouteCounters, Target, TargetCell};
+use crate::forward::{wait_true, RouteCounters, TargetCell};
+use crate::target::Target;
 
+use crate::http::{HttpStats, HttpTable, ProxyConfig};
+use crate::stack::{Datagram, Stack};
+use crate::wol::Waker;
 pub use persist::{PersistError, APPLIED_CONFIG_FILE};
 pub use probe::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
-pub use table::{HttpStats, HttpTable};
 
 /// Time a removed route's open connections keep going before they are closed.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -83,6 +83,11 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Connect timeout of a reachability probe.
     pub probe_timeout: Duration,
+    /// Wake-on-LAN: told every applied config's routes, handed to the relays and the proxy
+    /// (None: no Wake-on-LAN).
+    pub waker: Option<Waker>,
+    /// Where the listeners are bound: kernel sockets or the smoltcp stack.
+    pub stack: Stack,
 }
 
 impl Settings {
@@ -101,6 +106,8 @@ impl Settings {
             retry_max: DEFAULT_RETRY_MAX,
             probe_interval: DEFAULT_PROBE_INTERVAL,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            waker: None,
+            stack: Stack::Kernel,
         }
     }
 }
@@ -231,63 +238,23 @@ pub struct RouteManager {
     inner: Arc<Inner>,
 }
 
-fn bind_reason(addr: SocketAddr, e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EADDRINUSE) => format!("address in use: {addr} is taken by another socket"),
-        Some(libc::EADDRNOTAVAIL) => {
-            format!(
-                "address not available: {} is not configured (yet)",
-                addr.ip()
-            )
-        }
-        Some(libc::EACCES) => format!("permission denied binding {addr}"),
-        _ => format!("cannot bind {addr}: {e}"),
-    }
-}
-
-/// Listeners belong on the tunnel IP only: a wildcard address would expose routes on the LAN.
-fn refuse_wildcard(addr: SocketAddr) -> Result<(), String> {
-    if addr.ip().is_unspecified() {
-        return Err(format!(
-            "refusing to listen on the wildcard address {addr}: set GC_TUNNEL_IP to the tunnel IP"
-        ));
-    }
-    Ok(())
-}
-
-fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, String> {
-    refuse_wildcard(addr)?;
-    let l = std::net::TcpListener::bind(addr).map_err(|e| bind_reason(addr, &e))?;
-    l.set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(l))
-        .map_err(|e| bind_reason(addr, &e))
-}
-
-fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, String> {
-    refuse_wildcard(addr)?;
-    let s = std::net::UdpSocket::bind(addr).map_err(|e| bind_reason(addr, &e))?;
-    s.set_nonblocking(true)
-        .and_then(|()| UdpSocket::from_std(s))
-        .map_err(|e| bind_reason(addr, &e))
-}
-
 /// The UDP listening sockets still alive, by address. A removed route's socket stays bound
 /// while its sessions drain (they send their replies from it), so binding the same address
 /// again would fail with "address in use" for the whole grace period; a route re-added
 /// meanwhile takes that socket back instead. Entries die with the last session.
 #[derive(Debug, Default)]
-struct UdpSockets(Mutex<HashMap<SocketAddr, Weak<UdpSocket>>>);
+struct UdpSockets(Mutex<HashMap<SocketAddr, Weak<Datagram>>>);
 
 impl UdpSockets {
-    /// The live socket on `addr`, or a new one.
-    fn take_or_bind(&self, addr: SocketAddr) -> Result<Arc<UdpSocket>, String> {
+    /// The live socket on `addr`, or a new one bound through `stack`.
+    fn take_or_bind(&self, stack: &Stack, addr: SocketAddr) -> Result<Arc<Datagram>, String> {
         let mut map = locked(&self.0);
         map.retain(|_, w| w.strong_count() > 0);
         if let Some(s) = map.get(&addr).and_then(Weak::upgrade) {
             tracing::info!(%addr, "UDP listener taken back from the draining route");
             return Ok(s);
         }
-        let s = Arc::new(bind_udp(addr)?);
+        let s = Arc::new(stack.bind_udp(addr)?);
         map.insert(addr, Arc::downgrade(&s));
         Ok(s)
     }
@@ -396,15 +363,21 @@ impl RouteManager {
         let mut fixed = (None, None);
         if let Some(port) = s.proxy_port {
             let addr = SocketAddr::new(s.bind_ip, port);
-            let first = bind_tcp(addr);
+            let first = s.stack.bind_tcp(addr);
             let state: StateCell = Arc::new(Mutex::new(first_state(&first, "HTTP proxy")));
             let switches = Switches::new();
             let table = self.inner.http_table.clone();
             let stats = self.inner.http_stats.clone();
+            let waker = s.waker.clone();
             tokio::spawn(keep_bound(
                 first,
-                move || bind_tcp(addr),
-                move |l, stop| crate::http::serve(l, table, stats, stop),
+                {
+                    let stack = s.stack.clone();
+                    move || stack.bind_tcp(addr)
+                },
+                move |l, stop| {
+                    crate::http::serve_with(l, table, stats, stop, ProxyConfig::default(), waker)
+                },
                 state.clone(),
                 switches.stop.subscribe(),
                 retry,
@@ -417,7 +390,7 @@ impl RouteManager {
         }
         if let Some((port, target)) = s.api_relay {
             let addr = SocketAddr::new(s.bind_ip, port);
-            let first = bind_tcp(addr);
+            let first = s.stack.bind_tcp(addr);
             let state: StateCell = Arc::new(Mutex::new(first_state(&first, "API relay")));
             let switches = Switches::new();
             // Its own budget and idle timeout, outside the routes' global cap.
@@ -429,7 +402,10 @@ impl RouteManager {
             );
             tokio::spawn(keep_bound(
                 first,
-                move || bind_tcp(addr),
+                {
+                    let stack = s.stack.clone();
+                    move || stack.bind_tcp(addr)
+                },
                 move |l, stop| api_relay::serve(l, relay.clone(), stop),
                 state.clone(),
                 switches.stop.subscribe(),
@@ -478,7 +454,7 @@ impl RouteManager {
     }
 
     fn apply_inner(&self, config: AgentConfig, save: bool) {
-        if let Some(waker) = crate::wol::global() {
+        if let Some(waker) = &self.inner.settings.waker {
             waker.set_routes(&config);
         }
         let inner = &self.inner;
@@ -574,21 +550,26 @@ impl RouteManager {
             config: inner.tcp_config.clone(),
             global: inner.global.clone(),
             kill: switches.kill_rx(),
+            waker: s.waker.clone(),
         };
         let udp_route = UdpRoute {
             target: target.clone(),
             counters: counters.clone(),
             config: inner.udp_config.clone(),
             kill: switches.kill_rx(),
+            waker: s.waker.clone(),
         };
         // Bound here, synchronously, so the answer to the apply already says what happened.
-        let tcp_first = bind_tcp(addr);
-        let udp_first = inner.udp_sockets.take_or_bind(addr);
+        let tcp_first = s.stack.bind_tcp(addr);
+        let udp_first = inner.udp_sockets.take_or_bind(&s.stack, addr);
         set_state(&tcp_state, first_state(&tcp_first, "L4 TCP listener"));
         set_state(&udp_state, first_state(&udp_first, "L4 UDP listener"));
         tokio::spawn(keep_bound(
             tcp_first,
-            move || bind_tcp(addr),
+            {
+                let stack = s.stack.clone();
+                move || stack.bind_tcp(addr)
+            },
             move |l, stop| tcp::serve(l, tcp_route, stop),
             tcp_state.clone(),
             switches.stop.subscribe(),
@@ -599,7 +580,8 @@ impl RouteManager {
             udp_first,
             {
                 let sockets = inner.udp_sockets.clone();
-                move || sockets.take_or_bind(addr)
+                let stack = s.stack.clone();
+                move || sockets.take_or_bind(&stack, addr)
             },
             move |l, stop| udp::serve(l, udp_route, stop),
             udp_state.clone(),

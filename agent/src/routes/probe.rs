@@ -28,7 +28,7 @@ pub const DEFAULT_PROBE_CONCURRENCY: usize = 4;
 /// The UDP verdict for an L4 target that did not take a TCP connection; `answered` is when it
 /// last answered a relayed datagram (0: never).
 async fn udp_reachability(
-    target: &super::Target,
+    target: &crate::target::Target,
     answered: u64,
     interval: Duration,
     timeout: Duration,

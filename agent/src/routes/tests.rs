@@ -511,47 +511,6 @@ async fn udp_route_relays_datagrams() {
     assert_eq!(r.bytes, 10);
 }
 
-#[tokio::test]
-async fn apply_on_the_control_socket_runs_the_config_and_status_reports_it() {
-    use crate::control::{answer, AgentState};
-    use crate::tunnel::stats::TunnelStats;
-    use gatelet_agent_api::control::{Request, Response};
-    use std::sync::Arc;
-
-    let a = tagged_echo("a").await;
-    let p = free_port();
-    let m = RouteManager::new(settings());
-    m.start().unwrap();
-    let started = std::time::Instant::now();
-    let state = AgentState::new(started, Arc::new(TunnelStats::new(started, "tun"))).with_routes(m);
-    let resp = answer(
-        Request::Apply {
-            config: config("sha256:ab", vec![l4(4, p, a)]),
-        },
-        &state,
-    )
-    .await;
-    match resp {
-        Response::Applied {
-            config_hash,
-            routes,
-        } => {
-            assert_eq!(config_hash.as_deref(), Some("sha256:ab"));
-            assert_eq!(routes.len(), 1);
-            assert_eq!(routes[0].name, format!("l4:{p}"));
-            assert_eq!(routes[0].id, 4);
-            assert_eq!(routes[0].tcp, ListenerState::Listening);
-        }
-        other => panic!("{other:?}"),
-    }
-    let (_c, tag) = Conn::open(p).await;
-    assert_eq!(tag, "a");
-    let status = state.status(std::time::Instant::now());
-    assert_eq!(status.config_hash.as_deref(), Some("sha256:ab"));
-    assert_eq!(status.routes.len(), 1);
-    assert_eq!(status.routes[0].active_connections, 1);
-}
-
 /// An HTTP backend answering every request with `200` and `body`.
 async fn http_backend(body: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

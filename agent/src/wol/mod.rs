@@ -1,7 +1,9 @@
 //! Wake-on-LAN: magic packets ([`packet`]) on the LAN interfaces ([`ifaces`], [`send`]), then
 //! a TCP probe of the host until it answers.
 //!
-//! One [`Waker`] per agent ([`install`]), used by three triggers: the control socket's
+//! One [`Waker`] per agent, built by the composition root (`main.rs`) and handed as a value to
+//! the parts that wake: the control socket's handler, the route manager (which passes it on to
+//! the relays and the proxy). Three triggers: the control socket's
 //! `Request::Wake` (the companion's `/api/wol`), the HTTP proxy when a route with `wol` finds
 //! its backend silent ([`Waker::hold`]), and the TCP relay of an L4 route with `wol`
 //! ([`connect_or_wake`]). Concurrent wakes of one MAC share one wait; the last [`HISTORY`]
@@ -14,7 +16,7 @@ pub mod send;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use gatelet_agent_api::control::{AgentConfig, SentOn, WakeRequest, WakeResult, WolTarget};
@@ -199,18 +201,6 @@ fn mac_text(mac: [u8; 6]) -> String {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-static GLOBAL: OnceLock<Waker> = OnceLock::new();
-
-/// Makes `waker` the agent's waker (the first call wins).
-pub fn install(waker: Waker) {
-    let _ = GLOBAL.set(waker);
-}
-
-/// The agent's waker, once [`install`]ed.
-pub fn global() -> Option<&'static Waker> {
-    GLOBAL.get()
 }
 
 impl Waker {
@@ -499,17 +489,19 @@ impl Waker {
 }
 
 /// For the L4 relay: `first` is its connect attempt. When it failed and the target's route has
-/// `wol`, holds the connection while the host wakes (up to [`HOLD_TIMEOUT`]) and connects again.
+/// `wol` (and there is a `waker`), holds the connection while the host wakes (up to
+/// [`HOLD_TIMEOUT`]) and connects again.
 pub async fn connect_or_wake(
     first: std::io::Result<TcpStream>,
-    target: &crate::forward::Target,
+    target: &crate::target::Target,
     connect_timeout: Duration,
+    waker: Option<&Waker>,
 ) -> std::io::Result<TcpStream> {
     let err = match first {
         Ok(s) => return Ok(s),
         Err(e) => e,
     };
-    let Some(waker) = global() else {
+    let Some(waker) = waker else {
         return Err(err);
     };
     match waker
@@ -517,7 +509,7 @@ pub async fn connect_or_wake(
         .await
     {
         Hold::NotWol => Err(err),
-        Hold::Up => crate::forward::tcp::connect(target, connect_timeout).await,
+        Hold::Up => crate::target::connect(target, connect_timeout).await,
         Hold::StillWaking | Hold::Failed(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
@@ -540,24 +532,33 @@ enum GateState {
 /// The UDP side of an L4 route with `wol`: a new session's datagrams are held (up to
 /// [`UDP_HOLD_BYTES`]) until its target answers, waking it when it does not.
 #[derive(Debug)]
-pub struct UdpGate(Mutex<GateState>);
+pub struct UdpGate {
+    state: Mutex<GateState>,
+    waker: Waker,
+}
 
 impl UdpGate {
-    /// A closed gate and the target's `wol`, when a route pointing at `target` has one (and a
-    /// waker is installed); None otherwise.
-    pub fn for_target(target: &crate::forward::Target) -> Option<(Arc<UdpGate>, WolTarget)> {
-        let wol = global()?.wol_for(&target.host, target.port)?;
-        let gate = UdpGate(Mutex::new(GateState::Holding {
-            queued: Vec::new(),
-            bytes: 0,
-        }));
+    /// A closed gate and the target's `wol`, when a route pointing at `target` has one (as
+    /// `waker` knows the routes); None otherwise.
+    pub fn for_target(
+        target: &crate::target::Target,
+        waker: &Waker,
+    ) -> Option<(Arc<UdpGate>, WolTarget)> {
+        let wol = waker.wol_for(&target.host, target.port)?;
+        let gate = UdpGate {
+            state: Mutex::new(GateState::Holding {
+                queued: Vec::new(),
+                bytes: 0,
+            }),
+            waker: waker.clone(),
+        };
         Some((Arc::new(gate), wol))
     }
 
     /// True when `data` must not be sent now: it was queued (or dropped, the queue being
     /// full) while the gate is closed.
     pub fn hold(&self, data: &[u8]) -> bool {
-        match &mut *lock(&self.0) {
+        match &mut *lock(&self.state) {
             GateState::Open => false,
             GateState::Holding { queued, bytes } => {
                 if *bytes + data.len() <= UDP_HOLD_BYTES {
@@ -573,26 +574,22 @@ impl UdpGate {
     /// to [`HOLD_TIMEOUT`]; then opens the gate and returns the held datagrams, in order.
     pub async fn open_when_up(
         &self,
-        target: &crate::forward::Target,
+        target: &crate::target::Target,
         wol: &WolTarget,
     ) -> Vec<Vec<u8>> {
-        let up = match global() {
-            None => true,
-            Some(w) => {
-                let probe =
-                    w.0.transport
-                        .probe(target.host.clone(), target.port, PROBE_CONNECT_TIMEOUT)
-                        .await;
-                probe != Probe::Silent
-                    || w.hold_spec(wol, &target.host, target.port, "l4", HOLD_TIMEOUT, true)
-                        .await
-                        == Hold::Up
-            }
-        };
+        let w = &self.waker;
+        let probe =
+            w.0.transport
+                .probe(target.host.clone(), target.port, PROBE_CONNECT_TIMEOUT)
+                .await;
+        let up = probe != Probe::Silent
+            || w.hold_spec(wol, &target.host, target.port, "l4", HOLD_TIMEOUT, true)
+                .await
+                == Hold::Up;
         if !up {
             tracing::debug!(%target, "UDP target did not wake; sending the held datagrams anyway");
         }
-        match std::mem::replace(&mut *lock(&self.0), GateState::Open) {
+        match std::mem::replace(&mut *lock(&self.state), GateState::Open) {
             GateState::Holding { queued, .. } => queued,
             GateState::Open => Vec::new(),
         }

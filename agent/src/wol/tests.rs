@@ -230,26 +230,48 @@ fn waking_page_reloads_itself_and_closes() {
     assert!(head.contains(&format!("Content-Length: {}", body.len())));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn udp_gate_holds_up_to_its_limit_then_releases_in_order() {
-    let gate = UdpGate(Mutex::new(GateState::Holding {
-        queued: Vec::new(),
-        bytes: 0,
-    }));
+    let (w, c) = waker(Duration::ZERO);
+    let target = crate::target::Target {
+        host: "127.0.0.1".into(),
+        port: 9,
+    };
+    assert!(
+        UdpGate::for_target(&target, &w).is_none(),
+        "no route with wol: no gate"
+    );
+    w.set_routes(&AgentConfig {
+        config_hash: None,
+        http_routes: vec![],
+        l4_routes: vec![L4Route {
+            id: 1,
+            listen_port: 9000,
+            target_host: "127.0.0.1".into(),
+            target_port: 9,
+            wol: Some(WolTarget {
+                mac: "02:00:00:00:00:07".into(),
+                secureon: None,
+            }),
+        }],
+    });
+    let (gate, wol) = UdpGate::for_target(&target, &w).expect("a gate for a wol route");
     let big = vec![7u8; 40 * 1024];
     assert!(gate.hold(b"first"));
     assert!(gate.hold(&big));
     assert!(gate.hold(&big), "over the limit: dropped, still not sent");
     assert!(gate.hold(b"last"));
-    let target = crate::forward::Target {
-        host: "127.0.0.1".into(),
-        port: 9,
-    };
-    let wol = WolTarget {
-        mac: "02:00:00:00:00:07".into(),
-        secureon: None,
-    };
     let released = gate.open_when_up(&target, &wol).await;
     assert_eq!(released, vec![b"first".to_vec(), big, b"last".to_vec()]);
     assert!(!gate.hold(b"after"), "an open gate lets datagrams through");
+    assert_eq!(
+        c.probes.load(Ordering::SeqCst),
+        1,
+        "the host answered the probe"
+    );
+    assert_eq!(
+        c.sends.load(Ordering::SeqCst),
+        0,
+        "an awake host is not woken"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatelet_agent::http::{serve_with, ProxyConfig};
-use gatelet_agent::routes::{HttpStats, HttpTable};
+use gatelet_agent::http::{HttpStats, HttpTable};
 use gatelet_agent_api::control::HttpRoute;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +47,7 @@ async fn start_proxy(routes: Vec<HttpRoute>, config: ProxyConfig) -> Proxy {
         stats.clone(),
         rx,
         config,
+        None,
     ));
     Proxy {
         addr,

@@ -1,6 +1,7 @@
-//! What the route manager shares with the HTTP proxy: the live route table and its counters.
+//! The proxy's live route table and its counters, written by the route manager
+//! (`crate::routes`, which imports this module; never the other way round).
 //!
-//! The proxy (`crate::http::serve`) reads [`HttpTable::current`] for every request, so an
+//! The proxy (`super::serve`) reads [`HttpTable::current`] for every request, so an
 //! apply that changes the HTTP routes takes effect for the next request without touching open
 //! connections. [`HttpStats`] are plain atomics the proxy bumps and the status answer reads.
 

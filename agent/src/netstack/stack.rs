@@ -1,0 +1,578 @@
+//! The stack's state behind its lock: the smoltcp interface and sockets, the listeners and
+//! their backlogs, the connections and their rings. Only the data path polls smoltcp; a
+//! socket operation only asks it to ([`Inner::want_poll`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use tokio::sync::Notify;
+
+use super::device::{Device, PacketQueue};
+use super::sys::Ring;
+use super::{Limits, NetstackConfig};
+
+/// Room above the MTU for packets from a hub with a larger MTU.
+const RX_HEADROOM: usize = 128;
+/// How long a connection closed by its relay may linger (unacknowledged FIN, peer silent)
+/// before it is reset and freed.
+pub const ORPHAN_LINGER: Duration = Duration::from_secs(60);
+/// First port handed out for port 0.
+const EPHEMERAL: u16 = 49152;
+
+/// A TCP connection's identity: the peer and our port.
+type Tuple = (SocketAddrV4, u16);
+
+/// What the lock protects plus what is shared without it.
+#[derive(Debug)]
+pub struct Shared {
+    pub inner: Mutex<Inner>,
+    /// Set when a socket operation wants a poll; the data path waits on it.
+    pub poll_wanted: Notify,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` under the lock, then wakes the data path if `f` asked for a poll.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let (r, wake) = {
+            let mut g = self.lock();
+            let r = f(&mut g);
+            (r, std::mem::take(&mut g.wake_pending))
+        };
+        if wake {
+            self.poll_wanted.notify_one();
+        }
+        r
+    }
+}
+
+#[derive(Debug)]
+pub enum Phase {
+    /// Handshaking or in its listener's backlog.
+    Pending,
+    /// Owned by a `TcpStream`.
+    Accepted,
+    /// Its stream is gone: closing; freed when closed or at the deadline (set at the next
+    /// poll).
+    Orphan(Option<SmolInstant>),
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    // Declared (and so dropped) after nothing: the socket set owns the socket; `remove`
+    // drops the socket before these.
+    rx: Ring,
+    tx: Ring,
+    pub port: u16,
+    pub tuple: Tuple,
+    pub phase: Phase,
+    /// Data went through a ring since its pages were last given back.
+    pub rx_dirty: bool,
+    pub tx_dirty: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Listener {
+    /// Sockets between SYN and accept (handshaking or established), at most the backlog.
+    pending: Vec<SocketHandle>,
+    ready: VecDeque<SocketHandle>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+pub struct UdpBinding {
+    pub handle: SocketHandle,
+    _rx: Ring,
+    _tx: Ring,
+}
+
+/// Counters (for tests and status).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// SYNs dropped because the listener's backlog or the socket budget was full.
+    pub syn_dropped: u64,
+    /// Packets from the tunnel refused by the input queue (too long).
+    pub rx_dropped: u64,
+}
+
+pub struct Inner {
+    iface: Interface,
+    pub sockets: SocketSet<'static>,
+    rx: PacketQueue,
+    tx: PacketQueue,
+    pub config: NetstackConfig,
+    limits: Limits,
+    base: Instant,
+    listeners: HashMap<u16, Listener>,
+    pub conns: HashMap<SocketHandle, Conn>,
+    tuples: HashMap<Tuple, SocketHandle>,
+    /// Sockets created for SYNs since the last poll.
+    fresh: Vec<SocketHandle>,
+    orphans: Vec<SocketHandle>,
+    pub udp: HashMap<u16, UdpBinding>,
+    /// A poll is wanted and the data path has not been woken for it yet.
+    wake_pending: bool,
+    /// A poll is wanted (reset by the poll).
+    dirty: bool,
+    pub counters: Counters,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("address", &self.config.address)
+            .field("listeners", &self.listeners.len())
+            .field("conns", &self.conns.len())
+            .field("udp", &self.udp.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    pub fn new(config: NetstackConfig, limits: Limits, base: Instant) -> Self {
+        let mtu = usize::from(config.mtu);
+        let mut rx = PacketQueue::new(limits.queue_packets, mtu.max(1500) + RX_HEADROOM);
+        let mut tx = PacketQueue::new(limits.queue_packets, mtu);
+        let mut iface = {
+            let mut dev = Device {
+                rx: &mut rx,
+                tx: &mut tx,
+                mtu,
+            };
+            let mut cfg = Config::new(HardwareAddress::Ip);
+            cfg.random_seed = fastrand::u64(..);
+            Interface::new(cfg, &mut dev, SmolInstant::ZERO)
+        };
+        let addr = config.address;
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(addr), config.prefix_len));
+        });
+        // Hub-side clients outside the tunnel subnet are answered too (Medium::Ip: the
+        // gateway of the route is never resolved).
+        let _ = iface.routes_mut().add_default_ipv4_route(addr);
+        Inner {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            rx,
+            tx,
+            config,
+            limits,
+            base,
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            tuples: HashMap::new(),
+            fresh: Vec::new(),
+            orphans: Vec::new(),
+            udp: HashMap::new(),
+            wake_pending: false,
+            dirty: false,
+            counters: Counters::default(),
+        }
+    }
+
+    fn smol_now(&self, now: Instant) -> SmolInstant {
+        SmolInstant::from_micros(now.saturating_duration_since(self.base).as_micros() as i64)
+    }
+
+    /// A socket changed in a way that may make smoltcp send: the data path should poll.
+    pub fn want_poll(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            self.wake_pending = true;
+        }
+    }
+
+    /// Checks `addr` for a bind and returns its port (a free one for port 0).
+    pub fn bind_port(&self, addr: SocketAddr, in_use: impl Fn(u16) -> bool) -> io::Result<u16> {
+        let ok_ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip == self.config.address || ip.is_unspecified(),
+            std::net::IpAddr::V6(_) => false,
+        };
+        if !ok_ip {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "{} is not the tunnel address {}",
+                    addr.ip(),
+                    self.config.address
+                ),
+            ));
+        }
+        let port = match addr.port() {
+            0 => (EPHEMERAL..=u16::MAX)
+                .find(|p| !in_use(*p))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "no free port on the tunnel address",
+                    )
+                })?,
+            p if in_use(p) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("port {p} of the tunnel address is taken"),
+                ))
+            }
+            p => p,
+        };
+        Ok(port)
+    }
+
+    pub fn local(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.config.address.into(), port)
+    }
+
+    // ---- listeners ----
+
+    pub fn has_listener(&self, port: u16) -> bool {
+        self.listeners.contains_key(&port)
+    }
+
+    pub fn add_listener(&mut self, port: u16) {
+        self.listeners.insert(port, Listener::default());
+    }
+
+    pub fn remove_listener(&mut self, port: u16) {
+        if let Some(l) = self.listeners.remove(&port) {
+            for h in l.pending.into_iter().chain(l.ready) {
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
+                self.orphan(h);
+            }
+        }
+    }
+
+    /// The next established connection of the listener on `port`, or the waker stored.
+    pub fn accept(&mut self, port: u16, waker: &Waker) -> Option<(SocketHandle, SocketAddr)> {
+        let l = self.listeners.get_mut(&port)?;
+        match l.ready.pop_front() {
+            Some(h) => {
+                l.pending.retain(|p| *p != h);
+                let c = self.conns.get_mut(&h).expect("a ready socket has a conn");
+                c.phase = Phase::Accepted;
+                Some((h, SocketAddr::V4(c.tuple.0)))
+            }
+            None => {
+                l.waker = Some(waker.clone());
+                None
+            }
+        }
+    }
+
+    // ---- connections ----
+
+    pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    /// Its stream is gone: free it once closed.
+    pub fn orphan(&mut self, h: SocketHandle) {
+        if let Some(c) = self.conns.get_mut(&h) {
+            c.phase = Phase::Orphan(None);
+            self.orphans.push(h);
+            self.want_poll();
+        }
+    }
+
+    fn remove_conn(&mut self, h: SocketHandle) {
+        if let Some(c) = self.conns.remove(&h) {
+            if self.tuples.get(&c.tuple) == Some(&h) {
+                self.tuples.remove(&c.tuple);
+            }
+            // The socket (which borrows the rings) goes first, then the rings.
+            drop(self.sockets.remove(h));
+            drop(c);
+        }
+    }
+
+    fn new_conn(&mut self, port: u16, tuple: Tuple) -> io::Result<SocketHandle> {
+        let mut rx = Ring::new(self.limits.tcp_rx)?;
+        let mut tx = Ring::new(self.limits.tcp_tx)?;
+        // SAFETY: each ring lends its storage once, to this socket; `remove_conn` drops the
+        // socket before the rings.
+        let (rxs, txs) = unsafe { (rx.storage(), tx.storage()) };
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rxs), tcp::SocketBuffer::new(txs));
+        s.set_nagle_enabled(false);
+        // One ACK per poll (per batch of packets from the tunnel) rather than a timer.
+        s.set_ack_delay(None);
+        s.listen(port)
+            .map_err(|e| io::Error::other(format!("listen: {e:?}")))?;
+        let h = self.sockets.add(s);
+        self.conns.insert(
+            h,
+            Conn {
+                rx,
+                tx,
+                port,
+                tuple,
+                phase: Phase::Pending,
+                rx_dirty: false,
+                tx_dirty: false,
+            },
+        );
+        Ok(h)
+    }
+
+    // ---- the data path ----
+
+    /// Takes a packet from the tunnel (copied). A SYN to a listener gets a socket of its
+    /// own when its backlog and the socket budget have room, else it is dropped.
+    pub fn receive(&mut self, now: Instant, packet: &[u8]) {
+        if self.rx.is_full() {
+            self.poll(now);
+        }
+        if let Some((tuple, port)) = syn_of(packet, self.config.address) {
+            if !self.tuples.contains_key(&tuple) {
+                if let Some(l) = self.listeners.get(&port) {
+                    if l.pending.len() >= self.limits.backlog
+                        || self.conns.len() >= self.limits.max_tcp
+                    {
+                        self.counters.syn_dropped += 1;
+                        return;
+                    }
+                    match self.new_conn(port, tuple) {
+                        Ok(h) => {
+                            self.tuples.insert(tuple, h);
+                            self.fresh.push(h);
+                            if let Some(l) = self.listeners.get_mut(&port) {
+                                l.pending.push(h);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "netstack: no memory for a connection");
+                            self.counters.syn_dropped += 1;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if !self.rx.push(packet) {
+            self.counters.rx_dropped += 1;
+        }
+    }
+
+    /// Processes the packets received and the sockets' output; returns when to poll next
+    /// (None: only when something happens).
+    pub fn poll(&mut self, now: Instant) -> Option<Instant> {
+        let t = self.smol_now(now);
+        self.dirty = false;
+        self.wake_pending = false;
+        let mut dev = Device {
+            rx: &mut self.rx,
+            tx: &mut self.tx,
+            mtu: usize::from(self.config.mtu),
+        };
+        self.iface.poll(t, &mut dev, &mut self.sockets);
+        self.after_poll(t);
+        let mut next = self.iface.poll_at(t, &self.sockets);
+        for h in &self.orphans {
+            if let Some(Phase::Orphan(Some(d))) = self.conns.get(h).map(|c| &c.phase) {
+                next = Some(next.map_or(*d, |n| n.min(*d)));
+            }
+        }
+        if self.dirty {
+            next = Some(t);
+        }
+        next.map(|n| self.base + Duration::from_micros(n.total_micros().max(0) as u64))
+    }
+
+    /// Hands up to `max` packets to `out`; true when more are left.
+    pub fn take_output(&mut self, max: usize, mut out: impl FnMut(&[u8])) -> bool {
+        for _ in 0..max {
+            match self.tx.pop() {
+                Some(p) => out(p),
+                None => return false,
+            }
+        }
+        !self.tx.is_empty()
+    }
+
+    fn after_poll(&mut self, t: SmolInstant) {
+        // Sockets made for SYNs: a SYN goes to the first listening socket of its port, so
+        // key each by the peer it actually took; one that took none is not needed.
+        for i in 0..self.fresh.len() {
+            let h = self.fresh[i];
+            let s = self.sockets.get::<tcp::Socket>(h);
+            match (s.state(), s.remote_endpoint()) {
+                (tcp::State::Listen, _) | (_, None) => {
+                    self.drop_pending(h);
+                }
+                (_, Some(ep)) => {
+                    let Some(peer) = v4(ep) else { continue };
+                    let c = self.conns.get_mut(&h).expect("fresh socket has a conn");
+                    let tuple = (peer, c.port);
+                    if c.tuple != tuple {
+                        c.tuple = tuple;
+                        self.tuples.insert(tuple, h);
+                    }
+                }
+            }
+        }
+        self.fresh.clear();
+        // Backlogs: established connections become acceptable; failed ones go.
+        let mut gone: Vec<SocketHandle> = Vec::new();
+        for l in self.listeners.values_mut() {
+            let mut woke = false;
+            for &h in &l.pending {
+                if l.ready.contains(&h) {
+                    continue;
+                }
+                match self.sockets.get::<tcp::Socket>(h).state() {
+                    tcp::State::SynReceived | tcp::State::Listen => {}
+                    tcp::State::Closed | tcp::State::TimeWait => gone.push(h),
+                    _ => {
+                        l.ready.push_back(h);
+                        woke = true;
+                    }
+                }
+            }
+            if woke {
+                if let Some(w) = l.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        for h in gone {
+            self.drop_pending(h);
+        }
+        // Orphans: freed when closed, reset at their deadline or when data arrives that
+        // no one will read.
+        let mut i = 0;
+        while i < self.orphans.len() {
+            let h = self.orphans[i];
+            let linger = self.limits.orphan_linger;
+            let Some(c) = self.conns.get_mut(&h) else {
+                self.orphans.swap_remove(i);
+                continue;
+            };
+            let deadline = match &mut c.phase {
+                Phase::Orphan(d) => *d.get_or_insert(t + linger.into()),
+                _ => t,
+            };
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            match s.state() {
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    self.orphans.swap_remove(i);
+                    self.remove_conn(h);
+                    continue;
+                }
+                _ if s.recv_queue() > 0 || t >= deadline => {
+                    s.abort();
+                    self.dirty = true;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+
+    fn drop_pending(&mut self, h: SocketHandle) {
+        if let Some(c) = self.conns.get(&h) {
+            if let Some(l) = self.listeners.get_mut(&c.port) {
+                l.pending.retain(|p| *p != h);
+                l.ready.retain(|p| *p != h);
+            }
+        }
+        self.remove_conn(h);
+    }
+
+    /// Gives back the pages of drained rings that data went through (the timer tick calls
+    /// this; cheap when nothing moved).
+    pub fn release_drained(&mut self) {
+        for (h, c) in self.conns.iter_mut() {
+            if !(c.rx_dirty || c.tx_dirty) {
+                continue;
+            }
+            let s = self.sockets.get::<tcp::Socket>(*h);
+            if c.rx_dirty && s.recv_queue() == 0 {
+                c.rx.release();
+                c.rx_dirty = false;
+            }
+            if c.tx_dirty && s.send_queue() == 0 {
+                c.tx.release();
+                c.tx_dirty = false;
+            }
+        }
+    }
+
+    // ---- UDP ----
+
+    pub fn add_udp(&mut self, port: u16) -> io::Result<SocketHandle> {
+        let slots = self.limits.udp_slots;
+        let mut rx = Ring::new(self.limits.udp_ring)?;
+        let mut tx = Ring::new(self.limits.udp_ring)?;
+        // SAFETY: as in `new_conn`; `remove_udp` drops the socket before the rings.
+        let (rxs, txs) = unsafe { (rx.storage(), tx.storage()) };
+        let mut s = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; slots], rxs),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; slots], txs),
+        );
+        s.bind(port)
+            .map_err(|e| io::Error::other(format!("bind: {e:?}")))?;
+        let handle = self.sockets.add(s);
+        self.udp.insert(
+            port,
+            UdpBinding {
+                handle,
+                _rx: rx,
+                _tx: tx,
+            },
+        );
+        Ok(handle)
+    }
+
+    pub fn remove_udp(&mut self, port: u16) {
+        if let Some(b) = self.udp.remove(&port) {
+            drop(self.sockets.remove(b.handle));
+            drop(b);
+        }
+    }
+
+    pub fn udp_socket(&mut self, h: SocketHandle) -> &mut udp::Socket<'static> {
+        self.sockets.get_mut::<udp::Socket>(h)
+    }
+
+    #[cfg(test)]
+    pub fn counts(&self) -> (usize, usize) {
+        (self.conns.len(), self.sockets.iter().count())
+    }
+}
+
+fn v4(ep: IpEndpoint) -> Option<SocketAddrV4> {
+    match ep.addr {
+        IpAddress::Ipv4(a) => Some(SocketAddrV4::new(a, ep.port)),
+    }
+}
+
+/// The peer and our port of a TCP SYN (no ACK, no RST) to `ours`, from a well-formed
+/// unfragmented IPv4 packet.
+fn syn_of(p: &[u8], ours: Ipv4Addr) -> Option<(Tuple, u16)> {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let frag = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
+    if ihl < 20 || frag != 0 || p.len() < ihl + 20 || p[16..20] != ours.octets() {
+        return None;
+    }
+    let t = &p[ihl..];
+    let flags = t[13];
+    if flags & 0x02 == 0 || flags & 0x14 != 0 {
+        return None;
+    }
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let sport = u16::from_be_bytes([t[0], t[1]]);
+    let dport = u16::from_be_bytes([t[2], t[3]]);
+    Some(((SocketAddrV4::new(src, sport), dport), dport))
+}

@@ -1,0 +1,593 @@
+//! Tests of the netstack against a peer in memory: a second smoltcp interface (the hub-side
+//! client) or hand-built packets, on a virtual clock (the stack takes `now` as a value).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
+    TcpRepr, TcpSeqNumber,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::*;
+
+const GW: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 2);
+const HUB: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 1);
+const MTU: u16 = 1420;
+
+fn config() -> NetstackConfig {
+    NetstackConfig {
+        address: GW,
+        prefix_len: 24,
+        mtu: MTU,
+    }
+}
+
+fn gw(port: u16) -> SocketAddr {
+    SocketAddr::new(GW.into(), port)
+}
+
+/// Counts its wake-ups.
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+impl Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn waker() -> (Arc<Count>, Waker) {
+    let c = Arc::new(Count::default());
+    (c.clone(), Waker::from(c))
+}
+
+/// The peer's device: packets in memory.
+#[derive(Default)]
+struct Wire {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut v = vec![0; len];
+        let r = f(&mut v);
+        self.0.push_back(v);
+        r
+    }
+}
+
+impl phy::Device for Wire {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((Rx(p), Tx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = usize::from(MTU);
+        c
+    }
+}
+
+/// The hub-side client with its own smoltcp, wired to the stack, on a virtual clock.
+struct Net {
+    ns: Netstack,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    wire: Wire,
+    t0: Instant,
+    now: Duration,
+    /// Every packet the stack sent, in order.
+    sent: Vec<Vec<u8>>,
+}
+
+impl Net {
+    fn new(ns: Netstack) -> Self {
+        let mut wire = Wire::default();
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ip),
+            &mut wire,
+            SmolInstant::ZERO,
+        );
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(HUB), 24)).unwrap();
+        });
+        Net {
+            ns,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            wire,
+            t0: Instant::now(),
+            now: Duration::ZERO,
+            sent: Vec::new(),
+        }
+    }
+
+    fn at(&self) -> Instant {
+        self.t0 + self.now
+    }
+
+    /// Moves packets both ways until both sides are quiet (bounded).
+    fn pump(&mut self) {
+        for _ in 0..200 {
+            let now = self.at();
+            self.ns.poll(now);
+            let mut moved = 0;
+            while self.ns.take_output(64, |p| {
+                self.wire.rx.push_back(p.to_vec());
+                self.sent.push(p.to_vec());
+            }) {}
+            let t = SmolInstant::from_micros(self.now.as_micros() as i64);
+            self.iface.poll(t, &mut self.wire, &mut self.sockets);
+            while let Some(p) = self.wire.tx.pop_front() {
+                self.ns.receive(now, &p);
+                moved += 1;
+            }
+            self.ns.poll(now);
+            while self.ns.take_output(64, |p| {
+                self.wire.rx.push_back(p.to_vec());
+                self.sent.push(p.to_vec());
+            }) {}
+            moved += self.wire.rx.len();
+            if moved == 0 {
+                return;
+            }
+            self.now += Duration::from_millis(1);
+        }
+        panic!("the two stacks never went quiet");
+    }
+
+    fn connect(&mut self, port: u16, local_port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+        );
+        // The pump stops when nothing moves: the peer ACKs at once rather than on a timer.
+        s.set_ack_delay(None);
+        s.connect(self.iface.context(), (GW, port), local_port)
+            .unwrap();
+        let h = self.sockets.add(s);
+        self.pump();
+        h
+    }
+
+    fn peer(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+}
+
+fn accept(l: &TcpListener) -> Option<TcpStream> {
+    let (_, w) = waker();
+    match l.poll_accept(&mut Context::from_waker(&w)) {
+        Poll::Ready(r) => Some(r.unwrap().0),
+        Poll::Pending => None,
+    }
+}
+
+fn read(s: &mut TcpStream) -> Poll<std::io::Result<Vec<u8>>> {
+    let (_, w) = waker();
+    let mut buf = [0u8; 4096];
+    let mut rb = ReadBuf::new(&mut buf);
+    match Pin::new(s).poll_read(&mut Context::from_waker(&w), &mut rb) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().to_vec())),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+fn write(s: &mut TcpStream, data: &[u8]) -> usize {
+    let (_, w) = waker();
+    match Pin::new(s).poll_write(&mut Context::from_waker(&w), data) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => 0,
+    }
+}
+
+fn tcp_packet(src_port: u16, dst_port: u16, control: TcpControl, seq: u32) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port,
+        dst_port,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: None,
+        window_len: 65535,
+        window_scale: Some(7),
+        max_seg_size: Some(1380),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: HUB,
+        dst_addr: GW,
+        next_header: IpProtocol::Tcp,
+        payload_len: repr.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; ip.buffer_len() + repr.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
+    let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
+    repr.emit(&mut tcp, &HUB.into(), &GW.into(), &caps);
+    buf
+}
+
+fn syn(src_port: u16, dst_port: u16) -> Vec<u8> {
+    tcp_packet(src_port, dst_port, TcpControl::Syn, 1000)
+}
+
+/// (flags, window scale option) of the TCP packets the stack sent to `port` of the peer.
+fn sent_to(net: &Net, port: u16) -> Vec<(u8, Option<u8>)> {
+    net.sent
+        .iter()
+        .filter(|p| p[9] == 6)
+        .filter_map(|p| {
+            let t = TcpPacket::new_checked(&p[20..]).ok()?;
+            if t.dst_port() != port {
+                return None;
+            }
+            let repr = TcpRepr::parse(
+                &t,
+                &GW.into(),
+                &HUB.into(),
+                &ChecksumCapabilities::default(),
+            )
+            .ok()?;
+            Some((p[20 + 13], repr.window_scale))
+        })
+        .collect()
+}
+
+#[test]
+fn accepts_carries_data_both_ways_and_half_closes() {
+    let ns = Netstack::new(config());
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    assert_eq!(listener.local_addr().unwrap(), gw(80));
+    let mut net = Net::new(ns.clone());
+    let (wakes, w) = waker();
+    assert!(listener
+        .poll_accept(&mut Context::from_waker(&w))
+        .is_pending());
+    let h = net.connect(80, 40000);
+    assert_eq!(net.peer(h).state(), tcp::State::Established);
+    assert!(wakes.0.load(Ordering::SeqCst) >= 1, "accept was woken");
+    let mut s = accept(&listener).expect("an established connection");
+    assert_eq!(s.peer_addr().unwrap(), SocketAddr::new(HUB.into(), 40000));
+    assert_eq!(s.local_addr().unwrap(), gw(80));
+    assert!(accept(&listener).is_none(), "one connection, one accept");
+
+    net.peer(h).send_slice(b"hello").unwrap();
+    net.pump();
+    assert_eq!(
+        read(&mut s).map(|r| r.unwrap()),
+        Poll::Ready(b"hello".to_vec())
+    );
+    assert_eq!(write(&mut s, b"world"), 5);
+    net.pump();
+    let mut got = [0u8; 16];
+    let n = net.peer(h).recv_slice(&mut got).unwrap();
+    assert_eq!(&got[..n], b"world");
+
+    // Our FIN: the peer sees the end, and can still send.
+    let (_, w) = waker();
+    assert!(Pin::new(&mut s)
+        .poll_shutdown(&mut Context::from_waker(&w))
+        .is_ready());
+    net.pump();
+    assert_eq!(net.peer(h).state(), tcp::State::CloseWait);
+    assert!(!net.peer(h).may_recv());
+    net.peer(h).send_slice(b"more").unwrap();
+    net.pump();
+    assert_eq!(
+        read(&mut s).map(|r| r.unwrap()),
+        Poll::Ready(b"more".to_vec())
+    );
+    assert!(read(&mut s).is_pending(), "no FIN from the peer yet");
+    net.peer(h).close();
+    net.pump();
+    assert_eq!(read(&mut s).map(|r| r.unwrap()), Poll::Ready(vec![]), "EOF");
+    drop(s);
+    net.pump();
+    assert_eq!(
+        net.peer(h).state(),
+        tcp::State::Closed,
+        "our ACK of its FIN arrived"
+    );
+    assert_eq!(
+        ns.shared.lock().counts(),
+        (0, 0),
+        "the closed connection was freed"
+    );
+}
+
+#[test]
+fn a_reset_either_way_ends_the_connection() {
+    let ns = Netstack::new(config());
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    let h = net.connect(80, 40001);
+    let mut s = accept(&listener).unwrap();
+    net.peer(h).abort();
+    net.pump();
+    let err = match read(&mut s) {
+        Poll::Ready(Err(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    drop(s);
+
+    let h = net.connect(80, 40002);
+    let s = accept(&listener).unwrap();
+    s.reset();
+    net.pump();
+    assert_eq!(net.peer(h).state(), tcp::State::Closed, "RST arrived");
+    assert_eq!(ns.shared.lock().counts(), (0, 0));
+}
+
+#[test]
+fn the_syn_ack_scales_a_multi_mib_window() {
+    let ns = Netstack::new(config());
+    let _listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    net.connect(80, 40003);
+    let synack = sent_to(&net, 40003)[0];
+    assert_eq!(synack.0 & 0x12, 0x12, "SYN-ACK first");
+    // 4 MiB ring: a shift of 7 (window up to 8 MiB).
+    assert_eq!(synack.1, Some(7));
+}
+
+#[test]
+fn a_retransmitted_syn_does_not_open_a_second_connection() {
+    let ns = Netstack::new(config());
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    let now = net.at();
+    ns.receive(now, &syn(5000, 80));
+    ns.poll(now);
+    ns.receive(now, &syn(5000, 80));
+    ns.receive(now, &syn(5000, 80));
+    ns.poll(now);
+    // In one batch too.
+    ns.receive(now, &syn(5001, 80));
+    ns.receive(now, &syn(5001, 80));
+    ns.poll(now);
+    while ns.take_output(64, |p| net.sent.push(p.to_vec())) {}
+    assert_eq!(ns.shared.lock().counts(), (2, 2), "one socket per 4-tuple");
+    let to_5000 = sent_to(&net, 5000);
+    assert!(!to_5000.is_empty());
+    assert!(
+        to_5000
+            .iter()
+            .all(|(f, _)| f & 0x12 == 0x12 && f & 0x04 == 0),
+        "SYN-ACKs, no RST: {to_5000:?}"
+    );
+    assert!(accept(&listener).is_none(), "not established yet");
+}
+
+#[test]
+fn a_syn_flood_allocates_a_bounded_amount() {
+    let limits = Limits {
+        backlog: 4,
+        max_tcp: 6,
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
+    let _a = ns.bind_tcp(gw(80)).unwrap();
+    let _b = ns.bind_tcp(gw(81)).unwrap();
+    let now = Instant::now();
+    for i in 0..200u16 {
+        ns.receive(now, &syn(10_000 + i, 80));
+        ns.receive(now, &syn(20_000 + i, 81));
+        if i % 16 == 0 {
+            ns.poll(now);
+            while ns.take_output(64, |_| {}) {}
+        }
+    }
+    ns.poll(now);
+    let (conns, sockets) = ns.shared.lock().counts();
+    assert_eq!(
+        (conns, sockets),
+        (6, 6),
+        "backlog 4 on port 80, 2 left for port 81"
+    );
+    assert_eq!(ns.counters().syn_dropped, 400 - 6);
+    // A SYN to a port without a listener gets a RST and no socket.
+    ns.receive(now, &syn(30_000, 82));
+    ns.poll(now);
+    let mut rst = 0;
+    while ns.take_output(64, |p| rst += usize::from(p[20 + 13] & 0x04 != 0)) {}
+    assert_eq!(rst, 1);
+    assert_eq!(ns.shared.lock().counts().0, 6);
+}
+
+#[test]
+fn udp_both_ways() {
+    let ns = Netstack::new(config());
+    let sock = ns.bind_udp(gw(53)).unwrap();
+    assert_eq!(
+        ns.bind_udp(gw(53)).unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse
+    );
+    assert_eq!(
+        ns.bind_udp("10.9.9.9:53".parse().unwrap())
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::AddrNotAvailable
+    );
+    let mut net = Net::new(ns.clone());
+    let mut peer = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+    );
+    peer.bind(7000).unwrap();
+    let ph = net.sockets.add(peer);
+    net.sockets
+        .get_mut::<udp::Socket>(ph)
+        .send_slice(b"query", (GW, 53))
+        .unwrap();
+    net.pump();
+    let (_, w) = waker();
+    let mut buf = [0u8; 3];
+    let mut rb = ReadBuf::new(&mut buf);
+    let from = match sock.poll_recv_from(&mut Context::from_waker(&w), &mut rb) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("no datagram"),
+    };
+    assert_eq!(from, SocketAddr::new(HUB.into(), 7000));
+    assert_eq!(rb.filled(), b"que", "cut to the buffer");
+    assert!(sock
+        .poll_send_to(&mut Context::from_waker(&w), b"answer", from)
+        .is_ready());
+    net.pump();
+    let (data, meta) = net.sockets.get_mut::<udp::Socket>(ph).recv().unwrap();
+    assert_eq!(data, b"answer");
+    assert_eq!(meta.endpoint.port, 53);
+}
+
+#[test]
+fn icmp_echo_to_the_tunnel_ip_is_answered() {
+    let mut p = vec![
+        0x45, 0, 0, 32, 0, 1, 0, 0, 64, 1, 0, 0, 10, 8, 0, 1, 10, 8, 0, 2, // IPv4
+        8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g', // echo request
+    ];
+    fn sum(b: &[u8]) -> [u8; 2] {
+        let mut s: u32 = b
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        (!(s as u16)).to_be_bytes()
+    }
+    let c = sum(&p[..20]);
+    p[10..12].copy_from_slice(&c);
+    let c = sum(&p[20..]);
+    p[22..24].copy_from_slice(&c);
+    let ns = Netstack::new(config());
+    let now = Instant::now();
+    ns.receive(now, &p);
+    ns.poll(now);
+    let mut out = Vec::new();
+    while ns.take_output(8, |q| out.push(q.to_vec())) {}
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(
+        (r[9], &r[12..16], &r[16..20]),
+        (1, &[10, 8, 0, 2][..], &[10, 8, 0, 1][..])
+    );
+    assert_eq!(r[20], 0, "echo reply");
+    assert_eq!(&r[24..], &p[24..], "same id, sequence and data");
+}
+
+#[test]
+fn an_idle_stack_has_no_deadline_and_wants_no_poll() {
+    let ns = Netstack::new(config());
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    assert_eq!(ns.poll(net.at()), None, "a listener alone");
+    let h = net.connect(80, 40004);
+    let mut s = accept(&listener).unwrap();
+    net.peer(h).send_slice(b"x").unwrap();
+    net.pump();
+    assert!(read(&mut s).is_ready());
+    assert_eq!(write(&mut s, b"y"), 1);
+    net.pump();
+    net.now += Duration::from_secs(1);
+    let d = ns
+        .poll(net.at())
+        .map(|d| d.saturating_duration_since(net.at()));
+    assert_eq!(d, None, "an idle established connection");
+    // Nothing asked for a poll since (past the one permit the data path would have taken
+    // while the test moved packets): the data path's wait would not return.
+    let (_, w) = waker();
+    assert!(std::pin::pin!(ns.poll_wanted())
+        .poll(&mut Context::from_waker(&w))
+        .is_ready());
+    let mut wanted = std::pin::pin!(ns.poll_wanted());
+    assert!(wanted
+        .as_mut()
+        .poll(&mut Context::from_waker(&w))
+        .is_pending());
+    // A write does ask.
+    assert_eq!(write(&mut s, b"z"), 1);
+    assert!(wanted
+        .as_mut()
+        .poll(&mut Context::from_waker(&w))
+        .is_ready());
+}
+
+#[test]
+fn an_unacknowledged_close_is_reset_after_the_linger() {
+    let limits = Limits {
+        orphan_linger: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    net.connect(80, 40005);
+    let s = accept(&listener).unwrap();
+    drop(s);
+    // The peer vanishes: nothing reaches it any more.
+    let now = net.at();
+    let deadline = ns.poll(now).expect("a FIN to send, then a deadline");
+    while ns.take_output(64, |_| {}) {}
+    assert!(deadline <= now + Duration::from_secs(5));
+    let mut t = now;
+    for _ in 0..100 {
+        t += Duration::from_millis(500);
+        ns.poll(t);
+        while ns.take_output(64, |_| {}) {}
+        if ns.shared.lock().counts() == (0, 0) {
+            break;
+        }
+    }
+    assert_eq!(ns.shared.lock().counts(), (0, 0), "freed");
+    assert!(t <= now + Duration::from_secs(7));
+}
+
+#[test]
+fn a_dropped_listener_resets_its_backlog_and_frees_the_port() {
+    let ns = Netstack::new(config());
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    assert_eq!(
+        ns.bind_tcp(gw(80)).unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse
+    );
+    let mut net = Net::new(ns.clone());
+    let h = net.connect(80, 40006);
+    drop(listener);
+    net.pump();
+    assert_eq!(net.peer(h).state(), tcp::State::Closed, "reset");
+    assert_eq!(ns.shared.lock().counts(), (0, 0));
+    let _again = ns.bind_tcp(gw(80)).unwrap();
+}
