@@ -253,6 +253,18 @@ pub fn render(r: &Report, now: u64) -> String {
                 "agent:     reachable, {} {hs}, hub {endpoint}, rx {} B, tx {} B",
                 a.agent_version, a.tunnel.rx_bytes, a.tunnel.tx_bytes
             );
+            match (a.tunnel.mode.as_str(), &a.tunnel.mode_reason) {
+                ("netstack", Some(why)) => {
+                    let _ = writeln!(o, "netstack:  userspace ({why})");
+                }
+                ("netstack", None) => {
+                    let _ = writeln!(o, "netstack:  userspace");
+                }
+                ("tun", _) => {
+                    let _ = writeln!(o, "netstack:  kernel (TUN device)");
+                }
+                _ => {}
+            }
             if let Some(e) = &a.tunnel.last_error {
                 let _ = writeln!(o, "tunnel error: {e}");
             }

@@ -240,9 +240,14 @@ pub struct TunnelStatus {
     /// The last tunnel error (resolve failure, send failure...).
     #[serde(default)]
     pub last_error: Option<String>,
-    /// Network interface mode: `tun` or `netstack`.
+    /// Network interface mode: `tun` (a TUN device, the kernel's TCP/IP stack) or `netstack`
+    /// (the userspace stack inside the agent). Empty from an agent older than both.
     #[serde(default)]
     pub mode: String,
+    /// Why this mode: set when `GATELET_NETSTACK=auto` fell back to the userspace stack
+    /// (the TUN device could not be opened or configured, and the error).
+    #[serde(default)]
+    pub mode_reason: Option<String>,
     /// Decrypted packets dropped because their source is outside `WG_ALLOWED_IPS`.
     #[serde(default)]
     pub rx_dropped_not_allowed: u64,

@@ -178,6 +178,12 @@ impl Netstack {
         self.shared.lock().release_drained();
     }
 
+    /// Bytes of the TCP connections' rings resident in memory now (a diagnostic: it asks
+    /// the kernel about every ring).
+    pub fn resident_ring_bytes(&self) -> io::Result<usize> {
+        self.shared.lock().resident_ring_bytes()
+    }
+
     /// The stack's counters.
     pub fn counters(&self) -> Counters {
         self.shared.lock().counters

@@ -84,8 +84,9 @@ pub struct Conn {
 
 #[derive(Debug, Default)]
 pub struct Listener {
-    /// Sockets between SYN and accept (handshaking or established), at most the backlog.
+    /// Sockets handshaking.
     pending: Vec<SocketHandle>,
+    /// Sockets established, not accepted yet. With `pending`, at most the backlog.
     ready: VecDeque<SocketHandle>,
     waker: Option<Waker>,
 }
@@ -246,6 +247,7 @@ impl Inner {
     pub fn remove_listener(&mut self, port: u16) {
         if let Some(l) = self.listeners.remove(&port) {
             for h in l.pending.into_iter().chain(l.ready) {
+                // Never both: a socket moves from `pending` to `ready`.
                 self.sockets.get_mut::<tcp::Socket>(h).abort();
                 self.orphan(h);
             }
@@ -257,7 +259,6 @@ impl Inner {
         let l = self.listeners.get_mut(&port)?;
         match l.ready.pop_front() {
             Some(h) => {
-                l.pending.retain(|p| *p != h);
                 let c = self.conns.get_mut(&h).expect("a ready socket has a conn");
                 c.phase = Phase::Accepted;
                 Some((h, SocketAddr::V4(c.tuple.0)))
@@ -334,7 +335,7 @@ impl Inner {
         if let Some((tuple, port)) = syn_of(packet, self.config.address) {
             if !self.tuples.contains_key(&tuple) {
                 if let Some(l) = self.listeners.get(&port) {
-                    if l.pending.len() >= self.limits.backlog
+                    if l.pending.len() + l.ready.len() >= self.limits.backlog
                         || self.conns.len() >= self.limits.max_tcp
                     {
                         self.counters.syn_dropped += 1;
@@ -424,14 +425,17 @@ impl Inner {
         let mut gone: Vec<SocketHandle> = Vec::new();
         for l in self.listeners.values_mut() {
             let mut woke = false;
-            for &h in &l.pending {
-                if l.ready.contains(&h) {
-                    continue;
-                }
+            let mut i = 0;
+            while i < l.pending.len() {
+                let h = l.pending[i];
                 match self.sockets.get::<tcp::Socket>(h).state() {
-                    tcp::State::SynReceived | tcp::State::Listen => {}
-                    tcp::State::Closed | tcp::State::TimeWait => gone.push(h),
+                    tcp::State::SynReceived | tcp::State::Listen => i += 1,
+                    tcp::State::Closed | tcp::State::TimeWait => {
+                        gone.push(h);
+                        i += 1;
+                    }
                     _ => {
+                        l.pending.swap_remove(i);
                         l.ready.push_back(h);
                         woke = true;
                     }
@@ -504,6 +508,15 @@ impl Inner {
                 c.tx_dirty = false;
             }
         }
+    }
+
+    /// Bytes of the connection rings resident in memory.
+    pub fn resident_ring_bytes(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for c in self.conns.values() {
+            n += c.rx.resident()? + c.tx.resident()?;
+        }
+        Ok(n)
     }
 
     // ---- UDP ----

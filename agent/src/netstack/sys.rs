@@ -61,6 +61,22 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Bytes of the ring resident in memory now (`mincore`; a diagnostic, it allocates).
+    pub fn resident(&self) -> io::Result<usize> {
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("no page size"))?;
+        let mut pages = vec![0u8; self.len.div_ceil(page)];
+        // SAFETY: the range is our mapping; `pages` has one byte per page of it.
+        let rc = unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, pages.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pages.iter().filter(|p| *p & 1 != 0).count() * page)
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: our own mapping, unmapped once; its users are gone (see `storage`).
