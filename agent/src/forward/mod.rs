@@ -1,16 +1,19 @@
 //! L4 relays: TCP ([`tcp`]) and UDP ([`udp`]) from a listener on the tunnel IP to a LAN target,
 //! and the management API relay to the companion ([`api_relay`]: its own budget, PROXY v2).
 //!
-//! The listeners themselves are bound by the route manager (`crate::routes`); this module takes
-//! an already-bound socket, the route's [`TargetCell`] (read for every new connection or
+//! The listeners themselves are bound by the route manager (`crate::routes`) through the
+//! `crate::stack::Stack`; this module takes an already-bound `crate::stack` socket (kernel or
+//! smoltcp), the route's [`TargetCell`] (read for every new connection or
 //! session, so a target change applies at once to new traffic) and its [`RouteCounters`].
+
+#![deny(unsafe_code)]
 
 pub mod api_relay;
 pub mod refusals;
+mod sys;
 pub mod tcp;
 pub mod udp;
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -107,29 +110,7 @@ pub async fn wait_true(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit (each relayed TCP connection needs
-/// two descriptors, more with splice). Returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write/read a plain struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    // rlim_t is 32 bits on some targets.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(lim.rlim_cur as u64)
-}
+pub use sys::raise_nofile_limit;
 
 #[cfg(test)]
 mod tests;

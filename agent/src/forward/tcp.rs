@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
+use super::sys::{pipe, splice};
 use super::{wait_true, RouteCounters, TargetCell};
 use crate::stack::{self, Listener, Stream};
 use crate::target;
@@ -49,7 +50,7 @@ pub const DEFAULT_MAX_CONNECTIONS_TOTAL: usize = 4096;
 /// Pause after a failed accept (for example out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes moved per `splice(2)` call at most (the default pipe capacity).
-const SPLICE_CHUNK: usize = 256 * 1024;
+pub(super) const SPLICE_CHUNK: usize = 256 * 1024;
 
 /// Tuning of a TCP relay.
 #[derive(Debug, Clone)]
@@ -67,7 +68,8 @@ pub struct TcpConfig {
     /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer. On by
     /// default: both ends are kernel sockets in TUN mode, and on a quiet machine it measured
     /// 1.40–1.52x HAProxy against 1.12–1.32x for copying, at about 30 % less CPU
-    /// (tests-hw/bench/l4-relay.sh). A user-space network stack would need copy mode.
+    /// (tests-hw/bench/l4-relay.sh). Applies between two kernel sockets only: a connection
+    /// of the userspace stack is copied by [`relay_io`] whatever this says.
     pub splice: bool,
     /// At most one log line per this interval about connections refused at a cap.
     pub refusal_log_interval: Duration,
@@ -569,45 +571,6 @@ impl Half {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-    }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we pass.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on a descriptor we own; failure leaves the default size.
-    unsafe {
-        libc::fcntl(
-            pair.1.as_raw_fd(),
-            libc::F_SETPIPE_SZ,
-            SPLICE_CHUNK as libc::c_int,
-        );
-    }
-    Ok(pair)
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: splice between descriptors we hold open; null offsets (sockets and pipes).
-    let r = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
     }
 }
 

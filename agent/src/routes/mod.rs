@@ -1,12 +1,16 @@
 //! The route manager: which listeners run on the tunnel IP, live reconfiguration by diff,
 //! persistence of the applied config, per-route status and reachability probes.
 //!
-//! Every socket on the tunnel side belongs to the manager: one TCP and one UDP listener per L4
-//! route (keyed by listen port), the HTTP proxy on `GC_PROXY_PORT` (served by
-//! `crate::http::serve` from an [`HttpTable`]) and the management API relay on `GC_API_PORT`
-//! (`crate::forward::api_relay`: to the companion on loopback, with its own connection budget
-//! and a PROXY v2 header naming the caller). [`RouteManager::apply`] compares the new
-//! config with what runs:
+//! Every socket on the tunnel side belongs to the manager, bound through the
+//! [`Settings::stack`] (`crate::stack`: kernel sockets or the smoltcp stack): one TCP and one
+//! UDP listener per L4 route (keyed by listen port), the HTTP proxy on `GC_PROXY_PORT` (served
+//! by `crate::http::serve` from an [`HttpTable`]) and the management API relay on
+//! `GC_API_PORT` (`crate::forward::api_relay`: to the companion on loopback, with its own
+//! connection budget and a PROXY v2 header naming the caller).
+//!
+//! An apply is planned, then executed: [`plan::plan`] compares the new config with what runs
+//! (a pure function, table-tested) and lists the [`plan::Change`]s; [`RouteManager::apply`]
+//! carries them out:
 //! - same port, same target: untouched (listeners and connections);
 //! - same port, new target: the listener keeps running, new connections go to the new target;
 //! - port gone: stops accepting at once; open connections get [`DEFAULT_GRACE`] to finish;
@@ -20,9 +24,10 @@
 //! Status ([`RouteManager::status`]) is read from atomics and cells, never waiting on I/O.
 
 mod persist;
+pub mod plan;
 mod probe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -44,6 +49,7 @@ use crate::http::{HttpStats, HttpTable, ProxyConfig};
 use crate::stack::{Datagram, Stack};
 use crate::wol::Waker;
 pub use persist::{PersistError, APPLIED_CONFIG_FILE};
+use plan::{Change, Running};
 pub use probe::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
 
 /// Time a removed route's open connections keep going before they are closed.
@@ -246,6 +252,15 @@ pub struct RouteManager {
 struct UdpSockets(Mutex<HashMap<SocketAddr, Weak<Datagram>>>);
 
 impl UdpSockets {
+    /// The ports with a live socket.
+    fn live_ports(&self) -> BTreeSet<u16> {
+        locked(&self.0)
+            .iter()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .map(|(a, _)| a.port())
+            .collect()
+    }
+
     /// The live socket on `addr`, or a new one bound through `stack`.
     fn take_or_bind(&self, stack: &Stack, addr: SocketAddr) -> Result<Arc<Datagram>, String> {
         let mut map = locked(&self.0);
@@ -463,55 +478,65 @@ impl RouteManager {
         if save && st.config == config {
             return;
         }
-        let mut wanted = BTreeMap::new();
-        for r in &config.l4_routes {
-            if wanted.insert(r.listen_port, r).is_some() {
-                tracing::warn!(
-                    port = r.listen_port,
-                    id = r.id,
-                    "two L4 routes on the same port; the first one is used"
-                );
-            }
-        }
-        let gone: Vec<u16> = st
-            .l4
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
-            .collect();
-        for port in gone {
-            if let Some(e) = st.l4.remove(&port) {
-                tracing::info!(
+        let running = Running {
+            l4: st
+                .l4
+                .iter()
+                .map(|(port, e)| (*port, (e.id, (*e.target.get()).clone())))
+                .collect(),
+            http: st.config.http_routes.clone(),
+            draining_udp: inner
+                .udp_sockets
+                .live_ports()
+                .into_iter()
+                .filter(|p| !st.l4.contains_key(p))
+                .collect(),
+        };
+        let changes = plan::plan(&running, &config);
+        let new_targets = changes.iter().any(Change::new_targets);
+        for change in changes {
+            match change {
+                Change::DuplicatePort { port, id } => tracing::warn!(
                     port,
-                    id = e.id,
-                    "L4 route removed; open connections get the grace period"
-                );
-                e.switches.retire(s.grace);
-            }
-        }
-        let mut wrote_targets = false;
-        for (port, r) in wanted {
-            let target = Target {
-                host: r.target_host.clone(),
-                port: r.target_port,
-            };
-            if let Some(e) = st.l4.get_mut(&port) {
-                e.id = r.id;
-                if *e.target.get() != target {
-                    tracing::info!(port, %target, "L4 route target changed (new connections)");
-                    e.target.set(target);
-                    wrote_targets = true;
+                    id,
+                    "two L4 routes on the same port; the first one is used"
+                ),
+                Change::Retire { port, id } => {
+                    if let Some(e) = st.l4.remove(&port) {
+                        tracing::info!(
+                            port,
+                            id,
+                            "L4 route removed; open connections get the grace period"
+                        );
+                        e.switches.retire(s.grace);
+                    }
                 }
-                continue;
+                Change::Keep { port, id } => {
+                    if let Some(e) = st.l4.get_mut(&port) {
+                        e.id = id;
+                    }
+                }
+                Change::Retarget { port, id, target } => {
+                    if let Some(e) = st.l4.get_mut(&port) {
+                        tracing::info!(port, %target, "L4 route target changed (new connections)");
+                        e.id = id;
+                        e.target.set(target);
+                    }
+                }
+                Change::Bind {
+                    port,
+                    id,
+                    target,
+                    udp: _,
+                } => {
+                    // The UDP socket registry decides again at bind time whether a draining
+                    // socket is there to take back (see `UdpSockets`).
+                    tracing::info!(port, %target, id, "L4 route added");
+                    let entry = self.start_l4(id, port, target);
+                    st.l4.insert(port, entry);
+                }
+                Change::ReplaceHttp(routes) => inner.http_table.replace(routes),
             }
-            tracing::info!(port, %target, id = r.id, "L4 route added");
-            let entry = self.start_l4(r.id, port, target);
-            st.l4.insert(port, entry);
-            wrote_targets = true;
-        }
-        if st.config.http_routes != config.http_routes {
-            inner.http_table.replace(config.http_routes.clone());
-            wrote_targets = true;
         }
         if save && s.state_dir.is_some() {
             let config = Arc::new(config.clone());
@@ -521,7 +546,7 @@ impl RouteManager {
         }
         st.config = config;
         drop(st);
-        if wrote_targets {
+        if new_targets {
             inner.probe_now.notify_one();
         }
     }
