@@ -13,6 +13,8 @@ pub struct PacketQueue {
     slot_len: usize,
     head: usize,
     len: usize,
+    /// Packets at the tail not yet looked at by [`PacketQueue::take_unscanned`].
+    unscanned: usize,
 }
 
 impl PacketQueue {
@@ -23,6 +25,7 @@ impl PacketQueue {
             slot_len,
             head: 0,
             len: 0,
+            unscanned: 0,
         }
     }
 
@@ -53,8 +56,20 @@ impl PacketQueue {
         let i = (self.head + self.len) % self.lens.len();
         self.lens[i] = len;
         self.len += 1;
+        self.unscanned = (self.unscanned + 1).min(self.len);
         let start = i * self.slot_len;
         Some(&mut self.buf[start..start + len])
+    }
+
+    /// Calls `f` on each packet queued since the last call (oldest first).
+    pub fn take_unscanned(&mut self, mut f: impl FnMut(&[u8])) {
+        let n = self.unscanned.min(self.len);
+        self.unscanned = 0;
+        for k in self.len - n..self.len {
+            let i = (self.head + k) % self.lens.len();
+            let start = i * self.slot_len;
+            f(&self.buf[start..start + self.lens[i]]);
+        }
     }
 
     /// The oldest packet, removed from the queue (the slot stays valid until the next push).
@@ -145,5 +160,23 @@ mod tests {
         assert_eq!(q.pop(), Some(&b"cd"[..]));
         assert_eq!(q.pop(), Some(&b"efg"[..]));
         assert!(q.pop().is_none() && q.is_empty());
+    }
+
+    #[test]
+    fn unscanned_packets_are_each_seen_once() {
+        let mut q = PacketQueue::new(3, 4);
+        let seen = |q: &mut PacketQueue| {
+            let mut v = Vec::new();
+            q.take_unscanned(|p| v.push(p.to_vec()));
+            v
+        };
+        q.push(b"a");
+        q.push(b"b");
+        assert_eq!(seen(&mut q), [b"a".to_vec(), b"b".to_vec()]);
+        assert!(seen(&mut q).is_empty());
+        q.push(b"c");
+        q.pop();
+        q.push(b"d");
+        assert_eq!(seen(&mut q), [b"c".to_vec(), b"d".to_vec()]);
     }
 }

@@ -9,6 +9,7 @@
 //!   [`Netstack::poll_wanted`]);
 //! - `stack`: the state behind the lock (interface, sockets, listeners, backlogs, orphans);
 //! - `tcp`, `udp`: the socket handles the relays use;
+//! - `cwnd`: the congestion window smoltcp lacks (bounds what a relay may queue to send);
 //! - `device`: the fixed packet queues smoltcp sees as its `Medium::Ip` device;
 //! - `sys`: the socket rings in anonymous memory maps (the only unsafe code).
 //!
@@ -23,6 +24,7 @@
 //! socket it already has), the listener's backlog (connections not yet accepted) has room and
 //! the stack is under its socket budget; otherwise the SYN is dropped and the client retries.
 
+mod cwnd;
 mod device;
 mod stack;
 mod sys;

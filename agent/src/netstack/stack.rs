@@ -9,12 +9,13 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use tokio::sync::Notify;
 
+use super::cwnd::Cwnd;
 use super::device::{Device, PacketQueue};
 use super::sys::Ring;
 use super::{Limits, NetstackConfig};
@@ -77,6 +78,8 @@ pub struct Conn {
     pub port: u16,
     pub tuple: Tuple,
     pub phase: Phase,
+    /// What the relay may queue for sending.
+    pub cwnd: Cwnd,
     /// Data went through a ring since its pages were last given back.
     pub rx_dirty: bool,
     pub tx_dirty: bool,
@@ -105,6 +108,8 @@ pub struct Counters {
     pub syn_dropped: u64,
     /// Packets from the tunnel refused by the input queue (too long).
     pub rx_dropped: u64,
+    /// Loss events of sent data (a segment sent again), each of which halved a window.
+    pub tcp_losses: u64,
 }
 
 pub struct Inner {
@@ -317,6 +322,7 @@ impl Inner {
                 port,
                 tuple,
                 phase: Phase::Pending,
+                cwnd: Cwnd::new(self.limits.tcp_tx),
                 rx_dirty: false,
                 tx_dirty: false,
             },
@@ -375,7 +381,14 @@ impl Inner {
             mtu: usize::from(self.config.mtu),
         };
         self.iface.poll(t, &mut dev, &mut self.sockets);
+        // smoltcp's egress sends at most one packet per socket per pass: pass again while
+        // something left and the output queue has room (each pass looks at every socket).
+        while !dev.tx.is_full()
+            && self.iface.poll_egress(t, &mut dev, &mut self.sockets)
+                == PollResult::SocketStateChanged
+        {}
         self.after_poll(t);
+        self.watch_output();
         let mut next = self.iface.poll_at(t, &self.sockets);
         for h in &self.orphans {
             if let Some(Phase::Orphan(Some(d))) = self.conns.get(h).map(|c| &c.phase) {
@@ -386,6 +399,61 @@ impl Inner {
             next = Some(t);
         }
         next.map(|n| self.base + Duration::from_micros(n.total_micros().max(0) as u64))
+    }
+
+    /// Shows each data segment the last poll queued to its connection's window (a segment
+    /// sent again is a loss).
+    fn watch_output(&mut self) {
+        let ours = self.config.address;
+        let (tuples, conns, sockets) = (&self.tuples, &mut self.conns, &self.sockets);
+        let losses = &mut self.counters.tcp_losses;
+        self.tx.take_unscanned(|p| {
+            let Some((tuple, seq, len)) = segment_of(p, ours) else {
+                return;
+            };
+            let Some(h) = tuples.get(&tuple) else { return };
+            if let Some(c) = conns.get_mut(h) {
+                let queued = sockets.get::<tcp::Socket>(*h).send_queue();
+                if c.cwnd.sent(seq, len, queued) {
+                    *losses += 1;
+                }
+            }
+        });
+    }
+
+    /// Writes what the connection's window allows of `buf`; Pending (waker stored) when it
+    /// allows nothing.
+    pub fn tcp_write(
+        &mut self,
+        h: SocketHandle,
+        buf: &[u8],
+        waker: &Waker,
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        let sock = self.sockets.get_mut::<tcp::Socket>(h);
+        if !sock.may_send() {
+            return Poll::Ready(Err(closed_error(sock.state())));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let Some(c) = self.conns.get_mut(&h) else {
+            return Poll::Ready(Err(closed_error(tcp::State::Closed)));
+        };
+        let room = c.cwnd.room(sock.send_queue());
+        let n = match sock.send_slice(&buf[..buf.len().min(room)]) {
+            Ok(n) => n,
+            Err(_) => return Poll::Ready(Err(closed_error(tcp::State::Closed))),
+        };
+        if n == 0 {
+            // Woken when an acknowledgment frees ring space, which also opens the window.
+            sock.register_send_waker(waker);
+            return Poll::Pending;
+        }
+        c.cwnd.wrote(n);
+        c.tx_dirty = true;
+        self.want_poll();
+        Poll::Ready(Ok(n))
     }
 
     /// Hands up to `max` packets to `out`; true when more are left.
@@ -560,6 +628,33 @@ impl Inner {
     pub fn counts(&self) -> (usize, usize) {
         (self.conns.len(), self.sockets.iter().count())
     }
+}
+
+/// The error for a socket that can no longer send.
+pub fn closed_error(state: tcp::State) -> io::Error {
+    if state == tcp::State::Closed {
+        io::Error::new(io::ErrorKind::ConnectionReset, "connection reset")
+    } else {
+        io::Error::new(io::ErrorKind::BrokenPipe, "connection closed for sending")
+    }
+}
+
+/// The connection, sequence number and payload length of a TCP segment the stack sends
+/// from `ours`.
+fn segment_of(p: &[u8], ours: Ipv4Addr) -> Option<(Tuple, u32, usize)> {
+    if p.len() < 40 || p[0] >> 4 != 4 || p[9] != 6 || p[12..16] != ours.octets() {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
+    let t = p.get(ihl..total)?;
+    let doff = usize::from(t.get(12)? >> 4) * 4;
+    let len = t.len().checked_sub(doff)?;
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let sport = u16::from_be_bytes([t[0], t[1]]);
+    let dport = u16::from_be_bytes([t[2], t[3]]);
+    let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    Some(((SocketAddrV4::new(dst, dport), sport), seq, len))
 }
 
 fn v4(ep: IpEndpoint) -> Option<SocketAddrV4> {

@@ -11,7 +11,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{RecvError, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::stack::Shared;
+use super::stack::{closed_error, Shared};
 
 /// A listening TCP port of the stack; dropping it stops accepting (connections already
 /// accepted are not affected; connections not yet accepted are reset).
@@ -72,14 +72,6 @@ pub struct TcpStream {
     local: SocketAddr,
     peer: SocketAddr,
     reset: bool,
-}
-
-fn closed_error(state: State) -> io::Error {
-    if state == State::Closed {
-        io::Error::new(io::ErrorKind::ConnectionReset, "connection reset")
-    } else {
-        io::Error::new(io::ErrorKind::BrokenPipe, "connection closed for sending")
-    }
 }
 
 impl TcpStream {
@@ -185,29 +177,7 @@ impl AsyncWrite for TcpStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let h = self.handle;
-        self.shared.with(|s| {
-            let sock = s.tcp(h);
-            if !sock.may_send() {
-                return Poll::Ready(Err(closed_error(sock.state())));
-            }
-            if buf.is_empty() {
-                return Poll::Ready(Ok(0));
-            }
-            match sock.send_slice(buf) {
-                Ok(0) => {
-                    sock.register_send_waker(cx.waker());
-                    Poll::Pending
-                }
-                Ok(n) => {
-                    if let Some(c) = s.conns.get_mut(&h) {
-                        c.tx_dirty = true;
-                    }
-                    s.want_poll();
-                    Poll::Ready(Ok(n))
-                }
-                Err(_) => Poll::Ready(Err(closed_error(State::Closed))),
-            }
-        })
+        self.shared.with(|s| s.tcp_write(h, buf, cx.waker()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
