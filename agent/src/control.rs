@@ -551,4 +551,54 @@ mod tests {
         assert_eq!(status.routes.len(), 1);
         assert_eq!(status.routes[0].active_connections, 1);
     }
+
+    /// The waker the composition root hands over answers `Wake` and shows in the status; an
+    /// agent without one answers "not implemented".
+    #[tokio::test]
+    async fn wake_goes_to_the_waker_handed_over_and_shows_in_the_status() {
+        use crate::wol::{BoxFuture, Probe, Transport};
+        use gatelet_agent_api::control::{SentOn, WakeRequest};
+
+        /// No LAN interface at all: every wake ends at once with `no_interface`.
+        struct NoInterfaces;
+        impl Transport for NoInterfaces {
+            fn send(&self, _packet: Vec<u8>) -> BoxFuture<Vec<SentOn>> {
+                Box::pin(async { Vec::new() })
+            }
+            fn probe(&self, _host: String, _port: u16, _timeout: Duration) -> BoxFuture<Probe> {
+                Box::pin(async { Probe::Silent })
+            }
+        }
+
+        let started = Instant::now();
+        let tunnel = Arc::new(TunnelStats::new(started, "tun"));
+        let wake = || {
+            Request::Wake(WakeRequest {
+                mac: "02:00:00:00:00:09".into(),
+                lan_host: None,
+                port: None,
+                timeout_ms: 1000,
+                trigger: String::new(),
+            })
+        };
+        let without = AgentState::new(started, tunnel.clone());
+        match answer(wake(), &without).await {
+            Response::Error { message } => assert_eq!(message, NOT_IMPLEMENTED),
+            other => panic!("{other:?}"),
+        }
+        let with = AgentState::new(started, tunnel).with_waker(Waker::new(NoInterfaces));
+        match answer(wake(), &with).await {
+            Response::Woke(r) => {
+                assert_eq!(r.mac, "02:00:00:00:00:09");
+                assert_eq!(r.trigger, "api");
+                assert!(!r.success);
+                assert_eq!(r.reason.as_deref(), Some("no_interface"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let wakes = with.status(Instant::now()).wakes;
+        assert_eq!(wakes.len(), 1);
+        assert_eq!(wakes[0].mac, "02:00:00:00:00:09");
+        assert!(without.status(Instant::now()).wakes.is_empty());
+    }
 }
