@@ -17,7 +17,7 @@
 //! 4. HTTP proxy throughput: GETs of a `--http-mib` (512) MiB body from a server on the LAN
 //!    through the agent's proxy (Host: bench.test), 1 and 4 at a time, best reported;
 //! 5. RSS with `--conns` (1,000) idle relayed TCP connections (each carried one byte both ways
-//!    first) on L4 route :7002 to a holding echo server on the LAN;
+//!    first) on L4 route :7002 to a holding echo server on the LAN, 15 s after the last opened;
 //! 6. one flow with 100 ms added delay on the hub link: a second testbed whose agent reaches the
 //!    hub through a UDP relay on the hub's veth address that holds every hub -> gateway datagram
 //!    for `--delay-ms` (100) ms (this kernel has no `sch_netem`, so tc netem is not available;
@@ -64,6 +64,8 @@ const LAN_HOLD_PORT: u16 = 9000;
 const BENCH_DOMAIN: &str = "bench.test";
 /// The delay relay's port on the hub's veth address.
 const RELAY_PORT: u16 = 51821;
+/// How long the idle connections are held before their RSS counts.
+const IDLE_CONNECTIONS_SETTLE_S: u64 = 15;
 /// The targets.
 const TARGET_L4_RATIO: f64 = 0.6;
 const TARGET_DELAY_RATIO: f64 = 0.8;
@@ -540,8 +542,13 @@ fn idle_connections(tb: &Testbed, pid: u32, n: usize) -> anyhow::Result<u64> {
         }
         Ok(v)
     })??;
+    // The userspace stack gives drained rings back on its timer tick: the later sample counts
+    // (the earlier one is printed, to show the difference).
     thread::sleep(Duration::from_secs(3));
+    let early = memory_kib(pid)?.1;
+    thread::sleep(Duration::from_secs(IDLE_CONNECTIONS_SETTLE_S - 3));
     let rss = memory_kib(pid)?.1;
+    eprintln!("  RSS with {n} idle connections: {early} KiB after 3 s, {rss} KiB after {IDLE_CONNECTIONS_SETTLE_S} s; {}", smaps_summary(pid));
     let active: u64 = tb
         .agent_status()?
         .routes
@@ -780,6 +787,46 @@ fn context_switches(pid: u32) -> anyhow::Result<Vec<(String, u64)>> {
         out.push((format!("{}/{tid}", comm.trim()), sum));
     }
     Ok(out)
+}
+
+/// Where the resident memory of `pid` is, from `/proc/<pid>/smaps`: the binary, the heap,
+/// anonymous mappings by size (the userspace stack's rings are mappings of their own), the rest.
+fn smaps_summary(pid: u32) -> String {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return "no smaps".into();
+    };
+    let mut groups: std::collections::BTreeMap<String, (u32, u64)> = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let (lo, hi) = first.split_once('-').unwrap_or_default();
+            let size =
+                u64::from_str_radix(hi, 16).unwrap_or(0) - u64::from_str_radix(lo, 16).unwrap_or(0);
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            current = match name {
+                "" => format!("anon {} KiB maps", size / 1024),
+                n if n.starts_with('[') => n.to_owned(),
+                _ => "file-backed".to_owned(),
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let e = groups.entry(current.clone()).or_default();
+            e.0 += 1;
+            e.1 += kib;
+        }
+    }
+    let mut v: Vec<_> = groups
+        .into_iter()
+        .filter(|(_, (_, kib))| *kib > 0)
+        .collect();
+    v.sort_by_key(|(_, (_, kib))| std::cmp::Reverse(*kib));
+    v.iter()
+        .take(6)
+        .map(|(name, (count, kib))| format!("{name} x{count}: {kib} KiB"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// utime + stime of `pid` (all threads) in seconds.
