@@ -3,6 +3,8 @@
 //! Layout, following a packet:
 //! - [`cli`]: command line of the `gatelet-agent` binary.
 //! - [`netif`]: the TUN device (created and configured with ioctls and rtnetlink, no `ip`).
+//! - [`netstack`]: the userspace TCP/IP stack (smoltcp) used instead of the TUN device when
+//!   `GATELET_NETSTACK` says so (or `auto` cannot set the device up).
 //! - [`tunnel`]: WireGuard to the hub (boringtun `Tunn`, sans-IO core plus a batched driver).
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
 //! - [`probe`]: TCP reachability checks of LAN targets.
@@ -16,8 +18,8 @@
 //! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
 //! - [`watchdog`]: the systemd keep-alive, sent only while the data path and relays turn.
 //!
-//! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
-//! path thread, signals.
+//! The binary (`src/main.rs`) wires these together: env, control socket, TUN device or
+//! userspace stack, data path thread, signals.
 
 pub mod cli;
 pub mod control;

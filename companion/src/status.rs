@@ -483,5 +483,32 @@ mod tests {
             text.contains("heartbeat: FAILED 60s ago (HTTP 403 invalid_token)"),
             "{text}"
         );
+        assert!(
+            !text.contains("netstack:"),
+            "an agent that does not say: {text}"
+        );
+    }
+
+    #[test]
+    fn render_shows_the_agents_netstack_mode_and_why() {
+        let mut r = Report {
+            daemon_running: true,
+            ..Report::default()
+        };
+        r.snapshot.agent_reachable = true;
+        let mut agent = gatelet_agent_api::control::AgentStatus::default();
+        agent.tunnel.mode = "netstack".into();
+        agent.tunnel.mode_reason = Some("no TUN device: permission denied".into());
+        r.snapshot.agent = Some(agent.clone());
+        let text = render(&r, 1_000);
+        assert!(
+            text.contains("netstack:  userspace (no TUN device: permission denied)"),
+            "{text}"
+        );
+        agent.tunnel.mode = "tun".into();
+        agent.tunnel.mode_reason = None;
+        r.snapshot.agent = Some(agent);
+        let text = render(&r, 1_000);
+        assert!(text.contains("netstack:  kernel (TUN device)"), "{text}");
     }
 }

@@ -61,6 +61,11 @@ pub struct Limits {
     /// Receive ring of a TCP connection (its window; scaled). Address space only: pages are
     /// resident while data is in them.
     pub tcp_rx: usize,
+    /// All connections' rings together, each way counted: what peers that send and never
+    /// read could make resident. Connections opened when less than eight full pairs of rings
+    /// are left get an eighth of what is left (at least 16 KiB a ring, so the stack's total
+    /// stays under `ring_budget + max_tcp x 32 KiB`).
+    pub ring_budget: usize,
     /// Send ring of a TCP connection.
     pub tcp_tx: usize,
     /// Connections of one listener between SYN and accept.
@@ -81,13 +86,14 @@ impl Default for Limits {
     fn default() -> Self {
         // 4 MiB windows: 100 ms of RTT at over 300 Mbit/s. On 32-bit boards the address
         // space is the bound (4,096 connections x 8 MiB would not fit), so smaller.
-        let (ring, max_tcp) = if cfg!(target_pointer_width = "64") {
-            (4 << 20, 4096)
+        let (ring, max_tcp, ring_budget) = if cfg!(target_pointer_width = "64") {
+            (4 << 20, 4096, 256 << 20)
         } else {
-            (256 << 10, 1024)
+            (256 << 10, 1024, 64 << 20)
         };
         Limits {
             tcp_rx: ring,
+            ring_budget,
             tcp_tx: ring,
             backlog: 128,
             max_tcp,

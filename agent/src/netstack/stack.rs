@@ -25,6 +25,8 @@ const RX_HEADROOM: usize = 128;
 /// How long a connection closed by its relay may linger (unacknowledged FIN, peer silent)
 /// before it is reset and freed.
 pub const ORPHAN_LINGER: Duration = Duration::from_secs(60);
+/// Smallest ring a connection gets when the ring budget runs low.
+pub const MIN_RING: usize = 16 << 10;
 /// First port handed out for port 0.
 const EPHEMERAL: u16 = 49152;
 
@@ -127,6 +129,8 @@ pub struct Inner {
     fresh: Vec<SocketHandle>,
     orphans: Vec<SocketHandle>,
     pub udp: HashMap<u16, UdpBinding>,
+    /// Capacity of all connection rings (address space, not resident memory).
+    ring_bytes: usize,
     /// A poll is wanted and the data path has not been woken for it yet.
     wake_pending: bool,
     /// A poll is wanted (reset by the poll).
@@ -181,6 +185,7 @@ impl Inner {
             fresh: Vec::new(),
             orphans: Vec::new(),
             udp: HashMap::new(),
+            ring_bytes: 0,
             wake_pending: false,
             dirty: false,
             counters: Counters::default(),
@@ -295,15 +300,32 @@ impl Inner {
             if self.tuples.get(&c.tuple) == Some(&h) {
                 self.tuples.remove(&c.tuple);
             }
+            self.ring_bytes -= c.rx.len() + c.tx.len();
             // The socket (which borrows the rings) goes first, then the rings.
             drop(self.sockets.remove(h));
             drop(c);
         }
     }
 
+    /// Ring sizes for a new connection: the configured ones while the budget has room for
+    /// them several times over, then an eighth of what is left, down to [`MIN_RING`].
+    fn ring_sizes(&self) -> (usize, usize) {
+        let left = self.limits.ring_budget.saturating_sub(self.ring_bytes);
+        let share = left / 8;
+        let l = &self.limits;
+        let total = l.tcp_rx + l.tcp_tx;
+        if share >= total {
+            return (l.tcp_rx, l.tcp_tx);
+        }
+        let scale = |n: usize| ((n as u128 * share as u128 / total as u128) as usize).max(MIN_RING);
+        (scale(l.tcp_rx).min(l.tcp_rx), scale(l.tcp_tx).min(l.tcp_tx))
+    }
+
     fn new_conn(&mut self, port: u16, tuple: Tuple) -> io::Result<SocketHandle> {
-        let mut rx = Ring::new(self.limits.tcp_rx)?;
-        let mut tx = Ring::new(self.limits.tcp_tx)?;
+        let (rx_len, tx_len) = self.ring_sizes();
+        let mut rx = Ring::new(rx_len)?;
+        let mut tx = Ring::new(tx_len)?;
+        self.ring_bytes += rx_len + tx_len;
         // SAFETY: each ring lends its storage once, to this socket; `remove_conn` drops the
         // socket before the rings.
         let (rxs, txs) = unsafe { (rx.storage(), tx.storage()) };
@@ -322,7 +344,7 @@ impl Inner {
                 port,
                 tuple,
                 phase: Phase::Pending,
-                cwnd: Cwnd::new(self.limits.tcp_tx),
+                cwnd: Cwnd::new(tx_len),
                 rx_dirty: false,
                 tx_dirty: false,
             },
@@ -622,6 +644,11 @@ impl Inner {
 
     pub fn udp_socket(&mut self, h: SocketHandle) -> &mut udp::Socket<'static> {
         self.sockets.get_mut::<udp::Socket>(h)
+    }
+
+    #[cfg(test)]
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
     }
 
     #[cfg(test)]

@@ -37,6 +37,11 @@ impl Ring {
         Ok(Ring { ptr, len })
     }
 
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// The mapping as the storage of one smoltcp ring.
     ///
     /// # Safety

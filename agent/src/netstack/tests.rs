@@ -784,3 +784,32 @@ fn what_the_stack_sends_does_not_collapse_behind_a_small_bottleneck() {
     eprintln!("through 2.5 MB/s: {:.2} MB/s", down / 1e6);
     assert!(down > 0.3 * (link * 1000) as f64, "{down} B/s");
 }
+
+#[test]
+fn rings_shrink_as_the_ring_budget_runs_out() {
+    let limits = Limits {
+        ring_budget: 64 << 20,
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    let mut scales = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..200u16 {
+        net.connect(80, 30_000 + i);
+        streams.push(accept(&listener).expect("accepted"));
+        let synack = sent_to(&net, 30_000 + i);
+        scales.push(synack[0].1.unwrap_or(0));
+    }
+    // 4 MiB rings (scale 7) while eight pairs fit, smaller windows after, never below 16 KiB.
+    assert_eq!(scales[0], 7);
+    assert!(scales[199] < 7, "{scales:?}");
+    assert!(scales.windows(2).all(|w| w[1] <= w[0]), "{scales:?}");
+    let committed = ns.shared.lock().ring_bytes();
+    assert!(
+        committed <= (64 << 20) + 200 * 2 * super::stack::MIN_RING,
+        "{committed}"
+    );
+    assert_eq!(ns.shared.lock().counts().0, 200);
+}
