@@ -38,7 +38,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use stack::{Counters, ORPHAN_LINGER};
+pub use stack::{Counters, HANDSHAKE_TIMEOUT, ORPHAN_LINGER};
 use stack::{Inner, Shared};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
@@ -77,6 +77,9 @@ pub struct Limits {
     pub udp_slots: usize,
     /// Packets queued between the tunnel and smoltcp, each way.
     pub queue_packets: usize,
+    /// How long a connection may stay half-open (our SYN-ACK unanswered) before its socket
+    /// is freed.
+    pub handshake_timeout: Duration,
     /// How long a closed connection may wait for its peer before it is reset.
     pub orphan_linger: Duration,
 }
@@ -99,6 +102,7 @@ impl Default for Limits {
             udp_ring: 256 << 10,
             udp_slots: 256,
             queue_packets: 256,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             orphan_linger: ORPHAN_LINGER,
         }
     }

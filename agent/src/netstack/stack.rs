@@ -25,6 +25,9 @@ const RX_HEADROOM: usize = 128;
 /// How long a connection closed by its relay may linger (unacknowledged FIN, peer silent)
 /// before it is reset and freed.
 pub const ORPHAN_LINGER: Duration = Duration::from_secs(60);
+/// A half-open connection (our SYN-ACK sent, no ACK back) is freed after this long: smoltcp
+/// retransmits the SYN-ACK meanwhile, with the RTT estimate's backoff.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Smallest ring a connection gets when the ring budget runs low.
 pub const MIN_RING: usize = 16 << 10;
 /// First port handed out for port 0.
@@ -73,6 +76,8 @@ pub enum Phase {
 
 #[derive(Debug)]
 pub struct Conn {
+    /// When its SYN arrived.
+    pub born: SmolInstant,
     // Declared (and so dropped) after nothing: the socket set owns the socket; `remove`
     // drops the socket before these.
     rx: Ring,
@@ -106,8 +111,11 @@ pub struct UdpBinding {
 /// Counters (for tests and status).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
-    /// SYNs dropped because the listener's backlog or the socket budget was full.
+    /// SYNs dropped because the listener's backlog or the socket budget was full (and no
+    /// half-open connection could make room).
     pub syn_dropped: u64,
+    /// Half-open connections freed to make room for a new SYN, or at the handshake timeout.
+    pub half_open_dropped: u64,
     /// Packets from the tunnel refused by the input queue (too long).
     pub rx_dropped: u64,
     /// Loss events of sent data (a segment sent again), each of which halved a window.
@@ -322,7 +330,7 @@ impl Inner {
     }
 
     #[allow(unsafe_code)] // Ring::storage: see the SAFETY note below
-    fn new_conn(&mut self, port: u16, tuple: Tuple) -> io::Result<SocketHandle> {
+    fn new_conn(&mut self, port: u16, tuple: Tuple, born: SmolInstant) -> io::Result<SocketHandle> {
         let (rx_len, tx_len) = self.ring_sizes();
         let mut rx = Ring::new(rx_len)?;
         let mut tx = Ring::new(tx_len)?;
@@ -340,6 +348,7 @@ impl Inner {
         self.conns.insert(
             h,
             Conn {
+                born,
                 rx,
                 tx,
                 port,
@@ -364,13 +373,25 @@ impl Inner {
         if let Some((tuple, port)) = syn_of(packet, self.config.address) {
             if !self.tuples.contains_key(&tuple) {
                 if let Some(l) = self.listeners.get(&port) {
-                    if l.pending.len() + l.ready.len() >= self.limits.backlog
-                        || self.conns.len() >= self.limits.max_tcp
-                    {
-                        self.counters.syn_dropped += 1;
-                        return;
+                    let full = l.pending.len() + l.ready.len() >= self.limits.backlog
+                        || self.conns.len() >= self.limits.max_tcp;
+                    // Full: the oldest handshake of this port that never completed makes room,
+                    // so a flood of SYNs that are never answered cannot keep clients out (the
+                    // kernel answers such a flood with SYN cookies); else the SYN is dropped.
+                    if full {
+                        match self.oldest_half_open(port) {
+                            Some(h) => {
+                                self.drop_pending(h);
+                                self.counters.half_open_dropped += 1;
+                            }
+                            None => {
+                                self.counters.syn_dropped += 1;
+                                return;
+                            }
+                        }
                     }
-                    match self.new_conn(port, tuple) {
+                    let born = self.smol_now(now);
+                    match self.new_conn(port, tuple, born) {
                         Ok(h) => {
                             self.tuples.insert(tuple, h);
                             self.fresh.push(h);
@@ -520,6 +541,15 @@ impl Inner {
             while i < l.pending.len() {
                 let h = l.pending[i];
                 match self.sockets.get::<tcp::Socket>(h).state() {
+                    tcp::State::SynReceived | tcp::State::Listen
+                        if self.conns.get(&h).is_some_and(|c| {
+                            t >= c.born + self.limits.handshake_timeout.into()
+                        }) =>
+                    {
+                        self.counters.half_open_dropped += 1;
+                        gone.push(h);
+                        i += 1;
+                    }
                     tcp::State::SynReceived | tcp::State::Listen => i += 1,
                     tcp::State::Closed | tcp::State::TimeWait => {
                         gone.push(h);
@@ -570,6 +600,21 @@ impl Inner {
             }
             i += 1;
         }
+    }
+
+    /// The listener's handshake that has waited longest for the peer's ACK.
+    fn oldest_half_open(&self, port: u16) -> Option<SocketHandle> {
+        let l = self.listeners.get(&port)?;
+        l.pending
+            .iter()
+            .filter(|h| {
+                matches!(
+                    self.sockets.get::<tcp::Socket>(**h).state(),
+                    tcp::State::SynReceived | tcp::State::Listen
+                )
+            })
+            .min_by_key(|h| self.conns.get(h).map(|c| c.born))
+            .copied()
     }
 
     fn drop_pending(&mut self, h: SocketHandle) {

@@ -417,12 +417,11 @@ fn a_syn_flood_allocates_a_bounded_amount() {
     }
     ns.poll(now);
     let (conns, sockets) = ns.shared.lock().counts();
-    assert_eq!(
-        (conns, sockets),
-        (6, 6),
-        "backlog 4 on port 80, 2 left for port 81"
-    );
-    assert_eq!(ns.counters().syn_dropped, 400 - 6);
+    assert_eq!((conns, sockets), (6, 6), "at most max_tcp sockets");
+    // Each SYN past the bound took the place of its port's oldest half-open connection.
+    let c = ns.counters();
+    assert_eq!((c.syn_dropped, c.half_open_dropped), (0, 400 - 6));
+    while ns.take_output(64, |_| {}) {}
     // A SYN to a port without a listener gets a RST and no socket.
     ns.receive(now, &syn(30_000, 82));
     ns.poll(now);
@@ -430,6 +429,51 @@ fn a_syn_flood_allocates_a_bounded_amount() {
     while ns.take_output(64, |p| rst += usize::from(p[20 + 13] & 0x04 != 0)) {}
     assert_eq!(rst, 1);
     assert_eq!(ns.shared.lock().counts().0, 6);
+}
+
+#[test]
+fn a_client_gets_in_during_and_after_a_syn_flood_and_half_open_connections_expire() {
+    let limits = Limits {
+        backlog: 8,
+        handshake_timeout: Duration::from_secs(15),
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
+    let listener = ns.bind_tcp(gw(80)).unwrap();
+    let mut net = Net::new(ns.clone());
+    // SYNs whose SYN-ACKs are never answered fill the backlog many times over.
+    let now = net.at();
+    for i in 0..1_000u16 {
+        ns.receive(now, &syn(10_000 + i, 80));
+        if i % 16 == 0 {
+            ns.poll(now);
+            while ns.take_output(64, |_| {}) {}
+        }
+    }
+    ns.poll(now);
+    while ns.take_output(64, |_| {}) {}
+    assert_eq!(
+        ns.shared.lock().counts().0,
+        8,
+        "the backlog bounds the flood"
+    );
+    // A real client still completes its handshake (it takes the oldest half-open slot).
+    let h = net.connect(80, 40010);
+    assert_eq!(net.peer(h).state(), tcp::State::Established);
+    assert!(accept(&listener).is_some(), "accepted during the flood");
+    // The flood's half-open connections are freed at the handshake timeout.
+    let mut t = net.at();
+    for _ in 0..40 {
+        t += Duration::from_millis(500);
+        ns.poll(t);
+        while ns.take_output(64, |_| {}) {}
+    }
+    assert_eq!(
+        ns.shared.lock().counts().0,
+        1,
+        "only the accepted connection is left after 20 s"
+    );
+    assert!(ns.counters().half_open_dropped >= 1_000 - 8);
 }
 
 #[test]
