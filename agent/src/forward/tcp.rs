@@ -339,6 +339,8 @@ thread_local! {
 }
 
 fn take_buffer(size: usize) -> Box<[u8]> {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|c| c.set(c.get() + 1));
     BUFFER_POOL
         .with(|p| {
             let mut p = p.borrow_mut();
@@ -348,7 +350,20 @@ fn take_buffer(size: usize) -> Box<[u8]> {
         .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
 }
 
+#[cfg(test)]
+thread_local! {
+    static BUFFERS_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Relay buffers this thread's relays hold now (tests: an idle connection must hold none).
+#[cfg(test)]
+pub(super) fn buffers_out() -> usize {
+    BUFFERS_OUT.with(|c| c.get())
+}
+
 fn give_buffer(b: Box<[u8]>) {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|c| c.set(c.get() - 1));
     BUFFER_POOL.with(|p| {
         let mut p = p.borrow_mut();
         if (p.len() + 1) * b.len() <= BUFFER_POOL_MAX_BYTES {
@@ -486,7 +501,14 @@ impl Half {
                 }
                 return Poll::Ready(Ok(()));
             }
-            ready!(from.poll_ready_to_read(cx))?;
+            if from.poll_ready_to_read(cx)?.is_pending() {
+                // Nothing to read: no buffer while the connection idles (after a read the
+                // userspace stream says so here, not with a read that would block).
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+                return Poll::Pending;
+            }
             let want = self.size.max(initial);
             if self.buf.as_ref().is_some_and(|b| b.len() < want) {
                 if let Some(b) = self.buf.take() {
