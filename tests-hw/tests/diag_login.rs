@@ -1,0 +1,214 @@
+//! The diagnostics page on a LAN address (issue 13, item 3), against the real companion in the
+//! testbed's gateway namespace, asked from the LAN namespace over a veth:
+//! - `GATELET_DIAG_LISTEN=0.0.0.0:9877` without a password: the companion says at start that it
+//!   does not serve the page and why, keeps running, and nothing answers on the port;
+//! - with the hash that `gatelet-companion diag-password` wrote: a LAN caller is sent to the
+//!   login form (the JSON answers 401), loopback on the box stays open; the right password
+//!   gives an `HttpOnly; SameSite=Strict` session cookie that opens the page; five wrong
+//!   passwords lock the address out (429, `Retry-After`), even for the right password;
+//! - the login and the lockout are in the events table.
+//!
+//! Bounded: every request has a 5 s timeout, every wait 20 s. Needs root.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gatelet_tests_hw::{
+    config_document, header, http_request, require_root, wait_until, write_secret, Companion,
+    Deployment, HttpResponse, Netns, GW_LAN_SIDE_IP, LAN_HTTP_IP,
+};
+
+const PORT: u16 = 9877;
+const PASSWORD: &str = "lan page password";
+const IO: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(20);
+
+fn request(
+    ns: &Netns,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<&str>,
+) -> HttpResponse {
+    let mut headers = vec![("Host", "gw")];
+    if let Some(c) = cookie {
+        headers.push(("Cookie", c));
+    }
+    http_request(ns, addr, method, path, &headers, body, IO).unwrap()
+}
+
+fn start_companion(d: &Deployment, env: &std::path::Path) -> Companion {
+    let agent = d.testbed.agent().unwrap();
+    Companion::start(&d.testbed.gw_ns, &d.companion_binary, env, agent.socket()).unwrap()
+}
+
+#[test]
+fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
+    require_root().unwrap();
+    let mut d = Deployment::start_network().unwrap();
+    d.start_gatecontrol(&config_document(&[], &[])).unwrap();
+    let gw = &d.testbed.gw_ns;
+    let env_path = gw.dir().join("gateway-diag.env");
+    let env = std::fs::read_to_string(d.testbed.agent().unwrap().env_path()).unwrap();
+    write_secret(
+        &env_path,
+        &format!("{}\nGATELET_DIAG_LISTEN=0.0.0.0:{PORT}", env.trim_end()),
+    )
+    .unwrap();
+    let lan_addr = SocketAddr::from((GW_LAN_SIDE_IP, PORT));
+    let local_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+
+    // 1. No password: refused at start, said so, the rest runs on.
+    let mut c = start_companion(&d, &env_path);
+    wait_until("the companion to refuse the LAN page", WAIT, || {
+        Ok::<_, String>(
+            c.log()
+                .contains("not serving the diagnostics page on 0.0.0.0:9877")
+                .then_some(()),
+        )
+    })
+    .unwrap();
+    let log = c.log();
+    assert!(log.contains("diag-password"), "{log}");
+    assert!(c.process().try_exit().unwrap().is_none(), "{log}");
+    let refused = d
+        .lan
+        .ns
+        .enter(|| TcpStream::connect_timeout(&lan_addr, IO))
+        .unwrap();
+    assert!(refused.is_err(), "something answers on {lan_addr}");
+    c.process().terminate();
+    drop(c);
+
+    // 2. The password, set with the CLI (stdin), then a restart.
+    let state_dir = gw.dir().join("companion").join("state");
+    let mut set = Command::new(&d.companion_binary)
+        .args(["diag-password", "--state-dir"])
+        .arg(&state_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(set.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stored = std::fs::read_to_string(state_dir.join("diag-password")).unwrap();
+    assert!(stored.starts_with("pbkdf2-sha256$100000$"), "{stored}");
+    assert!(!stored.contains(PASSWORD));
+
+    let c = start_companion(&d, &env_path);
+    let lan = &d.lan.ns;
+    wait_until("the LAN page to answer", WAIT, || {
+        Ok::<_, String>(
+            http_request(lan, lan_addr, "GET", "/status.json", &[], None, IO)
+                .ok()
+                .map(|r| r.status),
+        )
+    })
+    .map(|status| assert_eq!(status, 401, "{}", c.log()))
+    .unwrap();
+
+    // 3. Anonymous LAN caller: the form; loopback on the box: open.
+    let r = request(lan, lan_addr, "GET", "/", None, None);
+    assert_eq!(r.status, 303, "{}", r.head);
+    assert_eq!(header(&r.head, "location"), Some("/login"));
+    let r = request(lan, lan_addr, "GET", "/login", None, None);
+    assert!(r.body.contains("type=\"password\""), "{}", r.body);
+    assert_eq!(
+        request(gw, local_addr, "GET", "/status.json", None, None).status,
+        200
+    );
+
+    // 4. A wrong password, then the right one: a strict session cookie that opens the page.
+    let r = request(
+        lan,
+        lan_addr,
+        "POST",
+        "/login",
+        None,
+        Some("password=guess"),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let right = format!("password={}", PASSWORD.replace(' ', "+"));
+    let r = request(lan, lan_addr, "POST", "/login", None, Some(&right));
+    assert_eq!(r.status, 303, "{}\n{}", r.head, r.body);
+    let set_cookie = header(&r.head, "set-cookie").unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let r = request(lan, lan_addr, "GET", "/status.json", Some(&cookie), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = request(lan, lan_addr, "GET", "/", Some(&cookie), None);
+    assert!(
+        r.status == 200 && r.body.contains("name=\"csrf\""),
+        "{}",
+        r.body
+    );
+    let r = request(
+        lan,
+        lan_addr,
+        "GET",
+        "/status.json",
+        Some("gatelet_diag=forged"),
+        None,
+    );
+    assert_eq!(r.status, 401);
+
+    // 5. Five wrong passwords lock this address out, the right one included.
+    for i in 0..4 {
+        let r = request(
+            lan,
+            lan_addr,
+            "POST",
+            "/login",
+            None,
+            Some("password=guess"),
+        );
+        assert_eq!(r.status, 401, "wrong password {i}: {}", r.body);
+    }
+    let r = request(
+        lan,
+        lan_addr,
+        "POST",
+        "/login",
+        None,
+        Some("password=guess"),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(header(&r.head, "retry-after"), Some("1800"));
+    let r = request(lan, lan_addr, "POST", "/login", None, Some(&right));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(header(&r.head, "set-cookie").is_none());
+
+    // 6. The audit trail.
+    let status: serde_json::Value =
+        serde_json::from_str(&request(gw, local_addr, "GET", "/status.json", None, None).body)
+            .unwrap();
+    let events: Vec<String> = status["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let lan_ip = LAN_HTTP_IP;
+    for want in [
+        format!("diag_login login from {lan_ip}"),
+        format!("diag_lockout {lan_ip} locked out for 30 min after 5 wrong passwords"),
+        format!("diag_login_failed wrong password from {lan_ip}"),
+    ] {
+        assert!(events.contains(&want), "{want} not in {events:#?}");
+    }
+    drop(c);
+}
