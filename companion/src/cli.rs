@@ -21,6 +21,7 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
        gatelet-companion status [--json | --health] [--status-socket PATH]
                                 [--control-socket PATH] [--state-dir DIR]
        gatelet-companion diag-password [--state-dir DIR]
+       gatelet-companion diag-metrics-token [--state-dir DIR]
        gatelet-companion --version
 
   --env PATH             gateway.env (default: $GATEWAY_ENV_PATH, else /etc/gatelet/gateway.env)
@@ -35,6 +36,8 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
   diag-password          reads a password (one line) from stdin and stores its hash in
                          <state dir>/diag-password: the diagnostics page's login, required
                          when GATELET_DIAG_LISTEN is not a loopback address (read at start)
+  diag-metrics-token     makes a new bearer token for scraping /metrics, prints it once and
+                         stores its SHA-256 in <state dir>/diag-metrics-token (read at start)
 ";
 
 /// Options of the daemon.
@@ -78,6 +81,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Set the diagnostics page's password (from stdin) under this state directory.
     DiagPassword(PathBuf),
+    /// Make a new `/metrics` bearer token under this state directory.
+    DiagMetricsToken(PathBuf),
     /// Print usage.
     Help,
     /// Print the version.
@@ -92,7 +97,8 @@ pub struct UsageError(pub String);
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
-    if args.peek().map(String::as_str) == Some("diag-password") {
+    let diag = args.peek().cloned();
+    if let Some(sub @ ("diag-password" | "diag-metrics-token")) = diag.as_deref() {
         args.next();
         let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
         while let Some(arg) = args.next() {
@@ -108,7 +114,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
                 _ => return Err(UsageError(format!("unknown argument {arg:?}"))),
             }
         }
-        return Ok(Command::DiagPassword(state_dir));
+        return Ok(if sub == "diag-password" {
+            Command::DiagPassword(state_dir)
+        } else {
+            Command::DiagMetricsToken(state_dir)
+        });
     }
     let status = match args.peek().map(String::as_str) {
         Some("status") => {
@@ -244,6 +254,10 @@ mod tests {
         assert_eq!(
             parse(args("diag-password --state-dir=/tmp/t")).unwrap(),
             Command::DiagPassword("/tmp/t".into())
+        );
+        assert_eq!(
+            parse(args("diag-metrics-token --state-dir /tmp/u")).unwrap(),
+            Command::DiagMetricsToken("/tmp/u".into())
         );
         assert!(parse(args("diag-password --json")).is_err());
         assert!(parse(args("diag-password --state-dir")).is_err());

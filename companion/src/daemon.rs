@@ -316,8 +316,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         match std::net::TcpListener::bind(addr) {
             Ok(server) => {
                 let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());
+                let scrape = crate::diag::scrape_token::load(&args.state_dir)
+                    .map_err(|e| tracing::error!("the /metrics bearer token is unusable: {e}"))
+                    .ok()
+                    .flatten();
                 threads.extend(spawn("diag", move || {
-                    crate::diag::serve(server, shared, store, access, stop)
+                    crate::diag::serve(server, shared, store, access, scrape, stop)
                 }));
             }
             Err(e) => fatal.push(format!(

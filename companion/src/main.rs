@@ -25,6 +25,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Ok(Command::DiagMetricsToken(state_dir)) => {
+            use gatelet_companion::diag::scrape_token;
+            match scrape_token::create(&state_dir, &ring::rand::SystemRandom::new()) {
+                Ok((token, path)) => {
+                    println!("{token}");
+                    eprintln!(
+                        "its hash is in {} (the companion reads it when it starts); scrape with \
+                         Authorization: Bearer <the token above>",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatelet-companion diag-metrics-token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS

@@ -111,9 +111,20 @@ impl Supervisor {
         }
     }
 
-    fn record_wakes(&mut self, status: &AgentStatus) {
+    fn record_wakes(&mut self, status: &AgentStatus, shared: &Shared) {
+        let fresh = self.wakes.fresh(&status.wakes);
+        {
+            let c = &mut shared.lock().counters;
+            for w in &fresh {
+                if w.success {
+                    c.wakes_ok += 1;
+                } else {
+                    c.wakes_failed += 1;
+                }
+            }
+        }
         let Some(store) = &self.store else { return };
-        for w in self.wakes.fresh(&status.wakes) {
+        for w in fresh {
             let detail = wake_detail(w);
             tracing::info!("{detail}");
             let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,8 +176,12 @@ impl Supervisor {
             }
         }
         self.last_uptime = Some(status.uptime_s);
-        self.record_wakes(&status);
+        self.record_wakes(&status, shared);
         let mut s = shared.lock();
+        let previous = s.agent.as_ref().and_then(|a| a.tunnel.endpoint.as_deref());
+        if previous.is_some_and(|p| status.tunnel.endpoint.as_deref().is_some_and(|n| n != p)) {
+            s.counters.tunnel_endpoint_changes += 1;
+        }
         s.agent = Some(status);
         s.agent_reachable = true;
         s.agent_error = None;

@@ -6,7 +6,10 @@
 //!   login form (the JSON answers 401), loopback on the box stays open; the right password
 //!   gives an `HttpOnly; SameSite=Strict` session cookie that opens the page; five wrong
 //!   passwords lock the address out (429, `Retry-After`), even for the right password;
-//! - the login and the lockout are in the events table.
+//! - the login and the lockout are in the events table;
+//! - `/metrics` from the LAN needs the bearer token `gatelet-companion diag-metrics-token`
+//!   printed, shows the live tunnel, and passes `promtool check metrics` (Debian's
+//!   `prometheus` package; tests-hw/test.sh installs it).
 //!
 //! Bounded: every request has a 5 s timeout, every wait 20 s. Needs root.
 
@@ -40,6 +43,46 @@ fn request(
     http_request(ns, addr, method, path, &headers, body, IO).unwrap()
 }
 
+/// Runs `gatelet-companion <args>` with `stdin`, wants success; its stdout.
+fn cli(d: &Deployment, args: &[&std::ffi::OsStr], stdin: &str) -> String {
+    let mut child = Command::new(&d.companion_binary)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A deployment (hub, agent, LAN, fake server) and a gateway.env for the companion with the
+/// page on every address; the companion is not started.
+fn deployment() -> (Deployment, std::path::PathBuf) {
+    require_root().unwrap();
+    let mut d = Deployment::start_network().unwrap();
+    d.start_gatecontrol(&config_document(&[], &[])).unwrap();
+    let env_path = d.testbed.gw_ns.dir().join("gateway-diag.env");
+    let env = std::fs::read_to_string(d.testbed.agent().unwrap().env_path()).unwrap();
+    write_secret(
+        &env_path,
+        &format!("{}\nGATELET_DIAG_LISTEN=0.0.0.0:{PORT}", env.trim_end()),
+    )
+    .unwrap();
+    (d, env_path)
+}
+
+fn state_dir(d: &Deployment) -> std::path::PathBuf {
+    d.testbed.gw_ns.dir().join("companion").join("state")
+}
+
 fn start_companion(d: &Deployment, env: &std::path::Path) -> Companion {
     let agent = d.testbed.agent().unwrap();
     Companion::start(&d.testbed.gw_ns, &d.companion_binary, env, agent.socket()).unwrap()
@@ -47,17 +90,8 @@ fn start_companion(d: &Deployment, env: &std::path::Path) -> Companion {
 
 #[test]
 fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
-    require_root().unwrap();
-    let mut d = Deployment::start_network().unwrap();
-    d.start_gatecontrol(&config_document(&[], &[])).unwrap();
+    let (d, env_path) = deployment();
     let gw = &d.testbed.gw_ns;
-    let env_path = gw.dir().join("gateway-diag.env");
-    let env = std::fs::read_to_string(d.testbed.agent().unwrap().env_path()).unwrap();
-    write_secret(
-        &env_path,
-        &format!("{}\nGATELET_DIAG_LISTEN=0.0.0.0:{PORT}", env.trim_end()),
-    )
-    .unwrap();
     let lan_addr = SocketAddr::from((GW_LAN_SIDE_IP, PORT));
     let local_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
 
@@ -84,18 +118,16 @@ fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
     drop(c);
 
     // 2. The password, set with the CLI (stdin), then a restart.
-    let state_dir = gw.dir().join("companion").join("state");
-    let mut set = Command::new(&d.companion_binary)
-        .args(["diag-password", "--state-dir"])
-        .arg(&state_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(set.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = set.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let state_dir = state_dir(&d);
+    cli(
+        &d,
+        &[
+            "diag-password".as_ref(),
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
+        ],
+        &format!("{PASSWORD}\n"),
+    );
     let stored = std::fs::read_to_string(state_dir.join("diag-password")).unwrap();
     assert!(stored.starts_with("pbkdf2-sha256$100000$"), "{stored}");
     assert!(!stored.contains(PASSWORD));
@@ -210,5 +242,94 @@ fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
     ] {
         assert!(events.contains(&want), "{want} not in {events:#?}");
     }
+    drop(c);
+}
+
+#[test]
+fn lan_metrics_need_the_scrape_token_and_pass_promtool() {
+    let (d, env_path) = deployment();
+    let state_dir = state_dir(&d);
+    cli(
+        &d,
+        &[
+            "diag-password".as_ref(),
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let token = cli(
+        &d,
+        &[
+            "diag-metrics-token".as_ref(),
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
+        ],
+        "",
+    );
+    let token = token.trim().to_owned();
+    assert_eq!(token.len(), 64, "{token}");
+    let c = start_companion(&d, &env_path);
+    let (lan, lan_addr) = (&d.lan.ns, SocketAddr::from((GW_LAN_SIDE_IP, PORT)));
+    let bearer = format!("Bearer {token}");
+    // The agent's tunnel series appear once the companion has polled the agent.
+    let text = wait_until("/metrics to show the tunnel", WAIT, || {
+        let r = http_request(
+            lan,
+            lan_addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", &bearer)],
+            None,
+            IO,
+        );
+        Ok::<_, String>(r.ok().filter(|r| r.status == 200).and_then(|r| {
+            r.body
+                .contains("gatelet_tunnel_handshake_age_seconds ")
+                .then_some(r.body)
+        }))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    for want in [
+        "gatelet_agent_up 1\n",
+        "# TYPE gatelet_tunnel_receive_bytes_total counter\n",
+        "# TYPE gatelet_sync_checks_total counter\n",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    // Without the token, or with another one: 401.
+    let r = request(lan, lan_addr, "GET", "/metrics", None, None);
+    assert_eq!(r.status, 401);
+    let wrong = format!("Bearer {}", "0".repeat(64));
+    let r = http_request(
+        lan,
+        lan_addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &wrong)],
+        None,
+        IO,
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    // promtool's own parser and linter.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; tests-hw/test.sh installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {out:?}\n{text}"
+    );
     drop(c);
 }

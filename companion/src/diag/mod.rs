@@ -14,9 +14,15 @@
 //! a login starts a session ([`session`]: HttpOnly, SameSite=Strict cookie, server-side
 //! table, CSRF token per session for actions). Every login, wrong password, lockout and
 //! action is written to the store's events table (kinds in [`audit`]).
+//!
+//! `/metrics` ([`metrics`], Prometheus text) follows the same rules, and also opens to
+//! `Authorization: Bearer <token>` for scrapers ([`scrape_token`]: the token that
+//! `gatelet-companion diag-metrics-token` printed).
 
 pub mod limiter;
+pub mod metrics;
 pub mod password;
+pub mod scrape_token;
 pub mod session;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -33,6 +39,7 @@ use crate::status::{render, report};
 use crate::store::Store;
 use limiter::{AfterFailure, LoginLimiter, Refusal};
 use password::PasswordHash;
+use scrape_token::ScrapeToken;
 use session::{NewSession, Sessions, COOKIE};
 
 /// Where the page listens unless `GATELET_DIAG_LISTEN` says otherwise.
@@ -198,6 +205,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// The page's server state: the access rule, login limiter and sessions.
 struct Gate {
     access: Access,
+    scrape: Option<ScrapeToken>,
     limiter: Mutex<LoginLimiter>,
     sessions: Mutex<Sessions>,
     rng: SystemRandom,
@@ -405,6 +413,23 @@ impl Gate {
                 ));
                 r
             }
+            ("GET", "/metrics") => {
+                let bearer = req
+                    .header("authorization")
+                    .and_then(|v| v.trim_ascii().strip_prefix(b"Bearer "))
+                    .map(<[u8]>::trim_ascii);
+                let scraper = match (&self.scrape, bearer) {
+                    (Some(t), Some(b)) => t.matches(b),
+                    _ => false,
+                };
+                if matches!(caller, Caller::Anonymous) && !scraper {
+                    let mut r = Response::json_error(401, "login_or_bearer_token_required");
+                    r.headers.push(("WWW-Authenticate", "Bearer".into()));
+                    return r;
+                }
+                let body = metrics::render(&shared.snapshot());
+                Response::new(200, metrics::CONTENT_TYPE, body.into_bytes())
+            }
             ("GET", "/" | "/status.json") => {
                 let csrf = match &caller {
                     Caller::Anonymous if path == "/" => return redirect("/login"),
@@ -433,6 +458,7 @@ pub fn serve(
     shared: Shared,
     store: Option<Arc<Mutex<Store>>>,
     access: Access,
+    scrape: Option<ScrapeToken>,
     shutdown: Arc<AtomicBool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -441,6 +467,7 @@ pub fn serve(
     }
     let gate = Gate {
         access,
+        scrape,
         limiter: Mutex::new(LoginLimiter::default()),
         sessions: Mutex::new(Sessions::default()),
         rng: SystemRandom::new(),
@@ -474,6 +501,7 @@ mod tests {
         let hash = PasswordHash::new(password.as_bytes(), 1000, &SystemRandom::new()).unwrap();
         Gate {
             access: Access::Login(hash),
+            scrape: None,
             limiter: Mutex::new(LoginLimiter::default()),
             sessions: Mutex::new(Sessions::default()),
             rng: SystemRandom::new(),
@@ -673,6 +701,51 @@ mod tests {
     }
 
     #[test]
+    fn metrics_need_a_session_loopback_or_the_scrape_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, _) = scrape_token::create(dir.path(), &SystemRandom::new()).unwrap();
+        let mut gate = lan_gate("a good password");
+        gate.scrape = scrape_token::load(dir.path()).unwrap();
+        let shared = Shared::default();
+        let with = |auth: &str| {
+            req(
+                LAN,
+                &format!("GET /metrics HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\n\r\n"),
+            )
+        };
+        let r = gate.respond(&get(LAN, "/metrics", ""), &shared, None);
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r, "WWW-Authenticate"), Some("Bearer"));
+        assert_eq!(
+            gate.respond(&with("Bearer nope"), &shared, None).status,
+            401
+        );
+        assert_eq!(
+            gate.respond(&with(&format!("Basic {token}")), &shared, None)
+                .status,
+            401
+        );
+        let r = gate.respond(&with(&format!("Bearer {token}")), &shared, None);
+        assert_eq!(r.status, 200);
+        assert_eq!(header(&r, "Content-Type"), Some(metrics::CONTENT_TYPE));
+        assert!(body(&r).contains("gatelet_agent_up 0\n"));
+        let local = gate.respond(&get("127.0.0.1:1", "/metrics", ""), &shared, None);
+        assert_eq!(local.status, 200);
+        let login = gate.respond(
+            &post(LAN, "/login", "", "password=a+good+password"),
+            &shared,
+            None,
+        );
+        let cookie = header(&login, "Set-Cookie").unwrap();
+        let pair = cookie.split(';').next().unwrap();
+        assert_eq!(
+            gate.respond(&get(LAN, "/metrics", pair), &shared, None)
+                .status,
+            200
+        );
+    }
+
+    #[test]
     fn page_escapes_what_it_shows() {
         let p = page("route <script>alert(1)</script> & \"x\"", None);
         assert!(!p.contains("<script>"));
@@ -688,7 +761,7 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let t = {
             let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::spawn(move || serve(server, shared, None, Access::Open, stop))
+            std::thread::spawn(move || serve(server, shared, None, Access::Open, None, stop))
         };
         let get = |path: &str| {
             use std::io::{Read, Write};
