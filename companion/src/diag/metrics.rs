@@ -7,9 +7,9 @@
 //! companion's since it started ([`crate::state::Counters`]). A series whose value is unknown
 //! (no handshake yet, the agent not answering) is left out rather than reported as 0.
 //!
-//! Not here yet: per-route refusals and failures (the agent does not count them per route),
-//! and HTTP routes' connections and bytes (the agent's proxy counts them globally: HTTP routes
-//! report 0).
+//! For an HTTP route, "connections" are its requests in flight and "refusals" its 503s at the
+//! route's cap; for an L4 route, its open TCP connections plus UDP sessions, and the
+//! connections or datagrams turned away at a cap.
 
 use std::fmt::Write as _;
 
@@ -168,7 +168,7 @@ pub fn render(s: &Snapshot) -> String {
         o.family(
             "gatelet_route_connections",
             "gauge",
-            "Connections open through the route now (HTTP routes: 0, counted globally).",
+            "Connections (L4) or requests in flight (HTTP) on the route now.",
         );
         routes(&mut o, &|o, l, r| {
             o.sample("gatelet_route_connections", l, r.active_connections);
@@ -176,10 +176,26 @@ pub fn render(s: &Snapshot) -> String {
         o.family(
             "gatelet_route_bytes_total",
             "counter",
-            "Bytes relayed through the route in both directions (HTTP routes: 0, counted globally).",
+            "Bytes relayed through the route in both directions.",
         );
         routes(&mut o, &|o, l, r| {
             o.sample("gatelet_route_bytes_total", l, r.bytes)
+        });
+        o.family(
+            "gatelet_route_refusals_total",
+            "counter",
+            "Connections (L4) or requests (HTTP, 503) turned away at the route's cap.",
+        );
+        routes(&mut o, &|o, l, r| {
+            o.sample("gatelet_route_refusals_total", l, r.refused)
+        });
+        o.family(
+            "gatelet_route_failures_total",
+            "counter",
+            "Connections or requests whose LAN target could not be reached or failed.",
+        );
+        routes(&mut o, &|o, l, r| {
+            o.sample("gatelet_route_failures_total", l, r.failures)
         });
         o.family(
             "gatelet_route_target_up",
@@ -298,6 +314,8 @@ mod tests {
                 }),
                 active_connections: 3,
                 bytes: 4096,
+                refused: 5,
+                failures: 6,
                 last_error: None,
                 reachability: None,
             }],
@@ -312,6 +330,8 @@ mod tests {
             format!("gatelet_route_listening{{{l},protocol=\"udp\"}} 0\n"),
             format!("gatelet_route_connections{{{l}}} 3\n"),
             format!("gatelet_route_bytes_total{{{l}}} 4096\n"),
+            format!("gatelet_route_refusals_total{{{l}}} 5\n"),
+            format!("gatelet_route_failures_total{{{l}}} 6\n"),
             "gatelet_sync_checks_total 7\n".into(),
             "gatelet_sync_budget_remaining_requests 55\n".into(),
             "gatelet_wakes_total{result=\"failed\"} 2\n".into(),
