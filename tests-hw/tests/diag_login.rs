@@ -8,7 +8,8 @@
 //!   passwords lock the address out (429, `Retry-After`), even for the right password;
 //! - the login and the lockout are in the events table;
 //! - `/metrics` from the LAN needs the bearer token `gatelet-companion diag-metrics-token`
-//!   printed, shows the live tunnel, and passes `promtool check metrics` (Debian's
+//!   printed, shows the live tunnel and an HTTP route's own bytes after a request through it
+//!   from the hub, and passes `promtool check metrics` (Debian's
 //!   `prometheus` package; tests-hw/test.sh installs it).
 //!
 //! Bounded: every request has a 5 s timeout, every wait 20 s. Needs root.
@@ -19,14 +20,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gatelet_tests_hw::{
-    config_document, header, http_request, require_root, wait_until, write_secret, Companion,
-    Deployment, HttpResponse, Netns, GW_LAN_SIDE_IP, LAN_HTTP_IP,
+    config_document, document_hash, fixture_port, header, http_request, require_root, wait_until,
+    write_secret, Companion, Deployment, HttpResponse, HttpRouteDoc, Netns, GW_LAN_SIDE_IP,
+    LAN_HTTP_IP, LAN_SERVICE_PORT,
 };
 
 const PORT: u16 = 9877;
 const PASSWORD: &str = "lan page password";
 const IO: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(20);
+const APP: &str = "app.diag.test";
 
 fn request(
     ns: &Netns,
@@ -65,10 +68,10 @@ fn cli(d: &Deployment, args: &[&std::ffi::OsStr], stdin: &str) -> String {
 
 /// A deployment (hub, agent, LAN, fake server) and a gateway.env for the companion with the
 /// page on every address; the companion is not started.
-fn deployment() -> (Deployment, std::path::PathBuf) {
+fn deployment(doc: &serde_json::Value) -> (Deployment, std::path::PathBuf) {
     require_root().unwrap();
     let mut d = Deployment::start_network().unwrap();
-    d.start_gatecontrol(&config_document(&[], &[])).unwrap();
+    d.start_gatecontrol(doc).unwrap();
     let env_path = d.testbed.gw_ns.dir().join("gateway-diag.env");
     let env = std::fs::read_to_string(d.testbed.agent().unwrap().env_path()).unwrap();
     write_secret(
@@ -90,7 +93,7 @@ fn start_companion(d: &Deployment, env: &std::path::Path) -> Companion {
 
 #[test]
 fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
-    let (d, env_path) = deployment();
+    let (d, env_path) = deployment(&config_document(&[], &[]));
     let gw = &d.testbed.gw_ns;
     let lan_addr = SocketAddr::from((GW_LAN_SIDE_IP, PORT));
     let local_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
@@ -247,7 +250,16 @@ fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
 
 #[test]
 fn lan_metrics_need_the_scrape_token_and_pass_promtool() {
-    let (d, env_path) = deployment();
+    let doc = config_document(
+        &[HttpRouteDoc {
+            id: 1,
+            domain: APP.into(),
+            host: LAN_HTTP_IP.to_string(),
+            port: LAN_SERVICE_PORT,
+        }],
+        &[],
+    );
+    let (d, env_path) = deployment(&doc);
     let state_dir = state_dir(&d);
     cli(
         &d,
@@ -272,25 +284,53 @@ fn lan_metrics_need_the_scrape_token_and_pass_promtool() {
     let c = start_companion(&d, &env_path);
     let (lan, lan_addr) = (&d.lan.ns, SocketAddr::from((GW_LAN_SIDE_IP, PORT)));
     let bearer = format!("Bearer {token}");
-    // The agent's tunnel series appear once the companion has polled the agent.
-    let text = wait_until("/metrics to show the tunnel", WAIT, || {
-        let r = http_request(
-            lan,
-            lan_addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", &bearer)],
-            None,
-            IO,
-        );
-        Ok::<_, String>(r.ok().filter(|r| r.status == 200).and_then(|r| {
-            r.body
-                .contains("gatelet_tunnel_handshake_age_seconds ")
-                .then_some(r.body)
-        }))
-    })
+    d.wait_applied(&document_hash(&doc))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    // One request through the HTTP route, from the hub.
+    let proxy = Deployment::tunnel_addr(fixture_port("GC_PROXY_PORT").unwrap());
+    let r = http_request(
+        &d.testbed.hub_ns,
+        proxy,
+        "GET",
+        "/",
+        &[("Host", APP)],
+        None,
+        IO,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    // The agent's tunnel series and the route's own bytes appear once the companion has
+    // polled the agent.
+    let route = format!("route_id=\"1\",kind=\"http\",name=\"{APP}\"");
+    let text = wait_until(
+        "/metrics to show the tunnel and the route's bytes",
+        WAIT,
+        || {
+            let r = http_request(
+                lan,
+                lan_addr,
+                "GET",
+                "/metrics",
+                &[("Authorization", &bearer)],
+                None,
+                IO,
+            );
+            Ok::<_, String>(r.ok().filter(|r| r.status == 200).and_then(|r| {
+                let bytes = r
+                    .body
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("gatelet_route_bytes_total{{{route}}} ")))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                (r.body.contains("gatelet_tunnel_handshake_age_seconds ") && bytes > 0)
+                    .then_some(r.body)
+            }))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     for want in [
+        &format!("gatelet_route_failures_total{{{route}}} 0\n"),
+        &format!("gatelet_route_listening{{{route},protocol=\"tcp\"}} 1\n"),
         "gatelet_agent_up 1\n",
         "# TYPE gatelet_tunnel_receive_bytes_total counter\n",
         "# TYPE gatelet_sync_checks_total counter\n",
