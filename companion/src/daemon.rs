@@ -320,8 +320,13 @@ pub fn run(args: RunArgs) -> ExitCode {
                     .map_err(|e| tracing::error!("the /metrics bearer token is unusable: {e}"))
                     .ok()
                     .flatten();
+                let push = push.clone();
+                let actions = crate::diag::Actions {
+                    sync_now: Arc::new(move || push.notify()),
+                    agent: Some(link.clone()),
+                };
                 threads.extend(spawn("diag", move || {
-                    crate::diag::serve(server, shared, store, access, scrape, stop)
+                    crate::diag::serve(server, shared, store, access, scrape, Some(actions), stop)
                 }));
             }
             Err(e) => fatal.push(format!(

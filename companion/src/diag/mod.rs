@@ -27,12 +27,17 @@ pub mod session;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ring::rand::SystemRandom;
 
+use gatelet_agent_api::control::{
+    ProbeRequest, Request as AgentRequest, Response as AgentResponse, WakeRequest,
+};
+
+use crate::agent_link::AgentLink;
 use crate::http::{self, Request, Responder, Response};
 use crate::state::{now_ms, Shared};
 use crate::status::{render, report};
@@ -57,6 +62,30 @@ pub mod audit {
     pub const LOCKOUT: &str = "diag_lockout";
     /// A session was ended by its user.
     pub const LOGOUT: &str = "diag_logout";
+    /// An action (sync now, wake, re-probe) was asked for (detail: what, who, the outcome).
+    pub const ACTION: &str = "diag_action";
+}
+
+/// Wait for the agent's answer to a re-probe.
+const PROBE_TIMEOUT_MS: u64 = 2_500;
+/// How long a wake asked for on the page waits for the host (on its own thread).
+const WAKE_TIMEOUT_MS: u64 = 30_000;
+
+/// What the page's actions act on, passed in by the daemon.
+#[derive(Clone)]
+pub struct Actions {
+    /// Asks the sync loop for a config check now.
+    pub sync_now: crate::mgmt::Notify,
+    /// The agent's control socket (wake, probe); None: those actions answer 503.
+    pub agent: Option<AgentLink>,
+}
+
+impl std::fmt::Debug for Actions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actions")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who may see the page.
@@ -113,22 +142,72 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;max-width:60em}\
      pre{background:#f4f4f4;padding:1em;overflow-x:auto}\
      .err{color:#b00020}form{margin:1em 0}input{font-size:1em;padding:.3em}";
 
-/// The HTML page for a rendered status text; `csrf` adds a logout button (a session).
-pub fn page(status_text: &str, csrf: Option<&str>) -> String {
-    let logout = csrf.map_or(String::new(), |t| {
-        format!(
-            "<form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" \
-             value=\"{}\"><button>Log out</button></form>",
-            escape(t)
-        )
-    });
+/// A POST button with the CSRF token and hidden fields.
+fn button(action: &str, csrf: &str, fields: &[(&str, String)], label: &str) -> String {
+    let hidden: String = fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+                escape(v)
+            )
+        })
+        .collect();
+    format!(
+        "<form method=\"post\" action=\"{action}\" style=\"display:inline\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{hidden}<button>{}</button></form>",
+        escape(csrf),
+        escape(label)
+    )
+}
+
+/// One route the page offers actions for: id, name, whether it has Wake-on-LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRoute {
+    /// The route id.
+    pub id: u64,
+    /// Its domain, or `l4:<port>`.
+    pub name: String,
+    /// Whether it has a `wol_mac`.
+    pub wol: bool,
+}
+
+/// The HTML page for a rendered status text, with the action buttons (carrying `csrf`) and,
+/// for a session (`logout`), a logout button.
+pub fn page(status_text: &str, csrf: &str, routes: &[ActionRoute], logout: bool) -> String {
+    let mut actions = format!(
+        "<h2>Actions</h2><p>{}</p>",
+        button("/action/sync", csrf, &[], "Sync now")
+    );
+    if !routes.is_empty() {
+        actions.push_str("<ul>");
+        for r in routes {
+            let id = [("route_id", r.id.to_string())];
+            let wake = if r.wol {
+                button("/action/wake", csrf, &id, "Wake")
+            } else {
+                String::new()
+            };
+            actions.push_str(&format!(
+                "<li>{} {wake} {}</li>",
+                escape(&r.name),
+                button("/action/probe", csrf, &id, "Re-probe")
+            ));
+        }
+        actions.push_str("</ul>");
+    }
+    let logout = if logout {
+        button("/logout", csrf, &[], "Log out")
+    } else {
+        String::new()
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_S}\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
          <title>gatelet</title><style>{STYLE}</style></head><body>\
-         <h1>gatelet</h1><pre>{}</pre><p><a href=\"/status.json\">status.json</a></p>{logout}\
-         </body></html>",
+         <h1>gatelet</h1><pre>{}</pre>{actions}<p><a href=\"/status.json\">status.json</a></p>\
+         {logout}</body></html>",
         escape(status_text)
     )
 }
@@ -206,6 +285,12 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 struct Gate {
     access: Access,
     scrape: Option<ScrapeToken>,
+    actions: Option<Actions>,
+    /// The CSRF token of callers without a session (loopback, open access): actions from a
+    /// page on the box need it too, so another site open in a browser there cannot act.
+    local_csrf: String,
+    /// A wake runs on its own thread; one at a time.
+    waking: Arc<AtomicBool>,
     limiter: Mutex<LoginLimiter>,
     sessions: Mutex<Sessions>,
     rng: SystemRandom,
@@ -375,6 +460,130 @@ impl Gate {
         }
     }
 
+    /// Carries out action `what` (`sync`, `wake`, `probe`) for an authorised caller `who`;
+    /// every one lands in the events table.
+    fn act(
+        &self,
+        what: &str,
+        route_id: Option<u64>,
+        shared: &Shared,
+        store: Option<&Mutex<Store>>,
+        who: IpAddr,
+    ) -> Result<(), Response> {
+        let Some(actions) = &self.actions else {
+            return Err(Response::json_error(503, "actions_unavailable"));
+        };
+        if what == "sync" {
+            (actions.sync_now)();
+            audit(store, audit::ACTION, &format!("sync now asked by {who}"));
+            return Ok(());
+        }
+        if what != "wake" && what != "probe" {
+            return Err(Response::json_error(404, "no_such_action"));
+        }
+        let Some(id) = route_id else {
+            return Err(Response::json_error(400, "route_id_required"));
+        };
+        let route = {
+            let snap = shared.lock();
+            snap.config.as_ref().and_then(|c| {
+                let http = c.http_routes.iter().map(|r| {
+                    (
+                        r.id,
+                        r.domain.clone(),
+                        &r.target_host,
+                        r.target_port,
+                        &r.wol,
+                    )
+                });
+                let l4 = c.l4_routes.iter().map(|r| {
+                    (
+                        r.id,
+                        format!("l4:{}", r.listen_port),
+                        &r.target_host,
+                        r.target_port,
+                        &r.wol,
+                    )
+                });
+                http.chain(l4)
+                    .find(|r| r.0 == id)
+                    .map(|(_, name, host, port, wol)| {
+                        (
+                            name,
+                            host.clone(),
+                            port,
+                            wol.as_ref().map(|w| w.mac.clone()),
+                        )
+                    })
+            })
+        };
+        let Some((name, host, port, mac)) = route else {
+            return Err(Response::json_error(404, "no_such_route"));
+        };
+        let Some(agent) = actions.agent.clone() else {
+            return Err(Response::json_error(503, "agent_unavailable"));
+        };
+        if what == "probe" {
+            let req = AgentRequest::Probe(ProbeRequest {
+                host: host.clone(),
+                port,
+                timeout_ms: PROBE_TIMEOUT_MS,
+            });
+            let wait = std::time::Duration::from_millis(PROBE_TIMEOUT_MS + 1_000);
+            let outcome = match agent.request(&req, wait) {
+                Ok(AgentResponse::Probed(p)) if p.reachable => "reachable".to_owned(),
+                Ok(AgentResponse::Probed(p)) => format!(
+                    "unreachable ({})",
+                    p.error.unwrap_or_else(|| "no answer".into())
+                ),
+                Ok(AgentResponse::Error { message }) => format!("agent error: {message}"),
+                Ok(_) => "unexpected agent answer".into(),
+                Err(e) => format!("agent not reached: {e}"),
+            };
+            audit(
+                store,
+                audit::ACTION,
+                &format!("re-probe of {name} ({host}:{port}) by {who}: {outcome}"),
+            );
+            return Ok(());
+        }
+        let Some(mac) = mac else {
+            return Err(Response::json_error(409, "route_has_no_wol"));
+        };
+        if self.waking.swap(true, Ordering::AcqRel) {
+            return Err(Response::json_error(429, "wake_in_progress"));
+        }
+        audit(
+            store,
+            audit::ACTION,
+            &format!("wake of {name} ({mac}) asked by {who}"),
+        );
+        let req = AgentRequest::Wake(WakeRequest {
+            mac,
+            lan_host: Some(host),
+            port: Some(port),
+            timeout_ms: WAKE_TIMEOUT_MS,
+            trigger: "diag".into(),
+        });
+        let waking = self.waking.clone();
+        // The agent reports the outcome in its status; the supervisor records it as a `wake`
+        // event. This thread only waits for the agent, so the page's one worker does not.
+        let spawned = std::thread::Builder::new()
+            .name("diag-wake".into())
+            .spawn(move || {
+                let wait = std::time::Duration::from_millis(WAKE_TIMEOUT_MS + 3_000);
+                if let Err(e) = agent.request(&req, wait) {
+                    tracing::warn!(error = %e, "wake from the diagnostics page: agent not reached");
+                }
+                waking.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.waking.store(false, Ordering::Release);
+            return Err(Response::json_error(503, "busy"));
+        }
+        Ok(())
+    }
+
     fn respond(&self, req: &Request, shared: &Shared, store: Option<&Mutex<Store>>) -> Response {
         let now = Instant::now();
         let caller = self.caller(req, now);
@@ -430,16 +639,37 @@ impl Gate {
                 let body = metrics::render(&shared.snapshot());
                 Response::new(200, metrics::CONTENT_TYPE, body.into_bytes())
             }
-            ("GET", "/" | "/status.json") => {
+            ("POST", p) if p.starts_with("/action/") => {
                 let csrf = match &caller {
+                    Caller::Anonymous => return redirect("/login"),
+                    Caller::Local => self.local_csrf.as_str(),
+                    Caller::Session { csrf, .. } => csrf.as_str(),
+                };
+                let fields = form_fields(&req.body).unwrap_or_default();
+                let given = field(&fields, "csrf").unwrap_or_default();
+                if !same_origin(req)
+                    || !crate::mgmt::auth::token_matches(given.as_bytes(), csrf.as_bytes())
+                {
+                    return Response::json_error(403, "bad_csrf_token");
+                }
+                let who = req.peer.ip();
+                let route_id = field(&fields, "route_id").and_then(|v| v.parse::<u64>().ok());
+                match self.act(&p["/action/".len()..], route_id, shared, store, who) {
+                    Ok(()) => redirect("/"),
+                    Err(r) => r,
+                }
+            }
+            ("GET", "/" | "/status.json") => {
+                let (csrf, logout) = match &caller {
                     Caller::Anonymous if path == "/" => return redirect("/login"),
                     Caller::Anonymous => return Response::json_error(401, "login_required"),
-                    Caller::Local => None,
-                    Caller::Session { csrf, .. } => Some(csrf.as_str()),
+                    Caller::Local => (self.local_csrf.as_str(), false),
+                    Caller::Session { csrf, .. } => (csrf.as_str(), true),
                 };
                 let r = report(shared, store);
                 if path == "/" {
-                    html(200, page(&render(&r, now_ms()), csrf))
+                    let routes = action_routes(&r.snapshot);
+                    html(200, page(&render(&r, now_ms()), csrf, &routes, logout))
                 } else {
                     let body = serde_json::to_string(&r).unwrap_or_else(|_| "{}".into());
                     Response::new(200, "application/json", body.into_bytes())
@@ -448,6 +678,24 @@ impl Gate {
             _ => Response::new(404, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// The routes of the config in force, for the action buttons.
+fn action_routes(s: &crate::state::Snapshot) -> Vec<ActionRoute> {
+    let Some(c) = &s.config else {
+        return Vec::new();
+    };
+    let http = c.http_routes.iter().map(|r| ActionRoute {
+        id: r.id,
+        name: r.domain.clone(),
+        wol: r.wol.is_some(),
+    });
+    let l4 = c.l4_routes.iter().map(|r| ActionRoute {
+        id: r.id,
+        name: format!("l4:{}", r.listen_port),
+        wol: r.wol.is_some(),
+    });
+    http.chain(l4).collect()
 }
 
 /// Serves the page on `listener` under `access` until `shutdown` is set, with [`limits`]:
@@ -459,18 +707,28 @@ pub fn serve(
     store: Option<Arc<Mutex<Store>>>,
     access: Access,
     scrape: Option<ScrapeToken>,
+    actions: Option<Actions>,
     shutdown: Arc<AtomicBool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
         let login = matches!(access, Access::Login(_));
         tracing::info!(%addr, login, "diagnostics page serving");
     }
+    let rng = SystemRandom::new();
+    let mut local = [0u8; 32];
+    if ring::rand::SecureRandom::fill(&rng, &mut local).is_err() {
+        tracing::error!("no randomness for the diagnostics page's CSRF token: not serving it");
+        return;
+    }
     let gate = Gate {
         access,
         scrape,
+        actions,
+        local_csrf: local.iter().map(|b| format!("{b:02x}")).collect(),
+        waking: Arc::new(AtomicBool::new(false)),
         limiter: Mutex::new(LoginLimiter::default()),
         sessions: Mutex::new(Sessions::default()),
-        rng: SystemRandom::new(),
+        rng,
     };
     let handler: http::Handler = Arc::new(move |req: Request, out: Responder| {
         let mut resp = gate.respond(&req, &shared, store.as_deref());
@@ -502,6 +760,9 @@ mod tests {
         Gate {
             access: Access::Login(hash),
             scrape: None,
+            actions: None,
+            local_csrf: "local-csrf".into(),
+            waking: Arc::new(AtomicBool::new(false)),
             limiter: Mutex::new(LoginLimiter::default()),
             sessions: Mutex::new(Sessions::default()),
             rng: SystemRandom::new(),
@@ -746,8 +1007,103 @@ mod tests {
     }
 
     #[test]
+    fn actions_need_the_csrf_token_and_are_audited() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Mutex::new(Store::open(dir.path()).unwrap());
+        let store = Some(&db);
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let mut gate = lan_gate("a good password");
+        gate.actions = Some(Actions {
+            sync_now: {
+                let syncs = syncs.clone();
+                Arc::new(move || {
+                    syncs.fetch_add(1, Ordering::SeqCst);
+                })
+            },
+            agent: None,
+        });
+        let shared = Shared::default();
+        // Anonymous from the LAN: to the login form, nothing done.
+        let r = gate.respond(
+            &post(LAN, "/action/sync", "", "csrf=local-csrf"),
+            &shared,
+            store,
+        );
+        assert_eq!((r.status, header(&r, "Location")), (303, Some("/login")));
+        // Loopback: the page's own token is needed (another site in a browser on the box
+        // cannot act), then the action runs and is recorded.
+        let local = "127.0.0.1:4000";
+        let r = gate.respond(&post(local, "/action/sync", "", ""), &shared, store);
+        assert_eq!(r.status, 403);
+        let page = body(&gate.respond(&get(local, "/", ""), &shared, store));
+        assert!(page.contains("value=\"local-csrf\""), "{page}");
+        assert!(!page.contains("/logout"));
+        let r = gate.respond(
+            &post(local, "/action/sync", "", "csrf=local-csrf"),
+            &shared,
+            store,
+        );
+        assert_eq!(r.status, 303);
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        // A session: its own token, not the local one.
+        let login = gate.respond(
+            &post(LAN, "/login", "", "password=a+good+password"),
+            &shared,
+            store,
+        );
+        let cookie = header(&login, "Set-Cookie").unwrap();
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        let r = gate.respond(
+            &post(LAN, "/action/sync", &pair, "csrf=local-csrf"),
+            &shared,
+            store,
+        );
+        assert_eq!(r.status, 403);
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        let page = body(&gate.respond(&get(LAN, "/", &pair), &shared, store));
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let ok = |path: &str, extra: &str| {
+            gate.respond(
+                &post(LAN, path, &pair, &format!("csrf={csrf}{extra}")),
+                &shared,
+                store,
+            )
+        };
+        assert_eq!(ok("/action/sync", "").status, 303);
+        assert_eq!(syncs.load(Ordering::SeqCst), 2);
+        assert_eq!(ok("/action/wake", "").status, 400);
+        assert_eq!(ok("/action/wake", "&route_id=9").status, 404);
+        assert_eq!(ok("/action/nope", "").status, 404);
+        let details: Vec<String> = db
+            .lock()
+            .unwrap()
+            .events(20)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == audit::ACTION)
+            .map(|e| format!("{} x{}", e.detail, e.count))
+            .collect();
+        assert!(
+            details.contains(&"sync now asked by 127.0.0.1 x1".into()),
+            "{details:?}"
+        );
+        assert!(
+            details.contains(&"sync now asked by 192.168.1.50 x1".into()),
+            "{details:?}"
+        );
+    }
+
+    #[test]
     fn page_escapes_what_it_shows() {
-        let p = page("route <script>alert(1)</script> & \"x\"", None);
+        let p = page("route <script>alert(1)</script> & \"x\"", "t", &[], false);
         assert!(!p.contains("<script>"));
         assert!(p.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot;"));
     }
@@ -761,7 +1117,7 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let t = {
             let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::spawn(move || serve(server, shared, None, Access::Open, None, stop))
+            std::thread::spawn(move || serve(server, shared, None, Access::Open, None, None, stop))
         };
         let get = |path: &str| {
             use std::io::{Read, Write};
