@@ -6,6 +6,9 @@
 //!   login form (the JSON answers 401), loopback on the box stays open; the right password
 //!   gives an `HttpOnly; SameSite=Strict` session cookie that opens the page; five wrong
 //!   passwords lock the address out (429, `Retry-After`), even for the right password;
+//! - through the page's forms (session CSRF token), a wake and a re-probe of a route: the wake
+//!   appears as the agent's `wake` event, both as `diag_action` audit rows; without the token:
+//!   403;
 //! - the login and the lockout are in the events table;
 //! - `/metrics` from the LAN needs the bearer token `gatelet-companion diag-metrics-token`
 //!   printed, shows the live tunnel and an HTTP route's own bytes after a request through it
@@ -30,6 +33,7 @@ const PASSWORD: &str = "lan page password";
 const IO: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(20);
 const APP: &str = "app.diag.test";
+const WOL_MAC: &str = "02:00:00:00:00:01";
 
 fn request(
     ns: &Netns,
@@ -93,7 +97,19 @@ fn start_companion(d: &Deployment, env: &std::path::Path) -> Companion {
 
 #[test]
 fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
-    let (d, env_path) = deployment(&config_document(&[], &[]));
+    // One HTTP route with Wake-on-LAN (to an address that is up: the wake ends at once).
+    let mut doc = config_document(
+        &[HttpRouteDoc {
+            id: 1,
+            domain: APP.into(),
+            host: LAN_HTTP_IP.to_string(),
+            port: LAN_SERVICE_PORT,
+        }],
+        &[],
+    );
+    doc["routes"][0]["wol_enabled"] = true.into();
+    doc["routes"][0]["wol_mac"] = WOL_MAC.into();
+    let (d, env_path) = deployment(&doc);
     let gw = &d.testbed.gw_ns;
     let lan_addr = SocketAddr::from((GW_LAN_SIDE_IP, PORT));
     let local_addr = SocketAddr::from(([127, 0, 0, 1], PORT));
@@ -136,6 +152,8 @@ fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
     assert!(!stored.contains(PASSWORD));
 
     let c = start_companion(&d, &env_path);
+    d.wait_applied(&document_hash(&doc))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     let lan = &d.lan.ns;
     wait_until("the LAN page to answer", WAIT, || {
         Ok::<_, String>(
@@ -195,6 +213,81 @@ fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
     );
     assert_eq!(r.status, 401);
 
+    // Actions through the page: its form's CSRF token, a wake and a re-probe of the route.
+    let page = request(lan, lan_addr, "GET", "/", Some(&cookie), None).body;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert!(page.contains("action=\"/action/wake\""), "{page}");
+    let r = request(
+        lan,
+        lan_addr,
+        "POST",
+        "/action/wake",
+        Some(&cookie),
+        Some("route_id=1"),
+    );
+    assert_eq!(r.status, 403, "no CSRF token: {}", r.body);
+    for action in ["wake", "probe"] {
+        let body = format!("csrf={csrf}&route_id=1");
+        let r = request(
+            lan,
+            lan_addr,
+            "POST",
+            &format!("/action/{action}"),
+            Some(&cookie),
+            Some(&body),
+        );
+        assert_eq!(r.status, 303, "{action}: {}\n{}", r.head, r.body);
+    }
+    let lan_ip = LAN_HTTP_IP;
+    let events = |d: &Deployment| -> Vec<String> {
+        let status: serde_json::Value = serde_json::from_str(
+            &request(
+                &d.testbed.gw_ns,
+                local_addr,
+                "GET",
+                "/status.json",
+                None,
+                None,
+            )
+            .body,
+        )
+        .unwrap();
+        status["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["detail"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let seen = wait_until("the page's wake in the events", WAIT, || {
+        let ev = events(&d);
+        Ok::<_, String>(
+            ev.iter()
+                .any(|e| e.starts_with(&format!("wake wake {WOL_MAC} by diag: up after")))
+                .then_some(ev),
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", events(&d), c.log()));
+    for want in [
+        format!("diag_action wake of {APP} ({WOL_MAC}) asked by {lan_ip}"),
+        format!(
+            "diag_action re-probe of {APP} ({lan_ip}:{LAN_SERVICE_PORT}) by {lan_ip}: reachable"
+        ),
+    ] {
+        assert!(seen.contains(&want), "{want} not in {seen:#?}");
+    }
+
     // 5. Five wrong passwords lock this address out, the right one included.
     for i in 0..4 {
         let r = request(
@@ -237,7 +330,6 @@ fn lan_page_needs_a_password_a_login_and_locks_out_guessers() {
             )
         })
         .collect();
-    let lan_ip = LAN_HTTP_IP;
     for want in [
         format!("diag_login login from {lan_ip}"),
         format!("diag_lockout {lan_ip} locked out for 30 min after 5 wrong passwords"),
