@@ -15,6 +15,14 @@
 //! table, CSRF token per session for actions). Every login, wrong password, lockout and
 //! action is written to the store's events table (kinds in [`audit`]).
 //!
+//! Actions (`POST /action/sync`, `/action/wake`, `/action/probe` with a `route_id`) need the
+//! caller's CSRF token: a session's own, or for loopback and open access a per-process token
+//! the page carries (so another site open in a browser on the box cannot act).
+//!
+//! Caveat: a GateControl route whose LAN target is this box's loopback address and this
+//! port would reach the page as a loopback caller; route validation does not refuse such
+//! targets today.
+//!
 //! `/metrics` ([`metrics`], Prometheus text) follows the same rules, and also opens to
 //! `Authorization: Bearer <token>` for scrapers ([`scrape_token`]: the token that
 //! `gatelet-companion diag-metrics-token` printed).
