@@ -305,12 +305,28 @@ pub fn run(args: RunArgs) -> ExitCode {
         )),
     }
 
-    if let Some(addr) = env.diag_listen {
+    // A LAN page without a password is refused (logged, not fatal: the gateway runs on).
+    let diag = env.diag_listen.and_then(|addr| {
+        crate::diag::Access::for_listen(addr, &args.state_dir)
+            .map_err(|e| tracing::error!("{e}"))
+            .ok()
+            .map(|access| (addr, access))
+    });
+    if let Some((addr, access)) = diag {
         match std::net::TcpListener::bind(addr) {
             Ok(server) => {
                 let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());
+                let scrape = crate::diag::scrape_token::load(&args.state_dir)
+                    .map_err(|e| tracing::error!("the /metrics bearer token is unusable: {e}"))
+                    .ok()
+                    .flatten();
+                let push = push.clone();
+                let actions = crate::diag::Actions {
+                    sync_now: Arc::new(move || push.notify()),
+                    agent: Some(link.clone()),
+                };
                 threads.extend(spawn("diag", move || {
-                    crate::diag::serve(server, shared, store, stop)
+                    crate::diag::serve(server, shared, store, access, scrape, Some(actions), stop)
                 }));
             }
             Err(e) => fatal.push(format!(

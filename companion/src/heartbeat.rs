@@ -481,6 +481,8 @@ mod tests {
             udp: Some(ListenerState::Listening),
             active_connections: 0,
             bytes: 0,
+            refused: 0,
+            failures: 0,
             last_error: None,
             reachability: reachable.map(|r| Reachability {
                 reachable: r,

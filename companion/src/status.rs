@@ -444,6 +444,8 @@ mod tests {
                 udp: Some(ListenerState::Listening),
                 active_connections: 0,
                 bytes: 0,
+                refused: 0,
+                failures: 0,
                 last_error: None,
                 reachability: None,
             }],

@@ -208,6 +208,14 @@ pub struct RouteStatus {
     /// Bytes relayed in both directions since the route started.
     #[serde(default)]
     pub bytes: u64,
+    /// Connections (L4: TCP, plus UDP datagrams over the session cap) or requests (HTTP: 503
+    /// at the route's cap of requests in flight) turned away since the route started.
+    #[serde(default)]
+    pub refused: u64,
+    /// Connections or requests whose target could not be reached (HTTP: 502/504 from the
+    /// proxy) since the route started.
+    #[serde(default)]
+    pub failures: u64,
     /// Last error seen on this route.
     #[serde(default)]
     pub last_error: Option<String>,
