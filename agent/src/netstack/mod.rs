@@ -23,6 +23,9 @@
 //! socket (with its rings) if its 4-tuple has none yet (a retransmitted SYN goes to the
 //! socket it already has), the listener's backlog (connections not yet accepted) has room and
 //! the stack is under its socket budget; otherwise the SYN is dropped and the client retries.
+//!
+//! Known bug (open, see the README): smoltcp 0.12 drops its retransmission timer when the
+//! peer's FIN arrives with our data unacknowledged; lost data is then never sent again.
 
 mod cwnd;
 mod device;
