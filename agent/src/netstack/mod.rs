@@ -22,10 +22,12 @@
 //! Listeners have no smoltcp socket of their own: a SYN to a listening port gets a fresh
 //! socket (with its rings) if its 4-tuple has none yet (a retransmitted SYN goes to the
 //! socket it already has), the listener's backlog (connections not yet accepted) has room and
-//! the stack is under its socket budget; otherwise the SYN is dropped and the client retries.
+//! the stack is under its socket budget; otherwise the oldest half-open connection of that port
+//! makes room (a flood of unanswered SYNs cannot keep clients out), else the SYN is dropped and
+//! the client retries. Half-open connections are freed after [`HANDSHAKE_TIMEOUT`].
 //!
-//! Known bug (open, see the README): smoltcp 0.12 drops its retransmission timer when the
-//! peer's FIN arrives with our data unacknowledged; lost data is then never sent again.
+//! smoltcp is the patched copy in `third_party/smoltcp`: 0.12 stopped retransmitting after the
+//! peer's FIN (see `GATELET-PATCH.md` there).
 
 mod cwnd;
 mod device;
