@@ -596,6 +596,38 @@ impl Half {
     }
 }
 
+/// A relay's idle timeout, checked once per period: it fires when a whole period passed
+/// without a byte either way (so between one and two periods after the last byte).
+struct IdleTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    period: Duration,
+    active: bool,
+}
+
+impl IdleTimer {
+    fn new(period: Duration) -> Self {
+        IdleTimer {
+            sleep: Box::pin(tokio::time::sleep(period)),
+            period,
+            active: false,
+        }
+    }
+
+    /// Ready when the connection idled a whole period; `active`: bytes moved in this poll.
+    fn poll(&mut self, cx: &mut Context<'_>, active: bool) -> Poll<()> {
+        self.active |= active;
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if !self.active {
+                return Poll::Ready(());
+            }
+            self.active = false;
+            let next = tokio::time::Instant::now() + self.period;
+            self.sleep.as_mut().reset(next);
+        }
+        Poll::Pending
+    }
+}
+
 /// Relays between `a` and `b` until both directions ended (each end of stream forwarded as a
 /// half-close), an error occurs, or nothing moved for `config.idle_timeout`
 /// (an error of kind `TimedOut`).
@@ -608,8 +640,7 @@ pub async fn relay(
     let mut ab = Half::default();
     let mut ba = Half::default();
     let idle = config.idle_timeout;
-    let mut timer = Box::pin(tokio::time::sleep(idle));
-    let mut active_since_timer = false;
+    let mut timer = IdleTimer::new(idle);
     std::future::poll_fn(|cx| {
         let mut active = false;
         for (half, from, to) in [(&mut ab, a, b), (&mut ba, b, a)] {
@@ -629,16 +660,12 @@ pub async fn relay(
         if ab.done && ba.done {
             return Poll::Ready(Ok(()));
         }
-        active_since_timer |= active;
-        while timer.as_mut().poll(cx).is_ready() {
-            if !active_since_timer {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+        match timer.poll(cx, active) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
             }
-            active_since_timer = false;
-            let next = tokio::time::Instant::now() + idle;
-            Pin::as_mut(&mut timer).reset(next);
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     })
     .await
 }
@@ -678,8 +705,7 @@ where
     let mut ba = Half::default();
     let idle = config.idle_timeout;
     let sizes = (config.buffer_bytes, config.max_buffer_bytes);
-    let mut timer = Box::pin(tokio::time::sleep(idle));
-    let mut active_since_timer = false;
+    let mut timer = IdleTimer::new(idle);
     std::future::poll_fn(|cx| {
         let mut active = false;
         if !ab.done {
@@ -695,16 +721,12 @@ where
         if ab.done && ba.done {
             return Poll::Ready(Ok(()));
         }
-        active_since_timer |= active;
-        while timer.as_mut().poll(cx).is_ready() {
-            if !active_since_timer {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+        match timer.poll(cx, active) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
             }
-            active_since_timer = false;
-            let next = tokio::time::Instant::now() + idle;
-            Pin::as_mut(&mut timer).reset(next);
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     })
     .await
 }

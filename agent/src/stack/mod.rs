@@ -280,50 +280,61 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Userspace(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
+/// `AsyncWrite` for an enum whose `Kernel` and `Userspace` variants both implement it: each call
+/// goes to the variant (one definition for [`Stream`] and [`WriteHalf`]).
+macro_rules! async_write_by_variant {
+    ($t:ty, $e:ident) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_write(cx, buf),
+                    $e::Userspace(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Userspace(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $e::Userspace(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                }
+            }
 
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Kernel(s) => s.is_write_vectored(),
-            Stream::Userspace(s) => s.is_write_vectored(),
-        }
-    }
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $e::Kernel(s) => s.is_write_vectored(),
+                    $e::Userspace(s) => s.is_write_vectored(),
+                }
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_flush(cx),
-            Stream::Userspace(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_flush(cx),
+                    $e::Userspace(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Userspace(s) => Pin::new(s).poll_shutdown(cx),
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_shutdown(cx),
+                    $e::Userspace(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
         }
-    }
+    };
 }
+
+async_write_by_variant!(Stream, Stream);
 
 /// The read side of [`Stream::split`].
 #[derive(Debug)]
@@ -356,50 +367,7 @@ impl AsyncRead for ReadHalf<'_> {
     }
 }
 
-impl AsyncWrite for WriteHalf<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Kernel(s) => s.is_write_vectored(),
-            WriteHalf::Userspace(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+async_write_by_variant!(WriteHalf<'_>, WriteHalf);
 
 /// A bound UDP port on the tunnel side. Shared by reference (`&self` methods).
 #[derive(Debug)]
