@@ -181,7 +181,7 @@ pub async fn run<T: PacketInterface>(
     ];
     let mut scratch = vec![0u8; max_packet];
     let mut coalescer = vnet.then(Coalescer::new);
-    let mut resolving: Option<tokio::task::JoinHandle<Result<Vec<SocketAddr>, String>>> = None;
+    let mut resolving = Resolving::default();
     let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -189,17 +189,8 @@ pub async fn run<T: PacketInterface>(
     loop {
         checkin.beat();
         let now = Instant::now();
-        if resolving.is_none() && core.wants_resolve(now) {
-            core.resolve_started(now);
-            let ep = endpoint.clone();
-            resolving = Some(tokio::task::spawn_blocking(move || resolve(&ep)));
-        }
-        let resolved = async {
-            match resolving.as_mut() {
-                Some(h) => h.await,
-                None => std::future::pending().await,
-            }
-        };
+        resolving.start_if_wanted(&mut core, &endpoint, now);
+        let resolved = resolving.done();
         tokio::select! {
             _ = shutdown.changed() => {
                 if shutdown.has_changed().is_err() || *shutdown.borrow() {
@@ -230,7 +221,6 @@ pub async fn run<T: PacketInterface>(
                 }
             }
             result = resolved => {
-                resolving = None;
                 use_resolved(result, &mut core, &mut udp, &endpoint, &mut plain);
             }
         }
@@ -251,7 +241,7 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
     let mut rx = PacketBatch::new(out_len);
     let mut tx = PacketBatch::new(out_len);
     let mut plain = vec![0u8; out_len];
-    let mut resolving: Option<tokio::task::JoinHandle<Result<Vec<SocketAddr>, String>>> = None;
+    let mut resolving = Resolving::default();
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // When the stack wants a poll at the latest; None while it is idle.
@@ -260,17 +250,8 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
     loop {
         checkin.beat();
         let now = Instant::now();
-        if resolving.is_none() && core.wants_resolve(now) {
-            core.resolve_started(now);
-            let ep = endpoint.clone();
-            resolving = Some(tokio::task::spawn_blocking(move || resolve(&ep)));
-        }
-        let resolved = async {
-            match resolving.as_mut() {
-                Some(h) => h.await,
-                None => std::future::pending().await,
-            }
-        };
+        resolving.start_if_wanted(&mut core, &endpoint, now);
+        let resolved = resolving.done();
         let deadline = async {
             match next_poll {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -301,7 +282,6 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
                 stack.release_drained();
             }
             result = resolved => {
-                resolving = None;
                 use_resolved(result, &mut core, &mut udp, &endpoint, &mut plain);
             }
         }
@@ -333,6 +313,32 @@ async fn pump(
         }
     }
     Ok(next)
+}
+
+/// The hub's name being resolved off the data path (a blocking lookup on tokio's blocking
+/// pool), at most one at a time, when the core asks for it.
+#[derive(Default)]
+struct Resolving(Option<tokio::task::JoinHandle<Result<Vec<SocketAddr>, String>>>);
+
+impl Resolving {
+    /// Starts a lookup of `endpoint` when none runs and the core wants one.
+    fn start_if_wanted(&mut self, core: &mut TunnelCore, endpoint: &Endpoint, now: Instant) {
+        if self.0.is_none() && core.wants_resolve(now) {
+            core.resolve_started(now);
+            let ep = endpoint.clone();
+            self.0 = Some(tokio::task::spawn_blocking(move || resolve(&ep)));
+        }
+    }
+
+    /// The running lookup's result (never, when none runs); the next one can start after it.
+    async fn done(&mut self) -> Result<Result<Vec<SocketAddr>, String>, tokio::task::JoinError> {
+        let Some(h) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        let r = h.await;
+        self.0 = None;
+        r
+    }
 }
 
 /// Takes the outcome of a name resolution of the hub: connects the socket to the new address
