@@ -283,6 +283,6 @@ companion_id=$(compose ps -q companion)
 wait_for 60 "Docker reports the companion's HEALTHCHECK healthy (userspace)" health
 
 echo "container-check.sh: OK: userspace variant (deploy/docker-compose.userspace.yml; agent: uid 65532,"
-echo "container-check.sh: OK: no capability, no device): tunnel, config sync (over the WAN), heartbeats,"
+echo "container-check.sh: OK: no capability, no device): tunnel, config sync and heartbeats via the agent's proxy into the tunnel,"
 echo "container-check.sh: OK: HTTP route and L4 route answer from the hub; HEALTHCHECK healthy"
 echo "container-check.sh: OK: image $TAG $size bytes ($(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e6 }') MB; target <= 6 MB)"
