@@ -163,14 +163,9 @@ pub async fn serve<D: Dial>(
             counters
                 .refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut conn = conn;
-                let _ = tokio::time::timeout(
-                    HEAD_TIMEOUT,
-                    respond(&mut conn, 503, "too many connections"),
-                )
-                .await;
-            });
+            // Answered without a task of its own (a flood of connections costs no tasks): the
+            // short answer fits the new socket's send buffer; then it is closed.
+            let _ = conn.try_write(&answer(503, "too many connections"));
             continue;
         };
         let (target, dial, counters) = (target.clone(), dial.clone(), counters.clone());
@@ -253,6 +248,11 @@ fn check(head: &[u8], target: &Target) -> Result<(), (u16, &'static str)> {
 }
 
 async fn respond(conn: &mut TcpStream, code: u16, why: &str) -> io::Result<()> {
+    conn.write_all(&answer(code, why)).await
+}
+
+/// The bytes of an answer with `code` (a plain-text body saying `why`, except for 200).
+fn answer(code: u16, why: &str) -> Vec<u8> {
     let reason = match code {
         200 => "Connection established",
         400 => "Bad Request",
@@ -272,7 +272,7 @@ async fn respond(conn: &mut TcpStream, code: u16, why: &str) -> io::Result<()> {
             why.len() + 1
         )
     };
-    conn.write_all(msg.as_bytes()).await
+    msg.into_bytes()
 }
 
 /// Resolves the target (IPv4: the stack's only family).
