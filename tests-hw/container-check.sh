@@ -3,8 +3,8 @@
 # deploy/docker-compose.yml says (both containers, host networking, the agent in TUN mode with
 # only NET_ADMIN and /dev/net/tun, the companion as uid 65532), then as
 # deploy/docker-compose.userspace.yml says (the agent in userspace network stack mode as uid 65532
-# with no capability and no device; the companion syncs with a server on the hub's WAN address,
-# see that file's LIMITATION), against a hub in a namespace:
+# with no capability and no device; the companion syncs with the same server on the hub's tunnel
+# address through the agent's loopback CONNECT proxy into its stack), against a hub in a namespace:
 #
 #   ctr-hub  wireguard-go (10.8.0.1) + the fake GateControl server on 10.8.0.1:3000
 #      |     veth 10.78.0.1 <-> 10.78.0.2
@@ -234,14 +234,12 @@ compose down -v --timeout 10 >/dev/null 2>&1
 wait_for 15 "the kernel variant's gatelet0 is gone" sh -c "! ip netns exec $GW ip link show gatelet0"
 
 # 3. The userspace variant (deploy/docker-compose.userspace.yml): the agent as 65532 with no
-# capability and no device, the tunnel in its smoltcp stack. The companion cannot send into a
-# userspace tunnel (the compose file's LIMITATION), so its GC_SERVER_URL is the hub's WAN address,
-# where a second fake server with the same config listens.
+# capability and no device, the tunnel in its smoltcp stack. The same gateway.env: the companion
+# reaches the server on the hub's tunnel address (10.8.0.1:3000) through the agent's loopback
+# CONNECT proxy into the tunnel; nothing else in the gateway's namespace reaches it (checked).
 echo "container-check.sh: userspace variant"
-bg_in_ns $HUB "$RUN/gatecontrol-wan.log" "$FAKE" --listen 10.78.0.1:3000 --config "$RUN/config.json"
-sed -e "s#^GC_SERVER_URL=.*#GC_SERVER_URL=http://10.78.0.1:3000#" "$RUN/gateway.env" > "$RUN/gateway-userspace.env"
-chown 0:65532 "$RUN/gateway-userspace.env" && chmod 0640 "$RUN/gateway-userspace.env"
-COMPOSE_FILE=deploy/docker-compose.userspace.yml ENV_FILE=gateway-userspace.env
+heartbeats_before=$(grep -c "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol.log" || true)
+COMPOSE_FILE=deploy/docker-compose.userspace.yml ENV_FILE=gateway.env
 compose up -d
 agent_id=$(compose ps -q agent)
 wait_for 20 "the userspace agent runs" sh -c "[ \"\$(docker inspect -f '{{.State.Running}}' $agent_id)\" = true ]"
@@ -261,8 +259,15 @@ if ls -l "/proc/$agent_pid/fd" 2>/dev/null | grep -q /dev/net/tun || ip netns ex
 fi
 echo "container-check.sh: OK: userspace agent: uid/gid 65532, every capability set empty, no TUN device"
 wait_for 30 "the userspace tunnel answers a ping (hub -> gateway 10.8.0.2, the agent's stack)" in_ns $HUB ping -c1 -W1 10.8.0.2
-wait_for 40 "the companion syncs its config and heartbeats (userspace variant, over the WAN)" \
-  grep -q "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol-wan.log"
+new_heartbeats() {
+  [ "$(grep -c "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol.log" || true)" -gt "$heartbeats_before" ]
+}
+wait_for 40 "the companion syncs its config and heartbeats (userspace variant, through the agent's proxy into the tunnel)" \
+  new_heartbeats
+if in_ns $GW curl -sS -m 3 -o /dev/null http://10.8.0.1:3000/ 2>/dev/null; then
+  echo "container-check.sh: FAILED: the gateway's namespace reaches 10.8.0.1:3000 without the agent's proxy" >&2
+  exit 1
+fi
 wait_for 20 "the companion reaches the userspace agent" \
   compose exec -T companion /usr/bin/gatelet-companion status --health
 sock="$(docker volume inspect -f '{{.Mountpoint}}' "${PROJECT}_gatelet-run")/agent.sock"
@@ -278,6 +283,6 @@ companion_id=$(compose ps -q companion)
 wait_for 60 "Docker reports the companion's HEALTHCHECK healthy (userspace)" health
 
 echo "container-check.sh: OK: userspace variant (deploy/docker-compose.userspace.yml; agent: uid 65532,"
-echo "container-check.sh: OK: no capability, no device): tunnel, config sync (over the WAN), heartbeats,"
+echo "container-check.sh: OK: no capability, no device): tunnel, config sync and heartbeats via the agent's proxy into the tunnel,"
 echo "container-check.sh: OK: HTTP route and L4 route answer from the hub; HEALTHCHECK healthy"
 echo "container-check.sh: OK: image $TAG $size bytes ($(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e6 }') MB; target <= 6 MB)"

@@ -7,6 +7,8 @@
 //!   `GATELET_NETSTACK` says so (or `auto` cannot set the device up).
 //! - [`tunnel`]: WireGuard to the hub (boringtun `Tunn`, sans-IO core plus a batched driver).
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
+//! - [`egress`]: in userspace mode, the loopback CONNECT proxy that takes the companion's
+//!   requests to GateControl into the tunnel.
 //! - [`probe`]: TCP reachability checks of LAN targets.
 //! - [`target`]: a route's LAN target, its resolution and the LAN-side connect (the lowest
 //!   layer: the relays, the proxy and Wake-on-LAN use it).
@@ -27,6 +29,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod egress;
 pub mod forward;
 pub mod http;
 pub mod netif;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
 use gatelet_agent::control::{self, AgentState, ControlSocket};
+use gatelet_agent::egress;
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
 use gatelet_agent::netstack::{Netstack, NetstackConfig};
 use gatelet_agent::routes::{self, RouteManager};
@@ -181,6 +182,43 @@ fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, W
     (manager, waker)
 }
 
+/// In userspace mode with `GC_SERVER_URL` set: the loopback CONNECT proxy that takes the
+/// companion's GateControl requests into the tunnel (`gatelet_agent::egress`), on a port the
+/// kernel picks (the companion reads it from the status). None when there is no server or the
+/// proxy cannot start (logged: the companion then reaches the server only if it is outside
+/// the tunnel).
+async fn start_tunnel_proxy(
+    env: &GatewayEnv,
+    stack: &Netstack,
+    stop: watch::Receiver<bool>,
+) -> Option<SocketAddr> {
+    let url = env.server_url.as_deref()?;
+    let target = match egress::Target::from_url(url) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("no proxy into the tunnel: {e}");
+            return None;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no proxy into the tunnel: cannot listen on 127.0.0.1");
+            return None;
+        }
+    };
+    let addr = listener.local_addr().ok()?;
+    tracing::info!(%addr, server = %format!("{}:{}", target.host, target.port), "proxy into the tunnel for GateControl");
+    tokio::spawn(egress::serve(
+        listener,
+        target,
+        Arc::new(stack.clone()),
+        Arc::new(egress::EgressCounters::default()),
+        stop,
+    ));
+    Some(addr)
+}
+
 fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -257,12 +295,18 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
             Some(n) => Stack::Userspace(n),
             None => Stack::Kernel,
         };
+        let tunnel_proxy = match &stack {
+            Stack::Userspace(n) => start_tunnel_proxy(env, n, stop_rx.clone()).await,
+            Stack::Kernel => None,
+        };
         let (manager, waker) = start_routes(args, env, stack);
-        let state = Arc::new(
-            AgentState::new(started, stats)
-                .with_routes(manager.clone())
-                .with_waker(waker),
-        );
+        let mut state = AgentState::new(started, stats)
+            .with_routes(manager.clone())
+            .with_waker(waker);
+        if let Some(addr) = tunnel_proxy {
+            state = state.with_tunnel_proxy(addr);
+        }
+        let state = Arc::new(state);
         let server = tokio::spawn(control::serve(socket.listener()?, state, stop_rx));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

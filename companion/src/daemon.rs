@@ -225,7 +225,15 @@ pub fn run(args: RunArgs) -> ExitCode {
 
     match (&env.server_url, &env.api_token) {
         (Some(url), Some(token)) => {
-            let client = Client::new(url, token.clone());
+            let mut client = Client::new(url, token.clone());
+            if crate::client::server_in_tunnel(url, &env.wg_allowed_ips) {
+                // In userspace mode the agent reports its proxy into the tunnel; in TUN mode
+                // it reports none and the calls go direct, through the kernel's route.
+                let shared = shared.clone();
+                client = client.via_tunnel_proxy(Arc::new(move || {
+                    shared.lock().agent.as_ref()?.tunnel_proxy.clone()
+                }));
+            }
             let budget = Budget::new(env.heartbeat_interval).shared();
             scan_server = Some((client.clone(), budget.clone()));
             let mut sync = SyncLoop::new(

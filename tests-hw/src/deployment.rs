@@ -92,16 +92,12 @@ pub struct Deployment {
     pub agent_binary: PathBuf,
 }
 
-/// Where the fake GateControl listens in `mode`. Kernel mode: on the hub's tunnel address, as
-/// the real server does (`GC_SERVER_URL` of the fixture), so the companion syncs through the
-/// tunnel. Userspace mode: on the hub's WAN address, because a userspace-mode gateway has no
-/// path from the companion into the tunnel yet (the agent's smoltcp stack only accepts; it
-/// offers the companion no outbound connection): the companion syncs over the WAN veth there.
-pub fn gatecontrol_addr(mode: NetstackMode) -> SocketAddr {
-    match mode {
-        NetstackMode::Kernel => SocketAddr::from((HUB_TUNNEL_IP, GATECONTROL_PORT)),
-        NetstackMode::Userspace => SocketAddr::from((crate::HUB_LAN_IP, GATECONTROL_PORT)),
-    }
+/// Where the fake GateControl listens, in both modes: on the hub's tunnel address, as the real
+/// server does (`GC_SERVER_URL` of the fixture), so the companion syncs through the tunnel.
+/// Kernel mode: through `gatelet0`. Userspace mode: through the agent's loopback CONNECT proxy
+/// into its smoltcp stack (`gatelet_agent::egress`, `AgentStatus::tunnel_proxy`).
+pub fn gatecontrol_addr(_mode: NetstackMode) -> SocketAddr {
+    SocketAddr::from((HUB_TUNNEL_IP, GATECONTROL_PORT))
 }
 
 /// [`fixture_gc_lines`] with `GC_SERVER_URL` pointing at [`gatecontrol_addr`]`(mode)`.

@@ -5,8 +5,8 @@
 //!
 //! Every case but the taken-port one runs in both netstack modes (`both_modes!`: `<case>::kernel`,
 //! `<case>::userspace`); in userspace mode the agent is uid 65534 with no capability and no TUN
-//! device, and the fake server listens on the hub's WAN address (`gatecontrol_addr`: the
-//! companion has no way into a userspace-mode tunnel yet).
+//! device, and the companion reaches the fake server on 10.8.0.1:3000 through the agent's
+//! loopback proxy into the tunnel (`gatecontrol_addr`).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
@@ -91,7 +91,7 @@ fn standard_routes() -> (Vec<HttpRouteDoc>, Vec<L4RouteDoc>) {
 }
 
 /// The standard deployment with the agent in `mode` (userspace: uid 65534, no capability, no
-/// device; the fake server on the hub's WAN address, see `gatecontrol_addr`).
+/// device; the fake server on the hub's tunnel address, see `gatecontrol_addr`).
 fn deployment(mode: NetstackMode) -> Deployment {
     require_root().unwrap();
     let (http, l4) = standard_routes();

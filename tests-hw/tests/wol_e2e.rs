@@ -320,8 +320,8 @@ fn wait_until_ok<T>(timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>)
 
 /// Agent options: the fixture's `GC_*` lines and magic packets on the LAN veth only.
 /// In userspace mode the agent runs as uid 65534 with no capability (so no `SO_BINDTODEVICE`:
-/// it sends from a socket bound to the interface's address) and the fake server is on the hub's
-/// WAN address (`gatecontrol_addr`).
+/// it sends from a socket bound to the interface's address); the fake server is on the hub's
+/// tunnel address in both modes (`gatecontrol_addr`).
 fn wol_options(mode: NetstackMode) -> Result<TestbedOptions> {
     let mut extra = gc_lines_for(mode)?;
     extra.push(("GATELET_WOL_INTERFACES".into(), GW_LAN_IFACE.into()));

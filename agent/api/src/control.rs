@@ -291,6 +291,13 @@ pub struct AgentStatus {
     /// Recent wakes, newest last.
     #[serde(default)]
     pub wakes: Vec<WakeResult>,
+    /// In userspace network stack mode with `GC_SERVER_URL` set: the agent's loopback HTTP
+    /// CONNECT proxy (`127.0.0.1:port`) into the tunnel, which reaches only that URL's host
+    /// and port. The companion sends its GateControl requests through it when the server
+    /// lies in the tunnel (nothing else on the box can reach the tunnel then). None in TUN
+    /// mode and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_proxy: Option<String>,
 }
 
 /// Ask the agent to wake a host (`/api/wol`, or a companion-side trigger).

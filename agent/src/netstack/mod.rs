@@ -28,6 +28,12 @@
 //!
 //! smoltcp is the patched copy in `third_party/smoltcp`: 0.12 stopped retransmitting after the
 //! peer's FIN (see `GATELET-PATCH.md` there).
+//!
+//! Outbound connections ([`Netstack::connect_tcp`], e.g. the companion's requests to a
+//! GateControl server on the hub's tunnel address) get a socket from a free ephemeral port,
+//! at most [`Limits::max_outbound`] at once; once established they are the same as accepted
+//! ones (rings, window, half-close, orphan linger). A handshake that gets no answer is
+//! aborted after [`Limits::connect_timeout`] on the stack's clock.
 
 mod cwnd;
 mod device;
@@ -44,6 +50,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use stack::{Counters, HANDSHAKE_TIMEOUT, ORPHAN_LINGER};
+pub use tcp::Connecting;
+
+/// Outbound connections open at once, by default: the companion's few requests to GateControl
+/// are what goes out.
+pub const MAX_OUTBOUND: usize = 32;
+/// How long an outbound connection waits for the peer's SYN-ACK, by default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 use stack::{Inner, Shared};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
@@ -87,6 +100,10 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long a closed connection may wait for its peer before it is reset.
     pub orphan_linger: Duration,
+    /// Outbound connections ([`Netstack::connect_tcp`]) open at once.
+    pub max_outbound: usize,
+    /// How long an outbound connection may wait for the peer's SYN-ACK.
+    pub connect_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -109,6 +126,8 @@ impl Default for Limits {
             queue_packets: 256,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             orphan_linger: ORPHAN_LINGER,
+            max_outbound: MAX_OUTBOUND,
+            connect_timeout: CONNECT_TIMEOUT,
         }
     }
 }
@@ -145,6 +164,33 @@ impl Netstack {
             Ok::<_, io::Error>(s.local(port))
         })?;
         Ok(TcpListener::new(self.shared.clone(), local))
+    }
+
+    /// Opens a TCP connection from the tunnel address (a free ephemeral port) to `remote`
+    /// (e.g. the hub) and returns it once established. Fails with `ConnectionRefused` on a
+    /// RST, `TimedOut` when no SYN-ACK came within [`Limits::connect_timeout`] (on the
+    /// stack's clock: the `now` of [`Netstack::poll`]), `WouldBlock` when
+    /// [`Limits::max_outbound`] connections are open, `InvalidInput` for an IPv6 target.
+    /// The connection then behaves as an accepted one (rings, window, half-close, linger).
+    pub async fn connect_tcp(&self, remote: SocketAddr) -> io::Result<TcpStream> {
+        self.start_connect(remote)?.await
+    }
+
+    /// Sends the SYN of [`Netstack::connect_tcp`] at the next poll; the returned future
+    /// resolves when the handshake ends (dropping it closes the connection).
+    pub fn start_connect(&self, remote: SocketAddr) -> io::Result<Connecting> {
+        let SocketAddr::V4(v4) = remote else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netstack: {remote} is not IPv4"),
+            ));
+        };
+        let (handle, local) = self.shared.with(|s| {
+            let h = s.connect(v4)?;
+            let port = s.conns.get(&h).map_or(0, |c| c.port);
+            Ok::<_, io::Error>((h, s.local(port)))
+        })?;
+        Ok(Connecting::new(self.shared.clone(), handle, local, remote))
     }
 
     /// A UDP socket on `addr` (as [`Netstack::bind_tcp`]).

@@ -30,7 +30,7 @@ pub const ORPHAN_LINGER: Duration = Duration::from_secs(60);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Smallest ring a connection gets when the ring budget runs low.
 pub const MIN_RING: usize = 16 << 10;
-/// First port handed out for port 0.
+/// First port handed out for port 0 and for outbound connections.
 const EPHEMERAL: u16 = 49152;
 
 /// A TCP connection's identity: the peer and our port.
@@ -90,6 +90,19 @@ pub struct Conn {
     /// Data went through a ring since its pages were last given back.
     pub rx_dirty: bool,
     pub tx_dirty: bool,
+    /// An outbound connection ([`Inner::connect`]): how its handshake went.
+    pub outbound: Option<Outbound>,
+}
+
+/// The handshake of an outbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// SYN sent; given up at the deadline (set at the first poll).
+    Connecting(Option<SmolInstant>),
+    /// Established (or closed after it was).
+    Done,
+    /// No answer before the deadline: aborted.
+    TimedOut,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +133,8 @@ pub struct Counters {
     pub rx_dropped: u64,
     /// Loss events of sent data (a segment sent again), each of which halved a window.
     pub tcp_losses: u64,
+    /// Outbound connections refused because [`Limits::max_outbound`] were open.
+    pub connect_refused_cap: u64,
 }
 
 pub struct Inner {
@@ -136,6 +151,12 @@ pub struct Inner {
     /// Sockets created for SYNs since the last poll.
     fresh: Vec<SocketHandle>,
     orphans: Vec<SocketHandle>,
+    /// Outbound connections still handshaking.
+    connecting: Vec<SocketHandle>,
+    /// Outbound connections open (any phase).
+    outbound: usize,
+    /// The time of the last poll.
+    last_poll: SmolInstant,
     pub udp: HashMap<u16, UdpBinding>,
     /// Capacity of all connection rings (address space, not resident memory).
     ring_bytes: usize,
@@ -192,6 +213,9 @@ impl Inner {
             tuples: HashMap::new(),
             fresh: Vec::new(),
             orphans: Vec::new(),
+            connecting: Vec::new(),
+            outbound: 0,
+            last_poll: SmolInstant::ZERO,
             udp: HashMap::new(),
             ring_bytes: 0,
             wake_pending: false,
@@ -309,6 +333,9 @@ impl Inner {
                 self.tuples.remove(&c.tuple);
             }
             self.ring_bytes -= c.rx.len() + c.tx.len();
+            if c.outbound.is_some() {
+                self.outbound -= 1;
+            }
             // The socket (which borrows the rings) goes first, then the rings.
             drop(self.sockets.remove(h));
             drop(c);
@@ -330,7 +357,13 @@ impl Inner {
     }
 
     #[allow(unsafe_code)] // Ring::storage: see the SAFETY note below
-    fn new_conn(&mut self, port: u16, tuple: Tuple, born: SmolInstant) -> io::Result<SocketHandle> {
+    fn new_conn(
+        &mut self,
+        port: u16,
+        tuple: Tuple,
+        born: SmolInstant,
+        outbound: Option<Outbound>,
+    ) -> io::Result<SocketHandle> {
         let (rx_len, tx_len) = self.ring_sizes();
         let mut rx = Ring::new(rx_len)?;
         let mut tx = Ring::new(tx_len)?;
@@ -342,8 +375,17 @@ impl Inner {
         s.set_nagle_enabled(false);
         // One ACK per poll (per batch of packets from the tunnel) rather than a timer.
         s.set_ack_delay(None);
-        s.listen(port)
-            .map_err(|e| io::Error::other(format!("listen: {e:?}")))?;
+        match outbound {
+            None => s
+                .listen(port)
+                .map_err(|e| io::Error::other(format!("listen: {e:?}")))?,
+            Some(_) => {
+                let remote = IpEndpoint::new(IpAddress::Ipv4(*tuple.0.ip()), tuple.0.port());
+                let local = IpEndpoint::new(IpAddress::Ipv4(self.config.address), port);
+                s.connect(self.iface.context(), remote, local)
+                    .map_err(|e| io::Error::other(format!("connect: {e:?}")))?;
+            }
+        }
         let h = self.sockets.add(s);
         self.conns.insert(
             h,
@@ -357,9 +399,95 @@ impl Inner {
                 cwnd: Cwnd::new(tx_len),
                 rx_dirty: false,
                 tx_dirty: false,
+                outbound,
             },
         );
+        if outbound.is_some() {
+            self.outbound += 1;
+        }
         Ok(h)
+    }
+
+    /// Opens a connection to `remote` from a free ephemeral port (SYN sent at the next
+    /// poll); fails when [`Limits::max_outbound`] outbound connections are open, when the
+    /// stack is at its socket budget or no port is free.
+    pub fn connect(&mut self, remote: SocketAddrV4) -> io::Result<SocketHandle> {
+        if self.outbound >= self.limits.max_outbound {
+            self.counters.connect_refused_cap += 1;
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "netstack: {} outbound connections open already",
+                    self.limits.max_outbound
+                ),
+            ));
+        }
+        if self.conns.len() >= self.limits.max_tcp {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "netstack: at its TCP connection budget",
+            ));
+        }
+        if remote.port() == 0 || remote.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netstack: cannot connect to {remote}"),
+            ));
+        }
+        let used: std::collections::HashSet<u16> = self.conns.values().map(|c| c.port).collect();
+        let span = u32::from(u16::MAX - EPHEMERAL) + 1;
+        let start = fastrand::u32(..span);
+        let port = (0..span)
+            .map(|i| EPHEMERAL + ((start + i) % span) as u16)
+            .find(|p| !used.contains(p) && !self.listeners.contains_key(p))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "netstack: no free port for a connection",
+                )
+            })?;
+        let tuple = (remote, port);
+        let h = self.new_conn(
+            port,
+            tuple,
+            self.last_poll,
+            Some(Outbound::Connecting(None)),
+        )?;
+        self.tuples.insert(tuple, h);
+        self.connecting.push(h);
+        self.conns.get_mut(&h).expect("just made").phase = Phase::Accepted;
+        self.want_poll();
+        Ok(h)
+    }
+
+    /// Where the handshake of the outbound connection `h` stands: Ready(Ok) once established,
+    /// Ready(Err) when refused or timed out, else Pending (the waker stored).
+    pub fn poll_connected(
+        &mut self,
+        h: SocketHandle,
+        waker: &Waker,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let outbound = self.conns.get(&h).and_then(|c| c.outbound);
+        let sock = self.sockets.get_mut::<tcp::Socket>(h);
+        match (outbound, sock.state()) {
+            (Some(Outbound::TimedOut), _) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer to the connection in {:?}",
+                    self.limits.connect_timeout
+                ),
+            ))),
+            (_, tcp::State::SynSent) => {
+                sock.register_send_waker(waker);
+                Poll::Pending
+            }
+            (_, tcp::State::Closed) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))),
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     // ---- the data path ----
@@ -391,7 +519,7 @@ impl Inner {
                         }
                     }
                     let born = self.smol_now(now);
-                    match self.new_conn(port, tuple, born) {
+                    match self.new_conn(port, tuple, born, None) {
                         Ok(h) => {
                             self.tuples.insert(tuple, h);
                             self.fresh.push(h);
@@ -417,6 +545,7 @@ impl Inner {
     /// (None: only when something happens).
     pub fn poll(&mut self, now: Instant) -> Option<Instant> {
         let t = self.smol_now(now);
+        self.last_poll = t;
         self.dirty = false;
         self.wake_pending = false;
         let mut dev = Device {
@@ -437,6 +566,12 @@ impl Inner {
         for h in &self.orphans {
             if let Some(Phase::Orphan(Some(d))) = self.conns.get(h).map(|c| &c.phase) {
                 next = Some(next.map_or(*d, |n| n.min(*d)));
+            }
+        }
+        for h in &self.connecting {
+            if let Some(Some(Outbound::Connecting(Some(d)))) = self.conns.get(h).map(|c| c.outbound)
+            {
+                next = Some(next.map_or(d, |n| n.min(d)));
             }
         }
         if self.dirty {
@@ -570,6 +705,35 @@ impl Inner {
         }
         for h in gone {
             self.drop_pending(h);
+        }
+        // Outbound handshakes: done when past SYN-SENT, aborted at their deadline.
+        let mut i = 0;
+        while i < self.connecting.len() {
+            let h = self.connecting[i];
+            let Some(c) = self.conns.get_mut(&h) else {
+                self.connecting.swap_remove(i);
+                continue;
+            };
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            if let Some(Outbound::Connecting(d)) = &mut c.outbound {
+                d.get_or_insert(t + self.limits.connect_timeout.into());
+            }
+            match (c.outbound, s.state()) {
+                (Some(Outbound::Connecting(Some(d))), tcp::State::SynSent) if t >= d => {
+                    c.outbound = Some(Outbound::TimedOut);
+                    // Wakes the connecting task (a state change wakes the socket's wakers).
+                    s.abort();
+                    self.connecting.swap_remove(i);
+                }
+                (Some(Outbound::Connecting(_)), tcp::State::SynSent) => i += 1,
+                (_, tcp::State::Closed) => {
+                    self.connecting.swap_remove(i);
+                }
+                _ => {
+                    c.outbound = Some(Outbound::Done);
+                    self.connecting.swap_remove(i);
+                }
+            }
         }
         // Orphans: freed when closed, reset at their deadline or when data arrives that
         // no one will read.

@@ -62,7 +62,59 @@ impl Drop for TcpListener {
     }
 }
 
-/// An accepted TCP connection of the stack. Reads return 0 at the peer's FIN;
+/// An outbound connection of the stack while its handshake goes on
+/// ([`super::Netstack::start_connect`]): a future of the established [`TcpStream`]; dropping
+/// it closes the connection.
+#[derive(Debug)]
+pub struct Connecting {
+    stream: Option<TcpStream>,
+}
+
+impl Connecting {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        handle: SocketHandle,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Self {
+        Connecting {
+            stream: Some(TcpStream {
+                shared,
+                handle,
+                local,
+                peer,
+                reset: false,
+            }),
+        }
+    }
+
+    /// The local address (tunnel IP and the ephemeral port).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.stream.as_ref().map(|s| s.local)
+    }
+}
+
+impl std::future::Future for Connecting {
+    type Output = io::Result<TcpStream>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(s) = self.stream.as_ref() else {
+            return Poll::Ready(Err(io::Error::other("polled after completion")));
+        };
+        let h = s.handle;
+        match s.shared.with(|i| i.poll_connected(h, cx.waker())) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(self.stream.take().expect("checked"))),
+            // The stream's drop frees the socket.
+            Poll::Ready(Err(e)) => {
+                self.stream = None;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A TCP connection of the stack (accepted, or opened by [`super::Netstack::connect_tcp`]). Reads return 0 at the peer's FIN;
 /// `poll_shutdown` sends our FIN (half-close: reading goes on); dropping it closes gracefully
 /// (FIN), [`TcpStream::reset`] aborts (RST).
 #[derive(Debug)]

@@ -941,3 +941,186 @@ fn a_half_closed_peer_gets_everything_through_a_lossy_bottleneck() {
     let got = download_to_a_half_closed_peer(total, (1_250, 20), 60_000);
     assert_eq!(got, total, "all of it within 60 s of virtual time");
 }
+
+// ---- outbound connections ----
+
+fn poll_connect(c: &mut Connecting) -> Poll<std::io::Result<TcpStream>> {
+    let (_, w) = waker();
+    Pin::new(c).poll(&mut Context::from_waker(&w))
+}
+
+impl Net {
+    /// A listening socket of the hub-side peer on `port`.
+    fn listen(&mut self, port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+        );
+        s.set_ack_delay(None);
+        s.listen(port).unwrap();
+        self.sockets.add(s)
+    }
+}
+
+#[test]
+fn connects_out_and_carries_data_both_ways_and_half_closes() {
+    let ns = Netstack::new(config());
+    let mut net = Net::new(ns.clone());
+    let hub = net.listen(3000);
+    let mut c = ns.start_connect(SocketAddr::new(HUB.into(), 3000)).unwrap();
+    let local = c.local_addr().unwrap();
+    assert_eq!(local.ip(), GW);
+    assert!(local.port() >= 49152);
+    let (wakes, w) = waker();
+    assert!(Pin::new(&mut c)
+        .poll(&mut Context::from_waker(&w))
+        .is_pending());
+    net.pump();
+    assert!(
+        wakes.0.load(Ordering::SeqCst) > 0,
+        "the handshake wakes the task"
+    );
+    let mut s = match poll_connect(&mut c) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("not established"),
+    };
+    assert_eq!(s.peer_addr().unwrap(), SocketAddr::new(HUB.into(), 3000));
+    assert_eq!(net.peer(hub).state(), tcp::State::Established);
+    assert_eq!(
+        net.peer(hub).remote_endpoint().unwrap().port,
+        local.port(),
+        "the hub sees the ephemeral port"
+    );
+    // Scaled window offered in our SYN, as for accepted connections.
+    assert!(sent_to(&net, 3000)
+        .iter()
+        .any(|(flags, scale)| flags & 0x12 == 0x02 && scale.is_some_and(|s| s > 0)));
+
+    assert_eq!(write(&mut s, b"GET / HTTP/1.1\r\n\r\n"), 18);
+    net.pump();
+    let mut buf = [0u8; 64];
+    let n = net.peer(hub).recv_slice(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+    net.peer(hub)
+        .send_slice(b"HTTP/1.1 200 OK\r\n\r\n")
+        .unwrap();
+    net.pump();
+    match read(&mut s) {
+        Poll::Ready(Ok(d)) => assert_eq!(d, b"HTTP/1.1 200 OK\r\n\r\n"),
+        other => panic!("{other:?}"),
+    }
+    // Half-close from our side: the hub sees FIN and can still answer.
+    s.shutdown_write();
+    net.pump();
+    assert!(!net.peer(hub).may_recv());
+    net.peer(hub).send_slice(b"tail").unwrap();
+    net.peer(hub).close();
+    net.pump();
+    match read(&mut s) {
+        Poll::Ready(Ok(d)) => assert_eq!(d, b"tail"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(read(&mut s), Poll::Ready(Ok(d)) if d.is_empty()));
+    drop(s);
+    net.pump();
+    net.now += Duration::from_secs(1);
+    net.pump();
+    assert_eq!(ns.shared.lock().counts(), (0, 0), "the connection is freed");
+}
+
+#[test]
+fn a_refused_connection_fails_with_connection_refused_and_is_freed() {
+    let ns = Netstack::new(config());
+    let mut net = Net::new(ns.clone());
+    let mut c = ns.start_connect(SocketAddr::new(HUB.into(), 3001)).unwrap();
+    net.pump();
+    match poll_connect(&mut c) {
+        Poll::Ready(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        other => panic!("{other:?}"),
+    }
+    drop(c);
+    net.pump();
+    assert_eq!(ns.shared.lock().counts(), (0, 0));
+}
+
+#[test]
+fn an_unanswered_connection_times_out_on_the_stacks_clock() {
+    let limits = Limits {
+        connect_timeout: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
+    let t0 = Instant::now();
+    let mut c = ns.start_connect(SocketAddr::new(HUB.into(), 3000)).unwrap();
+    let (wakes, w) = waker();
+    let mut syns = 0;
+    let mut now = t0;
+    // The hub never answers: the stack's deadlines drive it, on a virtual clock.
+    for _ in 0..100 {
+        let next = ns.poll(now);
+        while ns.take_output(64, |p| {
+            if p[9] == 6 && p[33] & 0x02 != 0 {
+                syns += 1;
+            }
+        }) {}
+        if let Poll::Ready(r) = Pin::new(&mut c).poll(&mut Context::from_waker(&w)) {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+            assert!(
+                // (The stack's clock counts whole microseconds.)
+                now - t0 >= Duration::from_millis(9_999) && now - t0 < Duration::from_secs(11),
+                "timed out at {:?}",
+                now - t0
+            );
+            assert!(syns >= 2, "the SYN is sent again meanwhile ({syns})");
+            assert!(wakes.0.load(Ordering::SeqCst) > 0);
+            drop(c);
+            ns.poll(now);
+            assert_eq!(ns.shared.lock().counts(), (0, 0));
+            return;
+        }
+        now = next.expect("a handshake has a deadline").max(now);
+    }
+    panic!("never timed out");
+}
+
+#[test]
+fn outbound_connections_are_capped_and_a_closed_one_makes_room() {
+    let limits = Limits {
+        max_outbound: 2,
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
+    let mut net = Net::new(ns.clone());
+    let peers = [net.listen(3000), net.listen(3000)];
+    let hub = SocketAddr::new(HUB.into(), 3000);
+    let a = ns.start_connect(hub).unwrap();
+    let b = ns.start_connect(hub).unwrap();
+    assert_ne!(a.local_addr(), b.local_addr());
+    let e = ns.start_connect(hub).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    assert_eq!(ns.counters().connect_refused_cap, 1);
+    assert_eq!(
+        ns.start_connect("[::1]:3000".parse().unwrap())
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    net.pump();
+    // Dropped before it was awaited: closed (FIN) and freed once the hub acknowledges.
+    drop(a);
+    net.pump();
+    assert_eq!(
+        ns.start_connect(hub).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "still open until the hub closes too"
+    );
+    for p in peers {
+        if net.peer(p).state() == tcp::State::CloseWait {
+            net.peer(p).close();
+        }
+    }
+    net.pump();
+    assert!(ns.start_connect(hub).is_ok());
+    drop(b);
+}

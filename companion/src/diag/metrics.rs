@@ -303,6 +303,7 @@ mod tests {
             },
             http_proxy: None,
             api_relay: None,
+            tunnel_proxy: None,
             routes: vec![RouteStatus {
                 id: 4,
                 kind: RouteKind::L4,
