@@ -104,6 +104,16 @@ pub fn spawn<T: PacketInterface + Send + 'static>(
     dp: DataPath<T>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
+    on_own_thread(move || run(dp, shutdown))
+}
+
+/// Runs the future `make` returns on the `gatelet-datapath` thread, in a current-thread
+/// runtime of its own (one blocking thread, for the hub's name lookups).
+fn on_own_thread<F, Fut>(make: F) -> io::Result<JoinHandle<io::Result<()>>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = io::Result<()>>,
+{
     std::thread::Builder::new()
         .name("gatelet-datapath".into())
         .spawn(move || {
@@ -112,7 +122,7 @@ pub fn spawn<T: PacketInterface + Send + 'static>(
                 .enable_time()
                 .max_blocking_threads(1)
                 .build()?;
-            rt.block_on(run(dp, shutdown))
+            rt.block_on(make())
         })
 }
 
@@ -139,16 +149,7 @@ pub fn spawn_stack(
     dp: StackDataPath,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
-    std::thread::Builder::new()
-        .name("gatelet-datapath".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .max_blocking_threads(1)
-                .build()?;
-            rt.block_on(run_stack(dp, shutdown))
-        })
+    on_own_thread(move || run_stack(dp, shutdown))
 }
 
 use crate::sys::fd::{read as read_fd, write as write_fd};
