@@ -358,7 +358,13 @@ fn a_reset_either_way_ends_the_connection() {
 
 #[test]
 fn the_syn_ack_scales_a_multi_mib_window() {
-    let ns = Netstack::new(config());
+    // The 64-bit default (32-bit boards default to 256 KiB rings: scale 3).
+    let limits = Limits {
+        tcp_rx: 4 << 20,
+        tcp_tx: 4 << 20,
+        ..Limits::default()
+    };
+    let ns = Netstack::with_limits(config(), limits);
     let _listener = ns.bind_tcp(gw(80)).unwrap();
     let mut net = Net::new(ns.clone());
     net.connect(80, 40003);
@@ -833,6 +839,8 @@ fn what_the_stack_sends_does_not_collapse_behind_a_small_bottleneck() {
 fn rings_shrink_as_the_ring_budget_runs_out() {
     let limits = Limits {
         ring_budget: 64 << 20,
+        tcp_rx: 4 << 20,
+        tcp_tx: 4 << 20,
         ..Limits::default()
     };
     let ns = Netstack::with_limits(config(), limits);
