@@ -28,6 +28,9 @@ fn setup() -> tempfile::TempDir {
     let env = include_str!("../api/testdata/gateway-env.txt")
         .replace("gc-testbed.invalid:51820", "127.0.0.1:9");
     std::fs::write(dir.path().join("gateway.env"), env).unwrap();
+    // A copy of the binary beside it: the checkout may lie in a directory the unprivileged
+    // user cannot enter (a 0700 temporary clone), which is not what these tests are about.
+    std::fs::copy(BIN, dir.path().join("gatelet-agent")).unwrap();
     if is_root() {
         for p in [dir.path().to_path_buf(), dir.path().join("gateway.env")] {
             std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -37,7 +40,7 @@ fn setup() -> tempfile::TempDir {
 }
 
 fn agent(dir: &Path, mode: &str) -> Child {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(dir.join("gatelet-agent"));
     cmd.arg("--env")
         .arg(dir.join("gateway.env"))
         .arg("--state-dir")
