@@ -16,6 +16,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_gatelet-agent");
 const NOBODY: u32 = 65534;
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Held while a copy of the binary is written and while a child is spawned. A child forked by
+/// another test while a copy's write descriptor is open would inherit it, and exec of that
+/// copy would then fail with ETXTBSY ("Text file busy").
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
@@ -30,7 +35,10 @@ fn setup() -> tempfile::TempDir {
     std::fs::write(dir.path().join("gateway.env"), env).unwrap();
     // A copy of the binary beside it: the checkout may lie in a directory the unprivileged
     // user cannot enter (a 0700 temporary clone), which is not what these tests are about.
-    std::fs::copy(BIN, dir.path().join("gatelet-agent")).unwrap();
+    {
+        let _no_fork = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::fs::copy(BIN, dir.path().join("gatelet-agent")).unwrap();
+    }
     if is_root() {
         for p in [dir.path().to_path_buf(), dir.path().join("gateway.env")] {
             std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -55,6 +63,7 @@ fn agent(dir: &Path, mode: &str) -> Child {
         // std drops the supplementary groups too when root changes uid.
         cmd.uid(NOBODY).gid(NOBODY);
     }
+    let _no_copy = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     cmd.spawn().unwrap()
 }
 
