@@ -623,7 +623,9 @@ pub fn serve(
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
             ("X-Frame-Options", "DENY"),
-            ("Referrer-Policy", "no-referrer"),
+            // Not `no-referrer`: under it a browser sends `Origin: null` with the page's own
+            // form posts, which the same-origin check refuses (the login never worked).
+            ("Referrer-Policy", "same-origin"),
             (
                 "Content-Security-Policy",
                 "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
@@ -1041,6 +1043,7 @@ mod tests {
         let html = get("/");
         let json = get("/status.json");
         let missing = get("/nope");
+        let js = get(page::JS_PATH);
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         assert!(html.starts_with("HTTP/1.1 200"), "{html}");
@@ -1053,5 +1056,12 @@ mod tests {
             "{json}"
         );
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        assert!(html.contains("Referrer-Policy: same-origin\r\n"), "{html}");
+        assert!(html.contains("script-src 'self'"), "{html}");
+        assert!(
+            js.starts_with("HTTP/1.1 200") && js.contains("text/javascript"),
+            "{js}"
+        );
+        assert!(js.ends_with(page::JS), "{js}");
     }
 }
