@@ -6,8 +6,9 @@
 //!   another process holds (its listener fails), an L4 route to a closed LAN port (target down);
 //! - logs in through the form; the page shows the tunnel up, the failed listener with its
 //!   reason and the target down, and its script runs (charts drawn, "updated" ticking);
-//! - screenshots at 1280 and 420 px wide (PNG files under `target/diag-screens/`, printed), and
-//!   at 420 px nothing is wider than the window (no horizontal scrolling);
+//! - screenshots at 1280 and 420 px wide and at 1280 px in dark mode (PNG files under
+//!   `target/diag-screens/`, printed), and at 420 px nothing is wider than the window (no
+//!   horizontal scrolling);
 //! - the route's Wake button (sent by the page's script) makes the wake appear in the page's
 //!   events list without a reload;
 //! - after logging out, five wrong passwords typed into the form lock this address out: the
@@ -483,6 +484,34 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
         dir.join("diag-420.png").display()
     );
     b.resize(1280, 1000);
+    // Dark mode: the system's preference, emulated through chromedriver's DevTools bridge.
+    b.cmd(
+        "POST",
+        "goog/cdp/execute",
+        Some(
+            json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [
+            {"name": "prefers-color-scheme", "value": "dark"}]}}),
+        ),
+    );
+    let bg = b.js("return getComputedStyle(document.body).backgroundColor");
+    assert_eq!(bg, "rgb(20, 23, 27)", "dark background");
+    b.screenshot(&dir.join("diag-1280-dark.png"));
+    b.cmd(
+        "POST",
+        "goog/cdp/execute",
+        Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": []}})),
+    );
+    // The page's weight: the HTML as served to this caller, its style sheet and its script.
+    let weight: usize = ["/", "/assets/page.css", "/assets/page.js"]
+        .iter()
+        .map(|path| {
+            let r = http_request(gw, local, "GET", path, &[], None, IO).unwrap();
+            assert_eq!(r.status, 200, "{path}");
+            eprintln!("diag_page: {path}: {} bytes", r.body.len());
+            r.body.len()
+        })
+        .sum();
+    eprintln!("diag_page: page weight {weight} bytes (HTML with 3 routes + CSS + JS)");
 
     // Wake through the route's button; the agent's wake shows up in the events list.
     b.click("#r tr[data-id=\"1\"] form[action=\"/action/wake\"] button");
