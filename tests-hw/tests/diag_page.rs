@@ -2,15 +2,17 @@
 //! its `chromedriver` over the W3C WebDriver HTTP protocol (a small client below), both run in
 //! the testbed's LAN namespace and opening the page on the gateway's LAN address, with the
 //! companion, agent, hub (wireguard-go) and fake GateControl server of the testbed:
-//! - three routes: an HTTP route with Wake-on-LAN to a live LAN server, an L4 route whose port
-//!   another process holds (its listener fails), an L4 route to a closed LAN port (target down);
+//! - four routes: an HTTP route with Wake-on-LAN to a live LAN server, an L4 route whose port
+//!   another process holds (its listener fails), an L4 route to a closed LAN port (target down),
+//!   and an HTTP route with markup in its domain, which the companion rejects quoting it: the
+//!   page shows it as text, both as the server rendered it and as its script redraws it;
 //! - logs in through the form; the page shows the tunnel up, the failed listener with its
 //!   reason and the target down, and its script runs (charts drawn, "updated" ticking);
 //! - screenshots at 1280 and 420 px wide and at 1280 px in dark mode (PNG files under
 //!   `target/diag-screens/`, printed), and at 420 px nothing is wider than the window (no
 //!   horizontal scrolling);
 //! - the route's Wake button (sent by the page's script) makes the wake appear in the page's
-//!   events list without a reload;
+//!   events list without a reload (a mark set on the window survives);
 //! - after logging out, five wrong passwords typed into the form lock this address out: the
 //!   sixth try, with the right password, is refused.
 //!
@@ -39,6 +41,8 @@ const TAKEN_PORT: u16 = 7111;
 /// An L4 route to a LAN port nobody listens on.
 const DOWN_PORT: u16 = 7112;
 const DRIVER_PORT: u16 = 9515;
+/// A domain the companion rejects, with markup in it.
+const INJECTED: &str = "<b id=pwn>x</b>.test";
 const IO: Duration = Duration::from_secs(5);
 /// Browser commands (a page load, a click that navigates) under a loaded 2-core machine.
 const DRIVER_IO: Duration = Duration::from_secs(30);
@@ -124,6 +128,12 @@ impl Browser<'_> {
 
     /// One WebDriver command; its `value`. Panics on a WebDriver error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    /// One WebDriver command; its `value`, or the error.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let body = body.map(|b| b.to_string());
         let body = match (method, body) {
             ("POST", None) => Some("{}".to_owned()),
@@ -131,11 +141,12 @@ impl Browser<'_> {
         };
         let (status, text) =
             driver_request(self.ns, self.addr, method, path, body.as_deref(), DRIVER_IO)
-                .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}: {text}"));
-        assert_eq!(status, 200, "WebDriver {method} {path}: {v}");
-        v["value"].clone()
+                .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {v}"));
+        }
+        Ok(v["value"].clone())
     }
 
     fn cmd(&self, method: &str, what: &str, body: Option<Value>) -> Value {
@@ -194,7 +205,22 @@ impl Browser<'_> {
         std::fs::write(path, png).unwrap();
     }
 
-    /// Logs in through the form with `password`; the message the login page shows, if any.
+    /// [`READ_PAGE`] once `done` holds for it (bounded by [`WAIT`]).
+    fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        // Mid-navigation a script may fail (the document unloads): that is "not yet".
+        wait_until(what, WAIT, || {
+            let path = format!("/session/{}/execute/sync", self.session);
+            let p = self.try_call(
+                "POST",
+                &path,
+                Some(json!({"script": READ_PAGE, "args": []})),
+            )?;
+            Ok::<_, String>(done(&p).then_some(p))
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", self.js(READ_PAGE)))
+    }
+
+    /// Opens the login form and submits `password` with it.
     fn log_in(&self, base: &str, password: &str) {
         self.go(&format!("{base}/login"));
         self.type_into("#password", password);
@@ -336,7 +362,8 @@ fn screens_dir() -> PathBuf {
 const READ_PAGE: &str = "var q = function (s) { var e = document.querySelector(s); \
      return e ? e.innerText : null; }; \
      return { path: location.pathname, word: q('#word'), tunnel: q('#t'), events: q('#e'), \
-     taken: q('#r tr[data-id=\"2\"]'), down: q('#r tr[data-id=\"3\"]'), age: q('#age'), \
+     sync: q('#s'), injected: document.getElementById('pwn') !== null, \
+     reloaded: !window.gateletTestMark, taken: q('#r tr[data-id=\"2\"]'), down: q('#r tr[data-id=\"3\"]'), age: q('#age'), \
      charts: document.querySelectorAll('#c svg polyline').length, msg: q('#msg'), \
      scroll: document.documentElement.scrollWidth, inner: window.innerWidth };";
 
@@ -360,12 +387,21 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
         .unwrap()
         .unwrap();
     let mut doc = config_document(
-        &[HttpRouteDoc {
-            id: 1,
-            domain: APP.into(),
-            host: LAN_HTTP_IP.to_string(),
-            port: LAN_SERVICE_PORT,
-        }],
+        &[
+            HttpRouteDoc {
+                id: 1,
+                domain: APP.into(),
+                host: LAN_HTTP_IP.to_string(),
+                port: LAN_SERVICE_PORT,
+            },
+            // Rejected, and its reason quotes the domain: markup from the server must stay text.
+            HttpRouteDoc {
+                id: 4,
+                domain: INJECTED.into(),
+                host: LAN_HTTP_IP.to_string(),
+                port: LAN_SERVICE_PORT,
+            },
+        ],
         &[
             L4RouteDoc {
                 id: 2,
@@ -443,10 +479,9 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
     b.go(&format!("{base}/"));
     assert_eq!(b.js("return location.pathname"), "/login");
     b.log_in(&base, PASSWORD);
-    let seen = wait_until("the page's live states", WAIT, || {
-        let p = b.js(READ_PAGE);
+    let seen = b.wait_for("the page's live states", |p| {
         let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
-        let ok = s("path") == "/"
+        s("path") == "/"
             && s("word") == "Degraded"
             && s("tunnel").contains("Handshake")
             && s("tunnel").contains(" s ago")
@@ -454,13 +489,16 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
             && s("taken").to_lowercase().contains("in use")
             && s("down").contains("down")
             && p["charts"].as_u64().unwrap_or(0) >= 3
-            && s("age").ends_with(" s ago");
-        Ok::<_, String>(ok.then_some(p))
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}\n{}", b.js(READ_PAGE), c.log()));
+            && s("age").ends_with(" s ago")
+            && s("sync").contains(INJECTED)
+    });
     assert!(
         !seen["tunnel"].as_str().unwrap().contains("none yet"),
         "{seen}"
+    );
+    assert_eq!(
+        seen["injected"], false,
+        "markup from the server was rendered: {seen}"
     );
 
     // Screenshots: wide, then phone width without horizontal scrolling.
@@ -468,11 +506,7 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
     b.resize(1280, 1000);
     b.screenshot(&dir.join("diag-1280.png"));
     b.resize(420, 1400);
-    let p = wait_until("a 420 px wide window", WAIT, || {
-        let p = b.js(READ_PAGE);
-        Ok::<_, String>((p["inner"].as_u64() == Some(420)).then_some(p))
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", b.js(READ_PAGE)));
+    let p = b.wait_for("a 420 px wide window", |p| p["inner"].as_u64() == Some(420));
     assert!(
         p["scroll"].as_u64().unwrap() <= p["inner"].as_u64().unwrap(),
         "horizontal overflow at 420 px: {p}"
@@ -513,25 +547,30 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
         .sum();
     eprintln!("diag_page: page weight {weight} bytes (HTML with 3 routes + CSS + JS)");
 
-    // Wake through the route's button; the agent's wake shows up in the events list.
+    // Wake through the route's button; the agent's wake shows up in the events list, redrawn
+    // by the script (a mark set on the window now would be gone after a reload).
+    b.js("window.gateletTestMark = 1; return null");
     b.click("#r tr[data-id=\"1\"] form[action=\"/action/wake\"] button");
     let want = format!("wake {WOL_MAC} by diag: up after");
-    wait_until("the wake in the page's events", WAIT, || {
-        let p = b.js(READ_PAGE);
-        let ok = p["path"] == "/" && p["events"].as_str().unwrap_or_default().contains(&want);
-        Ok::<_, String>(ok.then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}\n{}", b.js(READ_PAGE), c.log()));
+    let p = b.wait_for("the wake in the page's events", |p| {
+        p["path"] == "/" && p["events"].as_str().unwrap_or_default().contains(&want)
+    });
+    assert_eq!(p["reloaded"], false, "the page reloaded: {p}");
+    assert_eq!(
+        p["injected"], false,
+        "markup from the server was rendered: {p}"
+    );
 
     // Out, then five wrong passwords: locked out, the right one refused too.
     b.click("form[action=\"/logout\"] button");
-    assert_eq!(b.js("return location.pathname"), "/login");
+    b.wait_for("the login form after Log out", |p| {
+        p["path"] == "/login" && p["word"].is_null()
+    });
+    // A click that submits may return before the answer is shown: wait for the message.
     for i in 1..=5 {
         b.log_in(&base, "not the password");
-        let msg = b.js(READ_PAGE)["msg"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let p = b.wait_for("the answer to a wrong password", |p| p["msg"].is_string());
+        let msg = p["msg"].as_str().unwrap_or_default();
         if i < 5 {
             assert!(msg.starts_with("Wrong password ("), "try {i}: {msg}");
         } else {
@@ -539,9 +578,11 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
         }
     }
     b.log_in(&base, PASSWORD);
-    let p = b.js(READ_PAGE);
+    let p = b.wait_for("the answer to the right password", |p| {
+        p["msg"].is_string() || p["word"].is_string()
+    });
     assert!(
-        p["msg"].as_str().unwrap_or_default().contains("locked out"),
+        p["path"] == "/login" && p["msg"].as_str().unwrap_or_default().contains("locked out"),
         "{p}"
     );
     b.go(&format!("{base}/"));
