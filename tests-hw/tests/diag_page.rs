@@ -13,6 +13,8 @@
 //!   horizontal scrolling);
 //! - the route's Wake button (sent by the page's script) makes the wake appear in the page's
 //!   events list without a reload (a mark set on the window survives);
+//! - with the companion frozen (SIGSTOP) the page marks its data stale within 15 s and fresh
+//!   again once it is thawed;
 //! - after logging out, five wrong passwords typed into the form lock this address out: the
 //!   sixth try, with the right password, is refused.
 //!
@@ -363,7 +365,8 @@ const READ_PAGE: &str = "var q = function (s) { var e = document.querySelector(s
      return e ? e.innerText : null; }; \
      return { path: location.pathname, word: q('#word'), tunnel: q('#t'), events: q('#e'), \
      sync: q('#s'), injected: document.getElementById('pwn') !== null, \
-     reloaded: !window.gateletTestMark, taken: q('#r tr[data-id=\"2\"]'), down: q('#r tr[data-id=\"3\"]'), age: q('#age'), \
+     reloaded: !window.gateletTestMark, upd: document.getElementById('upd') && \
+     document.getElementById('upd').className, taken: q('#r tr[data-id=\"2\"]'), down: q('#r tr[data-id=\"3\"]'), age: q('#age'), \
      charts: document.querySelectorAll('#c svg polyline').length, msg: q('#msg'), \
      scroll: document.documentElement.scrollWidth, inner: window.innerWidth };";
 
@@ -443,7 +446,7 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
     .unwrap();
     assert!(set.wait().unwrap().success());
     let agent = d.testbed.agent().unwrap();
-    let c = Companion::start(gw, &d.companion_binary, &env_path, agent.socket()).unwrap();
+    let mut c = Companion::start(gw, &d.companion_binary, &env_path, agent.socket()).unwrap();
     d.wait_applied(&document_hash(&doc))
         .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     // The states the page must show, as the companion sees them (loopback is open).
@@ -560,6 +563,27 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
         p["injected"], false,
         "markup from the server was rendered: {p}"
     );
+
+    // The companion frozen (SIGSTOP to its process group): the page says its data is stale;
+    // thawed, it is fresh again.
+    let group = format!("-{}", c.process().pid());
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, "--", &group])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} -- {group}");
+    };
+    signal("-STOP");
+    let frozen = Instant::now();
+    let stale = b.wait_for("the stale mark", |p| p["upd"] == "stale");
+    signal("-CONT");
+    eprintln!(
+        "diag_page: stale shown {:?} after the freeze: {}",
+        frozen.elapsed(),
+        stale["age"]
+    );
+    b.wait_for("fresh data after the thaw", |p| p["upd"] == "");
 
     // Out, then five wrong passwords: locked out, the right one refused too.
     b.click("form[action=\"/logout\"] button");
