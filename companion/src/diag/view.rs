@@ -360,7 +360,10 @@ pub fn build(report: &Report, history: Series, can_act: bool, now_ms: u64) -> Vi
         })
         .collect();
     if !rejected.is_empty() {
-        reasons.push(format!("{} route(s) rejected", rejected.len()));
+        reasons.push(match rejected.len() {
+            1 => "1 route rejected by the companion".into(),
+            n => format!("{n} routes rejected by the companion"),
+        });
     }
 
     // Heartbeat.
@@ -576,7 +579,7 @@ mod tests {
         assert_eq!(
             v.verdict.reasons,
             vec![
-                "1 route(s) rejected",
+                "1 route rejected by the companion",
                 "l4:2201: listener failed (address in use)",
                 "l4:2202: target 192.168.1.20:22 is down",
                 "l4:2203: not served by the agent",
