@@ -548,7 +548,9 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
             r.body.len()
         })
         .sum();
-    eprintln!("diag_page: page weight {weight} bytes (HTML with 3 routes and a rejected one, CSS, JS)");
+    eprintln!(
+        "diag_page: page weight {weight} bytes (HTML with 3 routes and a rejected one, CSS, JS)"
+    );
 
     // Wake through the route's button; the agent's wake shows up in the events list, redrawn
     // by the script (a mark set on the window now would be gone after a reload).
