@@ -8,6 +8,8 @@
 //!   page shows it as text, both as the server rendered it and as its script redraws it;
 //! - logs in through the form; the page shows the tunnel up, the failed listener with its
 //!   reason and the target down, and its script runs (charts drawn, "updated" ticking);
+//! - with scripts disabled the server-rendered page still shows the states, the reasons and the
+//!   action forms (only the charts are missing);
 //! - screenshots at 1280 and 420 px wide and at 1280 px in dark mode (PNG files under
 //!   `target/diag-screens/`, printed), and at 420 px nothing is wider than the window (no
 //!   horizontal scrolling);
@@ -537,6 +539,50 @@ fn page_in_headless_chromium_shows_live_states_fits_a_phone_wakes_and_locks_out(
         "POST",
         "goog/cdp/execute",
         Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": []}})),
+    );
+    // Without JavaScript the server-rendered page has the essentials (states, reasons, the
+    // action forms); only the charts are missing. Read as the browser's DOM source.
+    let scripts = |disabled: bool| {
+        b.cmd(
+            "POST",
+            "goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setScriptExecutionDisabled",
+                "params": {"value": disabled}})),
+        );
+    };
+    scripts(true);
+    b.go(&format!("{base}/"));
+    let source = b.cmd("GET", "source", None);
+    let source = source.as_str().unwrap_or_default();
+    scripts(false);
+    for want in [
+        "<span id=\"word\">Degraded</span>",
+        "<span class=\"pill bad\">failed</span>",
+        "<span class=\"pill bad\">down</span>",
+        "action=\"/action/wake\"",
+        "listener failed (address in use",
+        "The charts need JavaScript.",
+    ] {
+        assert!(
+            source.contains(want),
+            "{want} not in the page without JavaScript:\n{source}"
+        );
+    }
+    // The script marks the document at once when it runs.
+    assert!(
+        source.starts_with("<html lang=\"en\">") && !source.contains("<polyline"),
+        "scripts ran:\n{source}"
+    );
+    b.go(&format!("{base}/"));
+    b.wait_for("the charts again with JavaScript", |p| {
+        p["charts"].as_u64().unwrap_or(0) >= 3
+    });
+    let html = b.js("return document.documentElement.outerHTML.slice(0, 30)");
+    assert!(
+        html.as_str()
+            .unwrap_or_default()
+            .starts_with("<html lang=\"en\" class=\"js\">"),
+        "{html}"
     );
     // The page's weight: the HTML as served to this caller, its style sheet and its script.
     let weight: usize = ["/", "/assets/page.css", "/assets/page.js"]

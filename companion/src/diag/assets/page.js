@@ -5,6 +5,7 @@
 'use strict';
 (function () {
   var POLL_MS = 5000, STALE_MS = 15000;
+  document.documentElement.className = 'js';
   var csrf = document.body.dataset.csrf || '', got = Date.now(), err = '';
   var $ = function (id) { return document.getElementById(id); };
   function esc(s) {
