@@ -29,6 +29,9 @@ TEST_PACKAGES=(
   "systemd:systemd-sysusers"
   # promtool checks the diagnostics page's /metrics (tests-hw/tests/diag_login.rs)
   "prometheus:promtool"
+  # headless Chromium and its WebDriver drive the diagnostics page (tests-hw/tests/diag_page.rs)
+  "chromium:chromium"
+  "chromium-driver:chromedriver"
 )
 
 missing=()
