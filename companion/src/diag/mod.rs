@@ -346,6 +346,31 @@ impl Gate {
         }
     }
 
+    /// Checks a scraper's bearer token under the login limiter: a wrong token counts as a
+    /// wrong password, and a locked-out address is refused (429) whatever it sends.
+    fn check_bearer(
+        &self,
+        token: &ScrapeToken,
+        given: &[u8],
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<bool, Response> {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(refusal) = limiter.begin(ip, now) {
+            let mut r = Response::json_error(429, "too_many_attempts");
+            r.headers
+                .push(("Retry-After", refusal.retry_after_s().to_string()));
+            return Err(r);
+        }
+        if token.matches(given) {
+            limiter.succeeded(ip);
+            Ok(true)
+        } else {
+            limiter.failed(ip, now);
+            Ok(false)
+        }
+    }
+
     /// Carries out action `what` (`sync`, `wake`, `probe`) for an authorised caller `who`;
     /// every one lands in the events table.
     fn act(
@@ -514,7 +539,12 @@ impl Gate {
                     .and_then(|v| v.trim_ascii().strip_prefix(b"Bearer "))
                     .map(<[u8]>::trim_ascii);
                 let scraper = match (&self.scrape, bearer) {
-                    (Some(t), Some(b)) => t.matches(b),
+                    (Some(t), Some(b)) if matches!(caller, Caller::Anonymous) => {
+                        match self.check_bearer(t, b, req.peer.ip(), now) {
+                            Ok(ok) => ok,
+                            Err(refused) => return refused,
+                        }
+                    }
                     _ => false,
                 };
                 if matches!(caller, Caller::Anonymous) && !scraper {
@@ -905,6 +935,27 @@ mod tests {
         let r = gate.respond(&with(&format!("Bearer {token}")), &shared, None);
         assert_eq!(r.status, 200);
         assert_eq!(header(&r, "Content-Type"), Some(metrics::CONTENT_TYPE));
+        // Wrong tokens count as wrong passwords: after the fifth the address is locked out,
+        // the right token included, while another address still scrapes.
+        let from = |peer: &str, token: &str| {
+            req(
+                peer,
+                &format!(
+                    "GET /metrics HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+                ),
+            )
+        };
+        let guesser = "192.168.1.66:5000";
+        for _ in 0..limiter::FAILURES {
+            assert_eq!(
+                gate.respond(&from(guesser, "guess"), &shared, None).status,
+                401
+            );
+        }
+        let locked = gate.respond(&from(guesser, &token), &shared, None);
+        assert_eq!(locked.status, 429);
+        assert!(header(&locked, "Retry-After").is_some());
+        assert_eq!(gate.respond(&from(LAN, &token), &shared, None).status, 200);
         assert!(body(&r).contains("gatelet_agent_up 0\n"));
         let local = gate.respond(&get("127.0.0.1:1", "/metrics", ""), &shared, None);
         assert_eq!(local.status, 200);
