@@ -462,6 +462,7 @@ fn validate(
 
     let mut rejected = Vec::new();
     let mut agent = AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: config_hash.clone(),
         http_routes: Vec::new(),
         l4_routes: Vec::new(),

@@ -452,6 +452,7 @@ mod tests {
             ..Default::default()
         });
         r.snapshot.config = Some(AgentConfig {
+            egress_routes: Vec::new(),
             l4_routes: vec![L4Route {
                 id: 2,
                 listen_port: 2222,
