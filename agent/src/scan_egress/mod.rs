@@ -24,10 +24,13 @@
 //!
 //! # Not here (yet)
 //!
-//! The VRRP failover that holds the VIP and the port-445 redirect: see the README's "Egress
-//! routes" section for the state of those.
+//! [`vrrp`] holds the failover's wire format and state machine, but nothing drives them yet:
+//! no VRRP runs, nothing adds the VIP, and there is no port-445 redirect (see the README's
+//! "Egress routes" section).
 
 #![deny(unsafe_code)]
+
+pub mod vrrp;
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
