@@ -424,3 +424,35 @@ fn health_rises_and_falls_after_two_samples() {
     assert_eq!(h.sample(false), None);
     assert!(!h.healthy());
 }
+
+/// An advertisement keepalived 2.2.7 (Debian) sent with the reference's parameters (vrid 52,
+/// priority 150, advert_int 1, unicast 10.99.0.1 -> 10.99.0.2, VIP 10.99.0.250/24), captured
+/// with tcpdump: IP header (TOS 0xc0, TTL 255, protocol 112) and the VRRP message.
+const KEEPALIVED_ADVERT: [u8; 40] = [
+    0x45, 0xc0, 0x00, 0x28, 0x00, 0x01, 0x00, 0x00, 0xff, 0x70, 0xa5, 0xdc, 0x0a, 0x63, 0x00, 0x01,
+    0x0a, 0x63, 0x00, 0x02, 0x21, 0x34, 0x96, 0x01, 0x00, 0x01, 0x3d, 0x6c, 0x0a, 0x63, 0x00, 0xfa,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+];
+
+#[test]
+fn a_keepalived_advert_decodes_and_ours_is_byte_for_byte_the_same() {
+    let (src, a) = decode_ipv4(&KEEPALIVED_ADVERT).unwrap();
+    assert_eq!(src, Ipv4Addr::new(10, 99, 0, 1));
+    let want = Advert {
+        vrid: 52,
+        priority: 150,
+        advert_int_s: 1,
+        auth_type: 0,
+        addrs: vec![Ipv4Addr::new(10, 99, 0, 250)],
+    };
+    assert_eq!(a, want);
+    let ours = Instance::new(Params::reference(
+        1,
+        0,
+        Ipv4Addr::new(10, 99, 0, 1),
+        Ipv4Addr::new(10, 99, 0, 250),
+    ))
+    .advert(150)
+    .encode();
+    assert_eq!(ours, KEEPALIVED_ADVERT[20..]);
+}
