@@ -224,3 +224,248 @@ fn relay_and_refuse(mode: NetstackMode) {
         BULK_BYTES / (1024 * 1024)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// "Near" failover: gatelet (gateway A, the testbed's agent) and keepalived (gateway B, Debian's
+// keepalived with the reference's vrrp_instance) on one LAN bridge with the client.
+//
+//  ns lan: br0 192.168.60.60 (the client) -- veth -- ns gw  (agent, 192.168.60.2)
+//                                          -- veth -- ns gwb (keepalived, 192.168.60.3)
+// ---------------------------------------------------------------------------------------------
+
+const POOL_A: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 2);
+const POOL_B: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 3);
+const POOL_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 60);
+const POOL_VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 250);
+/// The target is 4 s (3 × advert_int + skew = 3.41 s, measured 3.3-3.5 s here); the bound
+/// asserted leaves one more second for a loaded CI box and the 100 ms polling.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
+
+struct Pool {
+    keepalived: Option<gatelet_tests_hw::Process>,
+    _b_echo: EchoServer,
+    _nas: EchoServer,
+    gwb: Netns,
+    lan: Netns,
+    tb: Testbed,
+}
+
+/// Joins `ns` to the bridge in `lan` with `addr/24`.
+fn join_bridge(lan: &Netns, ns: &Netns, addr: Ipv4Addr) -> Result<()> {
+    let name = gatelet_tests_hw::unique_ifname();
+    let peer = format!("{name}b");
+    gatelet_tests_hw::run(std::process::Command::new("ip").args([
+        "link",
+        "add",
+        &name,
+        "netns",
+        ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        lan.name(),
+    ]))?;
+    lan.ip(&["link", "set", &peer, "master", "br0", "up"])?;
+    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &name])?;
+    ns.ip(&["link", "set", &name, "up"])?;
+    Ok(())
+}
+
+fn pool() -> Pool {
+    require_root().unwrap();
+    let binary = product_binary("gatelet-agent").unwrap();
+    let tb = Testbed::start_with(&GatewayRole::Agent(binary), &TestbedOptions::default()).unwrap();
+    let lan = ok(&tb, Netns::new("lan"));
+    let gwb = ok(&tb, Netns::new("gwb"));
+    ok(&tb, lan.ip(&["link", "add", "br0", "type", "bridge"]));
+    ok(
+        &tb,
+        lan.ip(&["addr", "add", &format!("{POOL_CLIENT}/24"), "dev", "br0"]),
+    );
+    ok(&tb, lan.ip(&["link", "set", "br0", "up"]));
+    ok(&tb, join_bridge(&lan, &tb.gw_ns, POOL_A));
+    ok(&tb, join_bridge(&lan, &gwb, POOL_B));
+    let nas = ok(
+        &tb,
+        EchoServer::start(&tb.hub_ns, SocketAddr::from((HUB_TUNNEL_IP, NAS_PORT))),
+    );
+    // Gateway B's stand-in for the reference's egress proxy: an echo on every address.
+    let b_echo = ok(
+        &tb,
+        EchoServer::start(&gwb, SocketAddr::from((Ipv4Addr::UNSPECIFIED, EGRESS_PORT))),
+    );
+    ok(&tb, tb.wait_handshake(None, Duration::from_secs(20)));
+    Pool {
+        keepalived: None,
+        _b_echo: b_echo,
+        _nas: nas,
+        gwb,
+        lan,
+        tb,
+    }
+}
+
+/// The reference's vrrp_instance for egress route 1 at index 0 on gateway B. Its chk_tunnel
+/// pings the LAN client instead of the hub (B has no tunnel here), every second.
+fn keepalived_conf(iface: &str) -> String {
+    format!(
+        "global_defs {{\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_script chk_tunnel {{\n  script \"/usr/bin/ping -c1 -W2 {POOL_CLIENT}\"\n  \
+         interval 1\n  rise 1\n  fall 2\n}}\n\
+         vrrp_instance EGRESS_1 {{\n  state BACKUP\n  interface {iface}\n  \
+         virtual_router_id 52\n  priority 150\n  advert_int 1\n  nopreempt\n  \
+         unicast_src_ip {POOL_B}\n  unicast_peer {{\n    {POOL_A}\n  }}\n  \
+         virtual_ipaddress {{\n    {POOL_VIP}/24\n  }}\n  track_script {{\n    chk_tunnel\n  }}\n}}\n"
+    )
+}
+
+fn start_keepalived(p: &mut Pool) {
+    let iface = ok(
+        &p.tb,
+        p.gwb
+            .ip(&["-o", "-4", "addr", "show", "to", &POOL_B.to_string()]),
+    );
+    let iface = iface.split_whitespace().nth(1).unwrap().to_owned();
+    let dir = p.gwb.dir().to_owned();
+    let conf = dir.join("keepalived.conf");
+    std::fs::write(&conf, keepalived_conf(&iface)).unwrap();
+    let mut cmd = p.gwb.command("keepalived");
+    cmd.args(["-n", "-l", "-D", "-P", "-f"])
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.join("keepalived.pid"))
+        .arg("-r")
+        .arg(dir.join("vrrp.pid"));
+    p.keepalived = Some(ok(&p.tb, p.gwb.spawn("keepalived", cmd)));
+}
+
+fn has_vip(ns: &Netns) -> bool {
+    ns.ip(&["-4", "addr", "show"])
+        .map(|o| o.contains(&format!("{POOL_VIP}/24")))
+        .unwrap_or(false)
+}
+
+fn wait_vip(p: &Pool, ns: &Netns, within: Duration) -> Duration {
+    let started = Instant::now();
+    ok(
+        &p.tb,
+        wait_until(&format!("the VIP on {}", ns.name()), within, || {
+            Ok::<_, HarnessError>(has_vip(ns).then_some(()))
+        }),
+    );
+    started.elapsed()
+}
+
+fn apply_pool_route(p: &Pool) {
+    let config = AgentConfig {
+        config_hash: Some("pool".into()),
+        egress_routes: vec![EgressRoute {
+            vip_ip: POOL_VIP.to_string(),
+            allowed_sources: vec![format!("{POOL_CLIENT}/32")],
+            near_peers: vec![POOL_B.to_string()],
+            ..egress_route()
+        }],
+        ..AgentConfig::default()
+    };
+    let agent = ok(&p.tb, p.tb.agent());
+    if let Response::Error { message } = ok(
+        &p.tb,
+        control_request(agent.socket(), &Request::Apply { config }),
+    ) {
+        panic!("the agent refused the config: {message}");
+    }
+}
+
+fn role(p: &Pool) -> String {
+    ok(&p.tb, p.tb.agent_status())
+        .scan_egress_near
+        .map(|n| n.role)
+        .unwrap_or_default()
+}
+
+/// A new connection from the client to VIP:port is echoed.
+fn vip_works(p: &Pool) {
+    let to = SocketAddr::from((POOL_VIP, EGRESS_PORT));
+    let data = payload(64 * 1024);
+    let back = ok(&p.tb, tcp_echo(&p.lan, to, &data));
+    assert!(
+        back == data,
+        "{} of {} bytes came back",
+        back.len(),
+        data.len()
+    );
+}
+
+fn logs(p: &Pool) -> String {
+    let agent = p.tb.agent().map(|a| a.log()).unwrap_or_default();
+    let k = p.keepalived.as_ref().map(|k| k.log()).unwrap_or_default();
+    format!("--- agent ---\n{agent}\n--- keepalived ---\n{k}")
+}
+
+#[test]
+fn gatelet_master_fails_over_to_a_keepalived_backup() {
+    let mut p = pool();
+    apply_pool_route(&p);
+    // Healthy after two samples 5 s apart, then master after 3.41 s alone.
+    wait_vip(&p, &p.tb.gw_ns, Duration::from_secs(20));
+    assert_eq!(role(&p), "master", "{}", logs(&p));
+    start_keepalived(&mut p);
+    // keepalived sees gatelet's adverts and stays backup (nopreempt, equal priority).
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !has_vip(&p.gwb),
+        "keepalived took the VIP from a live master\n{}",
+        logs(&p)
+    );
+    assert!(has_vip(&p.tb.gw_ns));
+    vip_works(&p);
+    // Kill gatelet (no step-down): keepalived takes over after its master down interval.
+    if let gatelet_tests_hw::Gateway::Agent(a) = &mut p.tb.gateway {
+        a.process().crash();
+    }
+    let took = wait_vip(&p, &p.gwb, Duration::from_secs(10));
+    println!("failover gatelet -> keepalived: {} ms", took.as_millis());
+    assert!(took <= FAILOVER_LIMIT, "took {took:?}\n{}", logs(&p));
+    vip_works(&p);
+}
+
+#[test]
+fn keepalived_master_fails_over_to_a_gatelet_backup() {
+    let mut p = pool();
+    start_keepalived(&mut p);
+    wait_vip(&p, &p.gwb, Duration::from_secs(20));
+    apply_pool_route(&p);
+    // gatelet: fault until two health samples, then backup behind keepalived's adverts.
+    ok(
+        &p.tb,
+        wait_until("gatelet to be backup", Duration::from_secs(20), || {
+            Ok::<_, HarnessError>((role(&p) == "backup").then_some(()))
+        }),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !has_vip(&p.tb.gw_ns),
+        "gatelet took the VIP from a live master\n{}",
+        logs(&p)
+    );
+    assert_eq!(role(&p), "backup");
+    // Kill keepalived's whole process group hard: its VRRP child would otherwise notice the
+    // parent's death and step down with priority 0 (a graceful handover, not a failure).
+    let pgid = p.keepalived.as_ref().unwrap().pid();
+    ok(
+        &p.tb,
+        gatelet_tests_hw::run(std::process::Command::new("kill").args([
+            "-KILL",
+            "--",
+            &format!("-{pgid}"),
+        ])),
+    );
+    let took = wait_vip(&p, &p.tb.gw_ns, Duration::from_secs(10));
+    println!("failover keepalived -> gatelet: {} ms", took.as_millis());
+    assert!(took <= FAILOVER_LIMIT, "took {took:?}\n{}", logs(&p));
+    assert_eq!(role(&p), "master");
+    vip_works(&p);
+}

@@ -53,6 +53,8 @@ use crate::forward::{wait_true, RouteCounters, TargetCell};
 use crate::target::Target;
 
 use crate::http::{HttpStats, HttpTable, ProxyConfig, RouteHttpCounters};
+use crate::scan_egress::near::{self, NearHandle, NearSettings, NearSpec};
+use crate::scan_egress::vrrp::machine::State as VrrpState;
 use crate::scan_egress::{Allowlist, SourceCell};
 use crate::stack::{Datagram, Stack};
 use crate::wol::Waker;
@@ -105,6 +107,9 @@ pub struct Settings {
     /// The address the egress routes' LAN listeners bind: every address by default (see
     /// `crate::scan_egress` for why); a loopback address in tests.
     pub egress_bind_ip: IpAddr,
+    /// The egress routes' VRRP failover: the tunnel-health sample and its interval. None:
+    /// no failover runs (role `none`; nothing adds the VIPs).
+    pub near: Option<NearSettings>,
 }
 
 impl Settings {
@@ -126,6 +131,7 @@ impl Settings {
             waker: None,
             stack: Stack::Kernel,
             egress_bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            near: None,
         }
     }
 }
@@ -235,6 +241,8 @@ struct State {
     config: AgentConfig,
     l4: BTreeMap<u16, L4Entry>,
     egress: BTreeMap<u16, EgressEntry>,
+    /// The VRRP instances, by egress route id.
+    near: BTreeMap<u64, (NearSpec, NearHandle)>,
     reach: HashMap<Target, Reachability>,
     proxy: Option<FixedListener>,
     api: Option<FixedListener>,
@@ -614,6 +622,23 @@ impl RouteManager {
                 }
             }
         }
+        if let Some(ns) = &s.near {
+            let wanted: BTreeMap<u64, NearSpec> = config
+                .egress_routes
+                .iter()
+                .enumerate()
+                .filter_map(|(idx, r)| NearSpec::of(idx, r))
+                .map(|n| (n.id, n))
+                .collect();
+            // A changed or removed instance stops (a master steps down); a new one starts.
+            st.near.retain(|id, (spec, _)| wanted.get(id) == Some(spec));
+            for (id, spec) in wanted {
+                st.near.entry(id).or_insert_with(|| {
+                    let handle = near::spawn(spec.clone(), ns.health.clone(), ns.interval);
+                    (spec, handle)
+                });
+            }
+        }
         if save && s.state_dir.is_some() {
             let config = Arc::new(config.clone());
             inner
@@ -827,7 +852,16 @@ impl RouteManager {
                 }
             })
             .collect();
-        // No failover runs in the agent yet: the VIPs are listed with the role `none`.
+        // The role over every instance: master if any holds its VIP, backup if any waits,
+        // else none (no failover, or every instance in fault or unable to run).
+        let states: Vec<VrrpState> = st.near.values().map(|(_, h)| h.state().state).collect();
+        let role = if states.contains(&VrrpState::Master) {
+            "master"
+        } else if states.contains(&VrrpState::Backup) {
+            "backup"
+        } else {
+            "none"
+        };
         let egress_near = (!st.config.egress_routes.is_empty()).then(|| EgressNear {
             vips: st
                 .config
@@ -835,7 +869,7 @@ impl RouteManager {
                 .iter()
                 .map(|r| r.vip_ip.clone())
                 .collect(),
-            role: "none".into(),
+            role: role.into(),
         });
         RoutesStatus {
             config_hash: st.config.config_hash.clone(),

@@ -30,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod near;
 pub mod vrrp;
 
 use std::net::IpAddr;

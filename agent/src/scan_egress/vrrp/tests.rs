@@ -456,3 +456,16 @@ fn a_keepalived_advert_decodes_and_ours_is_byte_for_byte_the_same() {
     .encode();
     assert_eq!(ours, KEEPALIVED_ADVERT[20..]);
 }
+
+#[test]
+fn a_gratuitous_arp_announces_the_vip_from_our_mac() {
+    let mac = [0x02, 0, 0, 0, 0, 0x05];
+    let a = super::wire::gratuitous_arp(mac, VIP);
+    assert_eq!(
+        a,
+        [
+            0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 5, 192, 168, 1, 250, 0, 0, 0, 0, 0, 0, 192, 168,
+            1, 250
+        ]
+    );
+}

@@ -189,3 +189,18 @@ pub fn decode_ipv4(p: &[u8]) -> Result<(Ipv4Addr, Advert), WireError> {
     let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
     Ok((src, Advert::decode(&p[ihl..total])?))
 }
+
+/// A gratuitous ARP request for `ip` from `mac` (sender and target address both `ip`, target
+/// hardware address zero), the 28-byte ARP message for Ethernet and IPv4.
+pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 28] {
+    let mut a = [0u8; 28];
+    a[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    a[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    a[4] = 6;
+    a[5] = 4;
+    a[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
+    a[8..14].copy_from_slice(&mac);
+    a[14..18].copy_from_slice(&ip.octets());
+    a[24..28].copy_from_slice(&ip.octets());
+    a
+}
