@@ -29,6 +29,8 @@ TEST_PACKAGES=(
   "systemd:systemd-sysusers"
   # promtool checks the diagnostics page's /metrics (tests-hw/tests/diag_login.rs)
   "prometheus:promtool"
+  # the reference gateway's VRRP peer in the egress failover tests (tests-hw/tests/scan_egress.rs)
+  "keepalived:keepalived"
 )
 
 missing=()
