@@ -22,9 +22,9 @@ use gatelet_agent_api::control::{
     AgentConfig, EgressRoute, EgressStatus, L4Route, Request, Response,
 };
 use gatelet_tests_hw::{
-    both_modes, control_request, product_binary, require_root, tcp_echo, wait_until, EchoServer,
-    GatewayRole, HarnessError, Netns, NetstackMode, Result, Testbed, TestbedOptions, VethPair,
-    GW_LAN_IP, GW_TUNNEL_IP, HUB_TUNNEL_IP,
+    agent_env, both_modes, control_request, product_binary, require_root, start_agent, tcp_echo,
+    wait_until, EchoServer, GatewayRole, HarnessError, KeyPair, Netns, NetstackMode, Result,
+    Testbed, TestbedOptions, VethPair, WgPeer, GW_LAN_IP, GW_TUNNEL_IP, HUB_NAME, HUB_TUNNEL_IP,
 };
 
 /// The gateway's address on the printer's LAN.
@@ -243,7 +243,11 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
 
 struct Pool {
     keepalived: Option<gatelet_tests_hw::Process>,
-    _b_echo: EchoServer,
+    /// Gateway B as a second gatelet-agent, with its own tunnel (10.8.0.3) over its own veth
+    /// to the hub.
+    b_agent: Option<gatelet_tests_hw::Agent>,
+    b_veth: Option<VethPair>,
+    _b_echo: Option<EchoServer>,
     _nas: EchoServer,
     gwb: Netns,
     lan: Netns,
@@ -274,7 +278,9 @@ fn join_bridge(lan: &Netns, ns: &Netns, addr: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-fn pool() -> Pool {
+/// `keepalived_b`: gateway B will be keepalived (with an echo standing in for its proxy),
+/// else a second agent.
+fn pool(keepalived_b: bool) -> Pool {
     require_root().unwrap();
     let binary = product_binary("gatelet-agent").unwrap();
     let tb = Testbed::start_with(&GatewayRole::Agent(binary), &TestbedOptions::default()).unwrap();
@@ -293,13 +299,17 @@ fn pool() -> Pool {
         EchoServer::start(&tb.hub_ns, SocketAddr::from((HUB_TUNNEL_IP, NAS_PORT))),
     );
     // Gateway B's stand-in for the reference's egress proxy: an echo on every address.
-    let b_echo = ok(
-        &tb,
-        EchoServer::start(&gwb, SocketAddr::from((Ipv4Addr::UNSPECIFIED, EGRESS_PORT))),
-    );
+    let b_echo = keepalived_b.then(|| {
+        ok(
+            &tb,
+            EchoServer::start(&gwb, SocketAddr::from((Ipv4Addr::UNSPECIFIED, EGRESS_PORT))),
+        )
+    });
     ok(&tb, tb.wait_handshake(None, Duration::from_secs(20)));
     Pool {
         keepalived: None,
+        b_agent: None,
+        b_veth: None,
         _b_echo: b_echo,
         _nas: nas,
         gwb,
@@ -360,17 +370,20 @@ fn wait_vip(p: &Pool, ns: &Netns, within: Duration) -> Duration {
 }
 
 fn apply_pool_route(p: &Pool) {
+    apply_pool_route_to(p, ok(&p.tb, p.tb.agent()), POOL_B);
+}
+
+fn apply_pool_route_to(p: &Pool, agent: &gatelet_tests_hw::Agent, peer: Ipv4Addr) {
     let config = AgentConfig {
         config_hash: Some("pool".into()),
         egress_routes: vec![EgressRoute {
             vip_ip: POOL_VIP.to_string(),
             allowed_sources: vec![format!("{POOL_CLIENT}/32")],
-            near_peers: vec![POOL_B.to_string()],
+            near_peers: vec![peer.to_string()],
             ..egress_route()
         }],
         ..AgentConfig::default()
     };
-    let agent = ok(&p.tb, p.tb.agent());
     if let Response::Error { message } = ok(
         &p.tb,
         control_request(agent.socket(), &Request::Apply { config }),
@@ -380,10 +393,55 @@ fn apply_pool_route(p: &Pool) {
 }
 
 fn role(p: &Pool) -> String {
-    ok(&p.tb, p.tb.agent_status())
+    role_of(p, ok(&p.tb, p.tb.agent()))
+}
+
+fn role_of(p: &Pool, agent: &gatelet_tests_hw::Agent) -> String {
+    ok(&p.tb, agent.status())
         .scan_egress_near
         .map(|n| n.role)
         .unwrap_or_default()
+}
+
+/// Starts gateway B as a second agent with its own tunnel to the hub.
+fn start_agent_b(p: &mut Pool) {
+    const B_TUNNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 3);
+    const HUB_B_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
+    let tb = &p.tb;
+    let veth = ok(
+        tb,
+        VethPair::new(
+            &tb.hub_ns,
+            &format!("{HUB_B_SIDE}/24"),
+            &p.gwb,
+            "10.77.2.2/24",
+        ),
+    );
+    ok(tb, p.gwb.set_hosts(&[(HUB_B_SIDE.into(), HUB_NAME)]));
+    let key = ok(tb, KeyPair::generate());
+    ok(
+        tb,
+        tb.hub.set_peer(&WgPeer {
+            public_key: key.public.clone(),
+            preshared_key: tb.psk.clone(),
+            allowed_ips: vec![format!("{B_TUNNEL_IP}/32")],
+            endpoint: None,
+            persistent_keepalive: None,
+        }),
+    );
+    let mut env = agent_env(&key, &tb.hub_key, tb.psk.as_deref());
+    env.tunnel_ip = B_TUNNEL_IP.to_string();
+    env.address = format!("{B_TUNNEL_IP}/32");
+    let binary = product_binary("gatelet-agent").unwrap();
+    let agent = ok(tb, start_agent(&p.gwb, &binary, &env, NetstackMode::Kernel));
+    ok(
+        tb,
+        agent
+            .wait_handshake(u64::MAX, Duration::from_secs(20))
+            .map(drop),
+    );
+    p.b_veth = Some(veth);
+    p.b_agent = Some(agent);
 }
 
 /// A new connection from the client to VIP:port is echoed.
@@ -402,12 +460,13 @@ fn vip_works(p: &Pool) {
 fn logs(p: &Pool) -> String {
     let agent = p.tb.agent().map(|a| a.log()).unwrap_or_default();
     let k = p.keepalived.as_ref().map(|k| k.log()).unwrap_or_default();
-    format!("--- agent ---\n{agent}\n--- keepalived ---\n{k}")
+    let b = p.b_agent.as_ref().map(|a| a.log()).unwrap_or_default();
+    format!("--- agent ---\n{agent}\n--- keepalived ---\n{k}\n--- agent B ---\n{b}")
 }
 
 #[test]
 fn gatelet_master_fails_over_to_a_keepalived_backup() {
-    let mut p = pool();
+    let mut p = pool(true);
     apply_pool_route(&p);
     // Healthy after two samples 5 s apart, then master after 3.41 s alone.
     wait_vip(&p, &p.tb.gw_ns, Duration::from_secs(20));
@@ -434,7 +493,7 @@ fn gatelet_master_fails_over_to_a_keepalived_backup() {
 
 #[test]
 fn keepalived_master_fails_over_to_a_gatelet_backup() {
-    let mut p = pool();
+    let mut p = pool(true);
     start_keepalived(&mut p);
     wait_vip(&p, &p.gwb, Duration::from_secs(20));
     apply_pool_route(&p);
@@ -468,4 +527,40 @@ fn keepalived_master_fails_over_to_a_gatelet_backup() {
     assert!(took <= FAILOVER_LIMIT, "took {took:?}\n{}", logs(&p));
     assert_eq!(role(&p), "master");
     vip_works(&p);
+}
+
+#[test]
+fn a_gatelet_only_pool_fails_over_and_the_new_master_relays_through_its_own_tunnel() {
+    let mut p = pool(false);
+    apply_pool_route(&p);
+    wait_vip(&p, &p.tb.gw_ns, Duration::from_secs(20));
+    start_agent_b(&mut p);
+    let b = p.b_agent.take().unwrap();
+    apply_pool_route_to(&p, &b, POOL_A);
+    ok(
+        &p.tb,
+        wait_until("agent B to be backup", Duration::from_secs(20), || {
+            Ok::<_, HarnessError>((role_of(&p, &b) == "backup").then_some(()))
+        }),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    p.b_agent = Some(b);
+    assert!(
+        !has_vip(&p.gwb),
+        "B took the VIP from a live master\n{}",
+        logs(&p)
+    );
+    assert_eq!(role(&p), "master");
+    vip_works(&p);
+    if let gatelet_tests_hw::Gateway::Agent(a) = &mut p.tb.gateway {
+        a.process().crash();
+    }
+    let took = wait_vip(&p, &p.gwb, Duration::from_secs(10));
+    println!("failover gatelet -> gatelet: {} ms", took.as_millis());
+    assert!(took <= FAILOVER_LIMIT, "took {took:?}\n{}", logs(&p));
+    assert_eq!(role_of(&p, p.b_agent.as_ref().unwrap()), "master");
+    // B relays the new connection through its own tunnel to the NAS behind the hub.
+    vip_works(&p);
+    let st = ok(&p.tb, p.b_agent.as_ref().unwrap().status());
+    assert!(st.scan_egress[0].bytes > 0, "{:?}", st.scan_egress);
 }
