@@ -178,6 +178,7 @@ fn start_routes(
     });
     let mut settings = routes::Settings::new(env.tunnel_ip.into());
     settings.waker = Some(waker.clone());
+    let ping = matches!(stack, Stack::Kernel);
     settings.stack = stack;
     settings.proxy_port = Some(env.proxy_port);
     settings.api_relay = Some((
@@ -185,17 +186,20 @@ fn start_routes(
         SocketAddr::from((routes::API_TARGET_IP, env.api_port)),
     ));
     settings.state_dir = Some(args.state_dir.clone());
-    // The egress failover's tunnel check: a handshake within WireGuard's REJECT_AFTER_TIME
-    // (180 s); with the 25 s keepalive a live tunnel re-handshakes every two minutes.
+    // The egress failover's tunnel check without pings: a handshake within WireGuard's
+    // REJECT_AFTER_TIME (180 s); a live tunnel re-handshakes every two minutes.
     let health: scan_egress::near::HealthFn = Arc::new(move || {
         stats
             .snapshot(std::time::Instant::now())
             .handshake_age_s
             .is_some_and(|age| age <= HEALTHY_HANDSHAKE_AGE_S)
     });
+    // TUN mode pings the hub through the tunnel like the reference's chk_tunnel; the
+    // userspace stack cannot (nothing on the box can send into it): handshake age there.
     settings.near = Some(scan_egress::near::NearSettings {
         health,
         interval: scan_egress::near::HEALTH_INTERVAL,
+        ping,
     });
     let manager = RouteManager::new(settings);
     if let Err(e) = manager.start() {

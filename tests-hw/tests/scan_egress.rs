@@ -564,3 +564,33 @@ fn a_gatelet_only_pool_fails_over_and_the_new_master_relays_through_its_own_tunn
     let st = ok(&p.tb, p.b_agent.as_ref().unwrap().status());
     assert!(st.scan_egress[0].bytes > 0, "{:?}", st.scan_egress);
 }
+
+/// The tunnel check (one ping of the hub every 5 s, 2 s timeout, fall 2) notices a cut tunnel
+/// within about 5-12 s; the master then steps down (priority 0) and the backup takes over
+/// after its skew time. Bound with slack for a loaded box.
+const CUT_FAILOVER_LIMIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn gatelet_master_whose_tunnel_is_cut_hands_over_to_keepalived() {
+    let mut p = pool(true);
+    apply_pool_route(&p);
+    wait_vip(&p, &p.tb.gw_ns, Duration::from_secs(20));
+    start_keepalived(&mut p);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!has_vip(&p.gwb), "{}", logs(&p));
+    // Cut the tunnel: the hub forgets the gateway (its pings go unanswered).
+    ok(&p.tb, p.tb.hub.remove_peer(&p.tb.gw_key.public));
+    let took = wait_vip(&p, &p.gwb, CUT_FAILOVER_LIMIT);
+    println!(
+        "failover after a tunnel cut, gatelet -> keepalived: {} ms",
+        took.as_millis()
+    );
+    ok(
+        &p.tb,
+        wait_until("the VIP to leave gateway A", Duration::from_secs(2), || {
+            Ok::<_, HarnessError>((!has_vip(&p.tb.gw_ns)).then_some(()))
+        }),
+    );
+    assert_eq!(role(&p), "none", "fault is neither master nor backup");
+    vip_works(&p);
+}

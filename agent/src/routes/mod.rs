@@ -634,7 +634,7 @@ impl RouteManager {
             st.near.retain(|id, (spec, _)| wanted.get(id) == Some(spec));
             for (id, spec) in wanted {
                 st.near.entry(id).or_insert_with(|| {
-                    let handle = near::spawn(spec.clone(), ns.health.clone(), ns.interval);
+                    let handle = near::spawn(spec.clone(), ns.clone());
                     (spec, handle)
                 });
             }

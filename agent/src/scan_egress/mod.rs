@@ -31,6 +31,7 @@
 #![deny(unsafe_code)]
 
 pub mod near;
+pub mod ping;
 pub mod vrrp;
 
 use std::net::IpAddr;

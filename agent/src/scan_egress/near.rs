@@ -3,8 +3,9 @@
 //! subnet holds the VIP. It sends the advertisements (unicast from our own LAN address to
 //! each peer, like keepalived's `unicast_peer`), receives them on a raw protocol-112 socket,
 //! adds and removes the VIP through netlink and announces it with gratuitous ARP on takeover.
-//! The tunnel-health samples (every [`HEALTH_INTERVAL`], rise 2 / fall 2) come from the
-//! caller's [`HealthFn`].
+//! The tunnel-health samples (every [`HEALTH_INTERVAL`], rise 2 / fall 2) are, with
+//! [`NearSettings::ping`], a ping of the hub's tunnel address (the route's tunnel target)
+//! answered within 2 s, like the reference's `chk_tunnel`; else the caller's [`HealthFn`].
 //!
 //! Needs `CAP_NET_RAW` (raw and packet sockets) and `CAP_NET_ADMIN` (addresses). Without them,
 //! or without an interface on the VIP's subnet, the instance reports the error and holds
@@ -40,12 +41,16 @@ pub struct NearSettings {
     pub health: HealthFn,
     /// Time between two samples ([`HEALTH_INTERVAL`] in production).
     pub interval: Duration,
+    /// Sample by pinging the route's tunnel target (TUN mode: the kernel routes the ping
+    /// through the tunnel) instead of calling `health`.
+    pub ping: bool,
 }
 
 impl std::fmt::Debug for NearSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NearSettings")
             .field("interval", &self.interval)
+            .field("ping", &self.ping)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +68,8 @@ pub struct NearSpec {
     pub prefix: u8,
     /// The other gateways' LAN addresses.
     pub peers: Vec<Ipv4Addr>,
+    /// The hub's tunnel address (the route's tunnel target), pinged by the tunnel check.
+    pub hub: Option<Ipv4Addr>,
 }
 
 impl NearSpec {
@@ -79,6 +86,7 @@ impl NearSpec {
             vip: r.vip_ip.parse().ok()?,
             prefix: r.vip_prefix,
             peers,
+            hub: r.target_host.parse().ok(),
         })
     }
 }
@@ -116,7 +124,7 @@ impl Drop for NearHandle {
 }
 
 /// Starts the instance of `spec` (call inside the runtime).
-pub fn spawn(spec: NearSpec, health: HealthFn, interval: Duration) -> NearHandle {
+pub fn spawn(spec: NearSpec, settings: NearSettings) -> NearHandle {
     let (stop, stop_rx) = watch::channel(false);
     let state = Arc::new(Mutex::new(NearState {
         state: State::Init,
@@ -124,7 +132,7 @@ pub fn spawn(spec: NearSpec, health: HealthFn, interval: Duration) -> NearHandle
     }));
     let cell = state.clone();
     tokio::spawn(async move {
-        if let Err(e) = run(&spec, health, interval, &cell, stop_rx).await {
+        if let Err(e) = run(&spec, &settings, &cell, stop_rx).await {
             tracing::warn!(id = spec.id, vip = %spec.vip, error = %e, "egress failover cannot run");
             set(&cell, State::Init, Some(e));
         }
@@ -244,8 +252,7 @@ fn now_std() -> std::time::Instant {
 
 async fn run(
     spec: &NearSpec,
-    health: HealthFn,
-    interval: Duration,
+    settings: &NearSettings,
     cell: &Mutex<NearState>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -277,7 +284,11 @@ async fn run(
     let acts = inst.start(now_std(), false);
     io.carry_out(&inst, acts);
     set(cell, inst.state(), None);
-    let mut sample = tokio::time::interval(interval);
+    let mut sample = tokio::time::interval(settings.interval);
+    // Ping results arrive here when each ping ends (never blocking this loop's timers).
+    let (pinged_tx, mut pinged) = tokio::sync::mpsc::channel::<bool>(4);
+    let ping_id = (std::process::id() as u16) ^ (spec.id as u16).rotate_left(8);
+    let mut ping_seq: u16 = 0;
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = wait_true(stop);
     tokio::pin!(stopped);
@@ -296,7 +307,22 @@ async fn run(
                 io.carry_out(&inst, acts);
             }
             _ = sample.tick() => {
-                if let Some(ok) = tunnel.sample(health()) {
+                match (settings.ping, spec.hub) {
+                    (true, Some(hub)) => {
+                        ping_seq = ping_seq.wrapping_add(1);
+                        let (tx, seq) = (pinged_tx.clone(), ping_seq);
+                        tokio::spawn(async move {
+                            let _ = tx.send(super::ping::ping(hub, ping_id, seq).await).await;
+                        });
+                    }
+                    _ => {
+                        let ok = (settings.health)();
+                        let _ = pinged_tx.try_send(ok);
+                    }
+                }
+            }
+            Some(ok) = pinged.recv() => {
+                if let Some(ok) = tunnel.sample(ok) {
                     tracing::info!(id = spec.id, healthy = ok, "egress failover: tunnel health changed");
                     let acts = inst.on_health(now_std(), ok);
                     io.carry_out(&inst, acts);

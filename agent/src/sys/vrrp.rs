@@ -1,5 +1,6 @@
 //! The sockets of the egress routes' VRRP (`crate::scan_egress::vrrp`): a raw IPv4 socket for
-//! protocol 112 (needs `CAP_NET_RAW`) and a packet socket for gratuitous ARP (`CAP_NET_RAW`).
+//! protocol 112 (needs `CAP_NET_RAW`), a packet socket for gratuitous ARP (`CAP_NET_RAW`) and
+//! a raw ICMP socket for the tunnel check's pings (`CAP_NET_RAW`).
 //! The messages themselves are built outside this module.
 
 use std::io;
@@ -50,6 +51,19 @@ pub fn raw_v4(proto: u8, local: Ipv4Addr) -> io::Result<OwnedFd> {
         )
     })?;
     Ok(fd)
+}
+
+/// A non-blocking raw ICMP socket, unbound (the route to the destination picks the source:
+/// the tunnel address for the hub), for the tunnel check's echo requests.
+pub fn raw_icmp() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    owned(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    })
 }
 
 /// Sends `payload` (the IP payload) to `to` on a raw socket.
