@@ -457,6 +457,20 @@ fn vip_works(p: &Pool) {
     );
 }
 
+/// A new connection from the client to VIP:445 (the SMB port) is echoed: the port-445 redirect
+/// leads it to the egress listener.
+fn smb_port_works(p: &Pool) {
+    let to = SocketAddr::from((POOL_VIP, 445));
+    let data = payload(64 * 1024);
+    let back = ok(&p.tb, tcp_echo(&p.lan, to, &data));
+    assert!(
+        back == data,
+        "{} of {} bytes came back",
+        back.len(),
+        data.len()
+    );
+}
+
 fn logs(p: &Pool) -> String {
     let agent = p.tb.agent().map(|a| a.log()).unwrap_or_default();
     let k = p.keepalived.as_ref().map(|k| k.log()).unwrap_or_default();
@@ -552,6 +566,16 @@ fn a_gatelet_only_pool_fails_over_and_the_new_master_relays_through_its_own_tunn
     );
     assert_eq!(role(&p), "master");
     vip_works(&p);
+    smb_port_works(&p);
+    let tables = ok(
+        &p.tb,
+        p.tb.gw_ns
+            .exec(&["nft", "list", "table", "ip", "gatelet_egress_1"]),
+    );
+    assert!(
+        tables.contains("redirect to :14450") && tables.contains("192.168.60.250"),
+        "{tables}"
+    );
     if let gatelet_tests_hw::Gateway::Agent(a) = &mut p.tb.gateway {
         a.process().crash();
     }
@@ -559,10 +583,31 @@ fn a_gatelet_only_pool_fails_over_and_the_new_master_relays_through_its_own_tunn
     println!("failover gatelet -> gatelet: {} ms", took.as_millis());
     assert!(took <= FAILOVER_LIMIT, "took {took:?}\n{}", logs(&p));
     assert_eq!(role_of(&p, p.b_agent.as_ref().unwrap()), "master");
-    // B relays the new connection through its own tunnel to the NAS behind the hub.
+    // B relays the new connection through its own tunnel to the NAS behind the hub, on the
+    // listener's port and through the port-445 redirect.
     vip_works(&p);
+    smb_port_works(&p);
     let st = ok(&p.tb, p.b_agent.as_ref().unwrap().status());
     assert!(st.scan_egress[0].bytes > 0, "{:?}", st.scan_egress);
+    // The route removed: the redirect goes with it.
+    let b = p.b_agent.take().unwrap();
+    let config = AgentConfig {
+        config_hash: Some("none".into()),
+        ..AgentConfig::default()
+    };
+    let _ = ok(
+        &p.tb,
+        control_request(b.socket(), &Request::Apply { config }),
+    );
+    ok(
+        &p.tb,
+        wait_until("the redirect table to go", Duration::from_secs(5), || {
+            let rules = p.gwb.exec(&["nft", "list", "tables"])?;
+            Ok::<_, HarnessError>((!rules.contains("gatelet_egress_1")).then_some(()))
+        }),
+    );
+    assert!(!has_vip(&p.gwb), "a removed route's master removes its VIP");
+    p.b_agent = Some(b);
 }
 
 /// The tunnel check (one ping of the hub every 5 s, 2 s timeout, fall 2) notices a cut tunnel

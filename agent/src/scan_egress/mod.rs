@@ -32,6 +32,7 @@
 
 pub mod near;
 pub mod ping;
+pub mod redirect;
 pub mod vrrp;
 
 use std::net::IpAddr;

@@ -7,7 +7,10 @@
 //! [`NearSettings::ping`], a ping of the hub's tunnel address (the route's tunnel target)
 //! answered within 2 s, like the reference's `chk_tunnel`; else the caller's [`HealthFn`].
 //!
-//! Needs `CAP_NET_RAW` (raw and packet sockets) and `CAP_NET_ADMIN` (addresses). Without them,
+//! The port-445 redirect (`super::redirect`) is installed while the instance runs and removed
+//! when it stops.
+//!
+//! Needs `CAP_NET_RAW` (raw and packet sockets) and `CAP_NET_ADMIN` (addresses, nf_tables). Without them,
 //! or without an interface on the VIP's subnet, the instance reports the error and holds
 //! nothing.
 
@@ -70,6 +73,8 @@ pub struct NearSpec {
     pub peers: Vec<Ipv4Addr>,
     /// The hub's tunnel address (the route's tunnel target), pinged by the tunnel check.
     pub hub: Option<Ipv4Addr>,
+    /// The egress listener's port, where VIP:445 is redirected.
+    pub port: u16,
 }
 
 impl NearSpec {
@@ -87,6 +92,7 @@ impl NearSpec {
             prefix: r.vip_prefix,
             peers,
             hub: r.target_host.parse().ok(),
+            port: r.lan_listen_port,
         })
     }
 }
@@ -257,11 +263,43 @@ async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let lan = find_lan(spec.vip, spec.prefix)?;
+    let netlink = Netlink::open().map_err(|e| format!("cannot open netlink: {e}"))?;
+    // The port-445 redirect for the whole life of the instance (it matters only where the VIP
+    // is, like the reference's iptables rule).
+    // Without it (no nf_tables in the kernel) the failover still runs: VIP:port works.
+    let nft = super::redirect::Nftables::open()
+        .and_then(|mut n| n.install(spec.id, spec.vip, spec.port).map(|()| n));
+    let nft = match nft {
+        Ok(n) => {
+            tracing::info!(id = spec.id, vip = %spec.vip, port = spec.port, "port-445 redirect installed");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(id = spec.id, vip = %spec.vip, error = %e, "cannot install the port-445 redirect (needs CAP_NET_ADMIN and nf_tables); VIP:{} still works", spec.port);
+            None
+        }
+    };
+    let result = run_vrrp(spec, settings, cell, stop, lan, netlink).await;
+    if let Some(mut n) = nft {
+        if let Err(e) = n.remove(spec.id) {
+            tracing::warn!(id = spec.id, error = %e, "cannot remove the port-445 redirect");
+        }
+    }
+    result
+}
+
+async fn run_vrrp(
+    spec: &NearSpec,
+    settings: &NearSettings,
+    cell: &Mutex<NearState>,
+    stop: watch::Receiver<bool>,
+    lan: Lan,
+    netlink: Netlink,
+) -> Result<(), String> {
     let fd = crate::sys::vrrp::raw_v4(IPPROTO_VRRP, lan.local)
         .map_err(|e| format!("cannot open the VRRP socket (needs CAP_NET_RAW): {e}"))?;
     let sock =
         crate::sys::fd::register(fd).map_err(|e| format!("cannot watch the VRRP socket: {e}"))?;
-    let netlink = Netlink::open().map_err(|e| format!("cannot open netlink: {e}"))?;
     let mut inst = Instance::new(Params::reference(spec.id, spec.idx, lan.local, spec.vip));
     tracing::info!(
         id = spec.id,
