@@ -26,7 +26,6 @@ use tokio::sync::watch;
 use super::vrrp::health::Health;
 use super::vrrp::machine::{Action, Instance, Params, State};
 use super::vrrp::wire::{decode_ipv4, gratuitous_arp, IPPROTO_VRRP};
-use crate::forward::wait_true;
 use crate::netif::netlink::Netlink;
 
 /// Time between two tunnel-health samples (the reference's `chk_tunnel` interval).
@@ -328,7 +327,11 @@ async fn run_vrrp(
     let ping_id = (std::process::id() as u16) ^ (spec.id as u16).rotate_left(8);
     let mut ping_seq: u16 = 0;
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stopped = wait_true(stop);
+    // Stops when told, or when the handle is gone.
+    let mut stop = stop;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     tokio::pin!(stopped);
     let mut buf = vec![0u8; 2048];
     loop {
