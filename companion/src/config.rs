@@ -23,8 +23,8 @@
 //! address, `vip_prefix` 1-32 (default 24), `lan_listen_port` 1024-65535 and not taken by the
 //! proxy, the management API, an L4 route or an earlier egress route, `tunnel_target_host` an
 //! IPv4 address, `tunnel_target_port` a port). In `allowed_source_ips` a bare address means
-//! `/32` and an entry that does not parse is skipped (listed in [`Validated::unsupported`] with
-//! the reason; an empty list denies everybody); so is an invalid `near_peers` entry. Whether
+//! `/32` and an entry that does not parse is skipped (listed in [`Validated::warnings`] with
+//! the reason, and logged; an empty list denies everybody); so is an invalid `near_peers` entry. Whether
 //! the VIP lies in the gateway's LAN subnets is the server's check (it validates against the
 //! `lan_subnets` we report); the agent listens on every address whatever the VIP.
 //!
@@ -145,11 +145,14 @@ pub struct Validated {
     pub agent: AgentConfig,
     /// Routes rejected one by one, with the reason.
     pub rejected: Vec<RejectedRoute>,
-    /// Routes (or parts of them) that are not served but are not failures either, with the
-    /// reason: an L4 route whose port and target repeat an earlier one (the server's TCP and
-    /// UDP twins; the earlier route serves both), and skipped entries of an egress route's
-    /// `allowed_source_ips` or `near_peers`. Shown in status and history.
+    /// Routes that are not served but are not failures either, with the reason: an L4 route
+    /// whose port and target repeat an earlier one (the server's TCP and UDP twins; the
+    /// earlier route serves both). Shown in status and history.
     pub unsupported: Vec<RejectedRoute>,
+    /// Parts of applied routes that were left out, with the reason: entries of an egress
+    /// route's `allowed_source_ips` or `near_peers` that do not parse. Logged when applied.
+    #[serde(default)]
+    pub warnings: Vec<RejectedRoute>,
     /// The egress routes of the document as the server gave them, where they parse (the
     /// validated ones are in `agent.egress_routes`).
     pub egress: Vec<EgressRoute>,
@@ -566,6 +569,7 @@ fn validate(
     }
 
     let mut kept = Vec::new();
+    let mut warnings = Vec::new();
     let mut ids: HashSet<u64> = HashSet::new();
     // LAN port -> egress route id
     let mut lan_ports: HashMap<u16, u64> = HashMap::new();
@@ -616,7 +620,7 @@ fn validate(
             continue;
         }
         for reason in skipped {
-            unsupported.push(reject(KIND_EGRESS, Some(r.id), reason));
+            warnings.push(reject(KIND_EGRESS, Some(r.id), reason));
         }
         lan_ports.insert(port, r.id);
         agent.egress_routes.push(r);
@@ -628,6 +632,7 @@ fn validate(
         agent,
         rejected,
         unsupported,
+        warnings,
         egress: kept,
         route_count: http.len() + l4.len() + egress.len(),
     };
@@ -1732,6 +1737,7 @@ mod tests {
         .unwrap();
         assert!(v.rejected.is_empty(), "{:?}", v.rejected);
         assert!(v.unsupported.is_empty(), "{:?}", v.unsupported);
+        assert!(v.warnings.is_empty(), "{:?}", v.warnings);
         assert_eq!(
             v.agent.egress_routes,
             vec![gatelet_agent_api::control::EgressRoute {
@@ -1866,11 +1872,18 @@ mod tests {
                     let e = &v.agent.egress_routes[0];
                     assert_eq!(e.allowed_sources, sources, "{name}");
                     assert_eq!(e.near_peers, peers, "{name}");
-                    assert_eq!(v.unsupported.len(), skipped, "{name}: {:?}", v.unsupported);
+                    assert_eq!(v.warnings.len(), skipped, "{name}: {:?}", v.warnings);
                     assert!(
-                        v.unsupported
+                        v.warnings
                             .iter()
                             .all(|u| u.id == Some(5) && u.reason.contains("skipped")),
+                        "{name}"
+                    );
+                    // Every route is counted once: applied, rejected or unsupported.
+                    assert!(v.unsupported.is_empty(), "{name}");
+                    assert_eq!(
+                        v.applied_count() + v.rejected.len(),
+                        v.route_count,
                         "{name}"
                     );
                 }
