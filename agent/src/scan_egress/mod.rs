@@ -22,11 +22,13 @@
 //! The allowlist is a defence in depth, not the trust boundary (a LAN source address can be
 //! spoofed): the NAS's own SMB authentication is.
 //!
-//! # Not here (yet)
+//! # Failover and the port-445 redirect
 //!
-//! [`vrrp`] holds the failover's wire format and state machine, but nothing drives them yet:
-//! no VRRP runs, nothing adds the VIP, and there is no port-445 redirect (see the README's
-//! "Egress routes" section).
+//! For routes with `near_peers`, [`near`] runs VRRP ([`vrrp`]: wire format, state machine,
+//! rise/fall health) against the other gateways of the pool, keepalived or gatelet, holding
+//! the VIP on the master; [`ping`] is its tunnel check and [`redirect`] its nf_tables rule
+//! sending VIP:445 to the listener. A route without peers runs none of them (nothing adds its
+//! VIP).
 
 #![deny(unsafe_code)]
 

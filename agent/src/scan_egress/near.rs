@@ -1,5 +1,5 @@
 //! The "near" failover's driver: one task per egress route that has `near_peers`, running a
-//! [`vrrp::machine::Instance`] with the reference's parameters on the LAN interface whose
+//! [`Instance`] with the reference's parameters on the LAN interface whose
 //! subnet holds the VIP. It sends the advertisements (unicast from our own LAN address to
 //! each peer, like keepalived's `unicast_peer`), receives them on a raw protocol-112 socket,
 //! adds and removes the VIP through netlink and announces it with gratuitous ARP on takeover.

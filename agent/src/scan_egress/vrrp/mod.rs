@@ -6,9 +6,8 @@
 //!   by the time, received advertisements and the tunnel's health.
 //! - [`health`]: rise/fall tracking of the tunnel-health samples (keepalived's `chk_tunnel`).
 //!
-//! State of the work: these three are complete and tested; the driver that runs them (raw
-//! socket for protocol 112, VIP add/remove through netlink, gratuitous ARP) is not written
-//! yet, so the agent does not run VRRP (see the README's "Egress routes" section).
+//! The driver that runs them (raw socket for protocol 112, the VIP through netlink, gratuitous
+//! ARP, the tunnel check) is `super::near`.
 
 #![deny(unsafe_code)]
 
