@@ -30,6 +30,8 @@ use crate::netif::netlink::Netlink;
 
 /// Time between two tunnel-health samples (the reference's `chk_tunnel` interval).
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause before an instance that could not run tries again.
+const RETRY: Duration = Duration::from_secs(10);
 /// Gratuitous ARP messages sent on takeover.
 const GARP_COUNT: usize = 3;
 
@@ -137,9 +139,18 @@ pub fn spawn(spec: NearSpec, settings: NearSettings) -> NearHandle {
     }));
     let cell = state.clone();
     tokio::spawn(async move {
-        if let Err(e) = run(&spec, &settings, &cell, stop_rx).await {
-            tracing::warn!(id = spec.id, vip = %spec.vip, error = %e, "egress failover cannot run");
+        // Retried: the LAN interface may come up after the agent, a capability may be added.
+        loop {
+            let Err(e) = run(&spec, &settings, &cell, stop_rx.clone()).await else {
+                return;
+            };
+            tracing::warn!(id = spec.id, vip = %spec.vip, error = %e, "egress failover cannot run; retrying in {} s", RETRY.as_secs());
             set(&cell, State::Init, Some(e));
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
         }
     });
     NearHandle { stop, state }
@@ -370,9 +381,17 @@ async fn run_vrrp(
                 }
             }
             r = io.sock.readable() => {
-                let mut guard = r.map_err(|e| format!("VRRP socket: {e}"))?;
+                let mut guard = match r {
+                    Ok(g) => g,
+                    Err(e) => {
+                        let acts = inst.shutdown();
+                        io.carry_out(&inst, acts);
+                        return Err(format!("VRRP socket: {e}"));
+                    }
+                };
                 // A bounded batch per wake-up: a flood cannot starve the timers.
                 let mut got = Vec::new();
+                let mut failed = None;
                 for _ in 0..64 {
                     match crate::sys::vrrp::recv(guard.get_inner(), &mut buf) {
                         Ok(n) => {
@@ -384,10 +403,19 @@ async fn run_vrrp(
                             guard.clear_ready();
                             break;
                         }
-                        Err(e) => return Err(format!("VRRP socket: {e}")),
+                        Err(e) => {
+                            failed = Some(format!("VRRP socket: {e}"));
+                            break;
+                        }
                     }
                 }
                 drop(guard);
+                if let Some(e) = failed {
+                    // Step down (priority 0, VIP removed) before giving up.
+                    let acts = inst.shutdown();
+                    io.carry_out(&inst, acts);
+                    return Err(e);
+                }
                 for (from, adv) in got {
                     let acts = inst.on_advert(now_std(), from, &adv);
                     io.carry_out(&inst, acts);
