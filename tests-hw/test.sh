@@ -32,6 +32,8 @@ TEST_PACKAGES=(
   # headless Chromium and its WebDriver drive the diagnostics page (tests-hw/tests/diag_page.rs)
   "chromium:chromium"
   "chromium-driver:chromedriver"
+  # the reference gateway's VRRP peer in the egress failover tests (tests-hw/tests/scan_egress.rs)
+  "keepalived:keepalived"
 )
 
 missing=()

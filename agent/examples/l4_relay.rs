@@ -51,6 +51,8 @@ fn main() -> anyhow::Result<()> {
             global: ConnectionLimit::new(tcp::DEFAULT_MAX_CONNECTIONS_TOTAL),
             kill: stop_rx.clone(),
             waker: None,
+            sources: None,
+            via: Default::default(),
         };
         eprintln!(
             "l4_relay: {listen} -> {target} (splice: {splice}, io: {io}, buffer: {buffer_bytes})"

@@ -232,6 +232,8 @@ impl AgentState {
             status.routes = r.routes;
             status.http_proxy = r.http_proxy;
             status.api_relay = r.api_relay;
+            status.scan_egress = r.egress;
+            status.scan_egress_near = r.egress_near;
         }
         if let Some(waker) = &self.waker {
             status.wakes = waker.recent();
@@ -523,6 +525,7 @@ mod tests {
         let state =
             AgentState::new(started, Arc::new(TunnelStats::new(started, "tun"))).with_routes(m);
         let config = AgentConfig {
+            egress_routes: Vec::new(),
             config_hash: Some("sha256:ab".into()),
             http_routes: vec![],
             l4_routes: vec![L4Route {

@@ -17,6 +17,8 @@
 //! - [`forward`]: the L4 relays (TCP with half-close and caps, UDP sessions).
 //! - [`http`]: the HTTP reverse proxy on `GC_PROXY_PORT`, with its live route table and counters.
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
+//! - [`scan_egress`]: egress routes ("scan to NAS"): LAN-side listeners relayed into the tunnel,
+//!   source-locked.
 //! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
 //! - [`watchdog`]: the systemd keep-alive, sent only while the data path and relays turn.
 //! - [`sys`]: the system calls std and tokio lack, and the crate's `unsafe` code (one lending
@@ -36,6 +38,7 @@ pub mod netif;
 pub mod netstack;
 pub mod probe;
 pub mod routes;
+pub mod scan_egress;
 pub mod stack;
 pub mod sys;
 pub mod target;

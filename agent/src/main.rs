@@ -12,6 +12,7 @@ use gatelet_agent::egress;
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
 use gatelet_agent::netstack::{Netstack, NetstackConfig};
 use gatelet_agent::routes::{self, RouteManager};
+use gatelet_agent::scan_egress;
 use gatelet_agent::stack::Stack;
 use gatelet_agent::tunnel::allowed::AllowedIps;
 use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
@@ -156,7 +157,16 @@ fn open_interface(mode: NetstackMode, env: &GatewayEnv) -> anyhow::Result<Interf
 /// device's address, or the smoltcp stack): the HTTP proxy, the management API relay, and the
 /// routes saved by the last apply, so they answer before the companion connects. Returns the
 /// manager and the waker (for the control socket).
-fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, Waker) {
+/// The egress failover counts the tunnel healthy while its last handshake is at most this old,
+/// in seconds (WireGuard's REJECT_AFTER_TIME: an older session carries nothing).
+const HEALTHY_HANDSHAKE_AGE_S: u64 = 180;
+
+fn start_routes(
+    args: &Args,
+    env: &GatewayEnv,
+    stack: Stack,
+    stats: Arc<TunnelStats>,
+) -> (RouteManager, Waker) {
     match gatelet_agent::forward::raise_nofile_limit() {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
@@ -168,6 +178,7 @@ fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, W
     });
     let mut settings = routes::Settings::new(env.tunnel_ip.into());
     settings.waker = Some(waker.clone());
+    let ping = matches!(stack, Stack::Kernel);
     settings.stack = stack;
     settings.proxy_port = Some(env.proxy_port);
     settings.api_relay = Some((
@@ -175,6 +186,21 @@ fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, W
         SocketAddr::from((routes::API_TARGET_IP, env.api_port)),
     ));
     settings.state_dir = Some(args.state_dir.clone());
+    // The egress failover's tunnel check without pings: a handshake within WireGuard's
+    // REJECT_AFTER_TIME (180 s); a live tunnel re-handshakes every two minutes.
+    let health: scan_egress::near::HealthFn = Arc::new(move || {
+        stats
+            .snapshot(std::time::Instant::now())
+            .handshake_age_s
+            .is_some_and(|age| age <= HEALTHY_HANDSHAKE_AGE_S)
+    });
+    // TUN mode pings the hub through the tunnel like the reference's chk_tunnel; the
+    // userspace stack cannot (nothing on the box can send into it): handshake age there.
+    settings.near = Some(scan_egress::near::NearSettings {
+        health,
+        interval: scan_egress::near::HEALTH_INTERVAL,
+        ping,
+    });
     let manager = RouteManager::new(settings);
     if let Err(e) = manager.start() {
         tracing::warn!("{e}");
@@ -299,7 +325,7 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
             Stack::Userspace(n) => start_tunnel_proxy(env, n, stop_rx.clone()).await,
             Stack::Kernel => None,
         };
-        let (manager, waker) = start_routes(args, env, stack);
+        let (manager, waker) = start_routes(args, env, stack, stats.clone());
         let mut state = AgentState::new(started, stats)
             .with_routes(manager.clone())
             .with_waker(waker);

@@ -145,6 +145,8 @@ async fn tcp_relay_refusals_are_summed_into_one_line_per_interval() {
         global: ConnectionLimit::new(100),
         kill: kill_rx,
         waker: None,
+        sources: None,
+        via: Default::default(),
     };
     tokio::spawn(tcp::serve(l, route, stop_rx));
     let mut first = TcpStream::connect(addr).await.unwrap();

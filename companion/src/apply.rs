@@ -79,6 +79,9 @@ impl Applier {
         for r in &v.rejected {
             tracing::warn!(kind = %r.kind, id = ?r.id, reason = %r.reason, "route rejected");
         }
+        for r in &v.warnings {
+            tracing::warn!(kind = %r.kind, id = ?r.id, reason = %r.reason, "part of a route left out");
+        }
         if let Some(mut store) = self.store() {
             if let Err(e) = store.save_applied(raw, &v) {
                 // Keep serving: the agent still gets the config; it is just not persisted.

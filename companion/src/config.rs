@@ -19,8 +19,14 @@
 //! is not an error (the server may list a service's TCP and UDP sides separately, and every L4
 //! port carries both): it is listed in [`Validated::unsupported`] as served by the first.
 //!
-//! Egress routes are parsed and kept, but the agent does not serve them yet: they are listed in
-//! [`Validated::unsupported`], which is shown in status and history but is not a failure.
+//! Egress routes are validated one by one like the others ([`egress_route`]: `vip_ip` an IPv4
+//! address, `vip_prefix` 1-32 (default 24), `lan_listen_port` 1024-65535 and not taken by the
+//! proxy, the management API, an L4 route or an earlier egress route, `tunnel_target_host` an
+//! IPv4 address, `tunnel_target_port` a port). In `allowed_source_ips` a bare address means
+//! `/32` and an entry that does not parse is skipped (listed in [`Validated::warnings`] with
+//! the reason, and logged; an empty list denies everybody); so is an invalid `near_peers` entry. Whether
+//! the VIP lies in the gateway's LAN subnets is the server's check (it validates against the
+//! `lan_subnets` we report); the agent listens on every address whatever the VIP.
 //!
 //! # The canonical hash
 //!
@@ -42,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use gatelet_agent_api::control::{AgentConfig, HttpRoute, L4Route, WolTarget};
+use gatelet_agent_api::env::Cidr;
 use gatelet_agent_api::env::{DEFAULT_API_PORT, DEFAULT_PROXY_PORT};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -67,8 +74,8 @@ pub const KIND_L4: &str = "l4";
 /// `kind` of a [`RejectedRoute`] for an egress route.
 pub const KIND_EGRESS: &str = "egress";
 
-/// Why an egress route is listed in [`Validated::unsupported`].
-pub const EGRESS_UNSUPPORTED: &str = "egress routes are not supported by gatelet yet";
+/// Lowest `lan_listen_port` of an egress route (the server allocates from 14450 up).
+pub const EGRESS_MIN_PORT: u16 = 1024;
 
 /// This box's own ports that routes may not take: on the tunnel IP the HTTP proxy and the
 /// management API; as a target on loopback the management API and the diagnostics page (both
@@ -134,7 +141,7 @@ impl Default for ReservedPorts {
     }
 }
 
-/// One egress route, as the server describes it (kept, not served yet).
+/// One egress route, as the server describes it (what [`egress_route`] validates).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressRoute {
     /// The server's route id.
@@ -174,11 +181,16 @@ pub struct Validated {
     pub agent: AgentConfig,
     /// Routes rejected one by one, with the reason.
     pub rejected: Vec<RejectedRoute>,
-    /// Routes that are not served but are not failures either, with the reason: egress routes
-    /// (not supported yet), and an L4 route whose port and target repeat an earlier one (the
-    /// server's TCP and UDP twins; the earlier route serves both). Shown in status and history.
+    /// Routes that are not served but are not failures either, with the reason: an L4 route
+    /// whose port and target repeat an earlier one (the server's TCP and UDP twins; the
+    /// earlier route serves both). Shown in status and history.
     pub unsupported: Vec<RejectedRoute>,
-    /// The egress routes of the document, parsed where possible.
+    /// Parts of applied routes that were left out, with the reason: entries of an egress
+    /// route's `allowed_source_ips` or `near_peers` that do not parse. Logged when applied.
+    #[serde(default)]
+    pub warnings: Vec<RejectedRoute>,
+    /// The egress routes of the document as the server gave them, where they parse (the
+    /// validated ones are in `agent.egress_routes`).
     pub egress: Vec<EgressRoute>,
     /// Number of entries in `routes`, `l4_routes` and `egress_routes` together.
     pub route_count: usize,
@@ -200,7 +212,7 @@ impl Validated {
 
     /// Number of routes handed to the agent.
     pub fn applied_count(&self) -> usize {
-        self.agent.http_routes.len() + self.agent.l4_routes.len()
+        self.agent.http_routes.len() + self.agent.l4_routes.len() + self.agent.egress_routes.len()
     }
 }
 
@@ -498,6 +510,7 @@ fn validate(
 
     let mut rejected = Vec::new();
     let mut agent = AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: config_hash.clone(),
         http_routes: Vec::new(),
         l4_routes: Vec::new(),
@@ -596,6 +609,10 @@ fn validate(
     }
 
     let mut kept = Vec::new();
+    let mut warnings = Vec::new();
+    let mut ids: HashSet<u64> = HashSet::new();
+    // LAN port -> egress route id
+    let mut lan_ports: HashMap<u16, u64> = HashMap::new();
     for route in egress {
         if mode == Mode::File {
             if let Err((id, reason)) = unknown_fields(route, EGRESS_KEYS) {
@@ -603,17 +620,50 @@ fn validate(
                 continue;
             }
         }
-        match serde_json::from_value::<EgressRoute>(route.clone()) {
-            Ok(e) => {
-                unsupported.push(reject(KIND_EGRESS, Some(e.id), EGRESS_UNSUPPORTED.into()));
-                kept.push(e);
-            }
-            Err(err) => unsupported.push(reject(
-                KIND_EGRESS,
-                route.get("id").and_then(Value::as_u64),
-                format!("{EGRESS_UNSUPPORTED} (and this one is malformed: {err})"),
-            )),
+        if let Ok(e) = serde_json::from_value::<EgressRoute>(route.clone()) {
+            kept.push(e);
         }
+        let (r, skipped) = match egress_route(route) {
+            Ok(ok) => ok,
+            Err((id, reason)) => {
+                rejected.push(reject(KIND_EGRESS, id, reason));
+                continue;
+            }
+        };
+        let port = r.lan_listen_port;
+        let taken = if !ids.insert(r.id) {
+            Some(format!(
+                "duplicate id {}: another egress route already has it",
+                r.id
+            ))
+        } else if port == ports.proxy {
+            Some(format!(
+                "lan_listen_port {port} collides with GC_PROXY_PORT (the HTTP proxy)"
+            ))
+        } else if port == ports.api {
+            Some(format!(
+                "lan_listen_port {port} collides with GC_API_PORT (the management API)"
+            ))
+        } else if let Some(&i) = listen.get(&port) {
+            Some(format!(
+                "lan_listen_port {port} is the listen port of L4 route {} (the egress \
+                 listener binds every address)",
+                agent.l4_routes[i].id
+            ))
+        } else {
+            lan_ports.get(&port).map(|first| {
+                format!("lan_listen_port {port} is already used by egress route {first}")
+            })
+        };
+        if let Some(reason) = taken {
+            rejected.push(reject(KIND_EGRESS, Some(r.id), reason));
+            continue;
+        }
+        for reason in skipped {
+            warnings.push(reject(KIND_EGRESS, Some(r.id), reason));
+        }
+        lan_ports.insert(port, r.id);
+        agent.egress_routes.push(r);
     }
 
     let validated = Validated {
@@ -622,10 +672,11 @@ fn validate(
         agent,
         rejected,
         unsupported,
+        warnings,
         egress: kept,
         route_count: http.len() + l4.len() + egress.len(),
     };
-    let served = http.len() + l4.len();
+    let served = http.len() + l4.len() + egress.len();
     if served > 0 && validated.applied_count() == 0 {
         return Err(ConfigError::AllRoutesRejected {
             origin: origin.to_string(),
@@ -842,6 +893,141 @@ fn l4_route(route: &Value, mode: Mode) -> Result<L4Route, RouteErr> {
         target_port,
         wol,
     })
+}
+
+/// An egress route, checked; with the reasons for the `allowed_source_ips` and `near_peers`
+/// entries that were skipped.
+fn egress_route(
+    route: &Value,
+) -> Result<(gatelet_agent_api::control::EgressRoute, Vec<String>), RouteErr> {
+    let obj = route_object(route)?;
+    let id = route_id(obj)?;
+    let ipv4 = |key: &str| -> Result<std::net::Ipv4Addr, RouteErr> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Err((Some(id), format!("{key} is missing"))),
+            Some(Value::String(s)) => s
+                .parse()
+                .map_err(|_| (Some(id), format!("{key} {s:?} is not an IPv4 address"))),
+            Some(other) => Err((
+                Some(id),
+                format!("{key} must be an IPv4 address, got {}", type_name(other)),
+            )),
+        }
+    };
+    let vip = ipv4("vip_ip")?;
+    let vip_prefix = match obj.get("vip_prefix") {
+        None | Some(Value::Null) => 24,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(p @ 1..=32) => p as u8,
+            _ => {
+                return Err((
+                    Some(id),
+                    format!("vip_prefix {n} is not a prefix length from 1 to 32"),
+                ))
+            }
+        },
+        Some(other) => {
+            return Err((
+                Some(id),
+                format!("vip_prefix must be a number, got {}", type_name(other)),
+            ))
+        }
+    };
+    let lan_listen_port = port_field(obj, "lan_listen_port", id)?;
+    if lan_listen_port < EGRESS_MIN_PORT {
+        return Err((
+            Some(id),
+            format!(
+                "lan_listen_port {lan_listen_port} is below {EGRESS_MIN_PORT} (the port-445 \
+                 redirect leads to a high port)"
+            ),
+        ));
+    }
+    let target = ipv4("tunnel_target_host")?;
+    let target_port = port_field(obj, "tunnel_target_port", id)?;
+    let mut skipped = Vec::new();
+    let mut strings = |key: &str| -> Result<Vec<String>, RouteErr> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => Ok(a
+                .iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    other => {
+                        skipped.push(format!("{key} entry {other} skipped: not a string"));
+                        None
+                    }
+                })
+                .collect()),
+            Some(other) => Err((
+                Some(id),
+                format!("{key} must be an array, got {}", type_name(other)),
+            )),
+        }
+    };
+    let sources = strings("allowed_source_ips")?;
+    let peers = strings("near_peers")?;
+    let mut allowed_sources = Vec::new();
+    for s in sources {
+        match egress_source(&s) {
+            Ok(c) => {
+                let c = c.to_string();
+                if !allowed_sources.contains(&c) {
+                    allowed_sources.push(c);
+                }
+            }
+            Err(e) => skipped.push(format!("allowed_source_ips entry skipped: {e}")),
+        }
+    }
+    let mut near_peers = Vec::new();
+    for p in peers {
+        match p.trim().parse::<std::net::Ipv4Addr>() {
+            Ok(ip) if !ip.is_unspecified() && ip != vip => near_peers.push(ip.to_string()),
+            _ => skipped.push(format!(
+                "near_peers entry {p:?} skipped: not a peer's IPv4 address"
+            )),
+        }
+    }
+    Ok((
+        gatelet_agent_api::control::EgressRoute {
+            id,
+            vip_ip: vip.to_string(),
+            vip_prefix,
+            lan_listen_port,
+            target_host: target.to_string(),
+            target_port,
+            allowed_sources,
+            near_peers,
+        },
+        skipped,
+    ))
+}
+
+/// One `allowed_source_ips` entry: `a.b.c.d/n`, or a bare IPv4 address meaning `/32`; the
+/// network address is normalised (host bits cleared).
+pub fn egress_source(entry: &str) -> Result<Cidr, String> {
+    let e = entry.trim();
+    let cidr = if e.contains('/') {
+        e.parse::<Cidr>()
+            .map_err(|why| format!("{entry:?} {why}"))?
+    } else {
+        let addr = e
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| format!("{entry:?} is not an IP address or CIDR"))?;
+        Cidr { addr, prefix: 32 }
+    };
+    match cidr.addr {
+        std::net::IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(cidr.prefix))
+                .unwrap_or(0);
+            Ok(Cidr {
+                addr: std::net::Ipv4Addr::from(u32::from(a) & mask).into(),
+                prefix: cidr.prefix,
+            })
+        }
+        std::net::IpAddr::V6(_) => Err(format!("{entry:?} is not IPv4 (the LAN side is IPv4)")),
+    }
 }
 
 /// Whether `s` is a DNS host name: dot-separated labels of 1 to 63 letters, digits and hyphens,
@@ -1633,28 +1819,213 @@ mod tests {
     }
 
     #[test]
-    fn egress_routes_are_kept_and_listed_as_unsupported_not_rejected() {
+    fn egress_routes_of_the_fixture_reach_the_agent() {
         let v = parse_document(
             &fixture("gateway-config-with-egress.json"),
             ReservedPorts::default(),
         )
         .unwrap();
-        assert!(v.rejected.is_empty());
-        assert_eq!(v.unsupported.len(), 1);
-        assert_eq!(v.unsupported[0].kind, KIND_EGRESS);
-        assert_eq!(v.unsupported[0].id, Some(1));
-        assert_eq!(v.unsupported[0].reason, EGRESS_UNSUPPORTED);
-        assert_eq!(v.egress[0].lan_listen_port, Some(14450));
+        assert!(v.rejected.is_empty(), "{:?}", v.rejected);
+        assert!(v.unsupported.is_empty(), "{:?}", v.unsupported);
+        assert!(v.warnings.is_empty(), "{:?}", v.warnings);
         assert_eq!(
-            v.egress[0].allowed_source_ips,
-            vec!["192.168.1.60/32".to_string()]
+            v.agent.egress_routes,
+            vec![gatelet_agent_api::control::EgressRoute {
+                id: 1,
+                vip_ip: "192.168.1.250".into(),
+                vip_prefix: 24,
+                lan_listen_port: 14450,
+                target_host: "10.8.0.1".into(),
+                target_port: 2222,
+                allowed_sources: vec!["192.168.1.60/32".into()],
+                near_peers: vec![],
+            }]
         );
-        assert_eq!(v.applied_count(), 4);
+        assert_eq!(v.egress[0].lan_listen_port, Some(14450));
+        assert_eq!(v.applied_count(), 5);
         assert_eq!(v.route_count, 5);
-        // An egress-only document is valid (nothing the agent serves was rejected).
+        // A document whose only routes are broken egress routes is bad as a whole, like one
+        // whose HTTP and L4 routes are all broken.
         let only = json!({"egress_routes": [{"id": 7}]});
-        let v = validate_document(&only, ReservedPorts::default()).unwrap();
-        assert_eq!(v.unsupported.len(), 1);
+        let e = validate_document(&only, ReservedPorts::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::AllRoutesRejected { .. }), "{e}");
+    }
+
+    #[test]
+    fn egress_routes_are_checked_one_by_one() {
+        let good = || {
+            json!({"id": 5, "vip_ip": "192.168.1.250", "vip_prefix": 24, "lan_listen_port": 14450,
+                   "tunnel_target_host": "10.8.0.1", "tunnel_target_port": 2222,
+                   "allowed_source_ips": ["192.168.1.60/32"], "near_peers": ["192.168.1.3"]})
+        };
+        let with = |k: &str, v: Value| {
+            let mut r = good();
+            r[k] = v;
+            r
+        };
+        let without = |k: &str| {
+            let mut r = good();
+            r.as_object_mut().unwrap().remove(k);
+            r
+        };
+        // (case, route, Err(reason part) or Ok((allowed_sources, near_peers, skipped count)))
+        type Want = Result<(Vec<&'static str>, Vec<&'static str>, usize), &'static str>;
+        let cases: Vec<(&str, Value, Want)> = vec![
+            (
+                "the server's shape",
+                good(),
+                Ok((vec!["192.168.1.60/32"], vec!["192.168.1.3"], 0)),
+            ),
+            (
+                "a bare address is /32, host bits cleared, duplicates merged",
+                with(
+                    "allowed_source_ips",
+                    json!(["192.168.1.60", "10.1.2.3/8", "10.0.0.0/8"]),
+                ),
+                Ok((
+                    vec!["192.168.1.60/32", "10.0.0.0/8"],
+                    vec!["192.168.1.3"],
+                    0,
+                )),
+            ),
+            (
+                "invalid sources are skipped with a reason, the rest kept",
+                with(
+                    "allowed_source_ips",
+                    json!(["printer", "192.168.1.7/33", "fd00::1", 5, "192.168.1.8"]),
+                ),
+                Ok((vec!["192.168.1.8/32"], vec!["192.168.1.3"], 4)),
+            ),
+            (
+                "an empty allowlist is kept (it denies everybody)",
+                with("allowed_source_ips", json!([])),
+                Ok((vec![], vec!["192.168.1.3"], 0)),
+            ),
+            (
+                "missing arrays are empty",
+                without("near_peers"),
+                Ok((vec!["192.168.1.60/32"], vec![], 0)),
+            ),
+            (
+                "invalid peers are skipped",
+                with(
+                    "near_peers",
+                    json!(["gw2", "0.0.0.0", "192.168.1.250", "192.168.1.4"]),
+                ),
+                Ok((vec!["192.168.1.60/32"], vec!["192.168.1.4"], 3)),
+            ),
+            ("vip missing", without("vip_ip"), Err("vip_ip is missing")),
+            (
+                "vip not IPv4",
+                with("vip_ip", json!("nas.lan")),
+                Err("vip_ip \"nas.lan\" is not an IPv4 address"),
+            ),
+            (
+                "prefix out of range",
+                with("vip_prefix", json!(33)),
+                Err("vip_prefix 33"),
+            ),
+            (
+                "port below 1024",
+                with("lan_listen_port", json!(445)),
+                Err("lan_listen_port 445 is below 1024"),
+            ),
+            (
+                "port out of range",
+                with("lan_listen_port", json!(70000)),
+                Err("lan_listen_port 70000 is not a port"),
+            ),
+            (
+                "target host a name",
+                with("tunnel_target_host", json!("hub")),
+                Err("tunnel_target_host \"hub\" is not an IPv4 address"),
+            ),
+            (
+                "target port missing",
+                without("tunnel_target_port"),
+                Err("tunnel_target_port is missing"),
+            ),
+            (
+                "allowlist not an array",
+                with("allowed_source_ips", json!("192.168.1.60")),
+                Err("allowed_source_ips must be an array"),
+            ),
+        ];
+        for (name, route, want) in cases {
+            let doc = json!({"l4_routes": [{"id": 1, "listen_port": 2222,
+                "target_lan_host": "192.168.1.20", "target_lan_port": 22}],
+                "egress_routes": [route]});
+            let v = validate_document(&doc, ReservedPorts::default()).unwrap();
+            match want {
+                Ok((sources, peers, skipped)) => {
+                    assert!(v.rejected.is_empty(), "{name}: {:?}", v.rejected);
+                    let e = &v.agent.egress_routes[0];
+                    assert_eq!(e.allowed_sources, sources, "{name}");
+                    assert_eq!(e.near_peers, peers, "{name}");
+                    assert_eq!(v.warnings.len(), skipped, "{name}: {:?}", v.warnings);
+                    assert!(
+                        v.warnings
+                            .iter()
+                            .all(|u| u.id == Some(5) && u.reason.contains("skipped")),
+                        "{name}"
+                    );
+                    // Every route is counted once: applied, rejected or unsupported.
+                    assert!(v.unsupported.is_empty(), "{name}");
+                    assert_eq!(
+                        v.applied_count() + v.rejected.len(),
+                        v.route_count,
+                        "{name}"
+                    );
+                }
+                Err(part) => {
+                    assert!(v.agent.egress_routes.is_empty(), "{name}");
+                    assert_eq!(v.rejected.len(), 1, "{name}");
+                    assert_eq!(v.rejected[0].kind, KIND_EGRESS);
+                    assert!(
+                        v.rejected[0].reason.contains(part),
+                        "{name}: {:?} lacks {part:?}",
+                        v.rejected[0].reason
+                    );
+                    assert_eq!(v.agent.l4_routes.len(), 1, "{name}: the others apply");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn egress_ports_may_not_collide() {
+        let e = |id: u64, port: u16| {
+            json!({"id": id, "vip_ip": "192.168.1.250", "lan_listen_port": port,
+                   "tunnel_target_host": "10.8.0.1", "tunnel_target_port": 2222,
+                   "allowed_source_ips": ["192.168.1.60"]})
+        };
+        let p = ReservedPorts::default();
+        let doc = json!({
+            "l4_routes": [{"id": 1, "listen_port": 14451, "target_lan_host": "192.168.1.20",
+                           "target_lan_port": 22}],
+            "egress_routes": [e(1, 14450), e(2, 14450), e(3, 14451), e(4, p.proxy), e(5, p.api),
+                              e(1, 14460), e(6, 14460)]
+        });
+        let v = validate_document(&doc, p).unwrap();
+        let got: Vec<(Option<u64>, &str)> = v
+            .rejected
+            .iter()
+            .map(|r| (r.id, r.reason.as_str()))
+            .collect();
+        let want_parts = [
+            (Some(2), "already used by egress route 1"),
+            (Some(3), "listen port of L4 route 1"),
+            (Some(4), "GC_PROXY_PORT"),
+            (Some(5), "GC_API_PORT"),
+            (Some(1), "duplicate id 1"),
+        ];
+        assert_eq!(got.len(), want_parts.len(), "{got:?}");
+        for ((id, reason), (wid, part)) in got.iter().zip(want_parts) {
+            assert_eq!(*id, wid);
+            assert!(reason.contains(part), "{reason:?} lacks {part:?}");
+        }
+        let served: Vec<u64> = v.agent.egress_routes.iter().map(|r| r.id).collect();
+        assert_eq!(served, vec![1, 6]);
     }
 
     #[test]

@@ -241,18 +241,21 @@ pub enum EncodeError {
 
 impl Heartbeat {
     /// The heartbeat for what the shared snapshot knows now. The agent's cached status
-    /// counts only while `agent_reachable` holds; `configured_l4_routes` comes from the
+    /// counts only while `agent_reachable` holds (it also gives the telemetry's egress
+    /// fields); `configured_l4_routes` comes from the
     /// companion's current config (reported as missing when the agent is unreachable).
     pub fn from_snapshot(
         snap: &Snapshot,
         configured_l4_routes: Option<usize>,
         api_serving: bool,
         dns_resolve_ok: Option<bool>,
-        telemetry: Telemetry,
+        mut telemetry: Telemetry,
         now_ms: u64,
     ) -> Heartbeat {
+        let agent = snap.agent.as_ref().filter(|_| snap.agent_reachable);
+        telemetry.set_egress(agent);
         let check = self_check(&SelfCheckInput {
-            agent: snap.agent.as_ref().filter(|_| snap.agent_reachable),
+            agent,
             configured_l4_routes,
             api_serving,
             dns_resolve_ok,

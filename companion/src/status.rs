@@ -312,11 +312,61 @@ pub fn render(r: &Report, now: u64) -> String {
             route.active_connections
         );
     }
+    render_egress(&mut o, s);
     for rej in &s.sync.rejected_routes {
         let id = rej.id.map_or("?".into(), |i| i.to_string());
         let _ = writeln!(o, "  #{id:<5} REJECTED {} route: {}", rej.kind, rej.reason);
     }
     o
+}
+
+/// The egress routes of the config in force, with what the agent says of each listener.
+fn render_egress(o: &mut String, s: &Snapshot) {
+    use std::fmt::Write as _;
+    let Some(routes) = s.config.as_ref().map(|c| &c.egress_routes) else {
+        return;
+    };
+    if routes.is_empty() {
+        return;
+    }
+    let agent = s.agent.as_ref().filter(|_| s.agent_reachable);
+    let role = agent
+        .and_then(|a| a.scan_egress_near.as_ref())
+        .map_or("unknown", |n| n.role.as_str());
+    let _ = writeln!(o, "egress:    {} (failover role: {role})", routes.len());
+    for r in routes {
+        let sources = if r.allowed_sources.is_empty() {
+            "nobody".to_owned()
+        } else {
+            r.allowed_sources.join(",")
+        };
+        let head = format!(
+            "  #{:<5} {}:{} from {sources} -> tunnel {}:{}",
+            r.id, r.vip_ip, r.lan_listen_port, r.target_host, r.target_port
+        );
+        let listener = agent.and_then(|a| {
+            a.scan_egress
+                .iter()
+                .find(|e| e.id == r.id && e.lan_listen_port == r.lan_listen_port)
+        });
+        let Some(e) = listener else {
+            let _ = writeln!(o, "{head}: not served by the agent");
+            continue;
+        };
+        let state = if e.bound {
+            format!("listening on {}", e.lan_bind_ip)
+        } else {
+            format!(
+                "NOT BOUND ({})",
+                e.bind_error.as_deref().unwrap_or("not yet")
+            )
+        };
+        let _ = writeln!(
+            o,
+            "{head}: {state}, {} open, {} source drops, {} failed connects",
+            e.active_connections, e.source_drops, e.failures
+        );
+    }
 }
 
 /// The verdict of `status --health` on what the daemon answered (`None`: it did not):
@@ -452,6 +502,7 @@ mod tests {
             ..Default::default()
         });
         r.snapshot.config = Some(AgentConfig {
+            egress_routes: Vec::new(),
             l4_routes: vec![L4Route {
                 id: 2,
                 listen_port: 2222,
@@ -488,6 +539,71 @@ mod tests {
         assert!(
             !text.contains("netstack:"),
             "an agent that does not say: {text}"
+        );
+    }
+
+    #[test]
+    fn render_shows_egress_listeners_and_their_drops() {
+        use gatelet_agent_api::control::{EgressNear, EgressRoute, EgressStatus};
+        let mut r = Report {
+            daemon_running: true,
+            ..Report::default()
+        };
+        r.snapshot.agent_reachable = true;
+        let route = |id: u64, port: u16, sources: Vec<String>| EgressRoute {
+            id,
+            vip_ip: "192.168.1.250".into(),
+            vip_prefix: 24,
+            lan_listen_port: port,
+            target_host: "10.8.0.1".into(),
+            target_port: 2222,
+            allowed_sources: sources,
+            near_peers: vec![],
+        };
+        r.snapshot.config = Some(AgentConfig {
+            egress_routes: vec![
+                route(1, 14450, vec!["192.168.1.60/32".into()]),
+                route(2, 14451, vec![]),
+            ],
+            ..AgentConfig::default()
+        });
+        r.snapshot.agent = Some(gatelet_agent_api::control::AgentStatus {
+            scan_egress: vec![EgressStatus {
+                id: 1,
+                bound: true,
+                bind_error: None,
+                lan_bind_ip: "0.0.0.0".into(),
+                lan_listen_port: 14450,
+                source_drops: 3,
+                active_connections: 1,
+                bytes: 10,
+                refused: 0,
+                failures: 2,
+                last_error: None,
+            }],
+            scan_egress_near: Some(EgressNear {
+                vips: vec!["192.168.1.250".into()],
+                role: "none".into(),
+            }),
+            ..Default::default()
+        });
+        let text = render(&r, 1_000);
+        assert!(
+            text.contains("egress:    2 (failover role: none)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "#1     192.168.1.250:14450 from 192.168.1.60/32 -> tunnel 10.8.0.1:2222: \
+                 listening on 0.0.0.0, 1 open, 3 source drops, 2 failed connects"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "#2     192.168.1.250:14451 from nobody -> tunnel 10.8.0.1:2222: not served"
+            ),
+            "{text}"
         );
     }
 

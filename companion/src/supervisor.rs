@@ -232,6 +232,7 @@ mod tests {
 
     fn config(hash: &str, https: bool) -> AgentConfig {
         AgentConfig {
+            egress_routes: Vec::new(),
             config_hash: Some(hash.into()),
             http_routes: vec![gatelet_agent_api::control::HttpRoute {
                 id: 1,

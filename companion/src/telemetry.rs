@@ -199,6 +199,92 @@ pub struct Telemetry {
     pub last_pull_request_id: Option<String>,
     /// Whether the self-update flag file exists.
     pub pending_update: bool,
+    /// Egress routes are supported (the server's UI offers them only then).
+    pub scan_egress: bool,
+    /// The agent's egress listeners (at most [`MAX_EGRESS_LISTENERS`]; empty when the agent
+    /// is unreachable).
+    pub scan_egress_listeners: Vec<EgressListener>,
+    /// The egress failover state: the VIPs and this gateway's role in their pool.
+    pub scan_egress_near: EgressNear,
+}
+
+/// Most egress listeners reported in one heartbeat (the body must stay under 16 KiB whatever
+/// the server configures; about 150 bytes each).
+pub const MAX_EGRESS_LISTENERS: usize = 32;
+/// Longest `bind_error` reported, in characters.
+const MAX_BIND_ERROR_CHARS: usize = 200;
+
+/// One entry of `scan_egress_listeners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressListener {
+    /// The egress route's id.
+    pub id: u64,
+    /// Whether the listener is bound.
+    pub bound: bool,
+    /// Why not (the agent retries).
+    pub bind_error: Option<String>,
+    /// The address it listens on (`0.0.0.0`: every address).
+    pub lan_bind_ip: String,
+    /// The listen port.
+    pub lan_listen_port: u16,
+    /// Connections dropped because their source is outside the allowlist.
+    pub source_drops: u64,
+}
+
+/// `scan_egress_near`: the egress VIPs and the role of this gateway (`none`, `master`,
+/// `backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressNear {
+    /// The VIPs of the egress routes (at most [`MAX_EGRESS_LISTENERS`]).
+    pub vips: Vec<String>,
+    /// `none` when no failover runs (or the agent is unreachable), else `master` or `backup`.
+    pub role: String,
+}
+
+impl Default for EgressNear {
+    fn default() -> Self {
+        EgressNear {
+            vips: Vec::new(),
+            role: "none".into(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Fills the egress fields from the agent's status (None: unreachable, nothing known).
+    pub fn set_egress(&mut self, agent: Option<&gatelet_agent_api::control::AgentStatus>) {
+        let Some(agent) = agent else {
+            self.scan_egress_listeners.clear();
+            self.scan_egress_near = EgressNear::default();
+            return;
+        };
+        self.scan_egress_listeners = agent
+            .scan_egress
+            .iter()
+            .take(MAX_EGRESS_LISTENERS)
+            .map(|e| EgressListener {
+                id: e.id,
+                bound: e.bound,
+                bind_error: e
+                    .bind_error
+                    .as_ref()
+                    .map(|b| b.chars().take(MAX_BIND_ERROR_CHARS).collect()),
+                lan_bind_ip: e.lan_bind_ip.clone(),
+                lan_listen_port: e.lan_listen_port,
+                source_drops: e.source_drops,
+            })
+            .collect();
+        self.scan_egress_near = match &agent.scan_egress_near {
+            Some(n) => EgressNear {
+                vips: n.vips.iter().take(MAX_EGRESS_LISTENERS).cloned().collect(),
+                role: match n.role.as_str() {
+                    r @ ("master" | "backup") => r.to_owned(),
+                    _ => "none".to_owned(),
+                },
+            },
+            None => EgressNear::default(),
+        };
+    }
 }
 
 /// Collects everything. Every part that cannot be read is reported as null/empty, never
@@ -241,6 +327,9 @@ pub fn collect(src: &TelemetrySource) -> Telemetry {
         last_pull_ok: None,
         last_pull_request_id: None,
         pending_update: src.state_dir.join(PENDING_UPDATE_FILE).exists(),
+        scan_egress: true,
+        scan_egress_listeners: Vec::new(),
+        scan_egress_near: EgressNear::default(),
     };
     let took = started.elapsed();
     if took > SLOW_COLLECTION {

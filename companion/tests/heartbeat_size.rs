@@ -3,12 +3,13 @@
 //! the shape the server reads (fixtures/heartbeat-request.json).
 
 use gatelet_agent_api::control::{
-    AgentStatus, ListenerState, Reachability, RouteKind, RouteStatus, TunnelStatus,
+    AgentStatus, EgressNear, EgressStatus, ListenerState, Reachability, RouteKind, RouteStatus,
+    TunnelStatus,
 };
 use gatelet_companion::heartbeat::{
     self_check, Heartbeat, SelfCheckInput, MAX_HEARTBEAT_BYTES, MAX_STATUS_BYTES,
 };
-use gatelet_companion::telemetry::{collect, TelemetrySource};
+use gatelet_companion::telemetry::{collect, TelemetrySource, MAX_EGRESS_LISTENERS};
 use serde_json::Value;
 
 const ROUTES: usize = 500;
@@ -157,6 +158,57 @@ fn five_hundred_routes_fit_in_16_kib_keeping_failed_and_unreachable_first() {
     assert_eq!(again["route_reachability"], v["route_reachability"]);
 }
 
+fn egress_status(id: u64) -> EgressStatus {
+    EgressStatus {
+        id,
+        bound: false,
+        bind_error: Some("address in use".into()),
+        lan_bind_ip: "0.0.0.0".into(),
+        lan_listen_port: 14450 + id as u16,
+        source_drops: 7,
+        active_connections: 1,
+        bytes: 2,
+        refused: 0,
+        failures: 0,
+        last_error: None,
+    }
+}
+
+#[test]
+fn hundreds_of_egress_routes_with_long_errors_still_fit_in_16_kib() {
+    let mut agent = big_agent();
+    agent.scan_egress = (1..=300)
+        .map(|id| EgressStatus {
+            bind_error: Some("x".repeat(5000)),
+            ..egress_status(id)
+        })
+        .collect();
+    agent.scan_egress_near = Some(EgressNear {
+        vips: (0..300)
+            .map(|i| format!("10.{}.{}.250", i / 250, i % 250))
+            .collect(),
+        role: "a role the agent made up".into(),
+    });
+    let mut hb = heartbeat(Some(&agent));
+    hb.telemetry.set_egress(Some(&agent));
+    let bytes = hb.encode_bounded(MAX_HEARTBEAT_BYTES).unwrap();
+    assert!(bytes.len() <= MAX_HEARTBEAT_BYTES, "{} bytes", bytes.len());
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    let t = &v["telemetry"];
+    let listeners = t["scan_egress_listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), MAX_EGRESS_LISTENERS);
+    assert!(listeners[0]["bind_error"].as_str().unwrap().len() <= 200);
+    assert_eq!(
+        t["scan_egress_near"]["vips"].as_array().unwrap().len(),
+        MAX_EGRESS_LISTENERS
+    );
+    assert_eq!(t["scan_egress_near"]["role"], "none");
+    // An unreachable agent: nothing known.
+    hb.telemetry.set_egress(None);
+    assert!(hb.telemetry.scan_egress_listeners.is_empty());
+    assert_eq!(hb.telemetry.scan_egress_near.role, "none");
+}
+
 #[test]
 fn a_small_body_is_sent_whole_without_omitted_counts() {
     let mut agent = big_agent();
@@ -186,21 +238,31 @@ fn body_has_every_field_and_type_the_server_reads() {
     let fixture: Value = serde_json::from_str(include_str!("data/heartbeat-request.json")).unwrap();
     let mut agent = big_agent();
     agent.routes.truncate(4);
+    agent.scan_egress = vec![egress_status(3)];
+    agent.scan_egress_near = Some(EgressNear {
+        vips: vec!["192.168.1.250".into()],
+        role: "none".into(),
+    });
     let mut hb = heartbeat(Some(&agent));
+    hb.telemetry.set_egress(Some(&agent));
     let v: Value =
         serde_json::from_slice(&hb.encode_bounded(MAX_HEARTBEAT_BYTES).unwrap()).unwrap();
+    let t = &v["telemetry"];
+    assert_eq!(t["scan_egress"], true);
+    assert_eq!(
+        t["scan_egress_listeners"],
+        serde_json::json!([{"id": 3, "bound": false, "bind_error": "address in use",
+            "lan_bind_ip": "0.0.0.0", "lan_listen_port": 14453, "source_drops": 7}])
+    );
+    assert_eq!(
+        t["scan_egress_near"],
+        serde_json::json!({"vips": ["192.168.1.250"], "role": "none"})
+    );
     for key in fixture.as_object().unwrap().keys() {
         assert!(v.get(key).is_some(), "missing top-level field {key}");
     }
     // Fields of the Node.js reference that have no meaning here.
-    let reference_only = [
-        "node_version",
-        "wg_tools_version",
-        "scan_egress",
-        "image_digest",
-        "scan_egress_listeners",
-        "scan_egress_near",
-    ];
+    let reference_only = ["node_version", "wg_tools_version", "image_digest"];
     for key in fixture["telemetry"].as_object().unwrap().keys() {
         if !reference_only.contains(&key.as_str()) {
             assert!(v["telemetry"].get(key).is_some(), "missing telemetry.{key}");

@@ -349,6 +349,7 @@ fn bench_config() -> AgentConfig {
         ));
     }
     AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: Some("bench-netstack".into()),
         http_routes: vec![HttpRoute {
             id: 100,

@@ -287,6 +287,7 @@ impl Testbed {
     pub fn apply_l4_route(&self, listen_port: u16, target: SocketAddr) -> Result<()> {
         let agent = self.agent()?;
         let config = AgentConfig {
+            egress_routes: Vec::new(),
             config_hash: Some(format!("harness-{listen_port}")),
             http_routes: Vec::new(),
             l4_routes: vec![L4Route {

@@ -85,6 +85,80 @@ pub struct AgentConfig {
     /// L4 routes: TCP and UDP relays on their own listen ports.
     #[serde(default)]
     pub l4_routes: Vec<L4Route>,
+    /// Egress routes ("scan to NAS"): LAN-side TCP listeners relayed into the tunnel. Added
+    /// after version 1: absent from an older companion's configs.
+    #[serde(default)]
+    pub egress_routes: Vec<EgressRoute>,
+}
+
+/// One egress route: TCP on `lan_listen_port` on the LAN, from `allowed_sources` only, relayed
+/// through the tunnel to `target_host:target_port` (an internal L4 route on the hub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRoute {
+    /// The server's route id.
+    pub id: u64,
+    /// The virtual IPv4 address the LAN uses for the service.
+    pub vip_ip: String,
+    /// Prefix length of the virtual address.
+    pub vip_prefix: u8,
+    /// LAN-side listen port (1024-65535).
+    pub lan_listen_port: u16,
+    /// IPv4 address inside the tunnel to relay to (the hub's tunnel IP).
+    pub target_host: String,
+    /// Port inside the tunnel to relay to.
+    pub target_port: u16,
+    /// Source networks allowed to connect, normalised to `a.b.c.d/n`; empty: nobody.
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
+    /// LAN IPs of the other gateways of the pool (VRRP unicast peers); empty: no pool.
+    #[serde(default)]
+    pub near_peers: Vec<String>,
+}
+
+/// Status of one egress listener (the heartbeat's `scan_egress_listeners` entry plus the
+/// relay counters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressStatus {
+    /// The server's route id.
+    pub id: u64,
+    /// Whether the listener is bound.
+    pub bound: bool,
+    /// Why it is not bound (retried).
+    #[serde(default)]
+    pub bind_error: Option<String>,
+    /// The address the listener is bound on.
+    pub lan_bind_ip: String,
+    /// The listen port.
+    pub lan_listen_port: u16,
+    /// Connections dropped because their source is not in the allowlist.
+    #[serde(default)]
+    pub source_drops: u64,
+    /// Open relayed connections.
+    #[serde(default)]
+    pub active_connections: u64,
+    /// Bytes relayed in both directions.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Connections refused at a connection cap.
+    #[serde(default)]
+    pub refused: u64,
+    /// Connections whose tunnel target could not be reached.
+    #[serde(default)]
+    pub failures: u64,
+    /// Last error seen on this route.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// The "near" failover state (the heartbeat's `scan_egress_near`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressNear {
+    /// The virtual addresses of the egress routes.
+    #[serde(default)]
+    pub vips: Vec<String>,
+    /// `none` (no failover runs), `master` or `backup`.
+    #[serde(default)]
+    pub role: String,
 }
 
 /// One HTTP route: requests for `domain` go to `target_host:target_port`.
@@ -298,6 +372,12 @@ pub struct AgentStatus {
     /// mode and from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_proxy: Option<String>,
+    /// The egress listeners, in listen-port order (empty from older agents).
+    #[serde(default)]
+    pub scan_egress: Vec<EgressStatus>,
+    /// The egress failover state; None from older agents.
+    #[serde(default)]
+    pub scan_egress_near: Option<EgressNear>,
 }
 
 /// Ask the agent to wake a host (`/api/wol`, or a companion-side trigger).
@@ -387,6 +467,7 @@ mod tests {
     fn request_round_trips_as_one_json_line() {
         let req = Request::Apply {
             config: AgentConfig {
+                egress_routes: Vec::new(),
                 config_hash: Some("sha256:ab".into()),
                 http_routes: vec![],
                 l4_routes: vec![L4Route {

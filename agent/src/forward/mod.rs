@@ -64,6 +64,9 @@ pub struct RouteCounters {
     /// When the target last answered a relayed UDP datagram (ms since the Unix epoch; 0:
     /// never). The reachability probe counts it for targets that refuse TCP.
     pub udp_answered_ms: AtomicU64,
+    /// TCP connections dropped because their source is outside the route's allowlist
+    /// (egress routes).
+    pub source_drops: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 

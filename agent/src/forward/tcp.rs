@@ -12,6 +12,10 @@
 //! splice paths above run between two kernel sockets, or a connection of the smoltcp stack,
 //! where [`relay_io`] copies through AsyncRead/AsyncWrite with the same lazily taken pooled
 //! buffers, half-close, idle timeout and counters. LAN-side sockets are always kernel sockets.
+//!
+//! The same relay serves the egress routes (`crate::scan_egress`) the other way round: the
+//! listener is a kernel socket on the LAN, [`TcpRoute::sources`] admits only the allowlisted
+//! peers, and [`Via::Tunnel`] connects into the tunnel through the `crate::stack::Stack`.
 
 use std::future::Future;
 use std::io;
@@ -28,7 +32,8 @@ use tokio::sync::watch;
 
 use super::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use super::{wait_true, RouteCounters, TargetCell};
-use crate::stack::{self, Listener, Stream};
+use crate::scan_egress::SourceCell;
+use crate::stack::{self, Listener, Stack, Stream};
 use crate::sys::pipe::splice;
 use crate::target;
 use crate::wol::{connect_or_wake, Waker};
@@ -169,6 +174,16 @@ impl Drop for RouteSlot {
     }
 }
 
+/// Where a relay's connections go.
+#[derive(Debug, Clone, Default)]
+pub enum Via {
+    /// To the route's target on the LAN (the L4 routes), waking it when the route says so.
+    #[default]
+    Lan,
+    /// Into the tunnel through this stack, to the target's IP address (the egress routes).
+    Tunnel(Stack),
+}
+
 /// Everything an accept loop needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct TcpRoute {
@@ -184,6 +199,11 @@ pub struct TcpRoute {
     pub kill: watch::Receiver<bool>,
     /// Wakes a silent target of a route with `wol` (None: no Wake-on-LAN).
     pub waker: Option<Waker>,
+    /// When set, only peers this allowlist admits are relayed; the others are reset at once
+    /// and counted in `source_drops` (before any connect or buffer).
+    pub sources: Option<SourceCell>,
+    /// Where connections go.
+    pub via: Via,
 }
 
 /// Accepts on `listener` (the tunnel side: a kernel or a smoltcp listener) until `stop` turns
@@ -207,7 +227,15 @@ pub async fn serve(listener: impl Into<Listener>, route: TcpRoute, stop: watch::
                 continue;
             }
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, peer)) => {
+                    if let Some(sources) = &route.sources {
+                        if !sources.get().admits(peer.ip()) {
+                            drop_source(s, peer, &route);
+                            continue;
+                        }
+                    }
+                    s
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     route.counters.set_error(format!("accept: {e}"));
@@ -247,6 +275,18 @@ pub async fn serve(listener: impl Into<Listener>, route: TcpRoute, stop: watch::
     }
 }
 
+/// Resets a connection from a source outside the allowlist and counts it.
+fn drop_source(client: Stream, peer: std::net::SocketAddr, route: &TcpRoute) {
+    let n = route.counters.source_drops.fetch_add(1, Ordering::Relaxed) + 1;
+    route.counters.set_error(format!(
+        "dropped {n} connection(s) from sources outside the allowlist (last: {})",
+        peer.ip()
+    ));
+    // Debug only: anyone on the LAN can cause these.
+    tracing::debug!(%peer, "connection from a source outside the allowlist dropped");
+    client.reset();
+}
+
 fn log_refusals(port: u16, route: &TcpRoute, r: RefusalReport) {
     let since = r.since();
     tracing::warn!(
@@ -264,7 +304,63 @@ fn log_refusals(port: u16, route: &TcpRoute, r: RefusalReport) {
     );
 }
 
-async fn connection(mut client: Stream, route: &TcpRoute) {
+async fn connection(client: Stream, route: &TcpRoute) {
+    match &route.via {
+        Via::Lan => lan_connection(client, route).await,
+        Via::Tunnel(stack) => tunnel_connection(client, stack, route).await,
+    }
+}
+
+fn target_failed(route: &TcpRoute, target: &target::Target, e: &dyn std::fmt::Display) {
+    route
+        .counters
+        .target_failures
+        .fetch_add(1, Ordering::Relaxed);
+    route
+        .counters
+        .set_error(format!("connect to {target}: {e}"));
+    tracing::debug!(%target, error = %e, "cannot reach the route's target");
+}
+
+/// An egress connection: a LAN client relayed into the tunnel.
+async fn tunnel_connection(mut client: Stream, stack: &Stack, route: &TcpRoute) {
+    let target = route.target.get();
+    let Ok(ip) = target.host.parse::<std::net::IpAddr>() else {
+        target_failed(route, &target, &"not an IP address");
+        client.reset();
+        return;
+    };
+    let to = std::net::SocketAddr::new(ip, target.port);
+    let mut server = match stack.connect_tcp(to, route.config.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            target_failed(route, &target, &e);
+            client.reset();
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = client.set_keepalive();
+    let _ = server.set_nodelay(true);
+    let _ = server.set_keepalive();
+    let (config, counters) = (&route.config, &route.counters);
+    // Between two kernel sockets (TUN mode) the kernel-to-kernel paths (splice); with the
+    // userspace stack on the tunnel side, the AsyncRead/AsyncWrite copy.
+    let result = match (&mut client, &mut server) {
+        (c, Stream::Kernel(s)) => relay_stream(c, s, config, counters).await,
+        (Stream::Kernel(c), s) => relay_stream(s, c, config, counters).await,
+        (c, s) => relay_io(c, s, config, counters).await,
+    };
+    if let Err(e) = result {
+        if e.kind() != io::ErrorKind::TimedOut {
+            tracing::debug!(%target, error = %e, "egress connection ended with an error");
+        }
+        client.reset();
+        server.reset();
+    }
+}
+
+async fn lan_connection(mut client: Stream, route: &TcpRoute) {
     let target = route.target.get();
     let first = target::connect(&target, route.config.connect_timeout).await;
     // Wake-on-LAN: a route with `wol` holds the connection while its target wakes.
@@ -278,14 +374,7 @@ async fn connection(mut client: Stream, route: &TcpRoute) {
     {
         Ok(s) => s,
         Err(e) => {
-            route
-                .counters
-                .target_failures
-                .fetch_add(1, Ordering::Relaxed);
-            route
-                .counters
-                .set_error(format!("connect to {target}: {e}"));
-            tracing::debug!(%target, error = %e, "cannot reach the route's target");
+            target_failed(route, &target, &e);
             client.reset();
             return;
         }

@@ -56,6 +56,8 @@ async fn tcp_relay(to: SocketAddr, config: TcpConfig, global: Arc<ConnectionLimi
         global,
         kill: kill_rx,
         waker: None,
+        sources: None,
+        via: Default::default(),
     };
     tokio::spawn(tcp::serve(l, route, stop_rx));
     Relay {

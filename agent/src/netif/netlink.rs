@@ -1,4 +1,4 @@
-//! Minimal rtnetlink: add a route via a device, delete a link. Messages are built by hand;
+//! Minimal rtnetlink: add a route via a device, add and remove an IPv4 address, delete a link. Messages are built by hand;
 //! each request waits for the kernel's acknowledgement.
 
 use std::io;
@@ -98,6 +98,30 @@ pub fn new_route_message(dst: &Cidr, ifindex: u32, seq: u32) -> Vec<u8> {
     m
 }
 
+/// The `RTM_NEWADDR` (`add`) or `RTM_DELADDR` message for `addr/prefix` on interface
+/// `ifindex`.
+pub fn addr_message(
+    add: bool,
+    addr: std::net::Ipv4Addr,
+    prefix: u8,
+    ifindex: u32,
+    seq: u32,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(48);
+    if add {
+        header(&mut m, libc::RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, seq);
+    } else {
+        header(&mut m, libc::RTM_DELADDR, 0, seq);
+    }
+    // struct ifaddrmsg: family, prefixlen, flags, scope, index
+    m.extend_from_slice(&[libc::AF_INET as u8, prefix, 0, libc::RT_SCOPE_UNIVERSE]);
+    m.extend_from_slice(&ifindex.to_ne_bytes());
+    push_attr(&mut m, libc::IFA_LOCAL, &addr.octets());
+    push_attr(&mut m, libc::IFA_ADDRESS, &addr.octets());
+    finish(&mut m);
+    m
+}
+
 /// The `RTM_DELLINK` message for interface `ifindex`.
 pub fn del_link_message(ifindex: u32, seq: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(32);
@@ -144,6 +168,30 @@ impl Netlink {
     pub fn add_route(&mut self, dst: &Cidr, ifindex: u32) -> io::Result<()> {
         self.seq += 1;
         let msg = new_route_message(dst, ifindex, self.seq);
+        self.request(&msg)
+    }
+
+    /// Adds `addr/prefix` to interface `ifindex` (`AlreadyExists` when it is there).
+    pub fn add_addr(
+        &mut self,
+        addr: std::net::Ipv4Addr,
+        prefix: u8,
+        ifindex: u32,
+    ) -> io::Result<()> {
+        self.seq += 1;
+        let msg = addr_message(true, addr, prefix, ifindex, self.seq);
+        self.request(&msg)
+    }
+
+    /// Removes `addr/prefix` from interface `ifindex` (`EADDRNOTAVAIL` when it is not there).
+    pub fn del_addr(
+        &mut self,
+        addr: std::net::Ipv4Addr,
+        prefix: u8,
+        ifindex: u32,
+    ) -> io::Result<()> {
+        self.seq += 1;
+        let msg = addr_message(false, addr, prefix, ifindex, self.seq);
         self.request(&msg)
     }
 
@@ -194,6 +242,48 @@ mod tests {
         // RTA_DST holds the network, host bits cleared.
         assert_eq!(&m[28 + 4..28 + 8], &[10, 8, 0, 0]);
         assert_eq!(u32::from_ne_bytes(m[40..44].try_into().unwrap()), 7);
+    }
+
+    #[test]
+    fn addr_messages_carry_ifaddrmsg_local_and_address() {
+        let ip = std::net::Ipv4Addr::new(192, 168, 1, 250);
+        let m = addr_message(true, ip, 24, 7, 9);
+        assert_eq!(m.len(), 16 + 8 + 8 + 8);
+        assert_eq!(
+            u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize,
+            m.len()
+        );
+        assert_eq!(
+            u16::from_ne_bytes(m[4..6].try_into().unwrap()),
+            libc::RTM_NEWADDR
+        );
+        let flags = u16::from_ne_bytes(m[6..8].try_into().unwrap());
+        assert_eq!(flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 9);
+        assert_eq!(
+            &m[16..20],
+            &[libc::AF_INET as u8, 24, 0, libc::RT_SCOPE_UNIVERSE]
+        );
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 7);
+        assert_eq!(
+            u16::from_ne_bytes(m[26..28].try_into().unwrap()),
+            libc::IFA_LOCAL
+        );
+        assert_eq!(&m[28..32], &ip.octets());
+        assert_eq!(
+            u16::from_ne_bytes(m[34..36].try_into().unwrap()),
+            libc::IFA_ADDRESS
+        );
+        assert_eq!(&m[36..40], &ip.octets());
+        let d = addr_message(false, ip, 24, 7, 10);
+        assert_eq!(
+            u16::from_ne_bytes(d[4..6].try_into().unwrap()),
+            libc::RTM_DELADDR
+        );
+        assert_eq!(
+            u16::from_ne_bytes(d[6..8].try_into().unwrap()),
+            NLM_F_REQUEST | NLM_F_ACK
+        );
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //!   draining sessions still hold to send their replies, is taken back rather than bound
 //!   again (which would fail with "address in use" for the whole grace period).
 //!
+//! The egress routes (`crate::scan_egress`) are planned and executed the same way, keyed by
+//! LAN listen port: a kernel TCP listener on [`Settings::egress_bind_ip`] (every address by
+//! default) whose connections go into the tunnel through the stack; a new target or
+//! allowlist applies to new connections without rebinding; a removed one stops accepting and
+//! its connections get the grace period.
+//!
 //! Status ([`RouteManager::status`]) is read from atomics and cells, never waiting on I/O.
 
 mod persist;
@@ -35,21 +41,25 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use gatelet_agent_api::control::{
-    AgentConfig, HttpRoute, ListenerState, Reachability, RouteKind, RouteStatus,
+    AgentConfig, EgressNear, EgressStatus, HttpRoute, ListenerState, Reachability, RouteKind,
+    RouteStatus,
 };
 use tokio::sync::{watch, Notify};
 
 use crate::forward::api_relay::{self, ApiRelay};
-use crate::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute};
+use crate::forward::tcp::{self, ConnectionLimit, TcpConfig, TcpRoute, Via};
 use crate::forward::udp::{self, UdpConfig, UdpRoute};
 use crate::forward::{wait_true, RouteCounters, TargetCell};
 use crate::target::Target;
 
 use crate::http::{HttpStats, HttpTable, ProxyConfig, RouteHttpCounters};
+use crate::scan_egress::near::{self, NearHandle, NearSettings, NearSpec};
+use crate::scan_egress::vrrp::machine::State as VrrpState;
+use crate::scan_egress::{Allowlist, SourceCell};
 use crate::stack::{Datagram, Stack};
 use crate::wol::Waker;
 pub use persist::{PersistError, APPLIED_CONFIG_FILE};
-use plan::{Change, Running};
+use plan::{Change, EgressSpec, Running};
 pub use probe::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
 
 /// Time a removed route's open connections keep going before they are closed.
@@ -94,6 +104,12 @@ pub struct Settings {
     pub waker: Option<Waker>,
     /// Where the listeners are bound: kernel sockets or the smoltcp stack.
     pub stack: Stack,
+    /// The address the egress routes' LAN listeners bind: every address by default (see
+    /// `crate::scan_egress` for why); a loopback address in tests.
+    pub egress_bind_ip: IpAddr,
+    /// The egress routes' VRRP failover: the tunnel-health sample and its interval. None:
+    /// no failover runs (role `none`; nothing adds the VIPs).
+    pub near: Option<NearSettings>,
 }
 
 impl Settings {
@@ -114,6 +130,8 @@ impl Settings {
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             waker: None,
             stack: Stack::Kernel,
+            egress_bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            near: None,
         }
     }
 }
@@ -129,6 +147,10 @@ pub struct RoutesStatus {
     pub http_proxy: Option<ListenerState>,
     /// The management API relay, when configured.
     pub api_relay: Option<ListenerState>,
+    /// The egress listeners, by LAN port.
+    pub egress: Vec<EgressStatus>,
+    /// The egress failover state (None without egress routes).
+    pub egress_near: Option<EgressNear>,
 }
 
 type StateCell = Arc<Mutex<ListenerState>>;
@@ -198,6 +220,17 @@ struct L4Entry {
 }
 
 #[derive(Debug)]
+struct EgressEntry {
+    id: u64,
+    spec: EgressSpec,
+    target: TargetCell,
+    sources: SourceCell,
+    counters: Arc<RouteCounters>,
+    state: StateCell,
+    switches: Switches,
+}
+
+#[derive(Debug)]
 struct FixedListener {
     state: StateCell,
     _switches: Switches,
@@ -207,6 +240,9 @@ struct FixedListener {
 struct State {
     config: AgentConfig,
     l4: BTreeMap<u16, L4Entry>,
+    egress: BTreeMap<u16, EgressEntry>,
+    /// The VRRP instances, by egress route id.
+    near: BTreeMap<u64, (NearSpec, NearHandle)>,
     reach: HashMap<Target, Reachability>,
     proxy: Option<FixedListener>,
     api: Option<FixedListener>,
@@ -491,6 +527,11 @@ impl RouteManager {
                 .into_iter()
                 .filter(|p| !st.l4.contains_key(p))
                 .collect(),
+            egress: st
+                .egress
+                .iter()
+                .map(|(port, e)| (*port, (e.id, e.spec.clone())))
+                .collect(),
         };
         let changes = plan::plan(&running, &config);
         let new_targets = changes.iter().any(Change::new_targets);
@@ -535,11 +576,67 @@ impl RouteManager {
                     let entry = self.start_l4(id, port, target);
                     st.l4.insert(port, entry);
                 }
+                Change::EgressDuplicatePort { port, id } => tracing::warn!(
+                    port,
+                    id,
+                    "two egress routes on the same LAN port; the first one is used"
+                ),
+                Change::EgressRetire { port, id } => {
+                    if let Some(e) = st.egress.remove(&port) {
+                        tracing::info!(
+                            port,
+                            id,
+                            "egress route removed; open connections get the grace period"
+                        );
+                        e.switches.retire(s.grace);
+                    }
+                }
+                Change::EgressKeep { port, id } => {
+                    if let Some(e) = st.egress.get_mut(&port) {
+                        e.id = id;
+                    }
+                }
+                Change::EgressUpdate { port, id, spec } => {
+                    if let Some(e) = st.egress.get_mut(&port) {
+                        tracing::info!(
+                            port,
+                            target = %spec.target,
+                            sources = spec.sources.len(),
+                            "egress route changed (new connections)"
+                        );
+                        e.id = id;
+                        e.target.set(spec.target.clone());
+                        e.sources.set(Allowlist::parse(&spec.sources));
+                        e.spec = spec;
+                    }
+                }
+                Change::EgressBind { port, id, spec } => {
+                    tracing::info!(port, target = %spec.target, id, "egress route added");
+                    let entry = self.start_egress(id, port, spec);
+                    st.egress.insert(port, entry);
+                }
                 Change::ReplaceHttp(routes) => {
                     let ids: Vec<u64> = routes.iter().map(|r| r.id).collect();
                     inner.http_table.replace(routes);
                     inner.http_stats.retain_routes(&ids);
                 }
+            }
+        }
+        if let Some(ns) = &s.near {
+            let wanted: BTreeMap<u64, NearSpec> = config
+                .egress_routes
+                .iter()
+                .enumerate()
+                .filter_map(|(idx, r)| NearSpec::of(idx, r))
+                .map(|n| (n.id, n))
+                .collect();
+            // A changed or removed instance stops (a master steps down); a new one starts.
+            st.near.retain(|id, (spec, _)| wanted.get(id) == Some(spec));
+            for (id, spec) in wanted {
+                st.near.entry(id).or_insert_with(|| {
+                    let handle = near::spawn(spec.clone(), ns.clone());
+                    (spec, handle)
+                });
             }
         }
         if save && s.state_dir.is_some() {
@@ -580,6 +677,8 @@ impl RouteManager {
             global: inner.global.clone(),
             kill: switches.kill_rx(),
             waker: s.waker.clone(),
+            sources: None,
+            via: Default::default(),
         };
         let udp_route = UdpRoute {
             target: target.clone(),
@@ -624,6 +723,48 @@ impl RouteManager {
             counters,
             tcp: tcp_state,
             udp: udp_state,
+            switches,
+        }
+    }
+
+    fn start_egress(&self, id: u64, port: u16, spec: EgressSpec) -> EgressEntry {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let addr = SocketAddr::new(s.egress_bind_ip, port);
+        let target = TargetCell::new(spec.target.clone());
+        let sources = SourceCell::new(Allowlist::parse(&spec.sources));
+        let counters = Arc::new(RouteCounters::default());
+        let switches = Switches::new();
+        let state: StateCell = Arc::new(Mutex::new(ListenerState::Idle));
+        let route = TcpRoute {
+            target: target.clone(),
+            counters: counters.clone(),
+            config: inner.tcp_config.clone(),
+            global: inner.global.clone(),
+            kill: switches.kill_rx(),
+            waker: None,
+            sources: Some(sources.clone()),
+            via: Via::Tunnel(s.stack.clone()),
+        };
+        // Always a kernel socket: the LAN is the host's network in both stack modes.
+        let first = bind_lan_tcp(addr);
+        set_state(&state, first_state(&first, "egress listener"));
+        tokio::spawn(keep_bound(
+            first,
+            move || bind_lan_tcp(addr),
+            move |l, stop| tcp::serve(l, route, stop),
+            state.clone(),
+            switches.stop.subscribe(),
+            (s.retry_initial, s.retry_max),
+            format!("egress {addr}"),
+        ));
+        EgressEntry {
+            id,
+            spec,
+            target,
+            sources,
+            counters,
+            state,
             switches,
         }
     }
@@ -684,11 +825,59 @@ impl RouteManager {
                 reachability: reach(&r.target_host, r.target_port),
             });
         }
+        let bind_ip = self.inner.settings.egress_bind_ip.to_string();
+        let egress = st
+            .egress
+            .iter()
+            .map(|(port, e)| {
+                let load =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let (bound, bind_error) = match &*locked(&e.state) {
+                    ListenerState::Listening => (true, None),
+                    ListenerState::Failed { reason } => (false, Some(reason.clone())),
+                    ListenerState::Idle => (false, None),
+                };
+                EgressStatus {
+                    id: e.id,
+                    bound,
+                    bind_error,
+                    lan_bind_ip: bind_ip.clone(),
+                    lan_listen_port: *port,
+                    source_drops: load(&e.counters.source_drops),
+                    active_connections: e.counters.active(),
+                    bytes: load(&e.counters.bytes),
+                    refused: load(&e.counters.refused),
+                    failures: load(&e.counters.target_failures),
+                    last_error: e.counters.last_error(),
+                }
+            })
+            .collect();
+        // The role over every instance: master if any holds its VIP, backup if any waits,
+        // else none (no failover, or every instance in fault or unable to run).
+        let states: Vec<VrrpState> = st.near.values().map(|(_, h)| h.state().state).collect();
+        let role = if states.contains(&VrrpState::Master) {
+            "master"
+        } else if states.contains(&VrrpState::Backup) {
+            "backup"
+        } else {
+            "none"
+        };
+        let egress_near = (!st.config.egress_routes.is_empty()).then(|| EgressNear {
+            vips: st
+                .config
+                .egress_routes
+                .iter()
+                .map(|r| r.vip_ip.clone())
+                .collect(),
+            role: role.into(),
+        });
         RoutesStatus {
             config_hash: st.config.config_hash.clone(),
             routes,
             http_proxy: proxy,
             api_relay: st.api.as_ref().map(|a| locked(&a.state).clone()),
+            egress,
+            egress_near,
         }
     }
 
@@ -704,6 +893,14 @@ impl RouteManager {
         v.dedup();
         v
     }
+}
+
+/// A kernel TCP listener on the LAN side (an egress route); the error says why in words.
+fn bind_lan_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| crate::stack::bind_reason(addr, &e))?;
+    l.set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(l))
+        .map_err(|e| crate::stack::bind_reason(addr, &e))
 }
 
 /// Saves each applied config in `dir`, in order, off the runtime thread (an fsync on a slow

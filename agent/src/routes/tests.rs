@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatelet_agent_api::control::{AgentConfig, HttpRoute, L4Route, ListenerState, RouteStatus};
+use gatelet_agent_api::control::{
+    AgentConfig, EgressRoute, EgressStatus, HttpRoute, L4Route, ListenerState, RouteStatus,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -87,6 +89,7 @@ fn l4(id: u64, port: u16, to: SocketAddr) -> L4Route {
 
 fn config(hash: &str, routes: Vec<L4Route>) -> AgentConfig {
     AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: Some(hash.into()),
         http_routes: vec![],
         l4_routes: routes,
@@ -379,6 +382,7 @@ async fn api_relay_reaches_the_companion_and_http_proxy_listens() {
     // HTTP routes appear in status under their domain, with the proxy's state.
     let web = tagged_echo("web").await;
     m.apply(AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: Some("h".into()),
         http_routes: vec![HttpRoute {
             id: 9,
@@ -562,6 +566,7 @@ async fn http_routes_applied_to_the_manager_reach_the_proxy() {
     let m = RouteManager::new(s);
     m.start().unwrap();
     let with_route = |id| AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: Some(format!("h{id}")),
         http_routes: vec![HttpRoute {
             id,
@@ -626,4 +631,232 @@ async fn the_api_relay_has_its_own_budget_when_the_routes_cap_is_full() {
     let (mut c, tag) = Conn::open(relay_port).await;
     assert_eq!(tag, "api 127.0.0.1");
     c.echo("GET /api/status").await;
+}
+
+// Egress routes: a LAN-side listener (127.0.0.1 stands in for the LAN address) relayed
+// "into the tunnel" (kernel mode: an ordinary connect, here to a loopback echo).
+
+fn egress(id: u64, port: u16, to: SocketAddr, sources: &[&str]) -> EgressRoute {
+    EgressRoute {
+        id,
+        vip_ip: "192.168.1.250".into(),
+        vip_prefix: 24,
+        lan_listen_port: port,
+        target_host: to.ip().to_string(),
+        target_port: to.port(),
+        allowed_sources: sources.iter().map(|s| s.to_string()).collect(),
+        near_peers: vec![],
+    }
+}
+
+fn egress_config(hash: &str, routes: Vec<EgressRoute>) -> AgentConfig {
+    AgentConfig {
+        egress_routes: routes,
+        ..config(hash, vec![])
+    }
+}
+
+fn egress_settings() -> Settings {
+    let mut s = settings();
+    s.egress_bind_ip = LOOPBACK;
+    s
+}
+
+fn egress_status(m: &RouteManager, port: u16) -> EgressStatus {
+    m.status()
+        .egress
+        .into_iter()
+        .find(|e| e.lan_listen_port == port)
+        .unwrap_or_else(|| panic!("no egress listener on {port}"))
+}
+
+/// Connects to 127.0.0.1:`port` from the source address `from`.
+async fn connect_from(from: Ipv4Addr, port: u16) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        s.connect(SocketAddr::new(LOOPBACK, port)),
+    )
+    .await
+    .expect("connect within 5 s")
+    .unwrap()
+}
+
+/// Opens an egress connection from `from` and reads the target's greeting (None: the
+/// connection was closed or reset without one).
+async fn egress_open(from: Ipv4Addr, port: u16) -> (Conn, Option<String>) {
+    let mut c = Conn(BufReader::new(connect_from(from, port).await));
+    let mut l = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(5), c.0.read_line(&mut l))
+        .await
+        .expect("an answer or a close within 5 s");
+    let tag = match got {
+        Ok(n) if n > 0 => Some(l.trim_end().to_owned()),
+        _ => None,
+    };
+    (c, tag)
+}
+
+const PRINTER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+#[tokio::test]
+async fn egress_relays_allowed_sources_and_drops_and_counts_the_others() {
+    let nas = tagged_echo("nas").await;
+    let p = free_port();
+    let m = RouteManager::new(egress_settings());
+    m.start().unwrap();
+    m.apply(egress_config("e1", vec![egress(1, p, nas, &["127.0.0.2"])]));
+    let st = egress_status(&m, p);
+    assert!(st.bound, "{st:?}");
+    assert_eq!(st.bind_error, None);
+    assert_eq!(st.lan_bind_ip, "127.0.0.1");
+    assert_eq!(st.id, 1);
+
+    let (_, tag) = egress_open(STRANGER, p).await;
+    assert_eq!(tag, None, "a source outside the allowlist gets nothing");
+    assert_eq!(egress_status(&m, p).source_drops, 1);
+
+    let (mut c, tag) = egress_open(PRINTER, p).await;
+    assert_eq!(tag.as_deref(), Some("nas"));
+    c.echo("scan page 1").await;
+    let st = egress_status(&m, p);
+    assert_eq!(st.active_connections, 1);
+    assert_eq!(st.source_drops, 1);
+    assert!(st.bytes > 0);
+    // Half-close: our end of stream reaches the NAS, whose close comes back.
+    c.0.get_mut().shutdown().await.unwrap();
+    assert!(c.closed().await, "the close travels both ways");
+
+    let near = m
+        .status()
+        .egress_near
+        .expect("near state with egress routes");
+    assert_eq!(near.vips, vec!["192.168.1.250".to_string()]);
+    assert_eq!(near.role, "none");
+}
+
+#[tokio::test]
+async fn an_empty_allowlist_admits_nobody() {
+    let nas = tagged_echo("nas").await;
+    let p = free_port();
+    let m = RouteManager::new(egress_settings());
+    m.start().unwrap();
+    m.apply(egress_config("e1", vec![egress(1, p, nas, &[])]));
+    for from in [PRINTER, STRANGER, Ipv4Addr::LOCALHOST] {
+        let (_, tag) = egress_open(from, p).await;
+        assert_eq!(tag, None, "{from} is refused");
+    }
+    assert_eq!(egress_status(&m, p).source_drops, 3);
+}
+
+#[tokio::test]
+async fn egress_changes_apply_to_new_connections_without_dropping_open_ones() {
+    let (nas, nas2) = (tagged_echo("nas").await, tagged_echo("nas2").await);
+    let (p, q) = (free_port(), free_port());
+    let m = RouteManager::new(egress_settings());
+    m.start().unwrap();
+    m.apply(egress_config(
+        "e1",
+        vec![
+            egress(1, p, nas, &["127.0.0.2"]),
+            egress(2, q, nas, &["127.0.0.2"]),
+        ],
+    ));
+    let (mut old, tag) = egress_open(PRINTER, p).await;
+    assert_eq!(tag.as_deref(), Some("nas"));
+    let (mut other, _) = egress_open(PRINTER, q).await;
+
+    // New sources and a new target on p; q untouched.
+    m.apply(egress_config(
+        "e2",
+        vec![
+            egress(1, p, nas2, &["127.0.0.3/32"]),
+            egress(2, q, nas, &["127.0.0.2"]),
+        ],
+    ));
+    old.echo("open before the change").await;
+    other.echo("the other route").await;
+    let (_, tag) = egress_open(PRINTER, p).await;
+    assert_eq!(tag, None, "the printer is no longer allowed on p");
+    let (mut new, tag) = egress_open(STRANGER, p).await;
+    assert_eq!(
+        tag.as_deref(),
+        Some("nas2"),
+        "new connections use the new target"
+    );
+    new.echo("new one").await;
+
+    // p removed: stops accepting at once, its open connections close after the grace.
+    m.apply(egress_config("e3", vec![egress(2, q, nas, &["127.0.0.2"])]));
+    assert_eq!(m.status().egress.len(), 1);
+    let mut refused = false;
+    for _ in 0..50 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(IpAddr::V4(STRANGER), 0)).unwrap();
+        if s.connect(SocketAddr::new(LOOPBACK, p)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the removed listener is closed");
+    assert!(old.closed().await, "closed after the grace period");
+    other.echo("q is untouched").await;
+}
+
+#[tokio::test]
+async fn an_unreachable_tunnel_target_is_counted_and_the_client_reset() {
+    // A port nobody listens on.
+    let dead = SocketAddr::new(LOOPBACK, free_port());
+    let p = free_port();
+    let m = RouteManager::new(egress_settings());
+    m.start().unwrap();
+    m.apply(egress_config(
+        "e1",
+        vec![egress(4, p, dead, &["127.0.0.0/8"])],
+    ));
+    let (_, tag) = egress_open(PRINTER, p).await;
+    assert_eq!(tag, None);
+    let st = egress_status(&m, p);
+    assert_eq!(st.failures, 1);
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("connect to"),
+        "{st:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_egress_port_reports_the_bind_error_and_recovers() {
+    let nas = tagged_echo("nas").await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = squatter.local_addr().unwrap().port();
+    let m = RouteManager::new(egress_settings());
+    m.start().unwrap();
+    m.apply(egress_config("e1", vec![egress(1, p, nas, &["127.0.0.2"])]));
+    let st = egress_status(&m, p);
+    assert!(!st.bound);
+    assert!(
+        st.bind_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("address in use"),
+        "{st:?}"
+    );
+    drop(squatter);
+    let mut bound = false;
+    for _ in 0..100 {
+        if egress_status(&m, p).bound {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bound, "retried until bound");
+    let (_, tag) = egress_open(PRINTER, p).await;
+    assert_eq!(tag.as_deref(), Some("nas"));
 }

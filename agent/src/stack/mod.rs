@@ -96,6 +96,30 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// A TCP connection INTO the tunnel to `to` within `timeout` (the egress routes): in
+    /// kernel mode an ordinary socket, which the routing table sends through the TUN device;
+    /// in userspace mode a connection of the smoltcp stack from the tunnel address.
+    pub async fn connect_tcp(&self, to: SocketAddr, timeout: Duration) -> io::Result<Stream> {
+        let attempt = async {
+            match self {
+                Stack::Kernel => tokio::net::TcpStream::connect(to).await.map(Stream::Kernel),
+                Stack::Userspace(n) => n
+                    .connect_tcp(to)
+                    .await
+                    .map(|s| Stream::Userspace(Box::new(s))),
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+}
+
 /// Why binding `addr` failed, in words.
 pub fn bind_reason(addr: SocketAddr, e: &io::Error) -> String {
     match e.kind() {

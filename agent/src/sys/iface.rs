@@ -116,6 +116,19 @@ impl IfSocket {
         self.ioctl(libc::SIOCSIFFLAGS, &mut req)
     }
 
+    /// The hardware (MAC) address of `name`.
+    pub fn hwaddr(&self, name: &str) -> io::Result<[u8; 6]> {
+        let mut req = ifreq(name);
+        self.ioctl(libc::SIOCGIFHWADDR, &mut req)?;
+        // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
+        let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+        let mut mac = [0u8; 6];
+        for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+            *m = *b as u8;
+        }
+        Ok(mac)
+    }
+
     /// An IPv4 address of `name` (`EADDRNOTAVAIL` when it has none).
     pub fn ipv4(&self, name: &str, which: V4) -> io::Result<Ipv4Addr> {
         let mut req = ifreq(name);

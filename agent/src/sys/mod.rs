@@ -12,6 +12,7 @@
 //! - [`ifaddrs`]: every IPv4 address of every interface (`getifaddrs`).
 //! - [`pipe`]: pipes and `splice(2)` for the relays, the open-files limit.
 //! - [`ring`]: the userspace stack's socket rings, anonymous maps committed page by page.
+//! - [`vrrp`]: the egress failover's raw protocol-112 socket and gratuitous ARP.
 //!
 //! One `unsafe` call outside this module is allowed: `Ring::storage` lends a map to a smoltcp
 //! socket for as long as the socket lives, which only its owner (`crate::netstack`) can
@@ -26,6 +27,7 @@ pub mod netlink;
 pub mod pipe;
 pub mod ring;
 pub mod sock;
+pub mod vrrp;
 
 use std::io;
 use std::net::Ipv4Addr;

@@ -1,5 +1,5 @@
-//! The `NETLINK_ROUTE` socket: opened with a receive timeout, requests sent to the kernel,
-//! answers received. Building and parsing the messages is `crate::netif::netlink`'s.
+//! The `NETLINK_ROUTE` and `NETLINK_NETFILTER` sockets: opened with a receive timeout, requests
+//! sent to the kernel, answers received. Building and parsing the messages is `crate::netif::netlink`'s.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -9,12 +9,21 @@ use super::{check, check_size, owned};
 
 /// Opens a `NETLINK_ROUTE` socket whose receives give up after `timeout`.
 pub fn open_route(timeout: Duration) -> io::Result<OwnedFd> {
+    open(libc::NETLINK_ROUTE, timeout)
+}
+
+/// Opens a `NETLINK_NETFILTER` socket (nf_tables) whose receives give up after `timeout`.
+pub fn open_netfilter(timeout: Duration) -> io::Result<OwnedFd> {
+    open(libc::NETLINK_NETFILTER, timeout)
+}
+
+fn open(protocol: libc::c_int, timeout: Duration) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = owned(unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         )
     })?;
     let tv = libc::timeval {

@@ -142,6 +142,7 @@ async fn wake_without_probe_target_succeeds_once_sent() {
 
 fn config() -> AgentConfig {
     AgentConfig {
+        egress_routes: Vec::new(),
         http_routes: vec![HttpRoute {
             id: 1,
             domain: "nas.example.com".into(),
@@ -242,6 +243,7 @@ async fn udp_gate_holds_up_to_its_limit_then_releases_in_order() {
         "no route with wol: no gate"
     );
     w.set_routes(&AgentConfig {
+        egress_routes: Vec::new(),
         config_hash: None,
         http_routes: vec![],
         l4_routes: vec![L4Route {

@@ -321,6 +321,7 @@ mod tests {
                 reachability: None,
             }],
             wakes: Vec::new(),
+            ..AgentStatus::default()
         });
         let text = render(&s);
         let l = "route_id=\"4\",kind=\"l4\",name=\"nas \\\"a\\\"\\\\b\\nc\"";

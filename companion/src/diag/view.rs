@@ -520,6 +520,7 @@ mod tests {
             config_hash: Some("sha256:ab".into()),
             http_routes: vec![],
             l4_routes: vec![l4(1, 2201), l4(2, 2202), l4(3, 2203)],
+            egress_routes: Vec::new(),
         });
         let mut a = AgentStatus::default();
         a.tunnel.handshake_age_s = hs;
