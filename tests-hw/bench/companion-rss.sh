@@ -17,16 +17,8 @@ cargo build -q --release -p gatelet-companion --bin gatelet-companion --example 
 BIN=${CARGO_TARGET_DIR:-target}/release
 COMPANION=${COMPANION:-$BIN/gatelet-companion}
 
-T=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$T"
-}
-trap cleanup EXIT
+source tests-hw/bench/lib/loopback.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SERVER_PORT=$(free_port)
 API_PORT=$(free_port)
 

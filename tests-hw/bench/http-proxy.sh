@@ -21,25 +21,9 @@ done
 cargo build -q --profile "$PROFILE" -p gatelet-agent --example http_proxy
 PROXY=${CARGO_TARGET_DIR:-target}/$PROFILE/examples/http_proxy
 
-T=$(mktemp -d)
+source tests-hw/bench/lib/loopback.sh
 chmod 755 "$T"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$T"
-}
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 50); do
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 
 # A small static file (the size of nginx's default index page).
 mkdir -p "$T/www"

@@ -30,26 +30,8 @@ TARGET=${CARGO_TARGET_DIR:-target}
 RELAY=$TARGET/$PROFILE/examples/l4_relay
 LOAD=$TARGET/release/bench-conns
 
-T=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
+source tests-hw/bench/lib/loopback.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 50); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "l4-conns.sh: nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
-# CPU seconds (user + system) of a process so far.
-cpu() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(sum(int(x) for x in f[11:13])/os.sysconf('SC_CLK_TCK'))"; }
 
 ECHO=$(free_port)
 taskset -c 1 "$LOAD" echo "127.0.0.1:$ECHO" --threads 16 >/dev/null 2>&1 & pids+=($!)

@@ -14,24 +14,8 @@ PROFILE=${PROFILE:-bench-release}
 cargo build -q --profile "$PROFILE" -p gatelet-agent --example l4_relay
 RELAY=${CARGO_TARGET_DIR:-target}/$PROFILE/examples/l4_relay
 
-T=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$T"
-}
-trap cleanup EXIT
+source tests-hw/bench/lib/loopback.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 50); do
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 
 IPERF=$(free_port)
 iperf3 -s -B 127.0.0.1 -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
@@ -64,11 +48,6 @@ SPLICE=$(free_port)
 SPLICE_PID=$!
 for p in "$SOCAT" "$HAPROXY" "$COPY" "$SPLICE"; do wait_port "$p"; done
 
-# CPU seconds (user + system, children included) of a process so far.
-cpu() {
-    if [ -z "$1" ]; then echo 0; return; fi
-    python3 -c "import os,sys; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(sum(int(x) for x in f[11:15])/os.sysconf('SC_CLK_TCK'))"
-}
 gbits() {
     iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_RUN" -J |
         python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
