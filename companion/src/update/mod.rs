@@ -15,6 +15,7 @@
 pub mod machine;
 pub mod manifest;
 pub mod minisign;
+pub mod slots;
 
 use minisign::{PublicKey, SigError};
 
