@@ -40,6 +40,11 @@ impl Slots {
         Self { root: root.into() }
     }
 
+    /// The update dir.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The directory of `slot`.
     pub fn dir(&self, slot: Slot) -> PathBuf {
         self.root.join(slot.name())
