@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod machine;
 pub mod manifest;
 pub mod minisign;
+pub mod settings;
 pub mod slots;
 
 use minisign::{PublicKey, SigError};
