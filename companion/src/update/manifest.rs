@@ -404,6 +404,35 @@ mod tests {
     }
 
     #[test]
+    fn the_release_script_writes_a_manifest_this_code_reads() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("gatelet-agent"), b"hello agent").unwrap();
+        std::fs::write(d.path().join("gatelet-companion"), b"hello companion").unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/release-manifest.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg("v0.3.1")
+            .arg(format!("aarch64-unknown-linux-musl={}", d.path().display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (version, targets) = parse(&out.stdout).unwrap();
+        assert_eq!(version, v("0.3.1"));
+        let [agent, companion] = &targets["aarch64-unknown-linux-musl"];
+        assert_eq!(agent.url, "aarch64-unknown-linux-musl/gatelet-agent");
+        assert_eq!((agent.size, companion.size), (11, 15));
+        assert_eq!(
+            agent.sha256,
+            parse_sha256("c9129f380fae5f493bdfcfb827a0edce1e8e4ac9c62408c432cae786b2b242b6")
+                .unwrap()
+        );
+    }
+
+    #[test]
     fn artifact_rules() {
         let good = RawArtifact {
             url: "a/b-1".into(),
