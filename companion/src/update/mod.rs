@@ -14,6 +14,7 @@
 
 pub mod driver;
 pub mod fetch;
+pub mod health;
 pub mod machine;
 pub mod manifest;
 pub mod minisign;
