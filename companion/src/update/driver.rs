@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::fetch::Fetcher;
-use super::machine::{Action, Fetched, Health, Input, Machine, Slot};
+use super::machine::{Action, Fetched, Health, Input, Machine, Phase, Slot};
 use super::manifest::{self, Artifact, Offer, Version, BINARIES};
 use super::minisign::PublicKey;
 use super::slots::{LastPull, Slots};
@@ -144,8 +144,16 @@ impl<H: Host> Driver<H> {
                     }
                     Action::Activate(slot) => self.slots.activate(slot)?,
                     Action::Restart => {
-                        // The restart may end this process; the journal is on disk.
+                        // When the restart ends this process (the updater is one of the
+                        // daemons), the next process boots from the journal on disk. When
+                        // it returns (a separate updater), the daemons' new start is the
+                        // machine's boot.
                         self.host.restart()?;
+                        let version = self.version_expected();
+                        queue.push_back(Input::Boot {
+                            version,
+                            active: self.active()?,
+                        });
                     }
                     Action::Finish {
                         ok,
@@ -181,6 +189,36 @@ impl<H: Host> Driver<H> {
             }
         }
         Ok(())
+    }
+
+    /// The version the daemons should be running now: the one on trial, else this one.
+    pub fn version_expected(&self) -> String {
+        match self.machine.journal.as_ref().map(|j| &j.phase) {
+            Some(Phase::Trial { version, .. }) => version.clone(),
+            _ => self.source.running.to_string(),
+        }
+    }
+
+    /// Runs the update in progress (resumed, or taken up from the flag) to its end:
+    /// every `interval` (through `sleep`), a tick with `health` of the version expected,
+    /// at most `max_ticks` times. Returns whether the update ended.
+    pub fn run_to_end(
+        &mut self,
+        mut health: impl FnMut(&str) -> Health,
+        mut sleep: impl FnMut(std::time::Duration),
+        interval: std::time::Duration,
+        max_ticks: u32,
+    ) -> io::Result<bool> {
+        self.poll_flag()?;
+        for _ in 0..max_ticks {
+            if self.machine.journal.is_none() {
+                return Ok(true);
+            }
+            sleep(interval);
+            let h = health(&self.version_expected());
+            self.tick(h)?;
+        }
+        Ok(self.machine.journal.is_none())
     }
 
     fn target_version(&self) -> Option<String> {
@@ -487,35 +525,78 @@ mod tests {
         let b = Bench::new();
         publish(&b.files, &b.trusted, "0.2.0", false);
         b.request("req-1", "0.2.0");
-        let mut old = b.process();
-        old.poll_flag().unwrap();
+        let mut u = b.process();
+        u.poll_flag().unwrap();
         assert_eq!(b.host.restarts.get(), 1);
         assert_eq!(b.active(), Some(Slot::B));
         let expected: u64 = BINARIES
             .iter()
             .map(|n| binary(n, "0.2.0").len() as u64)
             .sum();
-        assert_eq!(old.bytes_downloaded, expected);
+        assert_eq!(u.bytes_downloaded, expected);
+        assert_eq!(u.version_expected(), "0.2.0");
         assert_eq!(b.last_pull(), None, "not before the new version is healthy");
-
-        let mut new = b.process();
         b.advance(5_000);
-        new.tick(Health {
+        u.tick(Health {
             handshake: false,
             ..healthy()
         })
         .unwrap();
         assert_eq!(b.last_pull(), None);
         b.advance(5_000);
-        new.tick(healthy()).unwrap();
+        u.tick(healthy()).unwrap();
         let lp = b.last_pull().unwrap();
         assert_eq!(
             (lp.request_id.as_str(), lp.ok, lp.version.as_deref()),
             ("req-1", true, Some("0.2.0"))
         );
         assert!(!b.dir.path().join(PENDING_UPDATE_FILE).exists());
-        assert!(new.machine.journal.is_none());
+        assert!(u.machine.journal.is_none());
         assert!(!b.dir.path().join("update/journal.json").exists());
+    }
+
+    #[test]
+    fn a_power_cut_during_the_trial_resumes_it_from_the_journal() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.request("req-6", "0.2.0");
+        b.process().poll_flag().unwrap();
+        // The box reboots into the new slot; the updater starts again from the journal.
+        let mut u = b.process();
+        assert_eq!(u.version_expected(), "0.2.0");
+        b.advance(2_000);
+        u.tick(healthy()).unwrap();
+        assert!(b.last_pull().unwrap().ok);
+        assert_eq!(b.active(), Some(Slot::B));
+    }
+
+    #[test]
+    fn run_to_end_takes_the_flag_and_finishes_on_health() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.request("req-7", "0.2.0");
+        let mut u = b.process();
+        let start = b.host.now.get();
+        let now = b.host.now.clone();
+        let mut ticks_until_healthy = 3;
+        let ended = u
+            .run_to_end(
+                |version| {
+                    if version == "0.2.0" && ticks_until_healthy == 0 {
+                        healthy()
+                    } else {
+                        ticks_until_healthy -= 1;
+                        Health::default()
+                    }
+                },
+                |d| now.set(now.get() + d.as_millis() as u64),
+                Duration::from_secs(2),
+                100,
+            )
+            .unwrap();
+        assert!(ended);
+        assert!(b.last_pull().unwrap().ok);
+        assert_eq!(b.host.now.get() - start, 8_000);
     }
 
     fn run_until_reported(b: &Bench, d: &mut Driver<TestHost>) -> LastPull {
@@ -563,29 +644,34 @@ mod tests {
     }
 
     #[test]
-    fn unhealthy_new_version_is_switched_back_and_reported_by_the_old_one() {
+    fn unhealthy_new_version_is_switched_back_and_reported() {
         let b = Bench::new();
         publish(&b.files, &b.trusted, "0.2.0", false);
         b.request("req-4", "0.2.0");
-        b.process().poll_flag().unwrap();
-        let mut new = b.process();
-        b.advance(301_000);
-        new.tick(Health {
+        let mut u = b.process();
+        u.poll_flag().unwrap();
+        b.advance(299_000);
+        let not_in_sync = Health {
             config_in_sync: false,
             ..healthy()
-        })
-        .unwrap();
+        };
+        u.tick(not_in_sync).unwrap();
+        assert_eq!(b.active(), Some(Slot::B), "still within the deadline");
+        b.advance(2_000);
+        u.tick(not_in_sync).unwrap();
         assert_eq!(b.active(), Some(Slot::A));
         assert_eq!(b.host.restarts.get(), 2);
-        assert_eq!(b.last_pull(), None, "reported by the version that runs");
-        let _old = b.process();
         let lp = b.last_pull().unwrap();
         assert!(!lp.ok);
         assert!(
-            lp.reason.as_deref().unwrap().contains("config not in sync"),
+            lp.reason
+                .as_deref()
+                .unwrap()
+                .contains("not healthy within 300 s: config not in sync"),
             "{:?}",
             lp.reason
         );
+        assert!(u.machine.journal.is_none());
     }
 
     #[test]
