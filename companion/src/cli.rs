@@ -19,6 +19,7 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
                          [--status-socket PATH] [--mgmt-listen ADDR:PORT] [--log-level LEVEL]
        gatelet-companion status [--json | --health] [--status-socket PATH]
                                 [--control-socket PATH] [--state-dir DIR]
+       gatelet-companion update [--env PATH] [--state-dir DIR] [--status-socket PATH]
        gatelet-companion --version
 
   --env PATH             gateway.env (default: $GATEWAY_ENV_PATH, else /etc/gatelet/gateway.env)
@@ -30,6 +31,8 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
   --log-level LEVEL      error, warn, info (default), debug, trace
   status --health        one line, exit 0 when the daemon answers on its status socket and
                          reaches the agent, else 1 (a container HEALTHCHECK: no shell needed)
+  update                 run the queued self-update (or resume one) to its end and exit: as
+                         root, restarts the units with systemctl (docs/self-update.md)
 ";
 
 /// Options of the daemon.
@@ -71,6 +74,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the status of the running daemon.
     Status(StatusArgs),
+    /// Run the queued self-update (or resume one) to its end, then exit (root, from a unit).
+    Update(RunArgs),
     /// Print usage.
     Help,
     /// Print the version.
@@ -85,6 +90,7 @@ pub struct UsageError(pub String);
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
+    let mut update = false;
     let status = match args.peek().map(String::as_str) {
         Some("status") => {
             args.next();
@@ -92,6 +98,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         }
         Some("run") => {
             args.next();
+            false
+        }
+        Some("update") => {
+            args.next();
+            update = true;
             false
         }
         _ => false,
@@ -155,6 +166,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
             control_socket: run.control_socket,
             state_dir: run.state_dir,
         })
+    } else if update {
+        if run.mgmt_listen.is_some() {
+            return Err(UsageError("update takes no --mgmt-listen".into()));
+        }
+        Command::Update(run)
     } else {
         Command::Run(run)
     })
@@ -188,6 +204,18 @@ mod tests {
         assert_eq!(r.env, Some("/e".into()));
         assert_eq!(r.state_dir, PathBuf::from("/s"));
         assert_eq!(r.mgmt_listen, Some("127.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn update_takes_the_run_paths() {
+        let Command::Update(u) = parse(args("update --env /e --state-dir /s")).unwrap() else {
+            panic!("expected update")
+        };
+        assert_eq!(
+            (u.env, u.state_dir),
+            (Some("/e".into()), PathBuf::from("/s"))
+        );
+        assert!(parse(args("update --mgmt-listen 127.0.0.1:1")).is_err());
     }
 
     #[test]

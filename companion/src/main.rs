@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => daemon::run(args),
         Ok(Command::Status(args)) => gatelet_companion::status::run(&args),
+        Ok(Command::Update(args)) => gatelet_companion::update::updater::run(&args),
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS

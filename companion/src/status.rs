@@ -147,7 +147,8 @@ pub fn fetch(args: &StatusArgs) -> Report {
     r
 }
 
-fn fetch_from_daemon(path: &Path) -> std::io::Result<Report> {
+/// Reads the running daemon's report from its status socket.
+pub fn fetch_from_daemon(path: &Path) -> std::io::Result<Report> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut body = Vec::new();

@@ -32,6 +32,9 @@ pub struct Source {
     pub triple: String,
     /// The running version.
     pub running: Version,
+    /// Where the installed binaries are (slot A is seeded from them before the first
+    /// update).
+    pub installed: PathBuf,
 }
 
 /// What the driver needs from the system it runs on.
@@ -116,6 +119,18 @@ impl<H: Host> Driver<H> {
             tracing::warn!("self-update flag without request_id: removed");
             return fs::remove_file(self.state_dir.join(PENDING_UPDATE_FILE));
         };
+        if let Err(e) = self.slots.seed(&self.source.installed) {
+            tracing::error!(error = %e, "cannot keep a copy of the running version; update refused");
+            LastPull {
+                request_id,
+                ok: false,
+                pulled_at_ms: self.host.now_ms(),
+                version: None,
+                reason: Some(format!("cannot keep a copy of the running version: {e}")),
+            }
+            .write(&self.state_dir)?;
+            return fs::remove_file(self.state_dir.join(PENDING_UPDATE_FILE));
+        }
         let input = Input::Request {
             request_id,
             target_version: flag["target_version"].as_str().map(str::to_owned),
@@ -444,12 +459,12 @@ mod tests {
     impl Bench {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let slots = Slots::new(dir.path().join("update"));
-            fs::create_dir_all(slots.dir(Slot::A)).unwrap();
+            // The installed version; slot A is seeded from it on the first request.
+            let installed = dir.path().join("usr-bin");
+            fs::create_dir_all(&installed).unwrap();
             for name in BINARIES {
-                fs::write(slots.dir(Slot::A).join(name), binary(name, "0.1.0")).unwrap();
+                fs::write(installed.join(name), binary(name, "0.1.0")).unwrap();
             }
-            slots.activate(Slot::A).unwrap();
             let files = Files::default();
             let url = format!("{}/rel/manifest.json", release_server(files.clone()));
             Self {
@@ -464,9 +479,12 @@ mod tests {
             }
         }
 
-        /// A companion process: the version is what `current/gatelet-companion` holds.
+        /// A companion process: the version is what `current/gatelet-companion` holds
+        /// (the installed one before the first update).
         fn process(&self) -> Driver<TestHost> {
-            let text = fs::read_to_string(self.dir.path().join("update/current/gatelet-companion"))
+            let current = self.dir.path().join("update/current/gatelet-companion");
+            let text = fs::read_to_string(&current)
+                .or_else(|_| fs::read_to_string(self.dir.path().join("usr-bin/gatelet-companion")))
                 .unwrap();
             let running = text.lines().next().unwrap().rsplit(' ').next().unwrap();
             let limits = Limits {
@@ -481,6 +499,7 @@ mod tests {
                     keys: vec![self.trusted.public()],
                     triple: TRIPLE.into(),
                     running: running.parse().unwrap(),
+                    installed: self.dir.path().join("usr-bin"),
                 },
                 self.host.clone(),
                 limits,
@@ -504,6 +523,10 @@ mod tests {
 
         fn last_pull(&self) -> Option<LastPull> {
             LastPull::read(self.dir.path())
+        }
+
+        fn installed_gone(&self) {
+            fs::remove_dir_all(self.dir.path().join("usr-bin")).unwrap();
         }
 
         fn active(&self) -> Option<Slot> {
@@ -672,6 +695,48 @@ mod tests {
             lp.reason
         );
         assert!(u.machine.journal.is_none());
+    }
+
+    #[test]
+    fn rollback_after_a_cut_goes_back_to_the_seeded_copy() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.request("req-8", "0.2.0");
+        b.process().poll_flag().unwrap();
+        // The installed binaries may change under us (a package upgrade): the slot keeps
+        // the copy taken at the first request.
+        b.installed_gone();
+        let mut u = b.process();
+        b.advance(301_000);
+        u.tick(Health::default()).unwrap();
+        assert_eq!(b.active(), Some(Slot::A));
+        let seeded = b.dir.path().join("update/current/gatelet-companion");
+        assert_eq!(
+            fs::read(seeded).unwrap(),
+            binary("gatelet-companion", "0.1.0")
+        );
+        assert!(!b.last_pull().unwrap().ok);
+    }
+
+    #[test]
+    fn an_update_without_a_copy_of_the_running_version_is_refused() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.installed_gone();
+        fs::create_dir_all(b.dir.path().join("usr-bin")).unwrap();
+        fs::write(
+            b.dir.path().join("usr-bin/gatelet-companion"),
+            binary("gatelet-companion", "0.1.0"),
+        )
+        .unwrap();
+        b.request("req-9", "0.2.0");
+        b.process().poll_flag().unwrap();
+        let lp = b.last_pull().unwrap();
+        assert!(!lp.ok);
+        assert!(lp.reason.unwrap().contains("gatelet-agent"));
+        assert_eq!(b.active(), None);
+        assert_eq!(b.host.restarts.get(), 0);
+        assert!(!b.dir.path().join(PENDING_UPDATE_FILE).exists());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod minisign;
 pub mod settings;
 pub mod slots;
+pub mod updater;
 
 use minisign::{PublicKey, SigError};
 

@@ -80,6 +80,29 @@ impl Slots {
         fs::File::open(&self.root)?.sync_all()
     }
 
+    /// Before the first update: copies the installed binaries (from `installed`, e.g.
+    /// `/usr/bin`) into slot A and points `current` at it, so that a rollback always has a
+    /// complete slot to go back to. Does nothing once `current` exists.
+    pub fn seed(&self, installed: &Path) -> io::Result<()> {
+        if self.active()?.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir(Slot::A);
+        fs::create_dir_all(&dir)?;
+        for name in super::manifest::BINARIES {
+            let from = installed.join(name);
+            let part = dir.join(format!("{name}.part"));
+            fs::copy(&from, &part)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))?;
+            let f = fs::File::open(&part)?;
+            f.set_permissions(fs::Permissions::from_mode(0o755))?;
+            f.sync_all()?;
+            fs::rename(&part, dir.join(name))?;
+        }
+        fs::File::open(&dir)?.sync_all()?;
+        self.activate(Slot::A)
+    }
+
     /// Where `name` of `slot` is downloaded to.
     pub fn part_path(&self, slot: Slot, name: &str) -> PathBuf {
         self.dir(slot).join(format!("{name}.part"))
@@ -252,6 +275,31 @@ mod tests {
         assert!(
             s.active().is_err(),
             "a foreign target is an error, not a slot"
+        );
+    }
+
+    #[test]
+    fn seeding_copies_the_installed_binaries_once() {
+        let d = tempfile::tempdir().unwrap();
+        let installed = d.path().join("usr-bin");
+        fs::create_dir_all(&installed).unwrap();
+        let s = Slots::new(d.path().join("update"));
+        fs::write(installed.join("gatelet-agent"), b"agent 1").unwrap();
+        let e = s.seed(&installed).unwrap_err();
+        assert!(e.to_string().contains("gatelet-companion"), "{e}");
+        assert_eq!(s.active().unwrap(), None, "no slot until it is complete");
+        fs::write(installed.join("gatelet-companion"), b"companion 1").unwrap();
+        s.seed(&installed).unwrap();
+        assert_eq!(s.active().unwrap(), Some(Slot::A));
+        assert_eq!(
+            fs::read(d.path().join("update/current/gatelet-companion")).unwrap(),
+            b"companion 1"
+        );
+        fs::write(installed.join("gatelet-agent"), b"agent 2").unwrap();
+        s.seed(&installed).unwrap();
+        assert_eq!(
+            fs::read(s.dir(Slot::A).join("gatelet-agent")).unwrap(),
+            b"agent 1"
         );
     }
 
