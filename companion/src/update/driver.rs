@@ -19,6 +19,8 @@ use super::slots::{LastPull, Slots};
 use crate::telemetry::PENDING_UPDATE_FILE;
 
 const SAVED_MANIFEST: &str = "manifest.json";
+/// Largest flag file read (the handler writes ~200 bytes).
+pub const MAX_FLAG_BYTES: u64 = 4096;
 const SAVED_SIGNATURE: &str = "manifest.json.minisig";
 
 /// Where releases come from and what this box is.
@@ -59,15 +61,19 @@ pub struct Driver<H: Host> {
 }
 
 impl<H: Host> Driver<H> {
-    /// A driver over `<state_dir>/update`, resuming the persisted journal (if any).
+    /// A driver with its slots and journal in `update_dir` and the flag and `last-pull` in
+    /// `state_dir`, resuming the persisted journal (if any). As root, `update_dir` must not
+    /// be inside the daemons' (user-writable) state dir: whoever can write there could
+    /// plant the binaries root runs.
     pub fn new(
         state_dir: &Path,
+        update_dir: &Path,
         fetcher: Fetcher,
         source: Source,
         host: H,
         limits: super::machine::Limits,
     ) -> io::Result<Self> {
-        let slots = Slots::new(state_dir.join("update"));
+        let slots = Slots::new(update_dir);
         let journal = match slots.load_journal() {
             Ok(j) => j,
             Err(e) if e.kind() == io::ErrorKind::Other => {
@@ -111,10 +117,17 @@ impl<H: Host> Driver<H> {
         if self.machine.journal.is_some() {
             return Ok(());
         }
-        let Ok(bytes) = fs::read(self.state_dir.join(PENDING_UPDATE_FILE)) else {
+        let Some(bytes) = read_flag(&self.state_dir.join(PENDING_UPDATE_FILE))? else {
             return Ok(());
         };
         let flag: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let request_id = flag["request_id"]
+            .as_str()
+            .filter(|r| !r.is_empty() && r.len() <= crate::mgmt::self_update::MAX_REQUEST_ID_BYTES);
+        let flag = match request_id {
+            Some(_) => flag,
+            None => serde_json::Value::Null,
+        };
         let Some(request_id) = flag["request_id"].as_str().map(str::to_owned) else {
             tracing::warn!("self-update flag without request_id: removed");
             return fs::remove_file(self.state_dir.join(PENDING_UPDATE_FILE));
@@ -295,6 +308,38 @@ impl<H: Host> Driver<H> {
         }
         Ok(())
     }
+}
+
+/// Reads the flag file written by the (less privileged) companion: a regular file, not
+/// through a symlink, at most [`MAX_FLAG_BYTES`]; anything else is removed and ignored.
+fn read_flag(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "self-update flag unreadable (a symlink?): removed");
+            fs::remove_file(path)?;
+            return Ok(None);
+        }
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_FLAG_BYTES {
+        tracing::warn!(
+            len = meta.len(),
+            "self-update flag is not a small regular file: removed"
+        );
+        fs::remove_file(path)?;
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FLAG_BYTES).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -493,6 +538,7 @@ mod tests {
             };
             let mut d = Driver::new(
                 self.dir.path(),
+                &self.dir.path().join("update"),
                 Fetcher::new(Duration::from_secs(10)),
                 Source {
                     manifest_url: self.url.clone(),
@@ -737,6 +783,23 @@ mod tests {
         assert_eq!(b.active(), None);
         assert_eq!(b.host.restarts.get(), 0);
         assert!(!b.dir.path().join(PENDING_UPDATE_FILE).exists());
+    }
+
+    #[test]
+    fn a_planted_flag_is_removed_not_followed() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        let flag = b.dir.path().join(PENDING_UPDATE_FILE);
+        let target = b.dir.path().join("elsewhere");
+        fs::write(&target, br#"{"request_id":"via-link"}"#).unwrap();
+        std::os::unix::fs::symlink(&target, &flag).unwrap();
+        b.process().poll_flag().unwrap();
+        assert!(fs::symlink_metadata(&flag).is_err() && target.exists());
+        fs::write(&flag, vec![b' '; MAX_FLAG_BYTES as usize + 1]).unwrap();
+        b.process().poll_flag().unwrap();
+        assert!(!flag.exists());
+        assert_eq!(b.last_pull(), None);
+        assert_eq!(b.host.restarts.get(), 0);
     }
 
     #[test]

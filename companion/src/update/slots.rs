@@ -1,9 +1,10 @@
 //! The on-disk side of an update: A/B binary slots, the stable symlink, the journal and
 //! the `last-pull` record.
 //!
-//! Layout under the update dir (`<state dir>/update`):
+//! Layout under the update dir (the updater's, `/var/lib/gatelet-update`; never inside the
+//! daemons' user-writable state dir):
 //! - `a/`, `b/`: each a complete set of [`BINARIES`](super::manifest::BINARIES);
-//! - `current` → `a` or `b`: the units start `<update dir>/current/gatelet-…`; it is switched
+//! - `current` → `a` or `b`: the units are to start `<update dir>/current/gatelet-…`; it is switched
 //!   by creating `current.tmp` and `rename(2)`-ing it over `current`, which is atomic, so
 //!   after a power cut it names the old slot or the new one, never neither;
 //! - `journal.json`: the [`Journal`] of the update in progress;

@@ -25,6 +25,9 @@ use crate::daemon::EXIT_CONFIG;
 use crate::state::now_ms;
 use crate::telemetry::PENDING_UPDATE_FILE;
 
+/// Where the updater keeps the slots and its journal: root's, outside the daemons' state
+/// dir (which their user can write).
+pub const DEFAULT_UPDATE_DIR: &str = "/var/lib/gatelet-update";
 /// Time between health checks.
 pub const TICK: Duration = Duration::from_secs(2);
 /// Longest a single HTTP request of the update may take (a binary of a few MiB).
@@ -135,6 +138,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let limits = Limits::default();
     let result = Driver::new(
         &args.state_dir,
+        Path::new(DEFAULT_UPDATE_DIR),
         Fetcher::new(REQUEST_TIMEOUT),
         source,
         Systemd,
