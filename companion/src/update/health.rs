@@ -11,10 +11,9 @@ use crate::status::Report;
 pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
 
 /// The health of the daemons for `version` (the version on trial), from the companion's
-/// report (`None`: it did not answer). The agent only counts when it runs `version` too;
-/// the companion's own version is checked by the caller (the machine's `Boot` input).
+/// report (`None`: it did not answer). Each daemon only counts when it runs `version`.
 pub fn from_report(report: Option<&Report>, version: &str) -> Health {
-    let Some(r) = report.filter(|r| r.daemon_running) else {
+    let Some(r) = report.filter(|r| r.daemon_running && r.companion_version == version) else {
         return Health::default();
     };
     let s = &r.snapshot;
@@ -59,6 +58,7 @@ mod tests {
         snapshot.sync.config_hash = Some(hashes.1.into());
         Report {
             daemon_running: true,
+            companion_version: "0.2.0".into(),
             snapshot,
             ..Report::default()
         }
@@ -114,5 +114,12 @@ mod tests {
         assert!(!from_report(Some(&unreachable), "0.2.0").agent_ready);
         let standalone = report("0.2.0", Some(5), "standalone", ("h", "h"));
         assert_eq!(from_report(Some(&standalone), "0.2.0"), all());
+        // The old companion answering is not the new version being ready.
+        let mut old_companion = good.clone();
+        old_companion.companion_version = "0.1.0".into();
+        assert_eq!(
+            from_report(Some(&old_companion), "0.2.0"),
+            Health::default()
+        );
     }
 }
