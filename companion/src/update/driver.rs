@@ -200,23 +200,36 @@ impl<H: Host> Driver<H> {
                             tracing::warn!(request_id, ?reason, "update failed");
                         }
                         LastPull {
-                            request_id,
+                            request_id: request_id.clone(),
                             ok,
                             pulled_at_ms: self.host.now_ms(),
                             version,
                             reason,
                         }
                         .write(&self.state_dir)?;
-                        match fs::remove_file(self.state_dir.join(PENDING_UPDATE_FILE)) {
-                            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
-                        }
+                        self.remove_flag_of(&request_id)?;
                         queue.push_back(Input::Reported);
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Removes the flag if it still asks for `request_id` (a newer request stays queued).
+    fn remove_flag_of(&self, request_id: &str) -> io::Result<()> {
+        let path = self.state_dir.join(PENDING_UPDATE_FILE);
+        let Some(bytes) = read_flag(&path)? else {
+            return Ok(());
+        };
+        let flag: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if flag["request_id"].as_str().is_some_and(|r| r != request_id) {
+            return Ok(());
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The version the daemons should be running now: the one on trial, else this one.
@@ -312,7 +325,7 @@ impl<H: Host> Driver<H> {
 
 /// Reads the flag file written by the (less privileged) companion: a regular file, not
 /// through a symlink, at most [`MAX_FLAG_BYTES`]; anything else is removed and ignored.
-fn read_flag(path: &Path) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_flag(path: &Path) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
@@ -800,6 +813,21 @@ mod tests {
         assert!(!flag.exists());
         assert_eq!(b.last_pull(), None);
         assert_eq!(b.host.restarts.get(), 0);
+    }
+
+    #[test]
+    fn a_newer_request_queued_during_an_update_stays_queued() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.request("req-10", "0.2.0");
+        let mut u = b.process();
+        u.poll_flag().unwrap();
+        b.request("req-11", "0.2.0");
+        b.advance(2_000);
+        u.tick(healthy()).unwrap();
+        assert_eq!(b.last_pull().unwrap().request_id, "req-10");
+        let flag = fs::read_to_string(b.dir.path().join(PENDING_UPDATE_FILE)).unwrap();
+        assert!(flag.contains("req-11"), "{flag}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl Host for Systemd {
 /// Answers a queued request when updates are not configured; true if there was one.
 pub fn refuse_unconfigured(state_dir: &Path, now_ms: u64) -> io::Result<bool> {
     let flag = state_dir.join(PENDING_UPDATE_FILE);
-    let Ok(bytes) = std::fs::read(&flag) else {
+    let Some(bytes) = super::driver::read_flag(&flag)? else {
         return Ok(false);
     };
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
