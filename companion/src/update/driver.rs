@@ -164,7 +164,8 @@ impl<H: Host> Driver<H> {
             let actions = self.machine.step(input, self.host.now_ms());
             self.slots.store_journal(self.machine.journal.as_ref())?;
             for action in actions {
-                tracing::info!(?action, "update");
+                // Names only: a Debug of the whole action costs code size for little.
+                tracing::info!(action = action.name(), "update");
                 match action {
                     Action::Fetch => queue.push_back(Input::Fetched(self.fetch())),
                     Action::Stage { version, slot } => {

@@ -99,7 +99,8 @@ pub struct Journal {
 
 /// Where an update is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
+// Externally tagged (`{"trial": {…}}`): an internally tagged enum costs ~10 KB more code.
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Fetching and verifying the manifest.
     Fetch {
@@ -239,6 +240,20 @@ pub enum Action {
         /// Why it failed.
         reason: Option<String>,
     },
+}
+
+impl Action {
+    /// A short name for the log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Fetch => "fetch",
+            Action::Stage { .. } => "stage",
+            Action::Activate(Slot::A) => "activate a",
+            Action::Activate(Slot::B) => "activate b",
+            Action::Restart => "restart",
+            Action::Finish { .. } => "finish",
+        }
+    }
 }
 
 /// The state machine's state: the journal (if an update is in progress) and the limits.
@@ -827,7 +842,7 @@ mod tests {
             },
         };
         let text = serde_json::to_string(&j).unwrap();
-        assert!(text.contains(r#""phase":"trial""#), "{text}");
+        assert!(text.contains(r#""phase":{"trial":{"#), "{text}");
         assert_eq!(serde_json::from_str::<Journal>(&text).unwrap(), j);
     }
 
