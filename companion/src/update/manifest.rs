@@ -433,6 +433,51 @@ mod tests {
     }
 
     #[test]
+    fn no_mutation_of_a_signed_release_verifies() {
+        // Bounded random mutations (fixed seed) of the manifest and of its signature: each
+        // is refused (never a panic), unless the mutation left the bytes unchanged.
+        let manifest = fixture("manifest.json").into_bytes();
+        let sig = fixture("manifest.json.minisig").into_bytes();
+        let keys = keys();
+        let mut rng = fastrand::Rng::with_seed(14);
+        for round in 0..2000 {
+            let (mut m, mut g) = (manifest.clone(), sig.clone());
+            let target = if round % 2 == 0 { &mut m } else { &mut g };
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..target.len());
+                match rng.u8(..3) {
+                    0 => target[at] ^= 1 << rng.u8(..8),
+                    1 => {
+                        target.remove(at);
+                    }
+                    _ => target.insert(at, rng.u8(..)),
+                }
+            }
+            let text = String::from_utf8_lossy(&g);
+            let r = verify(&m, &text, &keys);
+            if m != manifest {
+                assert!(r.is_err(), "round {round}: a mutated manifest verified");
+            } else if r.is_ok() {
+                // minisign's untrusted comment is not signed, by design, and blanks around
+                // the base64 are not part of it. Everything else must be the original.
+                let signed = |t: &str| -> Vec<String> {
+                    t.lines()
+                        .skip(1)
+                        .map(|l| l.trim().to_owned())
+                        .filter(|l| !l.is_empty())
+                        .collect()
+                };
+                let original = String::from_utf8_lossy(&sig).into_owned();
+                assert!(
+                    text.starts_with("untrusted comment: "),
+                    "round {round}: {text:?}"
+                );
+                assert_eq!(signed(&text), signed(&original), "round {round}");
+            }
+        }
+    }
+
+    #[test]
     fn artifact_rules() {
         let good = RawArtifact {
             url: "a/b-1".into(),
