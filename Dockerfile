@@ -6,7 +6,9 @@
 #
 # Run with deploy/docker-compose.yml: two containers of this image, the agent (TUN mode:
 # CAP_NET_ADMIN and /dev/net/tun) and the companion (uid 65532, no capabilities), sharing the
-# agent's control socket through a volume on /run/gatelet. README.md, "Running in Docker".
+# agent's control socket through a volume on /run/gatelet; or with
+# deploy/docker-compose.userspace.yml: the agent in userspace network stack mode as uid 65532 with
+# no capability and no device. README.md, "Running in Docker".
 FROM scratch
 COPY target/docker-rootfs/base/ /
 # COPY makes everything root-owned; the state and socket directories belong to the companion's

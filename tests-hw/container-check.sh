@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The container deployment, end to end: the image built by deploy/build-image.sh, run as
 # deploy/docker-compose.yml says (both containers, host networking, the agent in TUN mode with
-# only NET_ADMIN and /dev/net/tun, the companion as uid 65532), against a hub in a namespace:
+# only NET_ADMIN and /dev/net/tun, the companion as uid 65532), then as
+# deploy/docker-compose.userspace.yml says (the agent in userspace network stack mode as uid 65532
+# with no capability and no device; the companion syncs with the same server on the hub's tunnel
+# address through the agent's loopback CONNECT proxy into its stack), against a hub in a namespace:
 #
 #   ctr-hub  wireguard-go (10.8.0.1) + the fake GateControl server on 10.8.0.1:3000
 #      |     veth 10.78.0.1 <-> 10.78.0.2
@@ -13,7 +16,9 @@
 # user's file) with exit 64 and says what to do; then,
 # with the documented 0640 root:65532, the tunnel handshakes, the config syncs and heartbeats,
 # the agent's control socket is group 65532 and the companion reaches it, the HTTP route and the
-# L4 route answer from the hub, and Docker reports the HEALTHCHECK healthy. Prints the image size.
+# L4 route answer from the hub, and Docker reports the HEALTHCHECK healthy; then the same for the
+# userspace variant, plus: the agent's uid/gid 65532 and empty capability sets (from /proc), no
+# /dev/net/tun open, no gatelet0, its socket 65532:65532 0660. Prints the image size.
 #
 # Why a dockerd of its own inside the namespace: with host networking the agent creates its TUN
 # device and routes in the daemon's network namespace; a system dockerd would put them on this
@@ -50,9 +55,12 @@ RUN=""
 DOCKERD_PID=""
 pids=()
 
+# The compose file of the variant being checked (kernel first, then userspace) and its env file.
+COMPOSE_FILE=deploy/docker-compose.yml
+ENV_FILE=gateway.env
 compose() {
-  GATELET_ENV="$RUN/gateway.env" GATELET_IMAGE=$TAG \
-    docker-compose -p "$PROJECT" -f deploy/docker-compose.yml "$@"
+  GATELET_ENV="$RUN/$ENV_FILE" GATELET_IMAGE=$TAG \
+    docker-compose -p "$PROJECT" -f "$COMPOSE_FILE" "$@"
 }
 
 cleanup() {
@@ -219,6 +227,62 @@ companion_id=$(compose ps -q companion)
 health() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$companion_id")" = healthy ]; }
 wait_for 60 "Docker reports the companion's HEALTHCHECK healthy" health
 
-echo "container-check.sh: OK: image $TAG $size bytes; compose deployment (agent: uid 0, NET_ADMIN only;"
+echo "container-check.sh: OK: kernel variant (deploy/docker-compose.yml; agent: uid 0, NET_ADMIN only;"
 echo "container-check.sh: OK: companion: uid 65532, no capabilities): tunnel, config sync, heartbeats,"
 echo "container-check.sh: OK: HTTP route and L4 route answer from the hub; HEALTHCHECK healthy"
+compose down -v --timeout 10 >/dev/null 2>&1
+wait_for 15 "the kernel variant's gatelet0 is gone" sh -c "! ip netns exec $GW ip link show gatelet0"
+
+# 3. The userspace variant (deploy/docker-compose.userspace.yml): the agent as 65532 with no
+# capability and no device, the tunnel in its smoltcp stack. The same gateway.env: the companion
+# reaches the server on the hub's tunnel address (10.8.0.1:3000) through the agent's loopback
+# CONNECT proxy into the tunnel; nothing else in the gateway's namespace reaches it (checked).
+echo "container-check.sh: userspace variant"
+heartbeats_before=$(grep -c "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol.log" || true)
+COMPOSE_FILE=deploy/docker-compose.userspace.yml ENV_FILE=gateway.env
+compose up -d
+agent_id=$(compose ps -q agent)
+wait_for 20 "the userspace agent runs" sh -c "[ \"\$(docker inspect -f '{{.State.Running}}' $agent_id)\" = true ]"
+agent_pid=$(docker inspect -f '{{.State.Pid}}' "$agent_id")
+# Supplementary groups: none, or only 65532 (Docker adds the image's /etc/group memberships).
+privs=$(awk '/^(Uid|Gid|CapInh|CapPrm|CapEff|CapBnd|CapAmb):/ { $1 = $1; print }
+             /^Groups:/ { g = ""; for (i = 2; i <= NF; i++) if ($i != 65532) g = g " " $i; print "Groups:" g }' \
+        "/proc/$agent_pid/status" | tr '\n' ';')
+want="Uid: 65532 65532 65532 65532;Gid: 65532 65532 65532 65532;Groups:;CapInh: 0000000000000000;CapPrm: 0000000000000000;CapEff: 0000000000000000;CapBnd: 0000000000000000;CapAmb: 0000000000000000;"
+if [ "$privs" != "$want" ]; then
+  echo "container-check.sh: FAILED: the userspace agent (pid $agent_pid) runs with $privs, want $want" >&2
+  exit 1
+fi
+if ls -l "/proc/$agent_pid/fd" 2>/dev/null | grep -q /dev/net/tun || ip netns exec $GW ip link show gatelet0 >/dev/null 2>&1; then
+  echo "container-check.sh: FAILED: the userspace agent has /dev/net/tun open or a gatelet0 device exists" >&2
+  exit 1
+fi
+echo "container-check.sh: OK: userspace agent: uid/gid 65532, every capability set empty, no TUN device"
+wait_for 30 "the userspace tunnel answers a ping (hub -> gateway 10.8.0.2, the agent's stack)" in_ns $HUB ping -c1 -W1 10.8.0.2
+new_heartbeats() {
+  [ "$(grep -c "POST /api/v1/gateway/heartbeat -> 200" "$RUN/gatecontrol.log" || true)" -gt "$heartbeats_before" ]
+}
+wait_for 40 "the companion syncs its config and heartbeats (userspace variant, through the agent's proxy into the tunnel)" \
+  new_heartbeats
+if in_ns $GW curl -sS -m 3 -o /dev/null http://10.8.0.1:3000/ 2>/dev/null; then
+  echo "container-check.sh: FAILED: the gateway's namespace reaches 10.8.0.1:3000 without the agent's proxy" >&2
+  exit 1
+fi
+wait_for 20 "the companion reaches the userspace agent" \
+  compose exec -T companion /usr/bin/gatelet-companion status --health
+sock="$(docker volume inspect -f '{{.Mountpoint}}' "${PROJECT}_gatelet-run")/agent.sock"
+if [ "$(stat -c '%u:%g %a' "$sock")" != "65532:65532 660" ]; then
+  echo "container-check.sh: FAILED: userspace agent.sock is $(stat -c '%u:%g %a' "$sock"), want 65532:65532 660" >&2
+  exit 1
+fi
+wait_for 15 "the HTTP route answers from the hub (userspace)" \
+  from_hub_contains "curl -sS -m 5 -H 'Host: files.check' http://10.8.0.2:8080/" "hello from the LAN host"
+wait_for 10 "the L4 route answers from the hub (userspace)" \
+  from_hub_contains "curl -sS -m 5 http://10.8.0.2:2222/" "hello from the LAN host"
+companion_id=$(compose ps -q companion)
+wait_for 60 "Docker reports the companion's HEALTHCHECK healthy (userspace)" health
+
+echo "container-check.sh: OK: userspace variant (deploy/docker-compose.userspace.yml; agent: uid 65532,"
+echo "container-check.sh: OK: no capability, no device): tunnel, config sync and heartbeats via the agent's proxy into the tunnel,"
+echo "container-check.sh: OK: HTTP route and L4 route answer from the hub; HEALTHCHECK healthy"
+echo "container-check.sh: OK: image $TAG $size bytes ($(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e6 }') MB; target <= 6 MB)"

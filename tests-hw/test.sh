@@ -27,6 +27,8 @@ TEST_PACKAGES=(
   # systemd-sysusers and systemd-tmpfiles apply the installer's user and /dev/net/tun rule
   # (tunnel_interop's capability-less agent test)
   "systemd:systemd-sysusers"
+  # promtool checks the diagnostics page's /metrics (tests-hw/tests/diag_login.rs)
+  "prometheus:promtool"
 )
 
 missing=()

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use gatelet_agent_api::control::DEFAULT_SOCKET_PATH;
+use gatelet_agent_api::env::NetstackMode;
 
 /// Exit code for a bad command line or a bad `gateway.env` (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -13,7 +14,7 @@ pub const DEFAULT_LOG_LEVEL: tracing::Level = tracing::Level::INFO;
 /// Help text for `--help`.
 pub const USAGE: &str = "\
 Usage: gatelet-agent --state-dir DIR [--env PATH] [--control-socket PATH] [--control-group GROUP]
-                     [--log-level LEVEL]
+                     [--log-level LEVEL] [--netstack kernel|userspace|auto]
 
 gatelet data plane: WireGuard tunnel to the hub over a TUN device, control socket for the
 companion.
@@ -27,6 +28,10 @@ companion.
                          the agent creates it: the group the companion runs as, so that it can
                          connect when the two run as different users (default: the agent's)
   --log-level LEVEL      error, warn, info, debug or trace (default info)
+  --netstack MODE        where the tunnel ends: kernel (a TUN device; needs CAP_NET_ADMIN and
+                         /dev/net/tun), userspace (a TCP/IP stack inside the agent; no
+                         privilege) or auto (kernel when the device can be set up, else
+                         userspace); overrides GATELET_NETSTACK (default auto)
   --help, --version
 
 Exit codes: 0 clean exit, 1 runtime failure, 64 bad usage or bad gateway.env.";
@@ -44,6 +49,8 @@ pub struct Args {
     pub control_group: Option<String>,
     /// `--log-level`.
     pub log_level: tracing::Level,
+    /// `--netstack`, if given (it overrides `GATELET_NETSTACK`).
+    pub netstack: Option<NetstackMode>,
 }
 
 /// What the command line asks for.
@@ -80,6 +87,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut control_socket = None;
     let mut control_group = None;
     let mut log_level = None;
+    let mut netstack = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let arg = arg
@@ -92,7 +100,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         match name.as_str() {
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
-            "--env" | "--state-dir" | "--control-socket" | "--control-group" | "--log-level" => {}
+            "--env" | "--state-dir" | "--control-socket" | "--control-group" | "--log-level"
+            | "--netstack" => {}
             other => return Err(UsageError(format!("unknown argument {other:?}"))),
         }
         let value = match inline {
@@ -110,6 +119,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "--state-dir" => state_dir.replace(PathBuf::from(&value)).is_some(),
             "--control-socket" => control_socket.replace(PathBuf::from(&value)).is_some(),
             "--control-group" => control_group.replace(value.clone()).is_some(),
+            "--netstack" => {
+                let mode = NetstackMode::parse(&value).ok_or_else(|| {
+                    UsageError(format!(
+                        "--netstack must be kernel, userspace or auto, not {value:?}"
+                    ))
+                })?;
+                netstack.replace(mode).is_some()
+            }
             _ => {
                 let level = parse_level(&value).ok_or_else(|| {
                     UsageError(format!(
@@ -130,6 +147,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         control_socket: control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
         control_group,
         log_level: log_level.unwrap_or(DEFAULT_LOG_LEVEL),
+        netstack,
     }))
 }
 
@@ -151,6 +169,8 @@ mod tests {
             "/c.sock",
             "--control-group=gatelet",
             "--log-level=debug",
+            "--netstack",
+            "userspace",
         ])
         .unwrap();
         assert_eq!(
@@ -161,6 +181,7 @@ mod tests {
                 control_socket: "/c.sock".into(),
                 control_group: Some("gatelet".into()),
                 log_level: tracing::Level::DEBUG,
+                netstack: Some(NetstackMode::Userspace),
             })
         );
     }
@@ -174,6 +195,7 @@ mod tests {
         assert_eq!(a.control_socket, PathBuf::from(DEFAULT_SOCKET_PATH));
         assert_eq!(a.control_group, None);
         assert_eq!(a.log_level, DEFAULT_LOG_LEVEL);
+        assert_eq!(a.netstack, None, "gateway.env decides");
     }
 
     #[test]
@@ -189,6 +211,10 @@ mod tests {
             (
                 &["--state-dir", "/a", "--state-dir", "/b"][..],
                 "given twice",
+            ),
+            (
+                &["--state-dir", "/s", "--netstack=smoltcp"][..],
+                "--netstack must be kernel, userspace or auto, not \"smoltcp\"",
             ),
         ] {
             let e = p(args).unwrap_err().to_string();

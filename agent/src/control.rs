@@ -185,6 +185,7 @@ pub struct AgentState {
     tunnel: Arc<TunnelStats>,
     routes: Option<RouteManager>,
     waker: Option<Waker>,
+    tunnel_proxy: Option<std::net::SocketAddr>,
 }
 
 impl AgentState {
@@ -195,7 +196,14 @@ impl AgentState {
             tunnel,
             routes: None,
             waker: None,
+            tunnel_proxy: None,
         }
+    }
+
+    /// The same state, reporting the loopback proxy into the tunnel (`crate::egress`).
+    pub fn with_tunnel_proxy(mut self, addr: std::net::SocketAddr) -> Self {
+        self.tunnel_proxy = Some(addr);
+        self
     }
 
     /// The same state, answering `Wake` and reporting recent wakes through `waker`.
@@ -228,6 +236,7 @@ impl AgentState {
         if let Some(waker) = &self.waker {
             status.wakes = waker.recent();
         }
+        status.tunnel_proxy = self.tunnel_proxy.map(|a| a.to_string());
         status
     }
 }

@@ -3,8 +3,12 @@
 //! Layout, following a packet:
 //! - [`cli`]: command line of the `gatelet-agent` binary.
 //! - [`netif`]: the TUN device (created and configured with ioctls and rtnetlink, no `ip`).
+//! - [`netstack`]: the userspace TCP/IP stack (smoltcp) used instead of the TUN device when
+//!   `GATELET_NETSTACK` says so (or `auto` cannot set the device up).
 //! - [`tunnel`]: WireGuard to the hub (boringtun `Tunn`, sans-IO core plus a batched driver).
 //! - [`control`]: the control socket the companion talks to (`gatelet_agent_api::control`).
+//! - [`egress`]: in userspace mode, the loopback CONNECT proxy that takes the companion's
+//!   requests to GateControl into the tunnel.
 //! - [`probe`]: TCP reachability checks of LAN targets.
 //! - [`target`]: a route's LAN target, its resolution and the LAN-side connect (the lowest
 //!   layer: the relays, the proxy and Wake-on-LAN use it).
@@ -15,16 +19,17 @@
 //! - [`routes`]: the route manager (listeners on the tunnel IP, live reconfiguration).
 //! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
 //! - [`watchdog`]: the systemd keep-alive, sent only while the data path and relays turn.
-//! - [`sys`]: the system calls std and tokio lack, and the only `unsafe` code of the crate
-//!   besides the modules still marked `#[allow(unsafe_code)]` below.
+//! - [`sys`]: the system calls std and tokio lack, and the crate's `unsafe` code (one lending
+//!   call in `netstack` aside, see there).
 //!
-//! The binary (`src/main.rs`) wires these together: env, control socket, TUN device, data
-//! path thread, signals.
+//! The binary (`src/main.rs`) wires these together: env, control socket, TUN device or
+//! userspace stack, data path thread, signals.
 
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod control;
+pub mod egress;
 pub mod forward;
 pub mod http;
 pub mod netif;

@@ -8,18 +8,20 @@ use std::time::Instant;
 use anyhow::Context as _;
 use gatelet_agent::cli::{self, Args, Command, EXIT_USAGE};
 use gatelet_agent::control::{self, AgentState, ControlSocket};
+use gatelet_agent::egress;
 use gatelet_agent::netif::tun::{TunConfig, TunDevice};
+use gatelet_agent::netstack::{Netstack, NetstackConfig};
 use gatelet_agent::routes::{self, RouteManager};
 use gatelet_agent::stack::Stack;
 use gatelet_agent::tunnel::allowed::AllowedIps;
 use gatelet_agent::tunnel::core::{TunnelCore, TunnelKeys};
-use gatelet_agent::tunnel::driver::{self, DataPath};
+use gatelet_agent::tunnel::driver::{self, DataPath, StackDataPath};
 use gatelet_agent::tunnel::stats::TunnelStats;
 use gatelet_agent::tunnel::udp;
 use gatelet_agent::watchdog::{self, CheckIn, Watchdog};
 use gatelet_agent::wol::ifaces::IfaceFilter;
 use gatelet_agent::wol::Waker;
-use gatelet_agent_api::env::{GatewayEnv, ENV_PATH_VAR};
+use gatelet_agent_api::env::{GatewayEnv, NetstackMode, ENV_PATH_VAR};
 use gatelet_agent_api::sd_notify as notify;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -90,6 +92,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the tunnel's packets end.
+enum Interface {
+    /// A TUN device: the kernel's stack.
+    Tun(TunDevice),
+    /// The userspace stack, and why (when `auto` fell back to it).
+    Stack(Netstack, Option<String>),
+}
+
+/// Opens and configures the TUN device.
+fn open_tun(env: &GatewayEnv) -> anyhow::Result<TunDevice> {
+    let tun = TunDevice::open(&env.tun_name)?;
+    tun.configure(&TunConfig {
+        address: env.wg_address,
+        mtu: env.mtu,
+        routes: env.wg_allowed_ips.clone(),
+    })?;
+    tracing::info!(
+        device = tun.name(),
+        address = %env.wg_address,
+        mtu = env.mtu,
+        "TUN device up"
+    );
+    Ok(tun)
+}
+
+/// The userspace stack on `WG_ADDRESS`.
+fn new_stack(env: &GatewayEnv) -> anyhow::Result<Netstack> {
+    let std::net::IpAddr::V4(address) = env.wg_address.addr else {
+        anyhow::bail!("the userspace network stack needs an IPv4 WG_ADDRESS");
+    };
+    let stack = Netstack::new(NetstackConfig {
+        address,
+        prefix_len: env.wg_address.prefix,
+        mtu: env.mtu,
+    });
+    tracing::info!(%address, mtu = env.mtu, "userspace network stack up");
+    Ok(stack)
+}
+
+/// The interface of `mode`: `auto` takes the TUN device when it can be opened and
+/// configured, else the userspace stack (logging why).
+fn open_interface(mode: NetstackMode, env: &GatewayEnv) -> anyhow::Result<Interface> {
+    match mode {
+        NetstackMode::Kernel => open_tun(env).map(Interface::Tun),
+        NetstackMode::Userspace => Ok(Interface::Stack(new_stack(env)?, None)),
+        NetstackMode::Auto => match open_tun(env) {
+            Ok(tun) => Ok(Interface::Tun(tun)),
+            Err(e) => {
+                let why = format!("no TUN device: {e:#}");
+                tracing::warn!(
+                    "{why}; using the userspace network stack (GATELET_NETSTACK=auto; set \
+                     kernel to make this fatal)"
+                );
+                Ok(Interface::Stack(new_stack(env)?, Some(why)))
+            }
+        },
+    }
+}
+
 /// The composition root of the relays: builds the Wake-on-LAN waker and starts the route
 /// manager on the tunnel IP with it, binding through `stack` (kernel sockets on the TUN
 /// device's address, or the smoltcp stack): the HTTP proxy, the management API relay, and the
@@ -121,6 +182,43 @@ fn start_routes(args: &Args, env: &GatewayEnv, stack: Stack) -> (RouteManager, W
     (manager, waker)
 }
 
+/// In userspace mode with `GC_SERVER_URL` set: the loopback CONNECT proxy that takes the
+/// companion's GateControl requests into the tunnel (`gatelet_agent::egress`), on a port the
+/// kernel picks (the companion reads it from the status). None when there is no server or the
+/// proxy cannot start (logged: the companion then reaches the server only if it is outside
+/// the tunnel).
+async fn start_tunnel_proxy(
+    env: &GatewayEnv,
+    stack: &Netstack,
+    stop: watch::Receiver<bool>,
+) -> Option<SocketAddr> {
+    let url = env.server_url.as_deref()?;
+    let target = match egress::Target::from_url(url) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("no proxy into the tunnel: {e}");
+            return None;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no proxy into the tunnel: cannot listen on 127.0.0.1");
+            return None;
+        }
+    };
+    let addr = listener.local_addr().ok()?;
+    tracing::info!(%addr, server = %format!("{}:{}", target.host, target.port), "proxy into the tunnel for GateControl");
+    tokio::spawn(egress::serve(
+        listener,
+        target,
+        Arc::new(stack.clone()),
+        Arc::new(egress::EgressCounters::default()),
+        stop,
+    ));
+    Some(addr)
+}
+
 fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -135,21 +233,16 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
         })?;
 
     let started = Instant::now();
-    let stats = Arc::new(TunnelStats::new(started, "tun"));
     let socket = ControlSocket::bind(&args.control_socket, control_gid)?;
 
-    let tun = TunDevice::open(&env.tun_name)?;
-    tun.configure(&TunConfig {
-        address: env.wg_address,
-        mtu: env.mtu,
-        routes: env.wg_allowed_ips.clone(),
-    })?;
-    tracing::info!(
-        device = tun.name(),
-        address = %env.wg_address,
-        mtu = env.mtu,
-        "TUN device up"
-    );
+    let mode = args.netstack.unwrap_or(env.netstack);
+    let iface = open_interface(mode, env)?;
+    let stats = Arc::new(match &iface {
+        Interface::Tun(_) => TunnelStats::new(started, "tun"),
+        Interface::Stack(_, why) => {
+            TunnelStats::new(started, "netstack").with_mode_reason(why.clone())
+        }
+    });
 
     let udp_sock = udp::socket_for(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), false)
         .context("cannot open the tunnel's UDP socket")?;
@@ -165,18 +258,31 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
     );
     let (stop, stop_rx) = watch::channel(false);
     let datapath_checkin = CheckIn::new();
-    let datapath = driver::spawn(
-        DataPath {
-            core,
-            iface: tun,
-            udp: udp_sock,
-            endpoint: env.wg_endpoint.clone(),
-            mtu: env.mtu,
-            checkin: datapath_checkin.clone(),
-        },
-        stop_rx.clone(),
-    )
-    .context("cannot start the data path thread")?;
+    let (datapath, netstack) = match iface {
+        Interface::Tun(tun) => {
+            let dp = DataPath {
+                core,
+                iface: tun,
+                udp: udp_sock,
+                endpoint: env.wg_endpoint.clone(),
+                mtu: env.mtu,
+                checkin: datapath_checkin.clone(),
+            };
+            (driver::spawn(dp, stop_rx.clone()), None)
+        }
+        Interface::Stack(stack, _) => {
+            let dp = StackDataPath {
+                core,
+                stack: stack.clone(),
+                udp: udp_sock,
+                endpoint: env.wg_endpoint.clone(),
+                mtu: env.mtu,
+                checkin: datapath_checkin.clone(),
+            };
+            (driver::spawn_stack(dp, stop_rx.clone()), Some(stack))
+        }
+    };
+    let datapath = datapath.context("cannot start the data path thread")?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -184,12 +290,23 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
         .build()
         .context("cannot start the runtime")?;
     let outcome = rt.block_on(async {
-        let (manager, waker) = start_routes(args, env, Stack::Kernel);
-        let state = Arc::new(
-            AgentState::new(started, stats)
-                .with_routes(manager.clone())
-                .with_waker(waker),
-        );
+        // The composition root: the route executor binds where the tunnel ends.
+        let stack = match netstack {
+            Some(n) => Stack::Userspace(n),
+            None => Stack::Kernel,
+        };
+        let tunnel_proxy = match &stack {
+            Stack::Userspace(n) => start_tunnel_proxy(env, n, stop_rx.clone()).await,
+            Stack::Kernel => None,
+        };
+        let (manager, waker) = start_routes(args, env, stack);
+        let mut state = AgentState::new(started, stats)
+            .with_routes(manager.clone())
+            .with_waker(waker);
+        if let Some(addr) = tunnel_proxy {
+            state = state.with_tunnel_proxy(addr);
+        }
+        let state = Arc::new(state);
         let server = tokio::spawn(control::serve(socket.listener()?, state, stop_rx));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

@@ -225,6 +225,38 @@ async fn https_backend_with_self_signed_certificate_and_sni_from_the_domain() {
 }
 
 #[tokio::test]
+async fn each_route_counts_its_own_requests_bytes_and_failures() {
+    let a = start_backend("a").await;
+    let down = closed_port().await;
+    let p = start_proxy(
+        vec![
+            route(1, "a.example", a.addr),
+            route(2, "down.example", down),
+        ],
+        ProxyConfig::default(),
+    )
+    .await;
+    let mut c = Client::connect(p.addr).await;
+    for _ in 0..2 {
+        assert_eq!(c.get("a.example", "/", "").await.status, 200);
+    }
+    assert_eq!(c.get("down.example", "/", "").await.status, 502);
+    assert_eq!(c.get("nowhere.example", "/", "").await.status, 502);
+    let ra = p.stats.route_if_any(1).unwrap();
+    let rd = p.stats.route_if_any(2).unwrap();
+    assert_eq!(HttpStats::get(&ra.requests), 2);
+    assert_eq!(HttpStats::get(&ra.failures), 0);
+    assert_eq!(HttpStats::get(&ra.active), 0);
+    assert_eq!(HttpStats::get(&ra.bytes), HttpStats::get(&p.stats.bytes));
+    assert!(HttpStats::get(&ra.bytes) > 0);
+    assert_eq!(HttpStats::get(&rd.requests), 1);
+    assert_eq!(HttpStats::get(&rd.failures), 1);
+    assert_eq!(HttpStats::get(&rd.bytes), 0);
+    // A request matching no route creates no counters.
+    assert!(p.stats.route_if_any(3).is_none());
+}
+
+#[tokio::test]
 async fn refused_backend_is_502_and_silent_backend_is_504() {
     let refused = closed_port().await;
     let (silent, _task) = start_silent_backend().await;

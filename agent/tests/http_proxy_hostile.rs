@@ -447,6 +447,10 @@ async fn a_route_at_its_cap_answers_503_and_the_others_still_answer() {
     assert_eq!(in_flight, 16);
     assert_eq!(busy + evicted, 84);
     assert_eq!(HttpStats::get(&p.stats.route_busy), busy);
+    // Per route: the refusals are route a's, and its 16 requests are in flight.
+    let ra = p.stats.route_if_any(1).unwrap();
+    assert_eq!(HttpStats::get(&ra.refused), busy);
+    assert_eq!(HttpStats::get(&ra.active), 16);
     for round in 0..3 {
         let (status, took) = timed_get(p.addr, "b.example").await;
         assert_eq!(status, 200, "round {round}");

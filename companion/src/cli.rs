@@ -1,4 +1,5 @@
-//! Command line: `gatelet-companion [run] [options]` and `gatelet-companion status [--json]`.
+//! Command line: `gatelet-companion [run] [options]`, `gatelet-companion status [--json]` and
+//! `gatelet-companion diag-password [--state-dir DIR]`.
 //!
 //! Hand-written (no argument-parsing crate): the grammar is tiny and every byte of the
 //! binary is resident memory on a router.
@@ -20,6 +21,8 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
        gatelet-companion status [--json | --health] [--status-socket PATH]
                                 [--control-socket PATH] [--state-dir DIR]
        gatelet-companion update [--env PATH] [--state-dir DIR] [--status-socket PATH]
+       gatelet-companion diag-password [--state-dir DIR]
+       gatelet-companion diag-metrics-token [--state-dir DIR]
        gatelet-companion --version
 
   --env PATH             gateway.env (default: $GATEWAY_ENV_PATH, else /etc/gatelet/gateway.env)
@@ -33,6 +36,11 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
                          reaches the agent, else 1 (a container HEALTHCHECK: no shell needed)
   update                 run the queued self-update (or resume one) to its end and exit: as
                          root, restarts the units with systemctl (docs/self-update.md)
+  diag-password          reads a password (one line) from stdin and stores its hash in
+                         <state dir>/diag-password: the diagnostics page's login, required
+                         when GATELET_DIAG_LISTEN is not a loopback address (read at start)
+  diag-metrics-token     makes a new bearer token for scraping /metrics, prints it once and
+                         stores its SHA-256 in <state dir>/diag-metrics-token (read at start)
 ";
 
 /// Options of the daemon.
@@ -76,6 +84,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Run the queued self-update (or resume one) to its end, then exit (root, from a unit).
     Update(RunArgs),
+    /// Set the diagnostics page's password (from stdin) under this state directory.
+    DiagPassword(PathBuf),
+    /// Make a new `/metrics` bearer token under this state directory.
+    DiagMetricsToken(PathBuf),
     /// Print usage.
     Help,
     /// Print the version.
@@ -91,6 +103,29 @@ pub struct UsageError(pub String);
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
     let mut update = false;
+    let diag = args.peek().cloned();
+    if let Some(sub @ ("diag-password" | "diag-metrics-token")) = diag.as_deref() {
+        args.next();
+        let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+        while let Some(arg) = args.next() {
+            match arg.split_once('=') {
+                Some(("--state-dir", v)) => state_dir = v.into(),
+                None if arg == "--state-dir" => {
+                    state_dir = args
+                        .next()
+                        .ok_or_else(|| UsageError("--state-dir needs a value".into()))?
+                        .into()
+                }
+                _ if arg == "-h" || arg == "--help" => return Ok(Command::Help),
+                _ => return Err(UsageError(format!("unknown argument {arg:?}"))),
+            }
+        }
+        return Ok(if sub == "diag-password" {
+            Command::DiagPassword(state_dir)
+        } else {
+            Command::DiagMetricsToken(state_dir)
+        });
+    }
     let status = match args.peek().map(String::as_str) {
         Some("status") => {
             args.next();
@@ -232,6 +267,28 @@ mod tests {
         assert!(s.health && !s.json);
         assert!(parse(args("status --health --json")).is_err());
         assert!(parse(args("run --health")).is_err());
+    }
+
+    #[test]
+    fn diag_password_takes_a_state_dir() {
+        assert_eq!(
+            parse(args("diag-password")).unwrap(),
+            Command::DiagPassword(DEFAULT_STATE_DIR.into())
+        );
+        assert_eq!(
+            parse(args("diag-password --state-dir /tmp/s")).unwrap(),
+            Command::DiagPassword("/tmp/s".into())
+        );
+        assert_eq!(
+            parse(args("diag-password --state-dir=/tmp/t")).unwrap(),
+            Command::DiagPassword("/tmp/t".into())
+        );
+        assert_eq!(
+            parse(args("diag-metrics-token --state-dir /tmp/u")).unwrap(),
+            Command::DiagMetricsToken("/tmp/u".into())
+        );
+        assert!(parse(args("diag-password --json")).is_err());
+        assert!(parse(args("diag-password --state-dir")).is_err());
     }
 
     #[test]

@@ -16,10 +16,19 @@
 //! Pooled connections are dropped after [`POOL_MAX_IDLE_AGE`], shorter than the server's
 //! `Keep-Alive: timeout=5`, so that a request does not race the server closing an idle socket.
 //!
+//! Through the tunnel in userspace mode: when the agent terminates the tunnel in its own
+//! network stack, nothing on the box can send into the tunnel, and a server on the hub's
+//! tunnel address is reachable only through the agent's loopback CONNECT proxy (its address
+//! is in the agent's status, `tunnel_proxy`). [`Client::via_tunnel_proxy`] makes each call
+//! ask where that proxy is now and go through it (a second `ureq` agent with that proxy,
+//! rebuilt when the address changes); with no proxy reported the calls go direct, exactly
+//! as without it.
+//!
 //! The token: it is only ever put in the `Authorization` header. `Debug` of a [`Client`] does
 //! not show it, no error contains it, and `ureq`'s own debug log redacts that header.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatelet_agent_api::env::Secret;
@@ -169,6 +178,16 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     token: Secret,
+    tunnel: Option<Arc<TunnelProxy>>,
+}
+
+/// Where the agent's proxy into the tunnel is now (`127.0.0.1:port`), if it has one.
+pub type ProxySource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The route through the agent's proxy: where it is, and the `ureq` agent for it.
+struct TunnelProxy {
+    source: ProxySource,
+    agent: Mutex<Option<(String, ureq::Agent)>>,
 }
 
 impl fmt::Debug for Client {
@@ -184,7 +203,55 @@ impl Client {
     /// A client for `server_url` (`GC_SERVER_URL`; a trailing `/` is ignored) using `api_token`
     /// (`GC_API_TOKEN`).
     pub fn new(server_url: &str, api_token: Secret) -> Client {
-        let config = ureq::Agent::config_builder()
+        Client {
+            agent: ureq::Agent::new_with_config(Self::config(None)),
+            base: server_url.trim_end_matches('/').to_owned(),
+            token: api_token,
+            tunnel: None,
+        }
+    }
+
+    /// The same client, going through the agent's CONNECT proxy into the tunnel whenever
+    /// `source` gives its address (and direct when it gives None).
+    pub fn via_tunnel_proxy(mut self, source: ProxySource) -> Client {
+        self.tunnel = Some(Arc::new(TunnelProxy {
+            source,
+            agent: Mutex::new(None),
+        }));
+        self
+    }
+
+    /// The `ureq` agent for the next call: the proxied one while the agent reports a proxy.
+    fn agent(&self) -> ureq::Agent {
+        let Some(t) = &self.tunnel else {
+            return self.agent.clone();
+        };
+        let Some(addr) = (t.source)() else {
+            return self.agent.clone();
+        };
+        let mut cached = t.agent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, agent)) = cached.as_ref() {
+            if *a == addr {
+                return agent.clone();
+            }
+        }
+        match ureq::Proxy::new(&format!("http://{addr}")) {
+            Ok(proxy) => {
+                tracing::info!(proxy = %addr, "GateControl requests go through the agent's proxy into the tunnel");
+                let agent = ureq::Agent::new_with_config(Self::config(Some(proxy)));
+                *cached = Some((addr, agent.clone()));
+                agent
+            }
+            Err(e) => {
+                tracing::warn!(proxy = %addr, error = %e, "the agent's tunnel proxy address is unusable");
+                self.agent.clone()
+            }
+        }
+    }
+
+    /// The `ureq` settings; with `proxy`, every request goes through it (CONNECT).
+    fn config(proxy: Option<ureq::Proxy>) -> ureq::config::Config {
+        let builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
             .max_redirects(0)
@@ -192,12 +259,11 @@ impl Client {
             .accept("application/json")
             .max_idle_connections(POOL_MAX_IDLE_CONNECTIONS)
             .max_idle_connections_per_host(POOL_MAX_IDLE_CONNECTIONS)
-            .max_idle_age(POOL_MAX_IDLE_AGE)
-            .build();
-        Client {
-            agent: ureq::Agent::new_with_config(config),
-            base: server_url.trim_end_matches('/').to_owned(),
-            token: api_token,
+            .max_idle_age(POOL_MAX_IDLE_AGE);
+        match proxy {
+            // Without one: exactly the settings of a client that never heard of proxies.
+            None => builder.build(),
+            Some(p) => builder.proxy(Some(p)).build(),
         }
     }
 
@@ -221,7 +287,7 @@ impl Client {
             None => format!("{}{CHECK_PATH}", self.base),
         };
         let response = self
-            .agent
+            .agent()
             .get(&url)
             .header("Authorization", self.bearer())
             .call()
@@ -250,7 +316,7 @@ impl Client {
     pub fn fetch_config(&self) -> Result<(Vec<u8>, RateInfo), ClientError> {
         const WHAT: &str = "config fetch";
         let response = self
-            .agent
+            .agent()
             .get(format!("{}{CONFIG_PATH}", self.base))
             .header("Authorization", self.bearer())
             .call()
@@ -267,7 +333,7 @@ impl Client {
     pub fn heartbeat(&self, body: &[u8]) -> Result<RateInfo, ClientError> {
         const WHAT: &str = "heartbeat";
         let response = self
-            .agent
+            .agent()
             .post(format!("{}{HEARTBEAT_PATH}", self.base))
             .header("Authorization", self.bearer())
             .header("Content-Type", "application/json")
@@ -287,7 +353,7 @@ impl Client {
     pub fn discovery(&self, body: &[u8]) -> Result<(RateInfo, serde_json::Value), ClientError> {
         const WHAT: &str = "discovery batch";
         let response = self
-            .agent
+            .agent()
             .post(format!("{}{DISCOVERY_PATH}", self.base))
             .header("Authorization", self.bearer())
             .header("Content-Type", "application/json")
@@ -308,6 +374,25 @@ impl Client {
 pub const DISCOVERY_PATH: &str = "/api/v1/gateway/discovery";
 
 /// Reads status, rate headers and the whole body (so that the connection may be reused).
+/// Whether the server of `server_url` is reached through the tunnel: its host is an IP
+/// address inside `allowed_ips` (`WG_ALLOWED_IPS`, what the TUN device routes into the
+/// tunnel in kernel mode). The URL of GateControl's pairing file always is
+/// (`http://10.8.0.1:3000`). A host name is not (it is taken to be reachable directly).
+pub fn server_in_tunnel(server_url: &str, allowed_ips: &[gatelet_agent_api::env::Cidr]) -> bool {
+    let Some((_, rest)) = server_url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(r) => r.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => allowed_ips.iter().any(|c| c.contains(ip)),
+        Err(_) => false,
+    }
+}
+
 fn read(
     what: &'static str,
     mut response: Response<Body>,
@@ -390,6 +475,27 @@ pub fn percent_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_is_in_the_tunnel_when_its_ip_is_in_the_allowed_ips() {
+        let allowed: Vec<gatelet_agent_api::env::Cidr> =
+            vec!["10.8.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()];
+        for (url, inside) in [
+            ("http://10.8.0.1:3000", true),
+            ("http://10.8.0.1:3000/", true),
+            ("http://10.8.0.1", true),
+            ("https://10.8.0.1/x?y", true),
+            ("http://[fd00::1]:3000", true),
+            ("http://10.9.0.1:3000", false),
+            ("http://192.168.1.10:3000", false),
+            ("https://gatecontrol.example.org", false),
+            ("https://10.8.0.1.example.org", false),
+            ("10.8.0.1:3000", false),
+        ] {
+            assert_eq!(server_in_tunnel(url, &allowed), inside, "{url}");
+        }
+        assert!(!server_in_tunnel("http://10.8.0.1:3000", &[]));
+    }
 
     #[test]
     fn percent_encode_keeps_unreserved_and_escapes_the_rest() {

@@ -225,7 +225,15 @@ pub fn run(args: RunArgs) -> ExitCode {
 
     match (&env.server_url, &env.api_token) {
         (Some(url), Some(token)) => {
-            let client = Client::new(url, token.clone());
+            let mut client = Client::new(url, token.clone());
+            if crate::client::server_in_tunnel(url, &env.wg_allowed_ips) {
+                // In userspace mode the agent reports its proxy into the tunnel; in TUN mode
+                // it reports none and the calls go direct, through the kernel's route.
+                let shared = shared.clone();
+                client = client.via_tunnel_proxy(Arc::new(move || {
+                    shared.lock().agent.as_ref()?.tunnel_proxy.clone()
+                }));
+            }
             let budget = Budget::new(env.heartbeat_interval).shared();
             scan_server = Some((client.clone(), budget.clone()));
             let mut sync = SyncLoop::new(
@@ -305,12 +313,28 @@ pub fn run(args: RunArgs) -> ExitCode {
         )),
     }
 
-    if let Some(addr) = env.diag_listen {
+    // A LAN page without a password is refused (logged, not fatal: the gateway runs on).
+    let diag = env.diag_listen.and_then(|addr| {
+        crate::diag::Access::for_listen(addr, &args.state_dir)
+            .map_err(|e| tracing::error!("{e}"))
+            .ok()
+            .map(|access| (addr, access))
+    });
+    if let Some((addr, access)) = diag {
         match std::net::TcpListener::bind(addr) {
             Ok(server) => {
                 let (shared, store, stop) = (shared.clone(), store.clone(), shutdown.clone());
+                let scrape = crate::diag::scrape_token::load(&args.state_dir)
+                    .map_err(|e| tracing::error!("the /metrics bearer token is unusable: {e}"))
+                    .ok()
+                    .flatten();
+                let push = push.clone();
+                let actions = crate::diag::Actions {
+                    sync_now: Arc::new(move || push.notify()),
+                    agent: Some(link.clone()),
+                };
                 threads.extend(spawn("diag", move || {
-                    crate::diag::serve(server, shared, store, stop)
+                    crate::diag::serve(server, shared, store, access, scrape, Some(actions), stop)
                 }));
             }
             Err(e) => fatal.push(format!(

@@ -84,6 +84,20 @@ pub struct SelfCheck {
     pub overall_healthy: bool,
     /// Whether the agent answered its control socket (an extra field; the server shows it).
     pub agent_reachable: bool,
+    /// Where the agent terminates the tunnel: `kernel` (TUN device) or `userspace`
+    /// (`GATELET_NETSTACK`); an extra field, absent when the agent is unreachable or does not
+    /// say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netstack: Option<&'static str>,
+}
+
+/// The `GATELET_NETSTACK` word for the agent's interface mode.
+fn netstack_word(mode: &str) -> Option<&'static str> {
+    match mode {
+        "tun" => Some("kernel"),
+        "netstack" => Some("userspace"),
+        _ => None,
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -123,6 +137,7 @@ pub fn self_check(input: &SelfCheckInput<'_>) -> SelfCheck {
             route_reachability_omitted: 0,
             overall_healthy: false,
             agent_reachable: false,
+            netstack: None,
         };
     };
     let mut tcp_listeners: Vec<TcpListener> = agent
@@ -188,6 +203,7 @@ pub fn self_check(input: &SelfCheckInput<'_>) -> SelfCheck {
         route_reachability_omitted: 0,
         overall_healthy: http_proxy_healthy && api_healthy && failed == 0,
         agent_reachable: true,
+        netstack: netstack_word(&agent.tunnel.mode),
     }
 }
 
@@ -465,6 +481,8 @@ mod tests {
             udp: Some(ListenerState::Listening),
             active_connections: 0,
             bytes: 0,
+            refused: 0,
+            failures: 0,
             last_error: None,
             reachability: reachable.map(|r| Reachability {
                 reachable: r,
@@ -486,6 +504,38 @@ mod tests {
             routes,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_agents_netstack_mode_is_an_extra_field() {
+        fn input(a: &AgentStatus) -> SelfCheckInput<'_> {
+            SelfCheckInput {
+                agent: Some(a),
+                configured_l4_routes: None,
+                api_serving: true,
+                dns_resolve_ok: Some(true),
+            }
+        }
+        for (mode, want) in [
+            ("netstack", Some("userspace")),
+            ("tun", Some("kernel")),
+            ("", None),
+        ] {
+            let mut a = agent(vec![]);
+            a.tunnel.mode = mode.into();
+            let c = self_check(&input(&a));
+            assert_eq!(c.netstack, want, "{mode:?}");
+            let v: serde_json::Value =
+                serde_json::from_slice(&c.encode_bounded(MAX_STATUS_BYTES).unwrap()).unwrap();
+            assert_eq!(v.get("netstack").and_then(|n| n.as_str()), want);
+            assert!(c.overall_healthy, "the mode does not change health");
+        }
+        let a = agent(vec![]);
+        let none = self_check(&SelfCheckInput {
+            agent: None,
+            ..input(&a)
+        });
+        assert_eq!(none.netstack, None);
     }
 
     #[test]

@@ -10,6 +10,40 @@ fn main() -> ExitCode {
         Ok(Command::Run(args)) => daemon::run(args),
         Ok(Command::Status(args)) => gatelet_companion::status::run(&args),
         Ok(Command::Update(args)) => gatelet_companion::update::updater::run(&args),
+        Ok(Command::DiagPassword(state_dir)) => {
+            use gatelet_companion::diag::password;
+            match password::set_from(&state_dir, &mut std::io::stdin().lock()) {
+                Ok(path) => {
+                    println!(
+                        "password hash written to {} (the companion reads it when it starts)",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatelet-companion diag-password: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Ok(Command::DiagMetricsToken(state_dir)) => {
+            use gatelet_companion::diag::scrape_token;
+            match scrape_token::create(&state_dir, &ring::rand::SystemRandom::new()) {
+                Ok((token, path)) => {
+                    println!("{token}");
+                    eprintln!(
+                        "its hash is in {} (the companion reads it when it starts); scrape with \
+                         Authorization: Bearer <the token above>",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatelet-companion diag-metrics-token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS

@@ -69,6 +69,34 @@ pub struct Snapshot {
     pub heartbeat: Option<HeartbeatStatus>,
     /// When the companion started (ms since the epoch).
     pub started_at_ms: u64,
+    /// Counts since the companion started (the diagnostics page's `/metrics`).
+    #[serde(default)]
+    pub counters: Counters,
+}
+
+/// Counts since the companion started, for `/metrics` (`_total` series; a restart resets
+/// them, which Prometheus handles as a counter reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Config checks sent to the server.
+    pub sync_checks: u64,
+    /// Of those, the ones that failed (transport, status, rate limit).
+    pub sync_check_failures: u64,
+    /// Config fetches sent to the server.
+    pub sync_fetches: u64,
+    /// Of those, the ones that failed (transport, status, or the config could not be applied).
+    pub sync_fetch_failures: u64,
+    /// Heartbeats the server accepted.
+    pub heartbeats_ok: u64,
+    /// Heartbeats that failed.
+    pub heartbeats_failed: u64,
+    /// Wake-on-LAN requests the agent reported as successful.
+    pub wakes_ok: u64,
+    /// Wake-on-LAN requests that failed.
+    pub wakes_failed: u64,
+    /// Times the agent reported a new hub endpoint (seen at the status poll).
+    pub tunnel_endpoint_changes: u64,
 }
 
 impl Snapshot {

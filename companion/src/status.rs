@@ -258,6 +258,18 @@ pub fn render(r: &Report, now: u64) -> String {
                 "agent:     reachable, {} {hs}, hub {endpoint}, rx {} B, tx {} B",
                 a.agent_version, a.tunnel.rx_bytes, a.tunnel.tx_bytes
             );
+            match (a.tunnel.mode.as_str(), &a.tunnel.mode_reason) {
+                ("netstack", Some(why)) => {
+                    let _ = writeln!(o, "netstack:  userspace ({why})");
+                }
+                ("netstack", None) => {
+                    let _ = writeln!(o, "netstack:  userspace");
+                }
+                ("tun", _) => {
+                    let _ = writeln!(o, "netstack:  kernel (TUN device)");
+                }
+                _ => {}
+            }
             if let Some(e) = &a.tunnel.last_error {
                 let _ = writeln!(o, "tunnel error: {e}");
             }
@@ -437,6 +449,8 @@ mod tests {
                 udp: Some(ListenerState::Listening),
                 active_connections: 0,
                 bytes: 0,
+                refused: 0,
+                failures: 0,
                 last_error: None,
                 reachability: None,
             }],
@@ -476,5 +490,32 @@ mod tests {
             text.contains("heartbeat: FAILED 60s ago (HTTP 403 invalid_token)"),
             "{text}"
         );
+        assert!(
+            !text.contains("netstack:"),
+            "an agent that does not say: {text}"
+        );
+    }
+
+    #[test]
+    fn render_shows_the_agents_netstack_mode_and_why() {
+        let mut r = Report {
+            daemon_running: true,
+            ..Report::default()
+        };
+        r.snapshot.agent_reachable = true;
+        let mut agent = gatelet_agent_api::control::AgentStatus::default();
+        agent.tunnel.mode = "netstack".into();
+        agent.tunnel.mode_reason = Some("no TUN device: permission denied".into());
+        r.snapshot.agent = Some(agent.clone());
+        let text = render(&r, 1_000);
+        assert!(
+            text.contains("netstack:  userspace (no TUN device: permission denied)"),
+            "{text}"
+        );
+        agent.tunnel.mode = "tun".into();
+        agent.tunnel.mode_reason = None;
+        r.snapshot.agent = Some(agent);
+        let text = render(&r, 1_000);
+        assert!(text.contains("netstack:  kernel (TUN device)"), "{text}");
     }
 }

@@ -100,6 +100,22 @@ pub struct Supervisor {
     wakes: WakeLog,
 }
 
+/// Adds fresh wakes to the counters, by result.
+fn count_wakes(c: &mut crate::state::Counters, fresh: &[&WakeResult]) {
+    for w in fresh {
+        if w.success {
+            c.wakes_ok += 1;
+        } else {
+            c.wakes_failed += 1;
+        }
+    }
+}
+
+/// Whether the hub endpoint moved between two status polls (not: first seen, or gone).
+fn endpoint_changed(previous: Option<&str>, now: Option<&str>) -> bool {
+    matches!((previous, now), (Some(p), Some(n)) if p != n)
+}
+
 impl Supervisor {
     /// A supervisor recording the agent's wakes (every trigger, `/api/wol` included) as
     /// [`event_kind::WAKE`] events in `store`.
@@ -111,9 +127,11 @@ impl Supervisor {
         }
     }
 
-    fn record_wakes(&mut self, status: &AgentStatus) {
+    fn record_wakes(&mut self, status: &AgentStatus, shared: &Shared) {
+        let fresh = self.wakes.fresh(&status.wakes);
+        count_wakes(&mut shared.lock().counters, &fresh);
         let Some(store) = &self.store else { return };
-        for w in self.wakes.fresh(&status.wakes) {
+        for w in fresh {
             let detail = wake_detail(w);
             tracing::info!("{detail}");
             let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,8 +183,12 @@ impl Supervisor {
             }
         }
         self.last_uptime = Some(status.uptime_s);
-        self.record_wakes(&status);
+        self.record_wakes(&status, shared);
         let mut s = shared.lock();
+        let previous = s.agent.as_ref().and_then(|a| a.tunnel.endpoint.as_deref());
+        if endpoint_changed(previous, status.tunnel.endpoint.as_deref()) {
+            s.counters.tunnel_endpoint_changes += 1;
+        }
         s.agent = Some(status);
         s.agent_reachable = true;
         s.agent_error = None;
@@ -247,6 +269,26 @@ mod tests {
             wake_detail(&second[1]),
             "wake 02:00:00:00:00:07 by api: up after 4200 ms; sent on no interface"
         );
+    }
+
+    #[test]
+    fn wakes_are_counted_by_result_and_endpoint_moves_only_between_two_known_ones() {
+        let mut c = crate::state::Counters::default();
+        let mut failed = woke(2, "diag");
+        failed.success = false;
+        let (ok, ok2) = (woke(1, "api"), woke(3, "http"));
+        count_wakes(&mut c, &[&ok, &failed, &ok2]);
+        assert_eq!((c.wakes_ok, c.wakes_failed), (2, 1));
+        assert!(endpoint_changed(
+            Some("1.2.3.4:51820"),
+            Some("5.6.7.8:51820")
+        ));
+        assert!(!endpoint_changed(
+            Some("1.2.3.4:51820"),
+            Some("1.2.3.4:51820")
+        ));
+        assert!(!endpoint_changed(None, Some("1.2.3.4:51820")));
+        assert!(!endpoint_changed(Some("1.2.3.4:51820"), None));
     }
 
     #[test]

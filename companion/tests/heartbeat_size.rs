@@ -47,6 +47,8 @@ fn big_agent() -> AgentStatus {
                 udp: l4.then_some(ListenerState::Listening),
                 active_connections: 0,
                 bytes: 0,
+                refused: 0,
+                failures: 0,
                 last_error: None,
                 reachability: Some(Reachability {
                     reachable: !is_unreachable(i),

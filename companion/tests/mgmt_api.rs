@@ -639,6 +639,8 @@ fn status_answers_from_cache_in_under_a_second_while_the_agent_hangs() {
                 udp: Some(ListenerState::Listening),
                 active_connections: 0,
                 bytes: 0,
+                refused: 0,
+                failures: 0,
                 last_error: None,
                 reachability: None,
             }],

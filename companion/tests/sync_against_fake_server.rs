@@ -372,6 +372,18 @@ fn sync_loop_fetches_applies_and_follows_a_push_within_a_second() {
     assert_eq!(snap.sync.mode, "server");
     assert!(snap.heartbeat.as_ref().is_some_and(|h| h.ok));
     let reqs = server.requests();
+    // The counters behind /metrics: one fetch at boot, the checks the server saw, no failure.
+    let c = snap.counters;
+    assert_eq!(
+        (c.sync_fetches, c.sync_fetch_failures, c.sync_check_failures),
+        (1, 0, 0),
+        "{c:?}"
+    );
+    assert!(
+        c.sync_checks >= 1 && c.sync_checks <= checks(&reqs).len() as u64,
+        "{c:?}"
+    );
+    assert!(c.heartbeats_ok >= 1 && c.heartbeats_failed == 0, "{c:?}");
     // Without a stored hash the first check carries no parameter.
     assert_eq!(checks(&reqs)[0].target, "/api/v1/gateway/config/check");
     for r in &reqs {
@@ -610,6 +622,9 @@ fn a_heartbeat_the_server_did_not_get_is_retried_after_5_s() {
         took >= Duration::from_secs(5) && took < Duration::from_secs(9),
         "retried {took:?} after the fetch"
     );
+    // The 503 is counted as a failed heartbeat (the retry's answer may still be on its way).
+    let c = loops.shared.snapshot().counters;
+    assert!(c.heartbeats_failed >= 1 && c.heartbeats_ok >= 1, "{c:?}");
 }
 
 #[test]

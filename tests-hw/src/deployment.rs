@@ -19,8 +19,8 @@ use std::time::Duration;
 use gatelet_agent_api::control::AgentStatus;
 
 use crate::{
-    product_binary, wait_until, Agent, Companion, FakeGateControl, Gateway, GatewayRole,
-    HarnessError, Lan, Result, Testbed, TestbedOptions, GW_TUNNEL_IP, HUB_TUNNEL_IP,
+    product_binary, wait_until, Companion, FakeGateControl, Gateway, GatewayRole, HarnessError,
+    Lan, NetstackMode, Result, Testbed, TestbedOptions, GW_TUNNEL_IP, HUB_TUNNEL_IP,
 };
 
 /// The fixture gateway.env the companion's tests use (its tokens are the fake server's).
@@ -92,15 +92,40 @@ pub struct Deployment {
     pub agent_binary: PathBuf,
 }
 
+/// Where the fake GateControl listens, in both modes: on the hub's tunnel address, as the real
+/// server does (`GC_SERVER_URL` of the fixture), so the companion syncs through the tunnel.
+/// Kernel mode: through `gatelet0`. Userspace mode: through the agent's loopback CONNECT proxy
+/// into its smoltcp stack (`gatelet_agent::egress`, `AgentStatus::tunnel_proxy`).
+pub fn gatecontrol_addr(_mode: NetstackMode) -> SocketAddr {
+    SocketAddr::from((HUB_TUNNEL_IP, GATECONTROL_PORT))
+}
+
+/// [`fixture_gc_lines`] with `GC_SERVER_URL` pointing at [`gatecontrol_addr`]`(mode)`.
+pub fn gc_lines_for(mode: NetstackMode) -> Result<Vec<(String, String)>> {
+    let mut lines = fixture_gc_lines()?;
+    for (k, v) in &mut lines {
+        if k == "GC_SERVER_URL" {
+            *v = format!("http://{}", gatecontrol_addr(mode));
+        }
+    }
+    Ok(lines)
+}
+
 impl Deployment {
     /// Builds hub, gateway (agent only) and LAN and waits for the tunnel. Neither the fake
     /// server nor the companion runs yet ([`Deployment::start_gatecontrol`],
     /// [`Deployment::start_companion`]).
     pub fn start_network() -> Result<Deployment> {
+        Deployment::start_network_in(NetstackMode::Kernel)
+    }
+
+    /// As [`Deployment::start_network`], the agent in `mode`.
+    pub fn start_network_in(mode: NetstackMode) -> Result<Deployment> {
         let agent_binary = product_binary("gatelet-agent")?;
         let companion_binary = product_binary("gatelet-companion")?;
         let options = TestbedOptions {
-            agent_env_extra: fixture_gc_lines()?,
+            agent_env_extra: gc_lines_for(mode)?,
+            mode,
             ..TestbedOptions::default()
         };
         let testbed = Testbed::start_with(&GatewayRole::Agent(agent_binary.clone()), &options)?;
@@ -119,16 +144,22 @@ impl Deployment {
     /// The whole deployment serving `doc`: network, fake server, companion; returns once the
     /// agent runs `doc`'s hash.
     pub fn start(doc: &serde_json::Value) -> Result<Deployment> {
-        let mut d = Deployment::start_network()?;
+        Deployment::start_in(doc, NetstackMode::Kernel)
+    }
+
+    /// As [`Deployment::start`], the agent in `mode`.
+    pub fn start_in(doc: &serde_json::Value, mode: NetstackMode) -> Result<Deployment> {
+        let mut d = Deployment::start_network_in(mode)?;
         d.start_gatecontrol(doc)?;
         d.start_companion()?;
         d.wait_applied(&crate::document_hash(doc))?;
         Ok(d)
     }
 
-    /// Starts the fake GateControl on the hub's tunnel address serving `doc`.
+    /// Starts the fake GateControl serving `doc` on [`gatecontrol_addr`] (the hub's tunnel
+    /// address in kernel mode).
     pub fn start_gatecontrol(&mut self, doc: &serde_json::Value) -> Result<()> {
-        let listen = SocketAddr::from((HUB_TUNNEL_IP, GATECONTROL_PORT));
+        let listen = gatecontrol_addr(self.testbed.mode);
         self.gatecontrol = Some(FakeGateControl::start(&self.testbed.hub_ns, listen, doc)?);
         Ok(())
     }
@@ -174,7 +205,12 @@ impl Deployment {
             .filter(|(k, _)| k.starts_with("GC_") && *k != "GC_TUNNEL_IP")
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        let agent = Agent::start(&self.testbed.gw_ns, &self.agent_binary, &env_struct)?;
+        let agent = crate::start_agent(
+            &self.testbed.gw_ns,
+            &self.agent_binary,
+            &env_struct,
+            self.testbed.mode,
+        )?;
         self.testbed.gateway = Gateway::Agent(agent);
         Ok(())
     }

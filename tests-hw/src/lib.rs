@@ -17,6 +17,7 @@ mod error;
 mod gatecontrol;
 mod keys;
 mod lan;
+mod mode;
 mod net;
 mod netns;
 mod process;
@@ -33,8 +34,9 @@ pub use agent::{
 };
 pub use companion::Companion;
 pub use deployment::{
-    fixture_gc_lines, fixture_port, fixture_value, Deployment, FIXTURE_ENV, GATECONTROL_PORT,
-    GW_WAN_IP, HANDSHAKE_TIMEOUT, SYNC_TIMEOUT, TEST_HEARTBEAT_INTERVAL_S,
+    fixture_gc_lines, fixture_port, fixture_value, gatecontrol_addr, gc_lines_for, Deployment,
+    FIXTURE_ENV, GATECONTROL_PORT, GW_WAN_IP, HANDSHAKE_TIMEOUT, SYNC_TIMEOUT,
+    TEST_HEARTBEAT_INTERVAL_S,
 };
 pub use error::{HarnessError, Result};
 pub use gatecontrol::{
@@ -49,6 +51,9 @@ pub use lan::{
     LAN_SERVICE_PORT, LAN_SUBNET_PREFIX, LAN_WS_IP, MAX_HEAD_BYTES, WS_BINARY, WS_CLOSE,
     WS_MAX_PAYLOAD, WS_TEXT,
 };
+pub use mode::{
+    check_agent_mode, open_files, NetstackMode, Privileges, NETSTACK_KEY, UNPRIVILEGED,
+};
 pub use net::{ping, tcp_echo, udp_socket, EchoServer, ECHO_IO_TIMEOUT};
 pub use netns::{sweep_leftovers, Netns, NETNS_ETC, NETNS_RUN, WG_SOCKET_DIR};
 pub use process::{describe, run, Process, TERM_GRACE};
@@ -59,8 +64,9 @@ pub use products::{
 pub use service_user::{ServiceUser, SERVICE_USER};
 pub use tempdir::{next_seq, unique_name, TempDir};
 pub use testbed::{
-    agent_env, Gateway, GatewayRole, Testbed, TestbedOptions, GW_LAN_IP, GW_TUNNEL_IP, HUB_LAN_IP,
-    HUB_NAME, HUB_PORT, HUB_TUNNEL_IP, KEEPALIVE_S, LAN_PREFIX, TUNNEL_MTU,
+    agent_env, start_agent, Gateway, GatewayRole, Testbed, TestbedOptions, DEFAULT_TUN_NAME,
+    ECHO_ROUTE_PORT, GW_LAN_IP, GW_TUNNEL_IP, HUB_LAN_IP, HUB_NAME, HUB_PORT, HUB_TUNNEL_IP,
+    KEEPALIVE_S, LAN_PREFIX, TUNNEL_MTU,
 };
 pub use veth::VethPair;
 pub use wait::{wait_until, POLL_INTERVAL};

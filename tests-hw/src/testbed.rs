@@ -7,16 +7,18 @@
 //!  v-gw 10.77.1.1/24  <------ veth ------>     v-hub 10.77.1.2/24, hub.test -> 10.77.1.1
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatelet_agent_api::control::AgentStatus;
 
 use crate::{
-    generate_psk, ping, tcp_echo, udp_socket, wait_until, Agent, EchoServer, GatewayEnv,
-    HarnessError, KeyPair, Netns, Result, VethPair, WgImpl, WgInterface, WgPeer,
+    check_agent_mode, control_request, generate_psk, ping, tcp_echo, udp_socket, wait_until, Agent,
+    EchoServer, GatewayEnv, HarnessError, KeyPair, Netns, NetstackMode, Result, VethPair, WgImpl,
+    WgInterface, WgPeer,
 };
+use gatelet_agent_api::control::{AgentConfig, L4Route, ListenerState, Request, Response};
 
 /// The hub's veth address.
 pub const HUB_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
@@ -49,6 +51,12 @@ pub struct TestbedOptions {
     /// Further `KEY=value` lines for the agent's gateway.env (e.g. the `GC_*` keys the
     /// companion reads); none by default.
     pub agent_env_extra: Vec<(String, String)>,
+    /// Where the agent terminates the tunnel (kernel by default); ignored for a reference
+    /// gateway.
+    pub mode: NetstackMode,
+    /// The agent's `WG_ENDPOINT` instead of `hub.test:51820` (e.g. a delaying relay on the
+    /// hub's veth address and another port); None by default.
+    pub agent_endpoint: Option<String>,
 }
 
 impl Default for TestbedOptions {
@@ -57,6 +65,8 @@ impl Default for TestbedOptions {
             hub: WgImpl::WireguardGo,
             preshared_key: true,
             agent_env_extra: Vec::new(),
+            mode: NetstackMode::Kernel,
+            agent_endpoint: None,
         }
     }
 }
@@ -103,6 +113,8 @@ pub struct Testbed {
     pub psk: Option<String>,
     /// The hub's current veth address (changes with [`Testbed::move_hub`]).
     pub hub_lan_ip: Ipv4Addr,
+    /// The agent's mode (kernel for a reference gateway).
+    pub mode: NetstackMode,
 }
 
 impl Testbed {
@@ -155,7 +167,10 @@ impl Testbed {
             GatewayRole::Agent(binary) => {
                 let mut env = agent_env(&gw_key, &hub_key, psk.as_deref());
                 env.extra = options.agent_env_extra.clone();
-                Gateway::Agent(Agent::start(&gw_ns, binary, &env)?)
+                if let Some(endpoint) = &options.agent_endpoint {
+                    env.endpoint = endpoint.clone();
+                }
+                Gateway::Agent(start_agent(&gw_ns, binary, &env, options.mode)?)
             }
             GatewayRole::Userspace(imp) => {
                 let wg = WgInterface::start(
@@ -188,6 +203,10 @@ impl Testbed {
             gw_key,
             psk,
             hub_lan_ip: HUB_LAN_IP,
+            mode: match role {
+                GatewayRole::Agent(_) => options.mode,
+                GatewayRole::Userspace(_) => NetstackMode::Kernel,
+            },
         })
     }
 
@@ -229,19 +248,30 @@ impl Testbed {
         Ok(t)
     }
 
-    /// Proves the tunnel carries traffic both ways: pings hub -> gateway and gateway -> hub,
-    /// then echoes `echo_bytes` over TCP from the hub to a listener on the gateway's tunnel IP
-    /// and checks every byte came back.
+    /// Proves the tunnel carries traffic both ways: pings hub -> gateway and (kernel mode)
+    /// gateway -> hub, then echoes `echo_bytes` over TCP from the hub through the gateway's
+    /// tunnel IP and checks every byte came back. Kernel mode: to a listener on the gateway's
+    /// tunnel IP. Userspace mode (no kernel address to listen on, nothing in the namespace that
+    /// could send into the tunnel): through an L4 route [`ECHO_ROUTE_PORT`] applied on the
+    /// control socket, to an echo server on the gateway's veth address.
     pub fn check_traffic_both_ways(&self, echo_bytes: usize) -> Result<()> {
         ping(&self.hub_ns, &GW_TUNNEL_IP.to_string(), PING_COUNT)?;
-        ping(&self.gw_ns, &HUB_TUNNEL_IP.to_string(), PING_COUNT)?;
-        let server = EchoServer::start(&self.gw_ns, (GW_TUNNEL_IP, 0).into())?;
         let payload: Vec<u8> = (0..echo_bytes).map(|i| (i % 251) as u8).collect();
-        let back = tcp_echo(&self.hub_ns, server.addr(), &payload)?;
+        let (_server, to) = if self.mode.has_tun() {
+            ping(&self.gw_ns, &HUB_TUNNEL_IP.to_string(), PING_COUNT)?;
+            let server = EchoServer::start(&self.gw_ns, (GW_TUNNEL_IP, 0).into())?;
+            let to = server.addr();
+            (server, to)
+        } else {
+            let server = EchoServer::start(&self.gw_ns, (GW_LAN_IP, 0).into())?;
+            self.apply_l4_route(ECHO_ROUTE_PORT, server.addr())?;
+            (server, SocketAddr::from((GW_TUNNEL_IP, ECHO_ROUTE_PORT)))
+        };
+        let back = tcp_echo(&self.hub_ns, to, &payload)?;
         if back != payload {
             let first_diff = back.iter().zip(&payload).position(|(a, b)| a != b);
             return Err(HarnessError::Parse {
-                what: format!("TCP echo through the tunnel to {}", server.addr()),
+                what: format!("TCP echo through the tunnel to {to}"),
                 detail: format!(
                     "sent {} bytes, got {} back, first difference at {first_diff:?}",
                     payload.len(),
@@ -252,9 +282,52 @@ impl Testbed {
         Ok(())
     }
 
+    /// Gives the agent (through its control socket, as the companion would) one L4 route,
+    /// `listen_port` on the tunnel IP to `target`, replacing its routes; waits until it listens.
+    pub fn apply_l4_route(&self, listen_port: u16, target: SocketAddr) -> Result<()> {
+        let agent = self.agent()?;
+        let config = AgentConfig {
+            config_hash: Some(format!("harness-{listen_port}")),
+            http_routes: Vec::new(),
+            l4_routes: vec![L4Route {
+                id: 1,
+                listen_port,
+                target_host: target.ip().to_string(),
+                target_port: target.port(),
+                wol: None,
+            }],
+        };
+        if let Response::Error { message } =
+            control_request(agent.socket(), &Request::Apply { config })?
+        {
+            return Err(HarnessError::Control {
+                path: agent.socket().display().to_string(),
+                detail: format!(
+                    "the agent refused the L4 route :{listen_port} -> {target}: {message}"
+                ),
+            });
+        }
+        wait_until(
+            &format!("the agent to listen on port {listen_port}"),
+            Duration::from_secs(10),
+            || {
+                let s = agent.status()?;
+                Ok::<_, HarnessError>(
+                    s.routes
+                        .iter()
+                        .any(|r| {
+                            r.listen_port == Some(listen_port) && r.tcp == ListenerState::Listening
+                        })
+                        .then_some(()),
+                )
+            },
+        )
+    }
+
     /// Gives the hub the extra tunnel address `foreign` (which the gateway should not accept
     /// traffic from), sends three datagrams from it and then one (`allowed`) from the hub's own
-    /// tunnel address to a UDP socket on the gateway's tunnel IP. Returns the first datagram
+    /// tunnel address to a UDP socket on the gateway's tunnel IP (userspace mode: to the
+    /// gateway's tunnel IP, relayed by an L4 route to a socket on its veth). Returns the first datagram
     /// that arrives and whatever else arrives within `wait` after it.
     pub fn foreign_then_allowed_datagrams(
         &self,
@@ -268,10 +341,22 @@ impl Testbed {
             "dev",
             self.hub.ifname(),
         ])?;
-        let rx = udp_socket(&self.gw_ns, (GW_TUNNEL_IP, 0).into(), wait)?;
-        let to = rx
+        let rx_ip = if self.mode.has_tun() {
+            GW_TUNNEL_IP
+        } else {
+            GW_LAN_IP
+        };
+        let rx = udp_socket(&self.gw_ns, (rx_ip, 0).into(), wait)?;
+        let rx_addr = rx
             .local_addr()
             .map_err(|e| HarnessError::io("address of the UDP receiver", e))?;
+        // Userspace mode: through an L4 route on the tunnel IP to the receiver on the veth.
+        let to = if self.mode.has_tun() {
+            rx_addr
+        } else {
+            self.apply_l4_route(ECHO_ROUTE_PORT, rx_addr)?;
+            SocketAddr::from((GW_TUNNEL_IP, ECHO_ROUTE_PORT))
+        };
         let from_foreign = udp_socket(&self.hub_ns, (foreign, 0).into(), wait)?;
         let from_hub = udp_socket(&self.hub_ns, (HUB_TUNNEL_IP, 0).into(), wait)?;
         for _ in 0..3 {
@@ -283,12 +368,20 @@ impl Testbed {
         from_hub
             .send_to(b"allowed", to)
             .map_err(|e| HarnessError::io(format!("send from {HUB_TUNNEL_IP} to {to}"), e))?;
+        // Through a route, the agent's reachability probe of the target (an empty datagram)
+        // may arrive too: it is not one of the test's datagrams, all of which have a payload.
+        let relayed = !self.mode.has_tun();
+        let recv = |buf: &mut [u8]| -> std::io::Result<Vec<u8>> {
+            loop {
+                let n = rx.recv(buf)?;
+                if n > 0 || !relayed {
+                    return Ok(buf[..n].to_vec());
+                }
+            }
+        };
         let mut buf = [0u8; 64];
-        let n = rx
-            .recv(&mut buf)
-            .map_err(|e| HarnessError::io(format!("receive on {to}"), e))?;
-        let first = buf[..n].to_vec();
-        let more = rx.recv(&mut buf).ok().map(|n| buf[..n].to_vec());
+        let first = recv(&mut buf).map_err(|e| HarnessError::io(format!("receive on {to}"), e))?;
+        let more = recv(&mut buf).ok();
         Ok((first, more))
     }
 
@@ -329,6 +422,55 @@ fn hub_peer_for_gateway(gw_key: &KeyPair, psk: Option<&str>) -> WgPeer {
         persistent_keepalive: None,
     }
 }
+
+/// The L4 route port [`Testbed::check_traffic_both_ways`] uses in userspace mode.
+pub const ECHO_ROUTE_PORT: u16 = 7100;
+
+/// Starts gatelet-agent in `ns` in `mode` (`GATELET_NETSTACK` added to `env`; userspace mode as
+/// [`crate::UNPRIVILEGED`] with no capability) and checks it runs as the mode says
+/// ([`check_agent_mode`]).
+pub fn start_agent(
+    ns: &Netns,
+    binary: &Path,
+    env: &GatewayEnv,
+    mode: NetstackMode,
+) -> Result<Agent> {
+    let mut env = env.clone();
+    env.extra.retain(|(k, _)| k != crate::NETSTACK_KEY);
+    env.extra.push(mode.env_line());
+    let agent = Agent::start_as(ns, binary, &env, mode.run_as())?;
+    let tun = env.tun_name.as_deref().unwrap_or(DEFAULT_TUN_NAME);
+    let failed = |e: HarnessError| HarnessError::Command {
+        what: format!("gatelet-agent start in {mode} mode"),
+        status: e.to_string(),
+        output: agent.log(),
+    };
+    check_agent_mode(mode, agent.pid(), ns, tun).map_err(failed)?;
+    // The agent's own word for its mode (`tun` or `netstack`, AgentStatus.tunnel.mode).
+    let want = match mode {
+        NetstackMode::Kernel => "tun",
+        NetstackMode::Userspace => "netstack",
+    };
+    let reported = wait_until(
+        "the agent to report its interface mode",
+        Duration::from_secs(5),
+        || {
+            let m = agent.status()?.tunnel.mode;
+            Ok::<_, HarnessError>((!m.is_empty()).then_some(m))
+        },
+    )
+    .map_err(failed)?;
+    if reported != want {
+        return Err(failed(HarnessError::Parse {
+            what: "AgentStatus.tunnel.mode".into(),
+            detail: format!("{reported:?}, expected {want:?} in {mode} mode"),
+        }));
+    }
+    Ok(agent)
+}
+
+/// The agent's TUN device name when `GATELET_TUN_NAME` is not set.
+pub const DEFAULT_TUN_NAME: &str = "gatelet0";
 
 /// The gateway.env the agent gets in the standard topology.
 pub fn agent_env(gw_key: &KeyPair, hub_key: &KeyPair, psk: Option<&str>) -> GatewayEnv {

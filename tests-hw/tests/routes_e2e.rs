@@ -2,6 +2,11 @@
 //! GateControl on 10.8.0.1:3000) hands a config to the gateway's companion over the tunnel, the
 //! companion applies it to gatelet-agent, and traffic from the hub reaches LAN services through
 //! the agent's HTTP proxy and L4 relays. Needs root.
+//!
+//! Every case but the taken-port one runs in both netstack modes (`both_modes!`: `<case>::kernel`,
+//! `<case>::userspace`); in userspace mode the agent is uid 65534 with no capability and no TUN
+//! device, and the companion reaches the fake server on 10.8.0.1:3000 through the agent's
+//! loopback proxy into the tunnel (`gatecontrol_addr`).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
@@ -12,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use gatelet_agent_api::control::ListenerState;
 use gatelet_tests_hw::{
-    config_document, connect, document_hash, fixture_port, fixture_value, http_request,
+    both_modes, config_document, connect, document_hash, fixture_port, fixture_value, http_request,
     read_all_from, require_root, tcp_echo, udp_socket, wait_until, websocket_accept, ws_read_frame,
-    ws_write_frame, Deployment, HarnessError, HttpRouteDoc, L4RouteDoc, Result, BANNER1, BANNER2,
-    GW_LAN_SIDE_IP, GW_TUNNEL_IP, GW_WAN_IP, HTTP_BANNER, HUB_TUNNEL_IP, LAN_BANNER1_IP,
-    LAN_BANNER2_IP, LAN_ECHO_IP, LAN_HTTP_IP, LAN_SERVICE_PORT, LAN_WS_IP, WS_BINARY, WS_CLOSE,
-    WS_TEXT,
+    ws_write_frame, Deployment, HarnessError, HttpRouteDoc, L4RouteDoc, NetstackMode, Result,
+    BANNER1, BANNER2, GW_LAN_SIDE_IP, GW_TUNNEL_IP, GW_WAN_IP, HTTP_BANNER, HUB_TUNNEL_IP,
+    LAN_BANNER1_IP, LAN_BANNER2_IP, LAN_ECHO_IP, LAN_HTTP_IP, LAN_SERVICE_PORT, LAN_WS_IP,
+    WS_BINARY, WS_CLOSE, WS_TEXT,
 };
 
 /// The HTTP route's domain.
@@ -85,10 +90,12 @@ fn standard_routes() -> (Vec<HttpRouteDoc>, Vec<L4RouteDoc>) {
     )
 }
 
-fn deployment() -> Deployment {
+/// The standard deployment with the agent in `mode` (userspace: uid 65534, no capability, no
+/// device; the fake server on the hub's tunnel address, see `gatecontrol_addr`).
+fn deployment(mode: NetstackMode) -> Deployment {
     require_root().unwrap();
     let (http, l4) = standard_routes();
-    Deployment::start(&config_document(&http, &l4)).unwrap()
+    Deployment::start_in(&config_document(&http, &l4), mode).unwrap()
 }
 
 /// Unwraps, or panics with the logs of agent, companion and fake server.
@@ -163,9 +170,12 @@ fn quick_echo(ns: &gatelet_tests_hw::Netns, addr: SocketAddr, msg: &[u8]) -> Res
     Ok(back)
 }
 
-#[test]
-fn http_routes_by_host_and_by_x_gateway_target_domain_without_leaking_gateway_headers() {
-    let d = deployment();
+both_modes!(
+    http_routes_by_host_and_by_x_gateway_target_domain_without_leaking_gateway_headers,
+    http_routes_by_host
+);
+fn http_routes_by_host(mode: NetstackMode) {
+    let d = deployment(mode);
     let hub = &d.testbed.hub_ns;
     let by_host = ok(
         &d,
@@ -234,9 +244,9 @@ fn http_routes_by_host_and_by_x_gateway_target_domain_without_leaking_gateway_he
     assert!(!unknown.body.contains(HTTP_BANNER), "{unknown:?}");
 }
 
-#[test]
-fn websocket_echo_through_the_http_proxy() {
-    let d = deployment();
+both_modes!(websocket_echo_through_the_http_proxy, websocket_echo);
+fn websocket_echo(mode: NetstackMode) {
+    let d = deployment(mode);
     let mut conn = ok(&d, connect(&d.testbed.hub_ns, proxy_addr(), IO_TIMEOUT));
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let req = format!(
@@ -287,9 +297,9 @@ fn websocket_echo_through_the_http_proxy() {
     assert_eq!(op, WS_CLOSE);
 }
 
-#[test]
-fn l4_tcp_echo_keeps_the_half_close() {
-    let d = deployment();
+both_modes!(l4_tcp_echo_keeps_the_half_close, l4_tcp_half_close);
+fn l4_tcp_half_close(mode: NetstackMode) {
+    let d = deployment(mode);
     let payload: Vec<u8> = (0..ECHO_BYTES).map(|i| (i % 251) as u8).collect();
     // tcp_echo shuts down its write side after the payload and reads until the relay closes:
     // every byte comes back only if the relay passes the FIN on and keeps the other direction.
@@ -305,9 +315,9 @@ fn l4_tcp_echo_keeps_the_half_close() {
     assert!(back == payload, "the echo differs from what was sent");
 }
 
-#[test]
-fn l4_udp_echo_on_the_same_port() {
-    let d = deployment();
+both_modes!(l4_udp_echo_on_the_same_port, l4_udp_echo);
+fn l4_udp_echo(mode: NetstackMode) {
+    let d = deployment(mode);
     let sock = ok(
         &d,
         udp_socket(&d.testbed.hub_ns, (HUB_TUNNEL_IP, 0).into(), IO_TIMEOUT),
@@ -329,9 +339,12 @@ fn l4_udp_echo_on_the_same_port() {
     assert_eq!(&buf[..n], &big[..]);
 }
 
-#[test]
-fn a_route_change_mid_transfer_leaves_other_connections_untouched() {
-    let d = deployment();
+both_modes!(
+    a_route_change_mid_transfer_leaves_other_connections_untouched,
+    route_change_mid_transfer
+);
+fn route_change_mid_transfer(mode: NetstackMode) {
+    let d = deployment(mode);
     let hub = &d.testbed.hub_ns;
     assert_eq!(
         ok(
@@ -404,9 +417,9 @@ fn a_route_change_mid_transfer_leaves_other_connections_untouched() {
     eprintln!("route A: {total} rounds of {ROUND_BYTES} bytes, {at_apply} before the apply");
 }
 
-#[test]
-fn a_removed_route_stops_accepting() {
-    let d = deployment();
+both_modes!(a_removed_route_stops_accepting, removed_route);
+fn removed_route(mode: NetstackMode) {
+    let d = deployment(mode);
     let hub = &d.testbed.hub_ns;
     assert_eq!(
         ok(
@@ -446,6 +459,8 @@ fn a_removed_route_stops_accepting() {
     );
 }
 
+/// Kernel mode only: in userspace mode the listen ports are the agent's own smoltcp stack's, and
+/// no other process can take one.
 #[test]
 fn a_port_taken_by_another_process_is_reported_as_listener_failed_and_retried() {
     require_root().unwrap();
@@ -530,9 +545,12 @@ fn a_port_taken_by_another_process_is_reported_as_listener_failed_and_retried() 
     drop(taken);
 }
 
-#[test]
-fn after_a_reboot_with_the_server_gone_every_route_answers_within_two_seconds() {
-    let mut d = deployment();
+both_modes!(
+    after_a_reboot_with_the_server_gone_every_route_answers_within_two_seconds,
+    reboot_without_server
+);
+fn reboot_without_server(mode: NetstackMode) {
+    let mut d = deployment(mode);
     // The reboot: companion, agent and server go away.
     if let Some(c) = d.companion.as_mut() {
         c.process().terminate();
@@ -613,9 +631,12 @@ fn after_a_reboot_with_the_server_gone_every_route_answers_within_two_seconds() 
     );
 }
 
-#[test]
-fn the_management_api_answers_on_the_tunnel_ip_and_nowhere_else() {
-    let d = deployment();
+both_modes!(
+    the_management_api_answers_on_the_tunnel_ip_and_nowhere_else,
+    management_api_on_tunnel_ip_only
+);
+fn management_api_on_tunnel_ip_only(mode: NetstackMode) {
+    let d = deployment(mode);
     let hub = &d.testbed.hub_ns;
     let api = Deployment::tunnel_addr(api_port());
     let health = ok(

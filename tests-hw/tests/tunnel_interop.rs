@@ -7,8 +7,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use gatelet_tests_hw::{
-    product_binary, require_root, wait_until, GatewayRole, HarnessError, Process, Result, TempDir,
-    Testbed, WgPeer, GW_TUNNEL_IP, HUB_PORT, HUB_TUNNEL_IP,
+    both_modes, product_binary, require_root, wait_until, GatewayRole, HarnessError, NetstackMode,
+    Process, Result, TempDir, Testbed, TestbedOptions, WgPeer, GW_TUNNEL_IP, HUB_PORT,
+    HUB_TUNNEL_IP,
 };
 
 /// A handshake between two processes on one host takes milliseconds; this is generous.
@@ -26,9 +27,19 @@ const FOREIGN_TUNNEL_IP: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 99);
 const DROP_WAIT: Duration = Duration::from_secs(2);
 
 fn agent_testbed() -> Testbed {
+    agent_testbed_in(NetstackMode::Kernel)
+}
+
+/// The standard testbed with the agent in `mode` (userspace: as uid 65534, no capability, no
+/// device; checked at start).
+fn agent_testbed_in(mode: NetstackMode) -> Testbed {
     require_root().unwrap();
     let binary = product_binary("gatelet-agent").unwrap();
-    Testbed::start(&GatewayRole::Agent(binary)).unwrap()
+    let options = TestbedOptions {
+        mode,
+        ..TestbedOptions::default()
+    };
+    Testbed::start_with(&GatewayRole::Agent(binary), &options).unwrap()
 }
 
 /// Unwraps, or panics with the agent's and the hub's logs so a failure explains itself.
@@ -42,13 +53,17 @@ fn ok<T>(tb: &Testbed, r: Result<T>) -> T {
     })
 }
 
-#[test]
-fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
-    let tb = agent_testbed();
+both_modes!(
+    agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name,
+    handshake_with_a_hub_found_by_name
+);
+fn handshake_with_a_hub_found_by_name(mode: NetstackMode) {
+    let tb = agent_testbed_in(mode);
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let status = ok(&tb, tb.agent_status());
     assert!(status.tunnel.handshake_age_s.is_some(), "{status:?}");
-    assert_eq!(status.tunnel.mode, "tun", "{status:?}");
+    let want_mode = if mode.has_tun() { "tun" } else { "netstack" };
+    assert_eq!(status.tunnel.mode, want_mode, "{status:?}");
     assert!(!status.agent_version.is_empty(), "{status:?}");
     assert_eq!(
         status.tunnel.endpoint.as_deref(),
@@ -56,6 +71,10 @@ fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
         "the agent should report the address {} resolved from hub.test",
         tb.hub_lan_ip
     );
+    if !mode.has_tun() {
+        // No device at all (checked at start: no gatelet0, no /dev/net/tun open, no capability).
+        return;
+    }
     // The TUN device as the issue asks: default name and MTU, WG_ADDRESS, up, a route for
     // each of WG_ALLOWED_IPS.
     let link = ok(&tb, tb.gw_ns.ip(&["-o", "link", "show", "gatelet0"]));
@@ -71,12 +90,13 @@ fn agent_completes_a_handshake_with_a_wireguard_go_hub_found_by_name() {
     );
 }
 
-#[test]
-fn agent_works_without_a_preshared_key() {
+both_modes!(agent_works_without_a_preshared_key, without_a_preshared_key);
+fn without_a_preshared_key(mode: NetstackMode) {
     require_root().unwrap();
     let binary = product_binary("gatelet-agent").unwrap();
-    let options = gatelet_tests_hw::TestbedOptions {
+    let options = TestbedOptions {
         preshared_key: false,
+        mode,
         ..Default::default()
     };
     let tb = Testbed::start_with(&GatewayRole::Agent(binary), &options).unwrap();
@@ -84,9 +104,9 @@ fn agent_works_without_a_preshared_key() {
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
 }
 
-#[test]
-fn agent_carries_ping_and_tcp_echo_both_ways() {
-    let tb = agent_testbed();
+both_modes!(agent_carries_ping_and_tcp_echo_both_ways, ping_and_tcp_echo);
+fn ping_and_tcp_echo(mode: NetstackMode) {
+    let tb = agent_testbed_in(mode);
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let before = ok(&tb, tb.agent_status()).tunnel;
     ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
@@ -102,9 +122,12 @@ fn agent_carries_ping_and_tcp_echo_both_ways() {
     );
 }
 
-#[test]
-fn agent_finds_the_hub_again_after_it_moves_to_a_new_address_behind_the_same_name() {
-    let mut tb = agent_testbed();
+both_modes!(
+    agent_finds_the_hub_again_after_it_moves_to_a_new_address_behind_the_same_name,
+    hub_moves_behind_its_name
+);
+fn hub_moves_behind_its_name(mode: NetstackMode) {
+    let mut tb = agent_testbed_in(mode);
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let moved = tb.move_hub(MOVED_HUB_LAN_IP);
     ok(&tb, moved);
@@ -155,9 +178,12 @@ fn agent_finds_a_moved_hub_within_a_minute_while_the_gateway_sends() {
     );
 }
 
-#[test]
-fn packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway() {
-    let tb = agent_testbed();
+both_modes!(
+    packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway,
+    foreign_packets_dropped
+);
+fn foreign_packets_dropped(mode: NetstackMode) {
+    let tb = agent_testbed_in(mode);
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let sent_before = ok(&tb, tb.hub.transfer(&tb.gw_key.public)).1;
     let dropped_before = ok(&tb, tb.agent_status()).tunnel.rx_dropped_not_allowed;
@@ -186,9 +212,12 @@ fn packets_from_outside_wg_allowed_ips_do_not_reach_the_gateway() {
     );
 }
 
-#[test]
-fn agent_accepts_a_new_handshake_forced_by_the_hub_and_keeps_carrying_traffic() {
-    let tb = agent_testbed();
+both_modes!(
+    agent_accepts_a_new_handshake_forced_by_the_hub_and_keeps_carrying_traffic,
+    handshake_forced_by_the_hub
+);
+fn handshake_forced_by_the_hub(mode: NetstackMode) {
+    let tb = agent_testbed_in(mode);
     let first = ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     let gw_endpoint = ok(&tb, tb.hub.endpoint(&tb.gw_key.public));
     let gw_endpoint = gw_endpoint.expect("after a handshake the hub knows the gateway's endpoint");
@@ -387,9 +416,12 @@ fn agent_runs_without_any_capability_on_a_precreated_persistent_tun_device() {
 /// The agent's `PersistentKeepalive`, in seconds.
 const KEEPALIVE: Duration = Duration::from_secs(25);
 
-#[test]
-fn agent_sends_a_keepalive_within_25_seconds_on_an_idle_tunnel() {
-    let tb = agent_testbed();
+both_modes!(
+    agent_sends_a_keepalive_within_25_seconds_on_an_idle_tunnel,
+    keepalive_on_an_idle_tunnel
+);
+fn keepalive_on_an_idle_tunnel(mode: NetstackMode) {
+    let tb = agent_testbed_in(mode);
     ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
     // Let the handshake's own packets settle, then watch an idle tunnel: only a keepalive
     // (32 bytes on the wire) can make the hub's receive counter move.
@@ -410,9 +442,12 @@ fn agent_sends_a_keepalive_within_25_seconds_on_an_idle_tunnel() {
     eprintln!("keepalive after {:?} of idleness", start.elapsed());
 }
 
-#[test]
-fn agent_keeps_resolving_an_unknown_hub_name_and_connects_once_it_resolves() {
-    let mut tb = agent_testbed();
+both_modes!(
+    agent_keeps_resolving_an_unknown_hub_name_and_connects_once_it_resolves,
+    unknown_hub_name_resolves_later
+);
+fn unknown_hub_name_resolves_later(mode: NetstackMode) {
+    let mut tb = agent_testbed_in(mode);
     let gatelet_tests_hw::Gateway::Agent(agent) = &mut tb.gateway else {
         unreachable!("agent_testbed starts the agent")
     };
@@ -420,7 +455,7 @@ fn agent_keeps_resolving_an_unknown_hub_name_and_connects_once_it_resolves() {
     ok(&tb, tb.gw_ns.set_hosts(&[])); // hub.test does not resolve
     let binary = product_binary("gatelet-agent").unwrap();
     let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
-    let restarted = gatelet_tests_hw::Agent::start(&tb.gw_ns, &binary, &env);
+    let restarted = gatelet_tests_hw::start_agent(&tb.gw_ns, &binary, &env, mode);
     tb.gateway = gatelet_tests_hw::Gateway::Agent(ok(&tb, restarted));
     let error = ok(
         &tb,
@@ -456,14 +491,25 @@ const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 /// Pings sent at 0.5 s intervals across the timed rekey (about 140 s).
 const REKEY_PINGS: u32 = 280;
 
-#[test]
-fn agent_rekeys_after_two_minutes_under_traffic_without_losing_packets() {
-    let tb = agent_testbed();
+both_modes!(
+    agent_rekeys_after_two_minutes_under_traffic_without_losing_packets,
+    rekey_under_traffic
+);
+/// Kernel mode: the gateway pings the hub. Userspace mode: nothing in the gateway's namespace
+/// can send into the tunnel, so the hub pings the agent's stack, whose replies are the agent's
+/// traffic (the agent initiated the session, so it is the one that rekeys).
+fn rekey_under_traffic(mode: NetstackMode) {
+    let tb = agent_testbed_in(mode);
     let first = ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
-    let mut cmd = tb.gw_ns.command("ping");
+    let (ns, target) = if mode.has_tun() {
+        (&tb.gw_ns, HUB_TUNNEL_IP)
+    } else {
+        (&tb.hub_ns, GW_TUNNEL_IP)
+    };
+    let mut cmd = ns.command("ping");
     cmd.args(["-n", "-i", "0.5", "-W", "2", "-c", &REKEY_PINGS.to_string()])
-        .arg(HUB_TUNNEL_IP.to_string());
-    let mut pinger = ok(&tb, tb.gw_ns.spawn("ping-across-rekey", cmd));
+        .arg(target.to_string());
+    let mut pinger = ok(&tb, ns.spawn("ping-across-rekey", cmd));
     let second = ok(
         &tb,
         tb.wait_handshake(Some(first), REKEY_AFTER_TIME + Duration::from_secs(30)),

@@ -9,6 +9,9 @@
 //!   the gateway's ARP gets no answer: the host is silent, not refusing) and its HTTP service
 //!   start. Woken through the tunnel from the hub by an HTTP request, by an L4 TCP connection and
 //!   by `POST /api/wol` (management API, companion, agent), plus the 403 and 400 answers.
+//!
+//! Both tests run in both netstack modes (`<case>::kernel`, `<case>::userspace`: the agent as
+//! uid 65534 with no capability and no TUN device).
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -23,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use gatelet_agent_api::control::{Request, Response, WakeRequest};
 use gatelet_tests_hw::{
-    control_request, document_hash, fixture_gc_lines, fixture_port, fixture_value, http_request,
-    product_binary, require_root, udp_socket, wait_until, Deployment, GatewayRole, HarnessError,
-    Lan, Netns, Result, Testbed, TestbedOptions, VethPair, GW_LAN_SIDE_IP, GW_TUNNEL_IP,
-    HANDSHAKE_TIMEOUT, HUB_TUNNEL_IP, LAN_SUBNET_PREFIX, NETNS_RUN,
+    both_modes, control_request, document_hash, fixture_port, fixture_value, gc_lines_for,
+    http_request, product_binary, require_root, udp_socket, wait_until, Deployment, GatewayRole,
+    HarnessError, Lan, Netns, NetstackMode, Result, Testbed, TestbedOptions, VethPair,
+    GW_LAN_SIDE_IP, GW_TUNNEL_IP, HANDSHAKE_TIMEOUT, HUB_TUNNEL_IP, LAN_SUBNET_PREFIX, NETNS_RUN,
 };
 
 /// The gateway's end of the LAN veth (`VethPair` names it after the other namespace's role).
@@ -316,21 +319,27 @@ fn wait_until_ok<T>(timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>)
 }
 
 /// Agent options: the fixture's `GC_*` lines and magic packets on the LAN veth only.
-fn wol_options() -> Result<TestbedOptions> {
-    let mut extra = fixture_gc_lines()?;
+/// In userspace mode the agent runs as uid 65534 with no capability (so no `SO_BINDTODEVICE`:
+/// it sends from a socket bound to the interface's address); the fake server is on the hub's
+/// tunnel address in both modes (`gatecontrol_addr`).
+fn wol_options(mode: NetstackMode) -> Result<TestbedOptions> {
+    let mut extra = gc_lines_for(mode)?;
     extra.push(("GATELET_WOL_INTERFACES".into(), GW_LAN_IFACE.into()));
     Ok(TestbedOptions {
         agent_env_extra: extra,
+        mode,
         ..TestbedOptions::default()
     })
 }
 
-#[test]
-fn magic_packets_reach_the_lan_on_both_broadcasts_three_times_from_the_allowed_interface_only(
-) -> Result<()> {
+both_modes!(
+    magic_packets_reach_the_lan_on_both_broadcasts_three_times_from_the_allowed_interface_only,
+    magic_packets_on_the_allowed_interface -> Result<()>
+);
+fn magic_packets_on_the_allowed_interface(mode: NetstackMode) -> Result<()> {
     require_root()?;
     let agent_binary = product_binary("gatelet-agent")?;
-    let tb = Testbed::start_with(&GatewayRole::Agent(agent_binary), &wol_options()?)?;
+    let tb = Testbed::start_with(&GatewayRole::Agent(agent_binary), &wol_options(mode)?)?;
     let lan = Netns::new("lan")?;
     let _veth = VethPair::new(
         &tb.gw_ns,
@@ -471,12 +480,18 @@ fn wol_document() -> serde_json::Value {
     })
 }
 
-#[test]
-fn sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api() -> Result<()> {
+both_modes!(
+    sleeping_hosts_are_woken_by_http_by_l4_and_by_the_management_api,
+    sleeping_hosts_woken -> Result<()>
+);
+fn sleeping_hosts_woken(mode: NetstackMode) -> Result<()> {
     require_root()?;
     let agent_binary = product_binary("gatelet-agent")?;
     let companion_binary = product_binary("gatelet-companion")?;
-    let testbed = Testbed::start_with(&GatewayRole::Agent(agent_binary.clone()), &wol_options()?)?;
+    let testbed = Testbed::start_with(
+        &GatewayRole::Agent(agent_binary.clone()),
+        &wol_options(mode)?,
+    )?;
     let lan = Lan::start(&testbed.gw_ns)?;
     testbed.wait_handshake(None, HANDSHAKE_TIMEOUT)?;
     let ifname = lan.veth.ifname_in(&lan.ns).to_owned();

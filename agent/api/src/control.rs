@@ -208,6 +208,14 @@ pub struct RouteStatus {
     /// Bytes relayed in both directions since the route started.
     #[serde(default)]
     pub bytes: u64,
+    /// Connections (L4: TCP, plus UDP datagrams over the session cap) or requests (HTTP: 503
+    /// at the route's cap of requests in flight) turned away since the route started.
+    #[serde(default)]
+    pub refused: u64,
+    /// Connections or requests whose target could not be reached (HTTP: 502/504 from the
+    /// proxy) since the route started.
+    #[serde(default)]
+    pub failures: u64,
     /// Last error seen on this route.
     #[serde(default)]
     pub last_error: Option<String>,
@@ -240,9 +248,14 @@ pub struct TunnelStatus {
     /// The last tunnel error (resolve failure, send failure...).
     #[serde(default)]
     pub last_error: Option<String>,
-    /// Network interface mode: `tun` or `netstack`.
+    /// Network interface mode: `tun` (a TUN device, the kernel's TCP/IP stack) or `netstack`
+    /// (the userspace stack inside the agent). Empty from an agent older than both.
     #[serde(default)]
     pub mode: String,
+    /// Why this mode: set when `GATELET_NETSTACK=auto` fell back to the userspace stack
+    /// (the TUN device could not be opened or configured, and the error).
+    #[serde(default)]
+    pub mode_reason: Option<String>,
     /// Decrypted packets dropped because their source is outside `WG_ALLOWED_IPS`.
     #[serde(default)]
     pub rx_dropped_not_allowed: u64,
@@ -278,6 +291,13 @@ pub struct AgentStatus {
     /// Recent wakes, newest last.
     #[serde(default)]
     pub wakes: Vec<WakeResult>,
+    /// In userspace network stack mode with `GC_SERVER_URL` set: the agent's loopback HTTP
+    /// CONNECT proxy (`127.0.0.1:port`) into the tunnel, which reaches only that URL's host
+    /// and port. The companion sends its GateControl requests through it when the server
+    /// lies in the tunnel (nothing else on the box can reach the tunnel then). None in TUN
+    /// mode and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_proxy: Option<String>,
 }
 
 /// Ask the agent to wake a host (`/api/wol`, or a companion-side trigger).

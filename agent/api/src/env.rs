@@ -40,6 +40,51 @@ pub const DEFAULT_MTU: u16 = 1420;
 pub const DEFAULT_DIAG_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9877));
 
+/// `GATELET_NETSTACK`: where the tunnel's packets are terminated.
+///
+/// The default is [`NetstackMode::Auto`]: a box where the agent may open and configure a TUN
+/// device (root, or `CAP_NET_ADMIN` and `/dev/net/tun`) keeps the kernel stack it has today,
+/// and a box where it may not (an unprivileged NAS container) works instead of exiting; the
+/// agent logs why it fell back and reports the mode in its status and the heartbeat, so a
+/// lost privilege does not go unnoticed. `kernel` makes a missing TUN device fatal again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetstackMode {
+    /// The TUN device and the kernel's TCP/IP stack; failing to set it up is fatal.
+    Kernel,
+    /// The userspace stack (smoltcp) inside the agent: no device, no privilege.
+    Userspace,
+    /// The TUN device when it can be opened and configured, else the userspace stack.
+    #[default]
+    Auto,
+}
+
+impl NetstackMode {
+    /// `kernel`, `userspace` or `auto`.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v {
+            "kernel" => Some(NetstackMode::Kernel),
+            "userspace" => Some(NetstackMode::Userspace),
+            "auto" => Some(NetstackMode::Auto),
+            _ => None,
+        }
+    }
+
+    /// Its `GATELET_NETSTACK` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetstackMode::Kernel => "kernel",
+            NetstackMode::Userspace => "userspace",
+            NetstackMode::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for NetstackMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Most characters of a value or key an error message quotes; longer ones are cut, with
 /// their full length in bytes.
 pub const MAX_QUOTED_CHARS: usize = 80;
@@ -363,6 +408,8 @@ pub struct GatewayEnv {
     pub tun_name: String,
     /// `GATELET_MTU`.
     pub mtu: u16,
+    /// `GATELET_NETSTACK` (default `auto`).
+    pub netstack: NetstackMode,
     /// `GATELET_DIAG_LISTEN`: where the diagnostics page listens; None when `off`.
     pub diag_listen: Option<SocketAddr>,
     /// `GATELET_WOL_INTERFACES`: when not empty, magic packets go out on these interfaces only
@@ -397,6 +444,7 @@ const KNOWN_KEYS: &[&str] = &[
     "GATELET_ROUTES_FILE",
     "GATELET_TUN_NAME",
     "GATELET_MTU",
+    "GATELET_NETSTACK",
     "GATELET_DIAG_LISTEN",
     "GATELET_WOL_INTERFACES",
     "GATELET_WOL_EXCLUDE",
@@ -776,6 +824,13 @@ impl GatewayEnv {
                 v.parse::<u16>().ok().filter(|m| (576..=9000).contains(m))
             })?
             .unwrap_or(DEFAULT_MTU);
+        let netstack = r
+            .parsed(
+                "GATELET_NETSTACK",
+                "kernel, userspace or auto",
+                NetstackMode::parse,
+            )?
+            .unwrap_or_default();
 
         let diag_listen = match r.opt("GATELET_DIAG_LISTEN") {
             None => Some(DEFAULT_DIAG_LISTEN),
@@ -832,6 +887,7 @@ impl GatewayEnv {
             routes_file,
             tun_name,
             mtu,
+            netstack,
             diag_listen,
             wol_interfaces,
             wol_exclude,
@@ -1082,6 +1138,35 @@ mod tests {
             let e = parse(&with(key, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{key}={bad}: {e}");
             assert!(e.line.is_some(), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn netstack_mode_defaults_to_auto_and_refuses_other_words() {
+        assert_eq!(parse(SERVER_FILE).unwrap().netstack, NetstackMode::Auto);
+        for (v, want) in [
+            ("kernel", NetstackMode::Kernel),
+            ("userspace", NetstackMode::Userspace),
+            ("auto", NetstackMode::Auto),
+        ] {
+            let env = parse(&with("GATELET_NETSTACK", v)).unwrap();
+            assert_eq!(env.netstack, want);
+            assert_eq!(want.to_string(), v);
+            assert!(env.unknown_keys.is_empty());
+        }
+        let env = parse(&with("GATELET_NETSTACK", "")).unwrap();
+        assert_eq!(
+            env.netstack,
+            NetstackMode::Auto,
+            "empty is absent, as for every key"
+        );
+        for bad in ["smoltcp", "Kernel", "tun"] {
+            let e = parse(&with("GATELET_NETSTACK", bad)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("GATELET_NETSTACK"), "{bad:?}");
+            assert!(
+                e.to_string().contains("must be kernel, userspace or auto"),
+                "{e}"
+            );
         }
     }
 

@@ -339,6 +339,8 @@ thread_local! {
 }
 
 fn take_buffer(size: usize) -> Box<[u8]> {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|c| c.set(c.get() + 1));
     BUFFER_POOL
         .with(|p| {
             let mut p = p.borrow_mut();
@@ -348,7 +350,20 @@ fn take_buffer(size: usize) -> Box<[u8]> {
         .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
 }
 
+#[cfg(test)]
+thread_local! {
+    static BUFFERS_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Relay buffers this thread's relays hold now (tests: an idle connection must hold none).
+#[cfg(test)]
+pub(super) fn buffers_out() -> usize {
+    BUFFERS_OUT.with(|c| c.get())
+}
+
 fn give_buffer(b: Box<[u8]>) {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|c| c.set(c.get() - 1));
     BUFFER_POOL.with(|p| {
         let mut p = p.borrow_mut();
         if (p.len() + 1) * b.len() <= BUFFER_POOL_MAX_BYTES {
@@ -486,7 +501,14 @@ impl Half {
                 }
                 return Poll::Ready(Ok(()));
             }
-            ready!(from.poll_ready_to_read(cx))?;
+            if from.poll_ready_to_read(cx)?.is_pending() {
+                // Nothing to read: no buffer while the connection idles (after a read the
+                // userspace stream says so here, not with a read that would block).
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+                return Poll::Pending;
+            }
             let want = self.size.max(initial);
             if self.buf.as_ref().is_some_and(|b| b.len() < want) {
                 if let Some(b) = self.buf.take() {
@@ -574,6 +596,38 @@ impl Half {
     }
 }
 
+/// A relay's idle timeout, checked once per period: it fires when a whole period passed
+/// without a byte either way (so between one and two periods after the last byte).
+struct IdleTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    period: Duration,
+    active: bool,
+}
+
+impl IdleTimer {
+    fn new(period: Duration) -> Self {
+        IdleTimer {
+            sleep: Box::pin(tokio::time::sleep(period)),
+            period,
+            active: false,
+        }
+    }
+
+    /// Ready when the connection idled a whole period; `active`: bytes moved in this poll.
+    fn poll(&mut self, cx: &mut Context<'_>, active: bool) -> Poll<()> {
+        self.active |= active;
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if !self.active {
+                return Poll::Ready(());
+            }
+            self.active = false;
+            let next = tokio::time::Instant::now() + self.period;
+            self.sleep.as_mut().reset(next);
+        }
+        Poll::Pending
+    }
+}
+
 /// Relays between `a` and `b` until both directions ended (each end of stream forwarded as a
 /// half-close), an error occurs, or nothing moved for `config.idle_timeout`
 /// (an error of kind `TimedOut`).
@@ -586,8 +640,7 @@ pub async fn relay(
     let mut ab = Half::default();
     let mut ba = Half::default();
     let idle = config.idle_timeout;
-    let mut timer = Box::pin(tokio::time::sleep(idle));
-    let mut active_since_timer = false;
+    let mut timer = IdleTimer::new(idle);
     std::future::poll_fn(|cx| {
         let mut active = false;
         for (half, from, to) in [(&mut ab, a, b), (&mut ba, b, a)] {
@@ -607,16 +660,12 @@ pub async fn relay(
         if ab.done && ba.done {
             return Poll::Ready(Ok(()));
         }
-        active_since_timer |= active;
-        while timer.as_mut().poll(cx).is_ready() {
-            if !active_since_timer {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+        match timer.poll(cx, active) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
             }
-            active_since_timer = false;
-            let next = tokio::time::Instant::now() + idle;
-            Pin::as_mut(&mut timer).reset(next);
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     })
     .await
 }
@@ -656,8 +705,7 @@ where
     let mut ba = Half::default();
     let idle = config.idle_timeout;
     let sizes = (config.buffer_bytes, config.max_buffer_bytes);
-    let mut timer = Box::pin(tokio::time::sleep(idle));
-    let mut active_since_timer = false;
+    let mut timer = IdleTimer::new(idle);
     std::future::poll_fn(|cx| {
         let mut active = false;
         if !ab.done {
@@ -673,16 +721,12 @@ where
         if ab.done && ba.done {
             return Poll::Ready(Ok(()));
         }
-        active_since_timer |= active;
-        while timer.as_mut().poll(cx).is_ready() {
-            if !active_since_timer {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+        match timer.poll(cx, active) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
             }
-            active_since_timer = false;
-            let next = tokio::time::Instant::now() + idle;
-            Pin::as_mut(&mut timer).reset(next);
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     })
     .await
 }

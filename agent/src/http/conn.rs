@@ -307,9 +307,12 @@ async fn handle(
         return keep && ok;
     };
     let route = &routes[ri];
+    let rc = shared.stats.route(route.id);
+    HttpStats::add(&rc.requests, 1);
     // Held while the request is in flight (an upgraded connection's whole life).
     let Some(_in_flight) = shared.admission.enter_route(route.id) else {
         HttpStats::add(&shared.stats.errors, 1);
+        HttpStats::add(&rc.refused, 1);
         shared.refused(Refusal::RouteBusy(route.id));
         let keep = may_keep_alive && req.keep_alive && req.body == BodyKind::None;
         let page = render(ProxyError::RouteBusy, req.wants_html, !keep);
@@ -326,6 +329,7 @@ async fn handle(
         );
         return keep && ok;
     };
+    let _route_in_flight = super::InFlight::new(rc.clone());
     if let Choice::Refused(_) = choice {
         HttpStats::add(&shared.stats.refused_target_overrides, 1);
         // Counted in HttpStats; logged at debug only, as the hub may send it on every request.
@@ -429,12 +433,14 @@ async fn handle(
             ..
         }) => {
             HttpStats::add(&shared.stats.bytes, bytes);
+            HttpStats::add(&rc.bytes, bytes);
             log(req, status, bytes, started, route_log, Some(&key));
             client_keep_alive
         }
         Some(Exchange::Broken { status, bytes }) => {
             // Not an answer of the proxy's own: `errors` does not count it (the log line does).
             HttpStats::add(&shared.stats.bytes, bytes);
+            HttpStats::add(&rc.bytes, bytes);
             log(req, status, bytes, started, route_log, Some(&key));
             false
         }
@@ -444,6 +450,7 @@ async fn handle(
             ..
         }) => {
             HttpStats::add(&shared.stats.errors, 1);
+            HttpStats::add(&rc.failures, 1);
             let keep = client_keep_alive && client_in_sync;
             let page = render(err, req.wants_html, !keep);
             let ok = bounded(cfg.io_idle_timeout, client.write_all(&page))

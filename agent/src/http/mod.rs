@@ -56,7 +56,7 @@ use crate::forward::refusals::{RefusalLog, RefusalReport, REFUSAL_LOG_INTERVAL};
 use crate::stack::Listener;
 use crate::wol::Waker;
 
-pub use table::{HttpStats, HttpTable};
+pub use table::{HttpStats, HttpTable, InFlight, RouteHttpCounters};
 
 /// Largest request or response head, in bytes (a larger request head is answered with 431).
 pub const DEFAULT_HEAD_LIMIT_BYTES: usize = 16 * 1024;

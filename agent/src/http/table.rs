@@ -3,10 +3,13 @@
 //!
 //! The proxy (`super::serve`) reads [`HttpTable::current`] for every request, so an
 //! apply that changes the HTTP routes takes effect for the next request without touching open
-//! connections. [`HttpStats`] are plain atomics the proxy bumps and the status answer reads.
+//! connections. [`HttpStats`] are plain atomics the proxy bumps and the status answer reads,
+//! with [`RouteHttpCounters`] per route id (created for routes of the table only, dropped by
+//! [`HttpStats::retain_routes`] when the route set is replaced: bounded by the config).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use gatelet_agent_api::control::HttpRoute;
 
@@ -64,6 +67,41 @@ pub struct HttpStats {
     pub evicted: AtomicU64,
     /// Requests answered 503 because their route had its cap of requests in flight.
     pub route_busy: AtomicU64,
+    /// Per route id.
+    routes: Mutex<HashMap<u64, Arc<RouteHttpCounters>>>,
+}
+
+/// Counters of one HTTP route.
+#[derive(Debug, Default)]
+pub struct RouteHttpCounters {
+    /// Requests routed to it.
+    pub requests: AtomicU64,
+    /// Requests in flight now (an upgraded connection counts for its whole life).
+    pub active: AtomicU64,
+    /// Bytes relayed in both directions (heads and bodies).
+    pub bytes: AtomicU64,
+    /// Requests answered 503 because the route had its cap of requests in flight.
+    pub refused: AtomicU64,
+    /// Requests whose backend could not be reached or failed before answering (502, 504).
+    pub failures: AtomicU64,
+}
+
+/// Counts a request in flight on a route until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<RouteHttpCounters>);
+
+impl InFlight {
+    /// Counts one more request in flight on `c`.
+    pub fn new(c: Arc<RouteHttpCounters>) -> Self {
+        c.active.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl HttpStats {
@@ -75,6 +113,26 @@ impl HttpStats {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    fn route_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<RouteHttpCounters>>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of route `id`, created on first use (the proxy calls this only for a
+    /// route of its table).
+    pub fn route(&self, id: u64) -> Arc<RouteHttpCounters> {
+        self.route_map().entry(id).or_default().clone()
+    }
+
+    /// The counters of route `id` if it has any (the status answer: no insert).
+    pub fn route_if_any(&self, id: u64) -> Option<Arc<RouteHttpCounters>> {
+        self.route_map().get(&id).cloned()
+    }
+
+    /// Forgets the counters of every route not in `ids` (after the route set is replaced).
+    pub fn retain_routes(&self, ids: &[u64]) {
+        self.route_map().retain(|id, _| ids.contains(id));
     }
 }
 
@@ -91,6 +149,24 @@ mod tests {
             backend_https: false,
             wol: None,
         }
+    }
+
+    #[test]
+    fn route_counters_are_per_id_and_forgotten_with_their_route() {
+        let s = HttpStats::default();
+        HttpStats::add(&s.route(1).bytes, 10);
+        HttpStats::add(&s.route(1).bytes, 5);
+        {
+            let _a = InFlight::new(s.route(2));
+            let _b = InFlight::new(s.route(2));
+            assert_eq!(HttpStats::get(&s.route(2).active), 2);
+        }
+        assert_eq!(HttpStats::get(&s.route(2).active), 0);
+        assert_eq!(HttpStats::get(&s.route(1).bytes), 15);
+        assert!(s.route_if_any(3).is_none());
+        s.retain_routes(&[2]);
+        assert!(s.route_if_any(1).is_none());
+        assert!(s.route_if_any(2).is_some());
     }
 
     #[test]

@@ -276,6 +276,12 @@ fn has_ipv4_route(dev: &str, net: &Cidr) -> bool {
     })
 }
 
+impl std::os::fd::AsFd for TunDevice {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl AsRawFd for TunDevice {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

@@ -45,7 +45,7 @@ use crate::forward::udp::{self, UdpConfig, UdpRoute};
 use crate::forward::{wait_true, RouteCounters, TargetCell};
 use crate::target::Target;
 
-use crate::http::{HttpStats, HttpTable, ProxyConfig};
+use crate::http::{HttpStats, HttpTable, ProxyConfig, RouteHttpCounters};
 use crate::stack::{Datagram, Stack};
 use crate::wol::Waker;
 pub use persist::{PersistError, APPLIED_CONFIG_FILE};
@@ -535,7 +535,11 @@ impl RouteManager {
                     let entry = self.start_l4(id, port, target);
                     st.l4.insert(port, entry);
                 }
-                Change::ReplaceHttp(routes) => inner.http_table.replace(routes),
+                Change::ReplaceHttp(routes) => {
+                    let ids: Vec<u64> = routes.iter().map(|r| r.id).collect();
+                    inner.http_table.replace(routes);
+                    inner.http_stats.retain_routes(&ids);
+                }
             }
         }
         if save && s.state_dir.is_some() {
@@ -647,12 +651,24 @@ impl RouteManager {
                 udp: Some(locked(&e.udp).clone()),
                 active_connections: e.counters.active(),
                 bytes: e.counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                refused: e
+                    .counters
+                    .refused
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                failures: e
+                    .counters
+                    .target_failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 last_error: e.counters.last_error(),
                 reachability: reach(&t.host, t.port),
             });
         }
         let proxy = st.proxy.as_ref().map(|p| locked(&p.state).clone());
         for r in &st.config.http_routes {
+            let c = self.inner.http_stats.route_if_any(r.id);
+            let get = |f: fn(&RouteHttpCounters) -> &std::sync::atomic::AtomicU64| {
+                c.as_deref().map_or(0, |c| HttpStats::get(f(c)))
+            };
             routes.push(RouteStatus {
                 id: r.id,
                 kind: RouteKind::Http,
@@ -660,8 +676,10 @@ impl RouteManager {
                 listen_port: None,
                 tcp: proxy.clone().unwrap_or(ListenerState::Idle),
                 udp: None,
-                active_connections: 0,
-                bytes: 0,
+                active_connections: get(|c| &c.active),
+                bytes: get(|c| &c.bytes),
+                refused: get(|c| &c.refused),
+                failures: get(|c| &c.failures),
                 last_error: None,
                 reachability: reach(&r.target_host, r.target_port),
             });

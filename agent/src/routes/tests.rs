@@ -577,6 +577,11 @@ async fn http_routes_applied_to_the_manager_reach_the_proxy() {
     let out = http_get(proxy_port, "App.Example:8080").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("hello from web"), "{out}");
+    // The route's status carries its own bytes (they were 0 before per-route counters).
+    let st = m.status();
+    let r = st.routes.iter().find(|r| r.id == 1).unwrap();
+    assert!(r.bytes >= out.len() as u64, "{r:?}");
+    assert_eq!((r.active_connections, r.refused, r.failures), (0, 0, 0));
     m.apply(config("none", vec![]));
     let out = http_get(proxy_port, "app.example").await;
     assert!(out.starts_with("HTTP/1.1 502"), "{out}");

@@ -145,7 +145,7 @@ impl Listener {
                 .map(|r| r.map(|(s, a)| (Stream::Kernel(s), a))),
             Listener::Userspace(l) => l
                 .poll_accept(cx)
-                .map(|r| r.map(|(s, a)| (Stream::Userspace(s), a))),
+                .map(|r| r.map(|(s, a)| (Stream::Userspace(Box::new(s)), a))),
         }
     }
 
@@ -169,8 +169,9 @@ impl Listener {
 pub enum Stream {
     /// A kernel socket.
     Kernel(tokio::net::TcpStream),
-    /// A connection of the smoltcp stack.
-    Userspace(netstack::TcpStream),
+    /// A connection of the smoltcp stack (boxed: it is larger than a kernel socket, and every
+    /// proxy and relay task holds a `Stream`; kernel mode keeps its small tasks).
+    Userspace(Box<netstack::TcpStream>),
 }
 
 impl From<tokio::net::TcpStream> for Stream {
@@ -229,7 +230,7 @@ impl Stream {
     pub fn reset(self) {
         match self {
             Stream::Kernel(s) => reset(s),
-            Stream::Userspace(s) => s.reset(),
+            Stream::Userspace(s) => (*s).reset(),
         }
     }
 
@@ -259,7 +260,7 @@ impl Stream {
                 (ReadHalf::Kernel(r), WriteHalf::Kernel(w))
             }
             Stream::Userspace(s) => {
-                let (r, w) = tokio::io::split(s);
+                let (r, w) = tokio::io::split(&mut **s);
                 (ReadHalf::Userspace(r), WriteHalf::Userspace(w))
             }
         }
@@ -279,50 +280,61 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Userspace(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
+/// `AsyncWrite` for an enum whose `Kernel` and `Userspace` variants both implement it: each call
+/// goes to the variant (one definition for [`Stream`] and [`WriteHalf`]).
+macro_rules! async_write_by_variant {
+    ($t:ty, $e:ident) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_write(cx, buf),
+                    $e::Userspace(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Userspace(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $e::Userspace(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                }
+            }
 
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Kernel(s) => s.is_write_vectored(),
-            Stream::Userspace(s) => s.is_write_vectored(),
-        }
-    }
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $e::Kernel(s) => s.is_write_vectored(),
+                    $e::Userspace(s) => s.is_write_vectored(),
+                }
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_flush(cx),
-            Stream::Userspace(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_flush(cx),
+                    $e::Userspace(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Kernel(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Userspace(s) => Pin::new(s).poll_shutdown(cx),
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $e::Kernel(s) => Pin::new(s).poll_shutdown(cx),
+                    $e::Userspace(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
         }
-    }
+    };
 }
+
+async_write_by_variant!(Stream, Stream);
 
 /// The read side of [`Stream::split`].
 #[derive(Debug)]
@@ -355,50 +367,7 @@ impl AsyncRead for ReadHalf<'_> {
     }
 }
 
-impl AsyncWrite for WriteHalf<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Kernel(s) => s.is_write_vectored(),
-            WriteHalf::Userspace(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Kernel(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Userspace(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+async_write_by_variant!(WriteHalf<'_>, WriteHalf);
 
 /// A bound UDP port on the tunnel side. Shared by reference (`&self` methods).
 #[derive(Debug)]

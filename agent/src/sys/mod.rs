@@ -3,6 +3,7 @@
 //! takes and returns safe types (descriptors, slices, addresses, `io::Result`); the modules
 //! above decide what an error means.
 //!
+//! - [`fd`]: `read`/`write` on a raw descriptor (the TUN device).
 //! - [`iface`]: interfaces by name: `ifreq` ioctls, the interface index, the TUN clone device.
 //! - [`netlink`]: the `NETLINK_ROUTE` socket (open, send to the kernel, receive).
 //! - [`mmsg`]: `recvmmsg`/`sendmmsg` over a batch of equal slots, socket buffer sizes.
@@ -10,13 +11,20 @@
 //!   non-blocking peek, a broadcast UDP socket pinned to an interface.
 //! - [`ifaddrs`]: every IPv4 address of every interface (`getifaddrs`).
 //! - [`pipe`]: pipes and `splice(2)` for the relays, the open-files limit.
+//! - [`ring`]: the userspace stack's socket rings, anonymous maps committed page by page.
+//!
+//! One `unsafe` call outside this module is allowed: `Ring::storage` lends a map to a smoltcp
+//! socket for as long as the socket lives, which only its owner (`crate::netstack`) can
+//! promise; the two functions that call it say why it holds.
 #![allow(unsafe_code)]
 
+pub mod fd;
 pub mod iface;
 pub mod ifaddrs;
 pub mod mmsg;
 pub mod netlink;
 pub mod pipe;
+pub mod ring;
 pub mod sock;
 
 use std::io;

@@ -18,8 +18,8 @@ pub fn open_route(timeout: Duration) -> io::Result<OwnedFd> {
         )
     })?;
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        tv_sec: timeout.as_secs() as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
     // SAFETY: `tv` outlives the call and the length matches its type.
     check(unsafe {

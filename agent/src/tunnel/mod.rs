@@ -11,7 +11,6 @@
 
 pub mod allowed;
 pub mod core;
-#[allow(unsafe_code)] // read/write on the TUN fd: into sys after the netstack data path lands
 pub mod driver;
 pub mod resolve;
 pub mod stats;

@@ -19,6 +19,7 @@ const NEVER: u64 = u64::MAX;
 pub struct TunnelStats {
     base: Instant,
     mode: &'static str,
+    mode_reason: Option<String>,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
     rx_packets: AtomicU64,
@@ -42,6 +43,7 @@ impl TunnelStats {
         TunnelStats {
             base,
             mode,
+            mode_reason: None,
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             rx_packets: AtomicU64::new(0),
@@ -51,6 +53,12 @@ impl TunnelStats {
             last_handshake_ms: AtomicU64::new(NEVER),
             info: Mutex::new(Info::default()),
         }
+    }
+
+    /// The same, with the reason the mode was chosen (reported in status).
+    pub fn with_mode_reason(mut self, reason: Option<String>) -> Self {
+        self.mode_reason = reason;
+        self
     }
 
     /// One decrypted packet of `bytes` bytes went to the interface.
@@ -121,6 +129,7 @@ impl TunnelStats {
             endpoint: info.endpoint.map(|e| e.to_string()),
             last_error: info.last_error.clone(),
             mode: self.mode.to_owned(),
+            mode_reason: self.mode_reason.clone(),
             rx_dropped_not_allowed: self.rx_dropped_not_allowed(),
             tx_dropped_not_allowed: self.tx_dropped_not_allowed(),
         }

@@ -231,6 +231,11 @@ impl<S: ConfigSink> SyncLoop<S> {
                         Err(failure(&self.budget, now, &e))
                     }
                 };
+                {
+                    let c = &mut self.shared.lock().counters;
+                    c.sync_checks += 1;
+                    c.sync_check_failures += u64::from(result.is_err());
+                }
                 let budget = lock_budget(&self.budget);
                 self.engine.on_check_result(now, &budget, result);
                 self.publish(now, &budget, true);
@@ -263,6 +268,11 @@ impl<S: ConfigSink> SyncLoop<S> {
                 let now = Instant::now();
                 if self.push.take() {
                     self.engine.on_push(now);
+                }
+                {
+                    let c = &mut self.shared.lock().counters;
+                    c.sync_fetches += 1;
+                    c.sync_fetch_failures += u64::from(matches!(result, FetchResult::Failed(_)));
                 }
                 let budget = lock_budget(&self.budget);
                 self.engine.on_fetch_result(now, &budget, result);
@@ -405,7 +415,13 @@ impl<F: FnMut() -> Vec<u8>> HeartbeatLoop<F> {
                 Some(e.to_string())
             }
         };
-        self.shared.lock().heartbeat = Some(HeartbeatStatus {
+        let mut s = self.shared.lock();
+        if error.is_none() {
+            s.counters.heartbeats_ok += 1;
+        } else {
+            s.counters.heartbeats_failed += 1;
+        }
+        s.heartbeat = Some(HeartbeatStatus {
             at_ms,
             ok: error.is_none(),
             error,

@@ -1,0 +1,92 @@
+//! The netstack's socket rings in anonymous memory maps, so that a multi-MiB window costs only
+//! the pages that data has touched, and those pages go back to the kernel when the ring drains
+//! ([`Ring::release`]).
+
+use std::io;
+use std::ptr::NonNull;
+
+/// An anonymous private mapping of `len` bytes, zero-filled on first touch.
+#[derive(Debug)]
+pub struct Ring {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; nothing is tied to a thread.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Maps `len` bytes (address space only: no page is resident until written).
+    pub fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Ring { ptr, len })
+    }
+
+    /// Its size in bytes.
+    #[allow(clippy::len_without_is_empty)] // never empty: a map has at least one page
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The mapping as the storage of one smoltcp ring.
+    ///
+    /// # Safety
+    /// Call it at most once per `Ring`, and drop whatever holds the slice (the smoltcp
+    /// socket) before the `Ring`: the memory is unmapped when the `Ring` is dropped.
+    pub unsafe fn storage(&mut self) -> &'static mut [u8] {
+        // SAFETY: `len` bytes at `ptr` are mapped read-write; the caller keeps the slice
+        // unique and shorter-lived than the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Gives the pages back to the kernel (they read as zeros afterwards). Call it only
+    /// while the ring is empty, with the stack's lock held: the contents are then
+    /// meaningless and nothing reads or writes them meanwhile.
+    pub fn release(&self) {
+        // SAFETY: the range is our own mapping; MADV_DONTNEED on private anonymous memory
+        // only replaces its pages with zero pages.
+        let rc = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "madvise failed");
+        }
+    }
+}
+
+impl Ring {
+    /// Bytes of the ring resident in memory now (`mincore`; a diagnostic, it allocates).
+    pub fn resident(&self) -> io::Result<usize> {
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("no page size"))?;
+        let mut pages = vec![0u8; self.len.div_ceil(page)];
+        // SAFETY: the range is our mapping; `pages` has one byte per page of it.
+        let rc = unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, pages.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pages.iter().filter(|p| *p & 1 != 0).count() * page)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once; its users are gone (see `storage`).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
