@@ -20,7 +20,6 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
                          [--status-socket PATH] [--mgmt-listen ADDR:PORT] [--log-level LEVEL]
        gatelet-companion status [--json | --health] [--status-socket PATH]
                                 [--control-socket PATH] [--state-dir DIR]
-       gatelet-companion update [--env PATH] [--state-dir DIR] [--status-socket PATH]
        gatelet-companion diag-password [--state-dir DIR]
        gatelet-companion diag-metrics-token [--state-dir DIR]
        gatelet-companion --version
@@ -34,8 +33,6 @@ usage: gatelet-companion [run] [--env PATH] [--state-dir DIR] [--control-socket 
   --log-level LEVEL      error, warn, info (default), debug, trace
   status --health        one line, exit 0 when the daemon answers on its status socket and
                          reaches the agent, else 1 (a container HEALTHCHECK: no shell needed)
-  update                 run the queued self-update (or resume one) to its end and exit: as
-                         root, restarts the units with systemctl (docs/self-update.md)
   diag-password          reads a password (one line) from stdin and stores its hash in
                          <state dir>/diag-password: the diagnostics page's login, required
                          when GATELET_DIAG_LISTEN is not a loopback address (read at start)
@@ -82,8 +79,6 @@ pub enum Command {
     Run(RunArgs),
     /// Print the status of the running daemon.
     Status(StatusArgs),
-    /// Run the queued self-update (or resume one) to its end, then exit (root, from a unit).
-    Update(RunArgs),
     /// Set the diagnostics page's password (from stdin) under this state directory.
     DiagPassword(PathBuf),
     /// Make a new `/metrics` bearer token under this state directory.
@@ -102,7 +97,6 @@ pub struct UsageError(pub String);
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
-    let mut update = false;
     let diag = args.peek().cloned();
     if let Some(sub @ ("diag-password" | "diag-metrics-token")) = diag.as_deref() {
         args.next();
@@ -133,11 +127,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         }
         Some("run") => {
             args.next();
-            false
-        }
-        Some("update") => {
-            args.next();
-            update = true;
             false
         }
         _ => false,
@@ -201,11 +190,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
             control_socket: run.control_socket,
             state_dir: run.state_dir,
         })
-    } else if update {
-        if run.mgmt_listen.is_some() {
-            return Err(UsageError("update takes no --mgmt-listen".into()));
-        }
-        Command::Update(run)
     } else {
         Command::Run(run)
     })
@@ -239,18 +223,6 @@ mod tests {
         assert_eq!(r.env, Some("/e".into()));
         assert_eq!(r.state_dir, PathBuf::from("/s"));
         assert_eq!(r.mgmt_listen, Some("127.0.0.1:1".parse().unwrap()));
-    }
-
-    #[test]
-    fn update_takes_the_run_paths() {
-        let Command::Update(u) = parse(args("update --env /e --state-dir /s")).unwrap() else {
-            panic!("expected update")
-        };
-        assert_eq!(
-            (u.env, u.state_dir),
-            (Some("/e".into()), PathBuf::from("/s"))
-        );
-        assert!(parse(args("update --mgmt-listen 127.0.0.1:1")).is_err());
     }
 
     #[test]

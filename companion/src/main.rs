@@ -9,7 +9,6 @@ fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => daemon::run(args),
         Ok(Command::Status(args)) => gatelet_companion::status::run(&args),
-        Ok(Command::Update(args)) => gatelet_companion::update::updater::run(&args),
         Ok(Command::DiagPassword(state_dir)) => {
             use gatelet_companion::diag::password;
             match password::set_from(&state_dir, &mut std::io::stdin().lock()) {

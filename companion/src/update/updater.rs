@@ -1,14 +1,16 @@
-//! `gatelet-companion update`: the updater process. It runs as root (from a unit the flag
-//! file triggers, and at boot while a journal exists), takes up the queued request or
-//! resumes the journal, restarts the daemons with `systemctl`, judges their health from
-//! the companion's status socket, and exits when the update has ended.
+//! `gatelet-update`: the updater process, a binary of its own (`src/bin/gatelet-update.rs`)
+//! so that the daemon never carries the update code. It runs as root (from
+//! `gatelet-update.service`, which the flag file and a boot with a journal start), takes up
+//! the queued request or resumes the journal, restarts the daemons (`systemctl`, or the
+//! `--restart-command` of a host without systemd), judges their health from the
+//! companion's status socket, and exits when the update has ended.
 //!
 //! Without `GATELET_UPDATE_URL` a queued request is answered at once with a failed
 //! `last-pull` ("self-update is not configured"), so the server shows "failed" rather than
 //! "updating" for 15 minutes.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use super::health;
 use super::machine::Limits;
 use super::settings::{self, TARGET};
 use super::slots::LastPull;
-use crate::cli::RunArgs;
+use crate::cli::{UsageError, DEFAULT_STATE_DIR, DEFAULT_STATUS_SOCKET};
 use crate::daemon::EXIT_CONFIG;
 use crate::state::now_ms;
 use crate::telemetry::PENDING_UPDATE_FILE;
@@ -34,20 +36,136 @@ pub const TICK: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// The units restarted onto the new version, in order.
 pub const UNITS: [&str; 2] = ["gatelet-agent.service", "gatelet-companion.service"];
+/// Exit status of a usage error.
+pub const EXIT_USAGE: u8 = 64;
 
-/// Restarts the units with `systemctl`.
-struct Systemd;
+/// Usage text of `gatelet-update`.
+pub const USAGE: &str = "\
+usage: gatelet-update [--env PATH] [--state-dir DIR] [--update-dir DIR]
+                      [--status-socket PATH] [--restart-command PROG[ ARG...]]
+                      [--log-level LEVEL]
+       gatelet-update --version
 
-impl Host for Systemd {
+Runs the queued self-update (the flag <state dir>/pending-update) or resumes an interrupted
+one (<update dir>/journal.json) to its end, then exits; as root, from gatelet-update.service
+(docs/self-update.md). Nothing queued and no journal: exits 0 at once.
+
+  --env PATH             gateway.env (default: $GATEWAY_ENV_PATH, else /etc/gatelet/gateway.env)
+  --state-dir DIR        the daemons' state dir: flag and last-pull (default /var/lib/gatelet)
+  --update-dir DIR       slots a/b, current, journal (default /var/lib/gatelet-update)
+  --status-socket PATH   the companion's status socket (default /run/gatelet/companion.sock)
+  --restart-command CMD  restarts both daemons (split on spaces, no shell; default:
+                         systemctl restart gatelet-agent.service gatelet-companion.service)
+  --log-level LEVEL      error, warn, info (default), debug, trace
+";
+
+/// Options of `gatelet-update`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `--env`.
+    pub env: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    /// `--update-dir`.
+    pub update_dir: PathBuf,
+    /// `--status-socket`.
+    pub status_socket: PathBuf,
+    /// `--restart-command`, split: program and arguments (empty: systemctl).
+    pub restart_command: Vec<String>,
+    /// `--log-level`.
+    pub log_level: String,
+}
+
+/// What `gatelet-update`'s command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the updater.
+    Run(Args),
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
+    let mut args = args.into_iter();
+    let mut out = Args {
+        env: None,
+        state_dir: DEFAULT_STATE_DIR.into(),
+        update_dir: DEFAULT_UPDATE_DIR.into(),
+        status_socket: DEFAULT_STATUS_SOCKET.into(),
+        restart_command: Vec::new(),
+        log_level: "info".into(),
+    };
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| UsageError(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--env" => out.env = Some(value()?.into()),
+            "--state-dir" => out.state_dir = value()?.into(),
+            "--update-dir" => out.update_dir = value()?.into(),
+            "--status-socket" => out.status_socket = value()?.into(),
+            "--restart-command" => {
+                let v = value()?;
+                out.restart_command = v.split_whitespace().map(str::to_owned).collect();
+                if out.restart_command.is_empty() {
+                    return Err(UsageError("--restart-command is empty".into()));
+                }
+            }
+            "--log-level" => {
+                let v = value()?;
+                if gatelet_agent_api::logging::parse_level(&v).is_none() {
+                    return Err(UsageError(format!(
+                        "--log-level must be error, warn, info, debug or trace, not {v:?}"
+                    )));
+                }
+                out.log_level = v;
+            }
+            _ => return Err(UsageError(format!("unknown argument {arg:?}"))),
+        }
+    }
+    if out.update_dir.starts_with(&out.state_dir) {
+        return Err(UsageError(
+            "--update-dir must not be inside --state-dir (the daemons' user can write there)"
+                .into(),
+        ));
+    }
+    Ok(Command::Run(out))
+}
+
+/// Restarts the daemons: `systemctl restart` of [`UNITS`], or the given command.
+struct Restarter(Vec<String>);
+
+impl Host for Restarter {
     fn restart(&mut self) -> io::Result<()> {
-        let status = std::process::Command::new("systemctl")
-            .arg("restart")
-            .args(UNITS)
-            .status()?;
+        let mut cmd = match self.0.split_first() {
+            Some((prog, args)) => {
+                let mut c = std::process::Command::new(prog);
+                c.args(args);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new("systemctl");
+                c.arg("restart").args(UNITS);
+                c
+            }
+        };
+        let status = cmd.status()?;
         if status.success() {
             Ok(())
         } else {
-            Err(io::Error::other(format!("systemctl restart: {status}")))
+            Err(io::Error::other(format!("restart command: {status}")))
         }
     }
 
@@ -81,7 +199,7 @@ pub fn refuse_unconfigured(state_dir: &Path, now_ms: u64) -> io::Result<bool> {
 }
 
 /// Runs the updater; exit 0 when nothing is left to do.
-pub fn run(args: &RunArgs) -> ExitCode {
+pub fn run(args: &Args) -> ExitCode {
     let level = gatelet_agent_api::logging::parse_level(&args.log_level)
         .unwrap_or(tracing::level_filters::LevelFilter::INFO);
     gatelet_agent_api::logging::init("gatelet-update", level, &[]);
@@ -93,7 +211,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
     {
         Ok(env) => env,
         Err(e) => {
-            eprintln!("gatelet-companion update: {}: {e}", path.display());
+            eprintln!("gatelet-update: {}: {e}", path.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -117,7 +235,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             };
         }
         Err(e) => {
-            eprintln!("gatelet-companion update: {}: {e}", path.display());
+            eprintln!("gatelet-update: {}: {e}", path.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -138,10 +256,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let limits = Limits::default();
     let result = Driver::new(
         &args.state_dir,
-        Path::new(DEFAULT_UPDATE_DIR),
+        &args.update_dir,
         Fetcher::new(REQUEST_TIMEOUT),
         source,
-        Systemd,
+        Restarter(args.restart_command.clone()),
         limits,
     )
     .and_then(|mut d| {
@@ -180,6 +298,42 @@ pub fn run(args: &RunArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn command_line_defaults_and_options() {
+        let Command::Run(a) = parse(argv("")).unwrap() else {
+            panic!("expected run")
+        };
+        assert_eq!(a.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(a.update_dir, PathBuf::from(DEFAULT_UPDATE_DIR));
+        assert!(a.restart_command.is_empty());
+        let Command::Run(a) = parse(vec![
+            "--env=/e".into(),
+            "--state-dir".into(),
+            "/s".into(),
+            "--update-dir=/u".into(),
+            "--restart-command".into(),
+            "/etc/init.d/gatelet  restart".into(),
+        ])
+        .unwrap() else {
+            panic!("expected run")
+        };
+        assert_eq!(a.env, Some("/e".into()));
+        assert_eq!(
+            (a.state_dir.as_path(), a.update_dir.as_path()),
+            (Path::new("/s"), Path::new("/u"))
+        );
+        assert_eq!(a.restart_command, ["/etc/init.d/gatelet", "restart"]);
+        assert_eq!(parse(argv("--version")).unwrap(), Command::Version);
+        assert!(parse(argv("--mgmt-listen 127.0.0.1:1")).is_err());
+        assert!(parse(argv("--restart-command")).is_err());
+        assert!(parse(vec!["--restart-command= ".into()]).is_err());
+        assert!(parse(argv("--state-dir /s --update-dir /s/u")).is_err());
+    }
 
     #[test]
     fn an_unconfigured_box_answers_the_request_at_once() {
