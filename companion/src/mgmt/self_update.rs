@@ -84,9 +84,11 @@ fn in_cooldown(dir: &Path, request_id: &str, now: u64) -> bool {
 
 /// Writes `value` as one JSON line to `dir/name` via a temp file and a rename, so a reader
 /// sees the old file or the new one, never half of one. A symlink at either name is
-/// replaced, never followed.
+/// replaced, never followed. The file (mode 0600) belongs to the directory's owner: the
+/// root updater writing `last-pull` into the daemons' state dir leaves a file the companion
+/// can read.
 pub fn write_atomically(dir: &Path, name: &str, value: &Value) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
@@ -103,6 +105,10 @@ pub fn write_atomically(dir: &Path, name: &str, value: &Value) -> std::io::Resul
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
+        let (owner, mine) = (fs::metadata(dir)?, f.metadata()?);
+        if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid()) {
+            std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid()))?;
+        }
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, dir.join(name))?;
@@ -164,6 +170,20 @@ mod tests {
             fs::read(d.path().join("last-pull")).unwrap(),
             b"{\"ok\":true}\n"
         );
+    }
+
+    #[test]
+    fn a_file_written_as_root_belongs_to_the_directory_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        if fs::metadata(d.path()).unwrap().uid() != 0 {
+            eprintln!("skipped: needs root (chown)");
+            return;
+        }
+        std::os::unix::fs::chown(d.path(), Some(4242), Some(4343)).unwrap();
+        write_atomically(d.path(), "last-pull", &serde_json::json!({"ok": true})).unwrap();
+        let m = fs::metadata(d.path().join("last-pull")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4343, 0o600));
     }
 
     #[test]

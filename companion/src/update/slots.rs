@@ -4,7 +4,7 @@
 //! Layout under the update dir (the updater's, `/var/lib/gatelet-update`; never inside the
 //! daemons' user-writable state dir):
 //! - `a/`, `b/`: each a complete set of [`BINARIES`](super::manifest::BINARIES);
-//! - `current` → `a` or `b`: the units are to start `<update dir>/current/gatelet-…`; it is switched
+//! - `current` → `a` or `b`: the units start `<update dir>/current/gatelet-…`; it is switched
 //!   by creating `current.tmp` and `rename(2)`-ing it over `current`, which is atomic, so
 //!   after a power cut it names the old slot or the new one, never neither;
 //! - `journal.json`: the [`Journal`] of the update in progress;
@@ -51,12 +51,16 @@ impl Slots {
         self.root.join(slot.name())
     }
 
-    /// The slot `current` points at, or `None` before the first install into slots.
+    /// The slot `current` points at, or `None` before the first install into slots: no
+    /// `current`, or the install's own link to the packaged binaries (an absolute target,
+    /// `current -> /usr/bin` from gatelet.tmpfiles.conf, so the units' `ExecStart` works
+    /// before any update), which seeding replaces.
     pub fn active(&self) -> io::Result<Option<Slot>> {
         match fs::read_link(self.root.join(CURRENT)) {
             Ok(target) => match target.to_str() {
                 Some("a") => Ok(Some(Slot::A)),
                 Some("b") => Ok(Some(Slot::B)),
+                _ if target.is_absolute() => Ok(None),
                 _ => Err(io::Error::other(format!(
                     "{}/current points at {}, not a or b",
                     self.root.display(),
@@ -272,10 +276,10 @@ mod tests {
             b"new"
         );
         fs::remove_file(d.path().join("update/current")).unwrap();
-        symlink("/etc", d.path().join("update/current")).unwrap();
+        symlink("c", d.path().join("update/current")).unwrap();
         assert!(
             s.active().is_err(),
-            "a foreign target is an error, not a slot"
+            "a foreign relative target is an error, not a slot"
         );
     }
 
@@ -302,6 +306,36 @@ mod tests {
             fs::read(s.dir(Slot::A).join("gatelet-agent")).unwrap(),
             b"agent 1"
         );
+    }
+
+    #[test]
+    fn the_packaged_link_counts_as_not_seeded_and_seeding_replaces_it() {
+        let d = tempfile::tempdir().unwrap();
+        let installed = d.path().join("usr-bin");
+        fs::create_dir_all(&installed).unwrap();
+        for name in crate::update::manifest::BINARIES {
+            fs::write(installed.join(name), name.as_bytes()).unwrap();
+        }
+        let root = d.path().join("update");
+        fs::create_dir_all(&root).unwrap();
+        // What tmpfiles' `L` line makes on a fresh install: the units start through it.
+        symlink(&installed, root.join(CURRENT)).unwrap();
+        let s = Slots::new(&root);
+        assert_eq!(s.active().unwrap(), None);
+        s.seed(&installed).unwrap();
+        assert_eq!(s.active().unwrap(), Some(Slot::A));
+        assert_eq!(
+            fs::read_link(root.join(CURRENT)).unwrap(),
+            PathBuf::from("a")
+        );
+        assert_eq!(
+            fs::read(root.join("current/gatelet-agent")).unwrap(),
+            b"gatelet-agent"
+        );
+        // A relative target that is not a slot is outside interference, not "unseeded".
+        symlink("elsewhere", root.join("current.tmp")).unwrap();
+        fs::rename(root.join("current.tmp"), root.join(CURRENT)).unwrap();
+        assert!(s.active().is_err());
     }
 
     #[test]

@@ -156,6 +156,12 @@ impl Host for Restarter {
                 c
             }
             None => {
+                // A unit that hit its start limit (a crash-looping version on trial) refuses
+                // `restart` until its failure is reset; that must not block the rollback.
+                let _ = std::process::Command::new("systemctl")
+                    .arg("reset-failed")
+                    .args(UNITS)
+                    .status();
                 let mut c = std::process::Command::new("systemctl");
                 c.arg("restart").args(UNITS);
                 c
