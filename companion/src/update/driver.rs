@@ -32,7 +32,8 @@ pub struct Source {
     pub keys: Vec<PublicKey>,
     /// This box's target triple (the manifest's key).
     pub triple: String,
-    /// The running version.
+    /// The version the daemons run: the active slot's ([`Slots::version`]), or, before
+    /// the first update, the installed one.
     pub running: Version,
     /// Where the installed binaries are (slot A is seeded from them before the first
     /// update).
@@ -132,7 +133,8 @@ impl<H: Host> Driver<H> {
             tracing::warn!("self-update flag without request_id: removed");
             return fs::remove_file(self.state_dir.join(PENDING_UPDATE_FILE));
         };
-        if let Err(e) = self.slots.seed(&self.source.installed) {
+        let own = self.source.running.to_string();
+        if let Err(e) = self.slots.seed(&self.source.installed, &own) {
             tracing::error!(error = %e, "cannot keep a copy of the running version; update refused");
             LastPull {
                 request_id,
@@ -307,6 +309,9 @@ impl<H: Host> Driver<H> {
             .map_err(|e| e.to_string())?
             .clone();
         fs::create_dir_all(self.slots.dir(slot)).map_err(|e| e.to_string())?;
+        self.slots
+            .set_version(slot, None)
+            .map_err(|e| e.to_string())?;
         for (name, art) in BINARIES.iter().zip(&arts) {
             if self.slots.has(slot, name, art) {
                 continue;
@@ -320,7 +325,9 @@ impl<H: Host> Driver<H> {
                 .commit_part(slot, name, art)
                 .map_err(|e| e.to_string())?;
         }
-        Ok(())
+        self.slots
+            .set_version(slot, Some(version))
+            .map_err(|e| e.to_string())
     }
 }
 

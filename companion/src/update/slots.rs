@@ -8,6 +8,9 @@
 //!   by creating `current.tmp` and `rename(2)`-ing it over `current`, which is atomic, so
 //!   after a power cut it names the old slot or the new one, never neither;
 //! - `journal.json`: the [`Journal`] of the update in progress;
+//! - `<slot>/version.json`: the release the slot holds, written once the slot is complete
+//!   (removed before staging into it): the version the daemons run is the active slot's,
+//!   which is not the updater's own once an update has happened;
 //! - a binary being downloaded is `<slot>/<name>.part` (its length is where a resumed
 //!   download continues); it becomes `<slot>/<name>` only once its size and SHA-256 match.
 //!
@@ -28,6 +31,8 @@ use crate::mgmt::self_update::{write_atomically, LAST_PULL_FILE};
 
 const CURRENT: &str = "current";
 const JOURNAL: &str = "journal.json";
+/// In each slot: the release version its binaries are (`{"version": "0.2.0"}`).
+const VERSION: &str = "version.json";
 
 /// The update dir.
 #[derive(Debug, Clone)]
@@ -85,10 +90,34 @@ impl Slots {
         fs::File::open(&self.root)?.sync_all()
     }
 
+    /// The release version `slot` holds, if it is complete.
+    pub fn version(&self, slot: Slot) -> Option<String> {
+        let bytes = fs::read(self.dir(slot).join(VERSION)).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        v["version"].as_str().map(str::to_owned)
+    }
+
+    /// Records that `slot` is complete and holds `version` (`None`: forgets it, before
+    /// staging into the slot).
+    pub fn set_version(&self, slot: Slot, version: Option<&str>) -> io::Result<()> {
+        let dir = self.dir(slot);
+        match version {
+            Some(v) => {
+                fs::create_dir_all(&dir)?;
+                write_atomically(&dir, VERSION, &json!({ "version": v }))
+            }
+            None => match fs::remove_file(dir.join(VERSION)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Before the first update: copies the installed binaries (from `installed`, e.g.
-    /// `/usr/bin`) into slot A and points `current` at it, so that a rollback always has a
-    /// complete slot to go back to. Does nothing once `current` exists.
-    pub fn seed(&self, installed: &Path) -> io::Result<()> {
+    /// `/usr/bin`, release `version`) into slot A and points `current` at it, so that a
+    /// rollback always has a complete slot to go back to. Does nothing once `current`
+    /// names a slot.
+    pub fn seed(&self, installed: &Path, version: &str) -> io::Result<()> {
         if self.active()?.is_some() {
             return Ok(());
         }
@@ -105,6 +134,7 @@ impl Slots {
             fs::rename(&part, dir.join(name))?;
         }
         fs::File::open(&dir)?.sync_all()?;
+        self.set_version(Slot::A, Some(version))?;
         self.activate(Slot::A)
     }
 
@@ -290,18 +320,25 @@ mod tests {
         fs::create_dir_all(&installed).unwrap();
         let s = Slots::new(d.path().join("update"));
         fs::write(installed.join("gatelet-agent"), b"agent 1").unwrap();
-        let e = s.seed(&installed).unwrap_err();
+        let e = s.seed(&installed, "0.1.0").unwrap_err();
         assert!(e.to_string().contains("gatelet-companion"), "{e}");
         assert_eq!(s.active().unwrap(), None, "no slot until it is complete");
         fs::write(installed.join("gatelet-companion"), b"companion 1").unwrap();
-        s.seed(&installed).unwrap();
+        s.seed(&installed, "0.1.0").unwrap();
         assert_eq!(s.active().unwrap(), Some(Slot::A));
+        assert_eq!(s.version(Slot::A).as_deref(), Some("0.1.0"));
+        assert_eq!(s.version(Slot::B), None);
+        s.set_version(Slot::B, Some("0.2.0")).unwrap();
+        assert_eq!(s.version(Slot::B).as_deref(), Some("0.2.0"));
+        s.set_version(Slot::B, None).unwrap();
+        s.set_version(Slot::B, None).unwrap();
+        assert_eq!(s.version(Slot::B), None);
         assert_eq!(
             fs::read(d.path().join("update/current/gatelet-companion")).unwrap(),
             b"companion 1"
         );
         fs::write(installed.join("gatelet-agent"), b"agent 2").unwrap();
-        s.seed(&installed).unwrap();
+        s.seed(&installed, "0.1.0").unwrap();
         assert_eq!(
             fs::read(s.dir(Slot::A).join("gatelet-agent")).unwrap(),
             b"agent 1"
@@ -322,7 +359,7 @@ mod tests {
         symlink(&installed, root.join(CURRENT)).unwrap();
         let s = Slots::new(&root);
         assert_eq!(s.active().unwrap(), None);
-        s.seed(&installed).unwrap();
+        s.seed(&installed, "0.1.0").unwrap();
         assert_eq!(s.active().unwrap(), Some(Slot::A));
         assert_eq!(
             fs::read_link(root.join(CURRENT)).unwrap(),

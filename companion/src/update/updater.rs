@@ -20,8 +20,9 @@ use super::driver::{Driver, Host, Source};
 use super::fetch::Fetcher;
 use super::health;
 use super::machine::Limits;
+use super::manifest::Version;
 use super::settings::{self, TARGET};
-use super::slots::LastPull;
+use super::slots::{LastPull, Slots};
 use crate::cli::{UsageError, DEFAULT_STATE_DIR, DEFAULT_STATUS_SOCKET};
 use crate::daemon::EXIT_CONFIG;
 use crate::state::now_ms;
@@ -43,7 +44,7 @@ pub const EXIT_USAGE: u8 = 64;
 pub const USAGE: &str = "\
 usage: gatelet-update [--env PATH] [--state-dir DIR] [--update-dir DIR]
                       [--status-socket PATH] [--restart-command PROG[ ARG...]]
-                      [--log-level LEVEL]
+                      [--health-deadline SECS] [--log-level LEVEL]
        gatelet-update --version
 
 Runs the queued self-update (the flag <state dir>/pending-update) or resumes an interrupted
@@ -56,6 +57,8 @@ one (<update dir>/journal.json) to its end, then exits; as root, from gatelet-up
   --status-socket PATH   the companion's status socket (default /run/gatelet/companion.sock)
   --restart-command CMD  restarts both daemons (split on spaces, no shell; default:
                          systemctl restart gatelet-agent.service gatelet-companion.service)
+  --health-deadline SECS time the new version gets to become healthy before it is rolled
+                         back (default 300, at least 10)
   --log-level LEVEL      error, warn, info (default), debug, trace
 ";
 
@@ -72,6 +75,8 @@ pub struct Args {
     pub status_socket: PathBuf,
     /// `--restart-command`, split: program and arguments (empty: systemctl).
     pub restart_command: Vec<String>,
+    /// `--health-deadline`.
+    pub health_deadline: Duration,
     /// `--log-level`.
     pub log_level: String,
 }
@@ -96,6 +101,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         update_dir: DEFAULT_UPDATE_DIR.into(),
         status_socket: DEFAULT_STATUS_SOCKET.into(),
         restart_command: Vec::new(),
+        health_deadline: Limits::default().health_deadline,
         log_level: "info".into(),
     };
     while let Some(arg) = args.next() {
@@ -121,6 +127,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
                 out.restart_command = v.split_whitespace().map(str::to_owned).collect();
                 if out.restart_command.is_empty() {
                     return Err(UsageError("--restart-command is empty".into()));
+                }
+            }
+            "--health-deadline" => {
+                let v = value()?;
+                match v.parse::<u64>() {
+                    Ok(secs) if (10..=3600).contains(&secs) => {
+                        out.health_deadline = Duration::from_secs(secs)
+                    }
+                    _ => {
+                        return Err(UsageError(format!(
+                            "--health-deadline must be 10 to 3600 seconds, not {v:?}"
+                        )))
+                    }
                 }
             }
             "--log-level" => {
@@ -204,6 +223,23 @@ pub fn refuse_unconfigured(state_dir: &Path, now_ms: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The version the daemons run: the active slot's, else (never updated: they are the
+/// installed binaries, from the same release as this updater) this binary's own. Not the
+/// updater's own after an update (the updater is not replaced): comparing a manifest with
+/// that would re-offer, or downgrade to, a release older than the one running.
+pub fn running_version(slots: &Slots) -> Version {
+    let own: Version = env!("CARGO_PKG_VERSION")
+        .parse()
+        .expect("own version parses");
+    let recorded = slots
+        .active()
+        .ok()
+        .flatten()
+        .and_then(|slot| slots.version(slot))
+        .and_then(|v| v.parse().ok());
+    recorded.unwrap_or(own)
+}
+
 /// Runs the updater; exit 0 when nothing is left to do.
 pub fn run(args: &Args) -> ExitCode {
     let level = gatelet_agent_api::logging::parse_level(&args.log_level)
@@ -254,12 +290,13 @@ pub fn run(args: &Args) -> ExitCode {
         manifest_url: settings.manifest_url,
         keys: settings.keys,
         triple: TARGET.to_owned(),
-        running: env!("CARGO_PKG_VERSION")
-            .parse()
-            .expect("own version parses"),
+        running: running_version(&Slots::new(&args.update_dir)),
         installed,
     };
-    let limits = Limits::default();
+    let limits = Limits {
+        health_deadline: args.health_deadline,
+        ..Limits::default()
+    };
     let result = Driver::new(
         &args.state_dir,
         &args.update_dir,
@@ -339,6 +376,26 @@ mod tests {
         assert!(parse(argv("--restart-command")).is_err());
         assert!(parse(vec!["--restart-command= ".into()]).is_err());
         assert!(parse(argv("--state-dir /s --update-dir /s/u")).is_err());
+        let Command::Run(a) = parse(argv("--health-deadline 40")).unwrap() else {
+            panic!("expected run")
+        };
+        assert_eq!(a.health_deadline, Duration::from_secs(40));
+        assert!(parse(argv("--health-deadline 5")).is_err());
+        assert!(parse(argv("--health-deadline soon")).is_err());
+    }
+
+    #[test]
+    fn the_running_version_is_the_active_slots() {
+        let d = tempfile::tempdir().unwrap();
+        let slots = Slots::new(d.path());
+        let own = env!("CARGO_PKG_VERSION");
+        assert_eq!(running_version(&slots).to_string(), own);
+        slots
+            .set_version(super::super::machine::Slot::B, Some("9.8.7"))
+            .unwrap();
+        assert_eq!(running_version(&slots).to_string(), own, "b is not active");
+        slots.activate(super::super::machine::Slot::B).unwrap();
+        assert_eq!(running_version(&slots).to_string(), "9.8.7");
     }
 
     #[test]
