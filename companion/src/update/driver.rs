@@ -104,6 +104,25 @@ impl<H: Host> Driver<H> {
         Ok(self.slots.active()?.unwrap_or(Slot::A))
     }
 
+    /// For an updater separate from the daemons, before [`Driver::boot`]: when the journal
+    /// is between switching slots and hearing from the daemons (trial or rolling back),
+    /// restarts them. After a power cut they just started from `current` and this costs a
+    /// restart; after the updater itself was killed (no reboot) between the switch and its
+    /// restart, they still run the other slot, and without this the boot would count the
+    /// wrong version (a trial judged on the old daemons, a rollback reported while the new
+    /// ones run on). Returns whether it restarted.
+    pub fn restart_after_a_cut(&mut self) -> io::Result<bool> {
+        let switching = matches!(
+            self.machine.journal.as_ref().map(|j| &j.phase),
+            Some(Phase::Trial { .. } | Phase::RollingBack { .. })
+        );
+        if switching {
+            tracing::info!("resuming between a switch and its restart: restarting the daemons");
+            self.host.restart()?;
+        }
+        Ok(switching)
+    }
+
     /// Tells the machine this process started.
     pub fn boot(&mut self) -> io::Result<()> {
         let input = Input::Boot {
@@ -548,6 +567,13 @@ mod tests {
         /// A companion process: the version is what `current/gatelet-companion` holds
         /// (the installed one before the first update).
         fn process(&self) -> Driver<TestHost> {
+            let mut d = self.unbooted();
+            d.boot().unwrap();
+            d
+        }
+
+        /// [`Bench::process`] before its boot is fed.
+        fn unbooted(&self) -> Driver<TestHost> {
             let current = self.dir.path().join("update/current/gatelet-companion");
             let text = fs::read_to_string(&current)
                 .or_else(|_| fs::read_to_string(self.dir.path().join("usr-bin/gatelet-companion")))
@@ -557,7 +583,7 @@ mod tests {
                 retry_after: Duration::from_secs(1),
                 ..Limits::default()
             };
-            let mut d = Driver::new(
+            Driver::new(
                 self.dir.path(),
                 &self.dir.path().join("update"),
                 Fetcher::new(Duration::from_secs(10)),
@@ -571,9 +597,7 @@ mod tests {
                 self.host.clone(),
                 limits,
             )
-            .unwrap();
-            d.boot().unwrap();
-            d
+            .unwrap()
         }
 
         fn request(&self, id: &str, target: &str) {
@@ -762,6 +786,30 @@ mod tests {
             lp.reason
         );
         assert!(u.machine.journal.is_none());
+    }
+
+    #[test]
+    fn a_separate_updater_resuming_a_trial_restarts_the_daemons_first() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        // Nothing in progress: no restart.
+        assert!(!b.unbooted().restart_after_a_cut().unwrap());
+        assert_eq!(b.host.restarts.get(), 0);
+        b.request("req-9", "0.2.0");
+        b.process().poll_flag().unwrap();
+        let switched = b.host.restarts.get();
+        assert_eq!(switched, 1, "the switch restarted once");
+        // Killed after the switch: the next updater restarts before counting the boot.
+        let mut u = b.unbooted();
+        assert!(u.restart_after_a_cut().unwrap());
+        assert_eq!(b.host.restarts.get(), switched + 1);
+        u.boot().unwrap();
+        u.tick(healthy()).unwrap();
+        assert!(b.last_pull().unwrap().ok);
+        assert!(
+            !b.unbooted().restart_after_a_cut().unwrap(),
+            "over: no restart"
+        );
     }
 
     #[test]

@@ -306,6 +306,7 @@ pub fn run(args: &Args) -> ExitCode {
         limits,
     )
     .and_then(|mut d| {
+        d.restart_after_a_cut()?;
         d.boot()?;
         // Enough ticks for every attempt and the health deadline, with room to spare.
         let span = limits.overall + limits.health_deadline + Duration::from_secs(120);
