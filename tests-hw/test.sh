@@ -34,6 +34,9 @@ TEST_PACKAGES=(
   "minisign:minisign"
   "python3:python3"
   "binutils:strip"
+  # headless Chromium and its WebDriver drive the diagnostics page (tests-hw/tests/diag_page.rs)
+  "chromium:chromium"
+  "chromium-driver:chromedriver"
 )
 
 missing=()

@@ -70,13 +70,19 @@ pub const KIND_EGRESS: &str = "egress";
 /// Why an egress route is listed in [`Validated::unsupported`].
 pub const EGRESS_UNSUPPORTED: &str = "egress routes are not supported by gatelet yet";
 
-/// Ports on the tunnel IP that L4 routes may not take: the HTTP proxy and the management API.
+/// This box's own ports that routes may not take: on the tunnel IP the HTTP proxy and the
+/// management API; as a target on loopback the management API and the diagnostics page (both
+/// trust loopback callers: the API takes a PROXY header only from them, the page asks them
+/// for no login, so a route to them would hand that trust to the hub's users).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReservedPorts {
     /// `GC_PROXY_PORT`.
     pub proxy: u16,
     /// `GC_API_PORT`.
     pub api: u16,
+    /// The diagnostics page's port when loopback reaches it (it listens on a loopback or a
+    /// wildcard address), from `GATELET_DIAG_LISTEN`.
+    pub diag: Option<u16>,
 }
 
 impl ReservedPorts {
@@ -85,7 +91,36 @@ impl ReservedPorts {
         ReservedPorts {
             proxy: env.proxy_port,
             api: env.api_port,
+            diag: env
+                .diag_listen
+                .filter(|a| a.ip().is_loopback() || a.ip().is_unspecified())
+                .map(|a| a.port()),
         }
+    }
+
+    /// Why a route may not target `host:port`: it is one of this box's own services on
+    /// loopback. Host names are judged by spelling (`localhost` and its subdomains).
+    pub fn own_service(&self, host: &str, port: u16) -> Option<String> {
+        let loopback = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => {
+                let h = host.trim_end_matches('.').to_ascii_lowercase();
+                h == "localhost" || h.ends_with(".localhost")
+            }
+        };
+        let what = if !loopback {
+            return None;
+        } else if port == self.api {
+            "the management API"
+        } else if Some(port) == self.diag {
+            "the diagnostics page"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "target {host}:{port} is {what} of this gateway, which trusts loopback callers: a \
+             route may not lead there"
+        ))
     }
 }
 
@@ -94,6 +129,7 @@ impl Default for ReservedPorts {
         ReservedPorts {
             proxy: DEFAULT_PROXY_PORT,
             api: DEFAULT_API_PORT,
+            diag: Some(gatelet_agent_api::env::DEFAULT_DIAG_LISTEN.port()),
         }
     }
 }
@@ -472,7 +508,9 @@ fn validate(
     for route in http {
         match http_route(route, mode) {
             Ok(r) => {
-                if !ids.insert(r.id) {
+                if let Some(reason) = ports.own_service(&r.target_host, r.target_port) {
+                    rejected.push(reject(KIND_HTTP, Some(r.id), reason));
+                } else if !ids.insert(r.id) {
                     rejected.push(reject(
                         KIND_HTTP,
                         Some(r.id),
@@ -504,7 +542,9 @@ fn validate(
         match l4_route(route, mode) {
             Ok(r) => {
                 let port = r.listen_port;
-                if !ids.insert(r.id) {
+                if let Some(reason) = ports.own_service(&r.target_host, r.target_port) {
+                    rejected.push(reject(KIND_L4, Some(r.id), reason));
+                } else if !ids.insert(r.id) {
                     rejected.push(reject(
                         KIND_L4,
                         Some(r.id),
@@ -1492,10 +1532,60 @@ mod tests {
     }
 
     #[test]
+    fn routes_to_the_boxs_own_loopback_services_are_rejected_alone() {
+        let ports = ReservedPorts {
+            proxy: 8080,
+            api: 9876,
+            diag: Some(8088),
+        };
+        // (host, port, rejected)
+        let table = [
+            ("127.0.0.1", 8088, true),
+            ("127.3.2.1", 8088, true),
+            ("127.0.0.1", 9876, true),
+            ("localhost", 8088, true),
+            ("LocalHost", 9876, true),
+            ("api.localhost", 8088, true),
+            ("127.0.0.1", 8123, false), // a service of the box itself, e.g. Home Assistant
+            ("192.168.1.10", 8088, false),
+            ("notlocalhost", 8088, false),
+        ];
+        for (host, port, refused) in table {
+            let mut http = good_http();
+            http["target_lan_host"] = json!(host);
+            http["target_lan_port"] = json!(port);
+            let mut l4 = good_l4();
+            l4["target_lan_host"] = json!(host);
+            l4["target_lan_port"] = json!(port);
+            let mut fine = good_http();
+            fine["id"] = json!(77);
+            fine["domain"] = json!("fine.example.com");
+            let v = validate_document(&doc_with(vec![http, fine], vec![l4]), ports).unwrap();
+            let reasons: Vec<_> = v.rejected.iter().map(|r| r.reason.as_str()).collect();
+            if refused {
+                assert_eq!(reasons.len(), 2, "{host}:{port}: {reasons:?}");
+                assert!(reasons
+                    .iter()
+                    .all(|r| r.contains("trusts loopback callers")));
+                assert_eq!(v.agent.http_routes.len(), 1, "the other route stays");
+            } else {
+                assert!(reasons.is_empty(), "{host}:{port}: {reasons:?}");
+            }
+        }
+        // A page on a LAN address asks loopback callers to log in too: nothing to protect.
+        let lan_page = ReservedPorts {
+            diag: None,
+            ..ports
+        };
+        assert_eq!(lan_page.own_service("127.0.0.1", 8088), None);
+    }
+
+    #[test]
     fn reserved_ports_follow_the_gateway_env() {
         let ports = ReservedPorts {
             proxy: 2222,
             api: 9999,
+            diag: None,
         };
         let err = validate_document(&doc_with(vec![], vec![good_l4()]), ports).unwrap_err();
         match err {

@@ -294,7 +294,10 @@ fn syncs_heartbeats_follows_a_push_and_survives_the_server_going_away() {
     let mut s = TcpStream::connect(("127.0.0.1", setup.diag_port)).unwrap();
     write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     s.read_to_string(&mut page).unwrap();
-    assert!(page.contains(&format!("config:    {HASH_AFTER}")), "{page}");
+    assert!(
+        page.contains(&format!("<dt>Config</dt><dd class=\"\">{HASH_AFTER}</dd>")),
+        "{page}"
+    );
     assert!(
         !page.contains(PUSH_TOKEN) && !page.contains("gc_gw_"),
         "no secrets on the page"

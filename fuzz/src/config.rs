@@ -95,6 +95,7 @@ pub fn check(data: &[u8]) {
     let ports = ReservedPorts {
         proxy: 8080,
         api: 9876,
+        diag: Some(8088),
     };
     let ((), peak) = alloc_peak(|| {
         for file in [false, true] {

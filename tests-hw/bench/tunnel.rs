@@ -8,6 +8,12 @@
 //! gateway is measured N times, interleaved, and the median is reported. `--hub boringtun-cli`
 //! swaps the hub's implementation, to check whether the hub limits the numbers; `--reverse`
 //! measures the other direction (gateway -> hub, iperf3 -R), where the gateway encrypts.
+//!
+//! Baselines run at every setting worth trying (wireguard-go with its default GOMAXPROCS and
+//! with 1; boringtun-cli with its default 4 threads, 1 and 2) and are compared at their best,
+//! which is printed. `Gbit/s/core` is the gateway's own cost, throughput per core-second of
+//! its CPU time: the figure that carries to a router when the hub is the bottleneck here.
+//! `--agent-bin LABEL=PATH` adds an agent built elsewhere (another commit) to the same run.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +28,8 @@ use gatelet_tests_hw::{
 };
 
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
-                     [--runs N] [--only agent|wireguard-go|boringtun-cli] \
+                     [--agent-bin LABEL=PATH]... [--runs N] \
+                     [--only agent|wireguard-go|boringtun-cli] \
                      [--hub wireguard-go|boringtun-cli] [--reverse]";
 /// iperf3's default port.
 const IPERF_PORT: u16 = 5201;
@@ -38,6 +45,8 @@ const TARGET_RSS_KIB: u64 = 8 * 1024;
 struct Args {
     boringtun: PathBuf,
     agent_profiles: Vec<String>,
+    /// Agent binaries built elsewhere (another commit), measured in the same run: A/B tests.
+    agent_bins: Vec<(String, PathBuf)>,
     seconds: u32,
     runs: u32,
     only: Option<String>,
@@ -51,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(PathBuf::from)
             .unwrap_or_default(),
         agent_profiles: Vec::new(),
+        agent_bins: Vec::new(),
         seconds: 10,
         runs: 1,
         only: None,
@@ -66,6 +76,13 @@ fn parse_args() -> anyhow::Result<Args> {
         match a.as_str() {
             "--boringtun" => args.boringtun = value()?.into(),
             "--agent-profile" => args.agent_profiles.push(value()?),
+            "--agent-bin" => {
+                let v = value()?;
+                let (label, path) = v
+                    .split_once('=')
+                    .with_context(|| format!("--agent-bin takes LABEL=PATH, got {v:?}"))?;
+                args.agent_bins.push((label.into(), path.into()));
+            }
             "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
             "--runs" => args.runs = value()?.parse().context("--runs")?,
             "--only" => args.only = Some(value()?),
@@ -124,27 +141,46 @@ fn main() -> anyhow::Result<()> {
             is_agent: true,
         });
     }
-    contenders.push(Contender {
-        label: "wireguard-go".into(),
-        role: GatewayRole::Userspace(WgImpl::WireguardGo),
-        is_agent: false,
-    });
+    for (label, path) in args.agent_bins.iter().filter(|_| wanted("gatelet-agent")) {
+        contenders.push(Contender {
+            label: format!("gatelet-agent ({label})"),
+            role: GatewayRole::Agent(path.clone()),
+            is_agent: true,
+        });
+    }
     if args.boringtun.as_os_str().is_empty() {
         bail!("no boringtun-cli: pass --boringtun PATH or set BORINGTUN_CLI (tunnel.sh does)");
     }
-    contenders.push(Contender {
-        label: "boringtun-cli".into(),
-        role: GatewayRole::Userspace(WgImpl::BoringtunCli(args.boringtun.clone())),
-        is_agent: false,
-    });
+    // Each baseline at every setting worth trying on this machine; it is compared at its best.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u16);
+    let mut baselines = vec![WgImpl::WIREGUARD_GO];
+    if cores > 1 {
+        baselines.push(WgImpl::WireguardGo { procs: Some(1) });
+    }
+    for threads in [None, Some(1), Some(2)] {
+        baselines.push(WgImpl::BoringtunCli {
+            path: args.boringtun.clone(),
+            threads,
+        });
+    }
+    for imp in baselines {
+        contenders.push(Contender {
+            label: imp.describe(),
+            role: GatewayRole::Userspace(imp),
+            is_agent: false,
+        });
+    }
     contenders.retain(|c| wanted(&c.label));
     if contenders.is_empty() {
         bail!("--only matches no gateway; {USAGE}");
     }
 
     let hub = match args.hub.as_str() {
-        "wireguard-go" => WgImpl::WireguardGo,
-        "boringtun-cli" => WgImpl::BoringtunCli(args.boringtun.clone()),
+        "wireguard-go" => WgImpl::WIREGUARD_GO,
+        "boringtun-cli" => WgImpl::BoringtunCli {
+            path: args.boringtun.clone(),
+            threads: Some(1),
+        },
         other => bail!("unknown hub {other:?}; {USAGE}"),
     };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
@@ -164,13 +200,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "iperf3 TCP {} s, hub ({}) {} gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
         args.seconds,
-        hub.label(),
+        hub.describe(),
         if args.reverse { "<-" } else { "->" },
         args.runs
     );
     println!(
-        "{:<30} {:>7} {:>9} {:>9} {:>10} {:>10}",
-        "gateway", "Gbit/s", "gw CPU%", "hub CPU%", "VmHWM KiB", "VmRSS KiB"
+        "{:<30} {:>7} {:>9} {:>12} {:>9} {:>10} {:>10}",
+        "gateway", "Gbit/s", "gw CPU%", "Gbit/s/core", "hub CPU%", "VmHWM KiB", "VmRSS KiB"
     );
     let medians: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
     for (c, m) in contenders.iter().zip(&medians) {
@@ -181,24 +217,39 @@ fn main() -> anyhow::Result<()> {
                 "-".into()
             }
         };
+        // The gateway's own cost: what it moves per second of one core's time.
+        let per_core = if m.cpu_pct > 0.0 {
+            m.gbit_s / (m.cpu_pct / 100.0)
+        } else {
+            0.0
+        };
         println!(
-            "{:<30} {:>7.2} {:>9.0} {:>9.0} {:>10} {:>10}",
+            "{:<30} {:>7.2} {:>9.0} {:>12.2} {:>9.0} {:>10} {:>10}",
             c.label,
             m.gbit_s,
             m.cpu_pct,
+            per_core,
             m.hub_cpu_pct,
             mem(m.hwm_kib),
             mem(m.rss_kib)
         );
     }
+    // A baseline's best setting: the fastest of its contenders.
     let find = |name: &str| {
         contenders
             .iter()
             .zip(&medians)
-            .find(|(c, _)| c.label == name)
-            .map(|(_, m)| m.gbit_s)
+            .filter(|(c, _)| !c.is_agent && c.label.starts_with(name))
+            .max_by(|a, b| a.1.gbit_s.total_cmp(&b.1.gbit_s))
+            .map(|(c, m)| (c.label.clone(), m.gbit_s))
     };
     println!();
+    for name in ["wireguard-go", "boringtun-cli"] {
+        if let Some((label, g)) = find(name) {
+            println!("{name}: best setting here is `{label}` ({g:.2} Gbit/s)");
+        }
+    }
+    let find = |name: &str| find(name).map(|(_, g)| g);
     for (c, m) in contenders.iter().zip(&medians).filter(|(c, _)| c.is_agent) {
         if let Some(bt) = find("boringtun-cli") {
             let r = m.gbit_s / bt;

@@ -62,7 +62,7 @@ pub struct TestbedOptions {
 impl Default for TestbedOptions {
     fn default() -> Self {
         TestbedOptions {
-            hub: WgImpl::WireguardGo,
+            hub: WgImpl::WIREGUARD_GO,
             preshared_key: true,
             agent_env_extra: Vec::new(),
             mode: NetstackMode::Kernel,

@@ -18,18 +18,49 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WgImpl {
-    /// `wireguard-go -f <ifname>` from PATH.
-    WireguardGo,
-    /// `boringtun-cli --foreground --disable-drop-privileges <ifname>` at this path.
-    BoringtunCli(PathBuf),
+    /// `wireguard-go -f <ifname>` from PATH, with `GOMAXPROCS=procs` when given.
+    WireguardGo {
+        /// Go's OS threads running Go code (its default: one per core).
+        procs: Option<u16>,
+    },
+    /// `boringtun-cli --foreground --disable-drop-privileges <ifname>` at this path, with
+    /// `--threads threads` when given.
+    BoringtunCli {
+        /// The binary.
+        path: PathBuf,
+        /// Its worker threads (its default: 4).
+        threads: Option<u16>,
+    },
 }
 
 impl WgImpl {
+    /// wireguard-go with its default settings.
+    pub const WIREGUARD_GO: WgImpl = WgImpl::WireguardGo { procs: None };
+
+    /// boringtun-cli at `path` with its default settings.
+    pub fn boringtun_cli(path: PathBuf) -> WgImpl {
+        WgImpl::BoringtunCli {
+            path,
+            threads: None,
+        }
+    }
+
     /// A short name for tables and messages.
     pub fn label(&self) -> &'static str {
         match self {
-            WgImpl::WireguardGo => "wireguard-go",
-            WgImpl::BoringtunCli(_) => "boringtun-cli",
+            WgImpl::WireguardGo { .. } => "wireguard-go",
+            WgImpl::BoringtunCli { .. } => "boringtun-cli",
+        }
+    }
+
+    /// The name with the setting that is not the default, e.g. `boringtun-cli --threads 1`.
+    pub fn describe(&self) -> String {
+        match self {
+            WgImpl::WireguardGo { procs: Some(n) } => format!("wireguard-go GOMAXPROCS={n}"),
+            WgImpl::BoringtunCli {
+                threads: Some(n), ..
+            } => format!("boringtun-cli --threads {n}"),
+            _ => self.label().into(),
         }
     }
 }
@@ -77,14 +108,20 @@ impl WgInterface {
     ) -> Result<WgInterface> {
         let ifname = unique_ifname();
         let mut cmd = match imp {
-            WgImpl::WireguardGo => {
+            WgImpl::WireguardGo { procs } => {
                 let mut c = ns.command("wireguard-go");
                 c.args(["-f", &ifname]);
+                if let Some(n) = procs {
+                    c.env("GOMAXPROCS", n.to_string());
+                }
                 c
             }
-            WgImpl::BoringtunCli(path) => {
+            WgImpl::BoringtunCli { path, threads } => {
                 let mut c = ns.command(path);
                 c.args(["--foreground", "--disable-drop-privileges", &ifname]);
+                if let Some(n) = threads {
+                    c.args(["--threads", &n.to_string()]);
+                }
                 c
             }
         };

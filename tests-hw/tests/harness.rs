@@ -14,7 +14,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 #[test]
 fn reference_gateway_handshakes_and_carries_ping_and_tcp_both_ways() {
     require_root().unwrap();
-    let tb = Testbed::start(&GatewayRole::Userspace(WgImpl::WireguardGo)).unwrap();
+    let tb = Testbed::start(&GatewayRole::Userspace(WgImpl::WIREGUARD_GO)).unwrap();
     tb.wait_handshake(None, HANDSHAKE_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\nhub log:\n{}", tb.hub.process().log()));
     tb.check_traffic_both_ways(256 * 1024).unwrap();
@@ -73,7 +73,7 @@ fn a_namespace_and_its_hosts_file_are_removed_on_drop() {
 #[test]
 fn foreign_tunnel_source_reaches_a_gateway_whose_allowed_ips_include_it() {
     require_root().unwrap();
-    let tb = Testbed::start(&GatewayRole::Userspace(WgImpl::WireguardGo)).unwrap();
+    let tb = Testbed::start(&GatewayRole::Userspace(WgImpl::WIREGUARD_GO)).unwrap();
     let Gateway::Userspace(gw) = &tb.gateway else {
         unreachable!("started as userspace")
     };

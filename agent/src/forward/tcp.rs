@@ -51,6 +51,10 @@ pub const DEFAULT_MAX_CONNECTIONS_TOTAL: usize = 4096;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes moved per `splice(2)` call at most (the default pipe capacity).
 pub(super) const SPLICE_CHUNK: usize = 256 * 1024;
+/// Bytes a direction copies before it switches to splice: a short exchange (a request and its
+/// answer) never pays for the pipe (two descriptors and its buffer), a bulk transfer moves
+/// all but its start without copying.
+pub(super) const SPLICE_AFTER_BYTES: usize = 64 * 1024;
 
 /// Tuning of a TCP relay.
 #[derive(Debug, Clone)]
@@ -65,11 +69,12 @@ pub struct TcpConfig {
     pub max_buffer_bytes: usize,
     /// Open connections per route at most.
     pub max_per_route: usize,
-    /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer. On by
-    /// default: both ends are kernel sockets in TUN mode, and on a quiet machine it measured
-    /// 1.40–1.52x HAProxy against 1.12–1.32x for copying, at about 30 % less CPU
-    /// (tests-hw/bench/l4-relay.sh). Applies between two kernel sockets only: a connection
-    /// of the userspace stack is copied by [`relay_io`] whatever this says.
+    /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer, once a
+    /// direction has copied [`SPLICE_AFTER_BYTES`]. On by default: both ends are kernel
+    /// sockets in TUN mode, and on a quiet machine it measured 1.40–1.52x HAProxy against
+    /// 1.12–1.32x for copying, at about 30 % less CPU (tests-hw/bench/l4-relay.sh). Applies
+    /// between two kernel sockets only: a connection of the userspace stack is copied by
+    /// [`relay_io`] whatever this says.
     pub splice: bool,
     /// At most one log line per this interval about connections refused at a cap.
     pub refusal_log_interval: Duration,
@@ -322,6 +327,10 @@ struct Half {
     /// Buffer size this direction has grown to (0 until it grows).
     size: usize,
     pipe: Option<(OwnedFd, OwnedFd)>,
+    /// Bytes this direction copied (saturating; compared with [`SPLICE_AFTER_BYTES`]).
+    copied: usize,
+    /// Moving with splice from now on (the copy buffer was empty when it switched).
+    spliced: bool,
     start: usize,
     end: usize,
     eof: bool,
@@ -361,6 +370,17 @@ pub(super) fn buffers_out() -> usize {
     BUFFERS_OUT.with(|c| c.get())
 }
 
+#[cfg(test)]
+thread_local! {
+    static PIPES_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Splice pipes this thread's relays made so far (tests: short exchanges make none).
+#[cfg(test)]
+pub(super) fn pipes_made() -> usize {
+    PIPES_MADE.with(|c| c.get())
+}
+
 fn give_buffer(b: Box<[u8]>) {
     #[cfg(test)]
     BUFFERS_OUT.with(|c| c.set(c.get() - 1));
@@ -385,13 +405,17 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl Half {
-    /// Copy mode: moves what `from` has to `to` until `from` would block or ends.
+    /// Copy mode: moves what `from` has to `to` until `from` would block or ends; with
+    /// `splice`, hands over to [`Half::poll_splice`] once [`SPLICE_AFTER_BYTES`] were copied
+    /// and the buffer is empty.
+    #[allow(clippy::too_many_arguments)]
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &TcpStream,
         (initial, max): (usize, usize),
+        splice: bool,
         counters: &RouteCounters,
         active: &mut bool,
     ) -> Poll<io::Result<()>> {
@@ -404,6 +428,7 @@ impl Half {
                 match to.try_write(&buf[self.start..self.end]) {
                     Ok(n) => {
                         self.start += n;
+                        self.copied = self.copied.saturating_add(n);
                         counters.add_bytes(n);
                         *active = true;
                     }
@@ -419,6 +444,14 @@ impl Half {
                     give_buffer(b);
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if splice && self.copied >= SPLICE_AFTER_BYTES {
+                // A bulk transfer: the rest without copying.
+                if let Some(b) = self.buf.take() {
+                    give_buffer(b);
+                }
+                (self.start, self.end, self.spliced) = (0, 0, true);
+                return self.poll_splice(cx, from, to, counters, active);
             }
             if let Err(e) = ready!(from.poll_read_ready(cx)) {
                 return Poll::Ready(Err(e));
@@ -556,6 +589,8 @@ impl Half {
         loop {
             if self.pipe.is_none() {
                 self.pipe = Some(crate::sys::pipe::pipe(SPLICE_CHUNK)?);
+                #[cfg(test)]
+                PIPES_MADE.with(|c| c.set(c.get() + 1));
             }
             let Some((pr, pw)) = self.pipe.as_ref() else {
                 return Poll::Ready(Err(io::Error::other("relay pipe lost")));
@@ -647,11 +682,11 @@ pub async fn relay(
             if half.done {
                 continue;
             }
-            let r = if config.splice {
+            let r = if half.spliced {
                 half.poll_splice(cx, from, to, counters, &mut active)
             } else {
                 let sizes = (config.buffer_bytes, config.max_buffer_bytes);
-                half.poll_copy(cx, from, to, sizes, counters, &mut active)
+                half.poll_copy(cx, from, to, sizes, config.splice, counters, &mut active)
             };
             if let Poll::Ready(Err(e)) = r {
                 return Poll::Ready(Err(e));

@@ -104,6 +104,7 @@ async fn tcp_echo_goes_through_the_relay_and_bytes_are_counted() {
         )
         .await;
         let mut c = TcpStream::connect(r.addr).await.unwrap();
+        let pipes_before = tcp::pipes_made();
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let (mut rd, mut wr) = c.split();
         let send = async {
@@ -114,6 +115,9 @@ async fn tcp_echo_goes_through_the_relay_and_bytes_are_counted() {
         let (_, n) = tokio::join!(send, recv);
         n.unwrap();
         assert_eq!(got, big, "splice={splice}");
+        // A bulk direction goes over to splice after its first 64 KiB, each with its pipe.
+        let pipes = if splice { 2 } else { 0 };
+        assert_eq!(tcp::pipes_made() - pipes_before, pipes, "splice={splice}");
         echo_round(&mut c, b"ping").await;
         assert_eq!(r.counters.tcp_active.load(Ordering::Relaxed), 1);
         drop(c);
@@ -125,6 +129,19 @@ async fn tcp_echo_goes_through_the_relay_and_bytes_are_counted() {
         // Both directions of 300 004 bytes.
         assert_eq!(r.counters.bytes.load(Ordering::Relaxed), 2 * 300_004);
     }
+}
+
+#[tokio::test]
+async fn short_exchanges_are_copied_without_a_pipe_even_with_splice_on() {
+    let echo = echo_server().await;
+    let r = tcp_relay(echo, TcpConfig::default(), ConnectionLimit::new(100)).await;
+    assert!(TcpConfig::default().splice);
+    let before = tcp::pipes_made();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(r.addr).await.unwrap();
+        echo_round(&mut c, &[7u8; 1024]).await;
+    }
+    assert_eq!(tcp::pipes_made(), before, "a 1 KiB exchange made a pipe");
 }
 
 #[tokio::test]

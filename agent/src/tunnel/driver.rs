@@ -541,7 +541,7 @@ fn encrypt_into(core: &mut TunnelCore, packet: &[u8], tx: &mut PacketBatch) {
 async fn flush(
     udp: &AsyncFd<UdpSocket>,
     core: &mut TunnelCore,
-    tx: &PacketBatch,
+    tx: &mut PacketBatch,
 ) -> io::Result<()> {
     if core.endpoint().is_none() {
         return Ok(());

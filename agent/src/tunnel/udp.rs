@@ -22,6 +22,9 @@ pub struct PacketBatch {
     slot: usize,
     lens: [usize; BATCH],
     count: usize,
+    /// Whether [`send_batch`] sends runs of equal-size datagrams as one UDP GSO message;
+    /// switched off for good the first time the kernel refuses one.
+    segmented: bool,
 }
 
 impl PacketBatch {
@@ -32,6 +35,7 @@ impl PacketBatch {
             slot,
             lens: [0; BATCH],
             count: 0,
+            segmented: true,
         }
     }
 
@@ -91,8 +95,32 @@ pub fn recv_batch(sock: &UdpSocket, batch: &mut PacketBatch) -> io::Result<usize
 
 /// Sends datagrams `from..` of `batch` without blocking. Returns how many the kernel took
 /// (possibly fewer), or the error of the first one.
-pub fn send_batch(sock: &UdpSocket, batch: &PacketBatch, from: usize) -> io::Result<usize> {
-    sys::mmsg::send_many::<BATCH>(sock.as_raw_fd(), (from..batch.count).map(|i| batch.get(i)))
+///
+/// Runs of equal-size datagrams (a bulk transfer's, cut from one TSO frame) go as one UDP GSO
+/// message each, so the kernel's UDP and IP layers are crossed once per run. A kernel or
+/// device that refuses GSO turns it off for this batch's life and gets plain datagrams.
+pub fn send_batch(sock: &UdpSocket, batch: &mut PacketBatch, from: usize) -> io::Result<usize> {
+    let fd = sock.as_raw_fd();
+    if batch.segmented {
+        let datagrams = (from..batch.count).map(|i| batch.get(i));
+        match sys::mmsg::send_segmented::<BATCH>(fd, datagrams) {
+            Err(e) if gso_refused(&e) => {
+                tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
+                batch.segmented = false;
+            }
+            other => return other,
+        }
+    }
+    sys::mmsg::send_many::<BATCH>(fd, (from..batch.count).map(|i| batch.get(i)))
+}
+
+/// Whether a segmented send failed because segmentation is not available (old kernel, a
+/// device without checksum offload), not because of the datagrams or the network.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
 }
 
 /// A non-blocking UDP socket of `peer`'s address family on an ephemeral port, connected to
@@ -140,7 +168,8 @@ mod tests {
             slot[..3].copy_from_slice(&[i, i, i]);
             out.push(3);
         }
-        assert_eq!(send_batch(&a, &out, 1).unwrap(), 4);
+        assert_eq!(send_batch(&a, &mut out, 1).unwrap(), 4);
+        assert!(out.segmented, "loopback takes UDP GSO");
         let mut inb = PacketBatch::new(64);
         let mut got = Vec::new();
         for _ in 0..100 {
@@ -156,6 +185,50 @@ mod tests {
             }
         }
         assert_eq!(got, vec![vec![1; 3], vec![2; 3], vec![3; 3], vec![4; 3]]);
+    }
+
+    #[test]
+    fn runs_of_full_size_datagrams_leave_as_gso_and_arrive_whole_and_in_order() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        b.set_nonblocking(true).unwrap();
+        // A bulk transfer's shape: full datagrams, a shorter one, then full ones again.
+        let sizes = [1452, 1452, 1452, 700, 1452, 1452, 1452, 1452, 96, 96];
+        let mut out = PacketBatch::new(1500);
+        for (i, &n) in sizes.iter().enumerate() {
+            out.free_slot().unwrap()[..n].fill(i as u8);
+            out.push(n);
+        }
+        let mut sent = 0;
+        for _ in 0..10 {
+            sent += send_batch(&a, &mut out, sent).unwrap();
+            if sent == sizes.len() {
+                break;
+            }
+        }
+        assert_eq!(sent, sizes.len());
+        let mut inb = PacketBatch::new(2048);
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            match recv_batch(&b, &mut inb) {
+                Ok(n) => (0..n).for_each(|i| got.push(inb.get(i).to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got.len() == sizes.len() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let want: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![i as u8; n])
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

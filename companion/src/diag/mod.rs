@@ -1,5 +1,13 @@
-//! The local diagnostics page: what `gatelet-companion status` shows, as a small HTML page
-//! (`/`) and as JSON (`/status.json`), for someone on the LAN with a browser.
+//! The local diagnostics page: what `gatelet-companion status` shows, as an HTML page (`/`)
+//! and as JSON (`/status.json`), for someone on the LAN with a browser.
+//!
+//! The page ([`page`]) says in one word whether all is well and why ([`view`]), then the
+//! tunnel, sync, heartbeat, a route table with each route's state, charts of the last hour and
+//! the recent events. The server renders its first state (readable without JavaScript); its
+//! script and style sheet are embedded in the binary (`/assets/page.js`, `/assets/page.css`,
+//! about 12 KB together) and redraw it from `status.json` every 5 s: that JSON is the status
+//! report plus the page's `view`, whose `history` is a fixed ring of samples ([`history`]:
+//! one per 30 s, one hour) that a thread of this page takes from the agent's last status.
 //!
 //! Secret-free (tokens and keys never reach the snapshot). It listens where
 //! `GATELET_DIAG_LISTEN` says (default [`DEFAULT_LISTEN`], loopback only).
@@ -28,12 +36,14 @@
 //! `gatelet-companion diag-metrics-token` printed).
 
 pub mod form;
+pub mod history;
 pub mod limiter;
 pub mod metrics;
 pub mod page;
 pub mod password;
 pub mod scrape_token;
 pub mod session;
+pub mod view;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -50,11 +60,12 @@ use gatelet_agent_api::control::{
 use crate::agent_link::AgentLink;
 use crate::http::{self, Request, Responder, Response};
 use crate::state::{now_ms, Shared};
-use crate::status::{render, report};
+use crate::status::{report, Report};
 use crate::store::Store;
 use form::{field, form_fields};
+use history::History;
 use limiter::{AfterFailure, LoginLimiter, Refusal};
-use page::{login_page, page, ActionRoute};
+use page::{login_page, page};
 use password::PasswordHash;
 use scrape_token::ScrapeToken;
 use session::{NewSession, Sessions, COOKIE};
@@ -158,6 +169,17 @@ struct Gate {
     limiter: Mutex<LoginLimiter>,
     sessions: Mutex<Sessions>,
     rng: SystemRandom,
+    /// The last hour of samples, for the charts.
+    history: Arc<Mutex<History>>,
+}
+
+/// What `/status.json` answers: the status report (the same fields as `gatelet-companion
+/// status --json`) and the page's [`view::View`] of it.
+#[derive(serde::Serialize)]
+struct PageStatus {
+    #[serde(flatten)]
+    report: Report,
+    view: view::View,
 }
 
 /// Who is asking.
@@ -321,6 +343,31 @@ impl Gate {
                     .push(("Retry-After", limiter::LOCKOUT.as_secs().to_string()));
                 r
             }
+        }
+    }
+
+    /// Checks a scraper's bearer token under the login limiter: a wrong token counts as a
+    /// wrong password, and a locked-out address is refused (429) whatever it sends.
+    fn check_bearer(
+        &self,
+        token: &ScrapeToken,
+        given: &[u8],
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<bool, Response> {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(refusal) = limiter.begin(ip, now) {
+            let mut r = Response::json_error(429, "too_many_attempts");
+            r.headers
+                .push(("Retry-After", refusal.retry_after_s().to_string()));
+            return Err(r);
+        }
+        if token.matches(given) {
+            limiter.succeeded(ip);
+            Ok(true)
+        } else {
+            limiter.failed(ip, now);
+            Ok(false)
         }
     }
 
@@ -492,7 +539,12 @@ impl Gate {
                     .and_then(|v| v.trim_ascii().strip_prefix(b"Bearer "))
                     .map(<[u8]>::trim_ascii);
                 let scraper = match (&self.scrape, bearer) {
-                    (Some(t), Some(b)) => t.matches(b),
+                    (Some(t), Some(b)) if matches!(caller, Caller::Anonymous) => {
+                        match self.check_bearer(t, b, req.peer.ip(), now) {
+                            Ok(ok) => ok,
+                            Err(refused) => return refused,
+                        }
+                    }
                     _ => false,
                 };
                 if matches!(caller, Caller::Anonymous) && !scraper {
@@ -523,6 +575,16 @@ impl Gate {
                     Err(r) => r,
                 }
             }
+            ("GET", page::CSS_PATH) => Response::new(
+                200,
+                "text/css; charset=utf-8",
+                page::CSS.as_bytes().to_vec(),
+            ),
+            ("GET", page::JS_PATH) => Response::new(
+                200,
+                "text/javascript; charset=utf-8",
+                page::JS.as_bytes().to_vec(),
+            ),
             ("GET", "/" | "/status.json") => {
                 let (csrf, logout) = match &caller {
                     Caller::Anonymous if path == "/" => return redirect("/login"),
@@ -530,36 +592,24 @@ impl Gate {
                     Caller::Local => (self.local_csrf.as_str(), false),
                     Caller::Session { csrf, .. } => (csrf.as_str(), true),
                 };
-                let r = report(shared, store);
+                let report = report(shared, store);
+                let series = self
+                    .history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .series();
+                let view = view::build(&report, series, self.actions.is_some(), now_ms());
                 if path == "/" {
-                    let routes = action_routes(&r.snapshot);
-                    html(200, page(&render(&r, now_ms()), csrf, &routes, logout))
+                    html(200, page(&view, csrf, logout))
                 } else {
-                    let body = serde_json::to_string(&r).unwrap_or_else(|_| "{}".into());
+                    let body = serde_json::to_string(&PageStatus { report, view })
+                        .unwrap_or_else(|_| "{}".into());
                     Response::new(200, "application/json", body.into_bytes())
                 }
             }
             _ => Response::new(404, "text/plain", b"not found\n".to_vec()),
         }
     }
-}
-
-/// The routes of the config in force, for the action buttons.
-fn action_routes(s: &crate::state::Snapshot) -> Vec<ActionRoute> {
-    let Some(c) = &s.config else {
-        return Vec::new();
-    };
-    let http = c.http_routes.iter().map(|r| ActionRoute {
-        id: r.id,
-        name: r.domain.clone(),
-        wol: r.wol.is_some(),
-    });
-    let l4 = c.l4_routes.iter().map(|r| ActionRoute {
-        id: r.id,
-        name: format!("l4:{}", r.listen_port),
-        wol: r.wol.is_some(),
-    });
-    http.chain(l4).collect()
 }
 
 /// Serves the page on `listener` under `access` until `shutdown` is set, with [`limits`]:
@@ -579,6 +629,8 @@ pub fn serve(
         tracing::info!(%addr, login, "diagnostics page serving");
     }
     let rng = SystemRandom::new();
+    let history = Arc::new(Mutex::new(History::default()));
+    let shared_for_history = shared.clone();
     let mut local = [0u8; 32];
     if ring::rand::SecureRandom::fill(&rng, &mut local).is_err() {
         tracing::error!("no randomness for the diagnostics page's CSRF token: not serving it");
@@ -593,6 +645,7 @@ pub fn serve(
         limiter: Mutex::new(LoginLimiter::default()),
         sessions: Mutex::new(Sessions::default()),
         rng,
+        history: history.clone(),
     };
     let handler: http::Handler = Arc::new(move |req: Request, out: Responder| {
         let mut resp = gate.respond(&req, &shared, store.as_deref());
@@ -600,18 +653,46 @@ pub fn serve(
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
             ("X-Frame-Options", "DENY"),
-            ("Referrer-Policy", "no-referrer"),
+            // Not `no-referrer`: under it a browser sends `Origin: null` with the page's own
+            // form posts, which the same-origin check refuses (the login never worked).
+            ("Referrer-Policy", "same-origin"),
             (
                 "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-                 frame-ancestors 'none'",
+                "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
+                 form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
         ] {
             resp.headers.push((k, v.into()));
         }
         out.send(&resp);
     });
-    http::serve(listener, limits(), handler, &shutdown, "diag");
+    std::thread::scope(|scope| {
+        scope.spawn(|| sample(&shared_for_history, &history, &shutdown));
+        http::serve(listener, limits(), handler, &shutdown, "diag");
+    });
+}
+
+/// How often the sampler looks at the agent's last status (the supervisor refreshes it every
+/// [`crate::supervisor::STATUS_INTERVAL`]); [`History`] keeps one sample per
+/// [`history::INTERVAL_MS`] and the newest as an open one.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Feeds `history` from `shared` until `shutdown` is set.
+fn sample(shared: &Shared, history: &Mutex<History>, shutdown: &AtomicBool) {
+    while !shutdown.load(Ordering::Relaxed) {
+        let agent = {
+            let s = shared.lock();
+            s.agent.clone().filter(|_| s.agent_reachable)
+        };
+        history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now_ms(), agent.as_ref());
+        let until = Instant::now() + SAMPLE_EVERY;
+        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -630,6 +711,7 @@ mod tests {
             limiter: Mutex::new(LoginLimiter::default()),
             sessions: Mutex::new(Sessions::default()),
             rng: SystemRandom::new(),
+            history: Arc::default(),
         }
     }
 
@@ -853,6 +935,27 @@ mod tests {
         let r = gate.respond(&with(&format!("Bearer {token}")), &shared, None);
         assert_eq!(r.status, 200);
         assert_eq!(header(&r, "Content-Type"), Some(metrics::CONTENT_TYPE));
+        // Wrong tokens count as wrong passwords: after the fifth the address is locked out,
+        // the right token included, while another address still scrapes.
+        let from = |peer: &str, token: &str| {
+            req(
+                peer,
+                &format!(
+                    "GET /metrics HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+                ),
+            )
+        };
+        let guesser = "192.168.1.66:5000";
+        for _ in 0..limiter::FAILURES {
+            assert_eq!(
+                gate.respond(&from(guesser, "guess"), &shared, None).status,
+                401
+            );
+        }
+        let locked = gate.respond(&from(guesser, &token), &shared, None);
+        assert_eq!(locked.status, 429);
+        assert!(header(&locked, "Retry-After").is_some());
+        assert_eq!(gate.respond(&from(LAN, &token), &shared, None).status, 200);
         assert!(body(&r).contains("gatelet_agent_up 0\n"));
         let local = gate.respond(&get("127.0.0.1:1", "/metrics", ""), &shared, None);
         assert_eq!(local.status, 200);
@@ -966,13 +1069,6 @@ mod tests {
     }
 
     #[test]
-    fn page_escapes_what_it_shows() {
-        let p = page("route <script>alert(1)</script> & \"x\"", "t", &[], false);
-        assert!(!p.contains("<script>"));
-        assert!(p.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot;"));
-    }
-
-    #[test]
     fn serves_html_and_json_and_404() {
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
@@ -998,11 +1094,25 @@ mod tests {
         let html = get("/");
         let json = get("/status.json");
         let missing = get("/nope");
+        let js = get(page::JS_PATH);
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         assert!(html.starts_with("HTTP/1.1 200"), "{html}");
-        assert!(html.contains("config:    sha256:feed"), "{html}");
+        assert!(html.contains("<dd class=\"\">sha256:feed</dd>"), "{html}");
+        assert!(html.contains("<span id=\"word\">Down</span>"), "{html}");
         assert!(json.contains("\"config_hash\":\"sha256:feed\""), "{json}");
+        assert!(json.contains("\"view\":{\"now_ms\":"), "{json}");
+        assert!(
+            json.contains("\"history\":{\"interval_ms\":30000"),
+            "{json}"
+        );
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        assert!(html.contains("Referrer-Policy: same-origin\r\n"), "{html}");
+        assert!(html.contains("script-src 'self'"), "{html}");
+        assert!(
+            js.starts_with("HTTP/1.1 200") && js.contains("text/javascript"),
+            "{js}"
+        );
+        assert!(js.ends_with(page::JS), "{js}");
     }
 }

@@ -188,8 +188,9 @@ impl Responder {
 pub type Handler = Arc<dyn Fn(Request, Responder) + Send + Sync>;
 
 enum Stage {
-    /// Reading the head (and the PROXY header before it).
-    Head { proxy_checked: bool },
+    /// Reading the head (and the PROXY header before it); `scanned` bytes of it were already
+    /// looked at for line ends.
+    Head { proxy_checked: bool, scanned: usize },
     /// Reading the body.
     Body { head: Head },
     /// An error answer went out; reading and discarding until the deadline.
@@ -364,7 +365,10 @@ pub fn serve(
                 peer,
                 seq,
                 buf: Vec::new(),
-                stage: Stage::Head { proxy_checked },
+                stage: Stage::Head {
+                    proxy_checked,
+                    scanned: 0,
+                },
                 deadline: now + limits.head_timeout,
             });
         }
@@ -479,12 +483,27 @@ fn cap_of(stage: &Stage, limits: &Limits) -> usize {
     }
 }
 
+/// Whether the bytes after `scanned` let the head parser decide anything: the request line
+/// ended there (a bad one is refused early), or the blank line that ends the head arrived.
+fn head_decidable(buf: &[u8], scanned: usize) -> bool {
+    let scanned = scanned.min(buf.len());
+    let first_line_ends_now = !buf[..scanned].contains(&b'\n') && buf[scanned..].contains(&b'\n');
+    // The terminator may straddle the previous read: look back up to 2 bytes.
+    let tail = &buf[scanned.saturating_sub(2)..];
+    let blank_line =
+        tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n");
+    first_line_ends_now || blank_line
+}
+
 /// Moves the connection through its stages as far as the buffered bytes allow.
 fn parse(c: &mut Conn, limits: &Limits, now: Instant) -> Step {
     loop {
         match &mut c.stage {
             Stage::Linger { .. } => return Step::Keep,
-            Stage::Head { proxy_checked } => {
+            Stage::Head {
+                proxy_checked,
+                scanned,
+            } => {
                 if !*proxy_checked {
                     match proxy_v2::decode(&c.buf) {
                         Ok(Decoded::Incomplete) => return Step::Keep,
@@ -500,6 +519,13 @@ fn parse(c: &mut Conn, limits: &Limits, now: Instant) -> Step {
                         }
                     }
                     *proxy_checked = true;
+                }
+                // The parser reads the whole buffer each time: give it the buffer only when it
+                // can decide something, so a head sent a byte at a time costs O(n), not O(n²).
+                let decidable = head_decidable(&c.buf, *scanned);
+                *scanned = c.buf.len();
+                if !decidable {
+                    return Step::Keep;
                 }
                 let head = match parse_head(&c.buf) {
                     Ok(Some(h)) => h,
@@ -583,5 +609,44 @@ fn worker(rx: &Mutex<Receiver<(Request, TcpStream)>>, handler: &Handler, write_t
         let Ok((req, stream)) = next else { return };
         let _ = stream.set_write_timeout(Some(write_timeout));
         handler(req, Responder { stream });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_decidable;
+
+    /// Feeds `head` a byte at a time and returns the prefix lengths at which the parser runs.
+    fn parser_runs(head: &[u8]) -> Vec<usize> {
+        let mut scanned = 0;
+        let mut runs = Vec::new();
+        for end in 1..=head.len() {
+            if head_decidable(&head[..end], scanned) {
+                runs.push(end);
+            }
+            scanned = end;
+        }
+        runs
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_parsed_twice_not_per_byte() {
+        let mut head = b"GET /status.json HTTP/1.1\r\n".to_vec();
+        for i in 0..500 {
+            head.extend_from_slice(format!("X-Filler-{i}: some value\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        // Once when the request line ends (a bad one is refused early), once at the blank line.
+        assert_eq!(parser_runs(&head), vec![27, head.len()]);
+        assert_eq!(parser_runs(b"GET / HTTP/1.1\n\n"), vec![15, 16]);
+    }
+
+    #[test]
+    fn a_terminator_split_across_reads_is_seen() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 1..head.len() {
+            assert!(head_decidable(head, cut), "cut at {cut}");
+        }
+        assert!(!head_decidable(b"GET / HTTP/1.1\r\nHost: a\r\n", 16));
     }
 }
