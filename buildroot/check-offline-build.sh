@@ -14,7 +14,7 @@
 #      CARGO_BUILD_TARGET set as Buildroot does) with an empty CARGO_HOME, CARGO_NET_OFFLINE=true
 #      and, as root, inside `unshare -n` (a network namespace with no interfaces: a fetch cannot
 #      reach anything);
-#   4. both binaries run (--version);
+#   4. the binaries run (--version);
 #   5. the install commands of the tarball's own gatelet.mk (GATELET_INSTALL_TARGET_CMDS,
 #      GATELET_INSTALL_INIT_SYSTEMD), run by make under Buildroot stand-ins
 #      (buildroot/test/br-stand-in.mk), put the binaries, units, preset and kernel hooks into a
@@ -118,7 +118,7 @@ t0=$(date +%s)
   cargo build --offline $profile_opt --manifest-path Cargo.toml --locked "${build_opts[@]}") ||
   die "cargo build --offline from $tarball failed"
 dt=$(($(date +%s) - t0))
-for b in gatelet-agent gatelet-companion; do
+for b in gatelet-agent gatelet-companion gatelet-update; do
   bin="$src/target/$triple/$profile_dir/$b"
   [ -x "$bin" ] || die "$bin was not built"
   out=$("$bin" --version 2>&1) || die "$b --version failed: $out"
@@ -136,8 +136,9 @@ for nft in y ""; do
   out=$(br_make install TARGET_DIR="$target" BR2_PACKAGE_NFTABLES="$nft" BR2_ENABLE_DEBUG="$debug" 2>&1) ||
     die "gatelet.mk install commands failed (BR2_PACKAGE_NFTABLES=$nft): $out"
   rm -f "$src/.stamp_target_installed"
-  for entry in usr/bin/gatelet-agent:755 usr/bin/gatelet-companion:755 \
+  for entry in usr/bin/gatelet-agent:755 usr/bin/gatelet-companion:755 usr/bin/gatelet-update:755 \
     usr/lib/systemd/system/gatelet-agent.service:644 usr/lib/systemd/system/gatelet-companion.service:644 \
+    usr/lib/systemd/system/gatelet-update.service:644 usr/lib/systemd/system/gatelet-update.path:644 \
     usr/lib/sysusers.d/gatelet.conf:644 usr/lib/tmpfiles.d/gatelet.conf:644 \
     usr/lib/modules-load.d/gatelet.conf:644 usr/lib/sysctl.d/60-gatelet.conf:644 \
     etc/nftables.d/gatelet.nft:644 etc/gatelet:750 usr/lib/systemd/system-preset/80-gatelet.preset:644; do
@@ -150,11 +151,11 @@ for nft in y ""; do
   preset=$(sort "$target/usr/lib/systemd/system-preset/80-gatelet.preset" | tr '\n' ' ')
   if [ -n "$nft" ]; then
     [ -f "$target/usr/lib/systemd/system/gatelet-nftables.service" ] || die "BR2_PACKAGE_NFTABLES=y: gatelet-nftables.service not installed"
-    [ "$preset" = "enable gatelet-agent.service enable gatelet-companion.service enable gatelet-nftables.service " ] ||
+    [ "$preset" = "enable gatelet-agent.service enable gatelet-companion.service enable gatelet-nftables.service enable gatelet-update.path enable gatelet-update.service " ] ||
       die "preset with nftables: $preset"
   else
     [ ! -e "$target/usr/lib/systemd/system/gatelet-nftables.service" ] || die "gatelet-nftables.service installed without nftables"
-    [ "$preset" = "enable gatelet-agent.service enable gatelet-companion.service " ] || die "preset without nftables: $preset"
+    [ "$preset" = "enable gatelet-agent.service enable gatelet-companion.service enable gatelet-update.path enable gatelet-update.service " ] || die "preset without nftables: $preset"
   fi
 done
 say "gatelet.mk installs the built binaries, units, preset (+ gatelet-nftables.service with nftables) and kernel hooks"

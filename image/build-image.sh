@@ -24,7 +24,7 @@
 #      would do that a boot needs is done here: users (systemd-sysusers --root), module
 #      dependencies (depmod -b), the library cache (the arm64 ldconfig under qemu-user), enabled
 #      units (systemctl --root);
-#   3. installs gatelet: /usr/bin/gatelet-{agent,companion} (cargo zigbuild, static musl), systemd/
+#   3. installs gatelet: /usr/bin/gatelet-{agent,companion,update} (cargo zigbuild, static musl), systemd/
 #      units, sysusers and tmpfiles, kernel-hooks/ (modules-load.d, sysctl.d, the nftables file,
 #      not loaded: see kernel-hooks/README.md), image/rootfs/ (network, fstab, the gateway.env import);
 #   4. builds a busybox initramfs that loads the disk drivers and mounts root=LABEL=gatelet-root;
@@ -109,9 +109,9 @@ BIN=$TARGET_DIR/aarch64-unknown-linux-musl/release
 if [ -z "${IMAGE_NO_BUILD:-}" ]; then
   log "cargo zigbuild --release --target aarch64-unknown-linux-musl"
   cargo zigbuild --locked --release --target aarch64-unknown-linux-musl \
-    -p gatelet-agent --bin gatelet-agent -p gatelet-companion --bin gatelet-companion
+    -p gatelet-agent --bin gatelet-agent -p gatelet-companion --bin gatelet-companion --bin gatelet-update
 fi
-for b in gatelet-agent gatelet-companion; do
+for b in gatelet-agent gatelet-companion gatelet-update; do
   [ -f "$BIN/$b" ] || die "$BIN/$b missing (build it: cargo zigbuild --release --target aarch64-unknown-linux-musl)"
 done
 
@@ -227,8 +227,13 @@ echo 'root:!*:19000:0:99999:7:::' >"$ROOT/etc/shadow"
 
 install -D -m 0755 "$BIN/gatelet-agent" "$ROOT/usr/bin/gatelet-agent"
 install -D -m 0755 "$BIN/gatelet-companion" "$ROOT/usr/bin/gatelet-companion"
+install -D -m 0755 "$BIN/gatelet-update" "$ROOT/usr/bin/gatelet-update"
 install -D -m 0644 systemd/gatelet-agent.service "$ROOT/usr/lib/systemd/system/gatelet-agent.service"
 install -D -m 0644 systemd/gatelet-companion.service "$ROOT/usr/lib/systemd/system/gatelet-companion.service"
+for u in gatelet-update.service gatelet-update.path; do
+  install -D -m 0644 "systemd/$u" "$ROOT/usr/lib/systemd/system/$u"
+done
+install -D -m 0644 docs/self-update.md "$ROOT/usr/share/doc/gatelet/self-update.md"
 install -D -m 0644 systemd/gatelet.sysusers.conf "$ROOT/usr/lib/sysusers.d/gatelet.conf"
 install -D -m 0644 systemd/gatelet.tmpfiles.conf "$ROOT/usr/lib/tmpfiles.d/gatelet.conf"
 install -D -m 0644 kernel-hooks/modules-load.d/gatelet.conf "$ROOT/usr/lib/modules-load.d/gatelet.conf"
@@ -253,11 +258,16 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tgatelet\n::1\t\tlocalhost ip6-localhost
 ln -sf /run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
 ln -sf /usr/share/zoneinfo/Etc/UTC "$ROOT/etc/localtime"
 mkdir -p "$ROOT/boot/firmware" "$ROOT/var/lib/gatelet"
+# The daemons start through /var/lib/gatelet-update/current (tmpfiles.d/gatelet.conf makes it at
+# boot too); until the first self-update it names the packaged binaries.
+install -d -m 0755 "$ROOT/var/lib/gatelet-update"
+ln -sfn /usr/bin "$ROOT/var/lib/gatelet-update/current"
 
 # Enabled units. systemd-firstboot would prompt on the console for a locale and a root password
 # on the first boot: masked (the image is configured here).
 systemctl --root="$ROOT" enable systemd-networkd.service systemd-resolved.service \
   systemd-timesyncd.service gatelet-agent.service gatelet-companion.service \
+  gatelet-update.path gatelet-update.service \
   gatelet-import-env.service gatelet-growroot.service >/dev/null 2>&1
 systemctl --root="$ROOT" mask systemd-firstboot.service >/dev/null 2>&1
 systemctl --root="$ROOT" set-default multi-user.target >/dev/null 2>&1

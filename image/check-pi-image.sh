@@ -79,6 +79,9 @@ for f in /usr/bin/gatelet-agent /usr/bin/gatelet-companion /usr/lib/systemd/syst
   /etc/systemd/system/multi-user.target.wants/gatelet-companion.service \
   /etc/systemd/system/multi-user.target.wants/gatelet-import-env.service \
   /etc/systemd/system/multi-user.target.wants/gatelet-growroot.service /usr/libexec/gatelet/growroot \
+  /usr/bin/gatelet-update /usr/lib/systemd/system/gatelet-update.service \
+  /usr/lib/systemd/system/gatelet-update.path /etc/systemd/system/paths.target.wants/gatelet-update.path \
+  /etc/systemd/system/multi-user.target.wants/gatelet-update.service /var/lib/gatelet-update/current \
   /usr/sbin/sfdisk /usr/bin/resizepart /usr/sbin/resize2fs /usr/sbin/init; do
   exists "$f" && ok "root has $f" || bad "root lacks $f"
 done

@@ -5,7 +5,8 @@
 #      /etc/rc.common and /lib/functions/procd.sh that record every procd call:
 #        - without /etc/gatelet/gateway.env: start fails with a line naming the file, no instance;
 #        - with it: two instances, agent then companion, whose command lines are the ExecStart=
-#          lines of systemd/*.service (state under /etc/gatelet/state instead of /var/lib/gatelet,
+#          lines of systemd/*.service (binaries in /usr/bin, not through the self-updater's
+#          /var/lib/gatelet-update/current; state under /etc/gatelet/state instead of /var/lib/gatelet,
 #          sockets in /var/run/gatelet), User=/Group=, LimitNOFILE=, and respawn from
 #          StartLimitIntervalSec=/RestartSec=/StartLimitBurst=; the agent's capabilities file
 #          grants a subset of the unit's AmbientCapabilities (the companion gets none, like its
@@ -99,7 +100,10 @@ T=$'\t'
 expect_instance() { # NAME UNIT EXTRA-ARGS...: the calls for one instance
   local name=$1 unit=$2 cmd arg
   shift 2
-  cmd=$(unit_value "$unit" ExecStart | sed 's#/var/lib/gatelet#/etc/gatelet/state#g')
+  # The units start the daemons through the self-updater's link; OpenWrt has no self-update yet
+  # (docs/self-update.md) and starts the packaged binaries.
+  cmd=$(unit_value "$unit" ExecStart | sed -e 's#^/var/lib/gatelet-update/current/#/usr/bin/#' \
+    -e 's#/var/lib/gatelet#/etc/gatelet/state#g')
   local line="set_param${T}command"
   for arg in $cmd "$@"; do line="$line$T$arg"; done
   local user group nofile restart interval burst

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a target board:
-#   - systemd/*.service parse (systemd-analyze verify, with ExecStart pointed at /bin/true because
+#   - systemd/*.service and *.path parse (systemd-analyze verify, with ExecStart pointed at /bin/true because
 #     the binaries are not installed here), sysusers and tmpfiles files parse;
 #   - every key of kernel-hooks/sysctl.d/*.conf exists in this kernel;
 #   - kernel-hooks/nftables/gatelet.nft loads twice (idempotent) and filters as documented, in two
@@ -33,10 +33,10 @@ trap cleanup EXIT
 
 # --- systemd ---------------------------------------------------------------------------------
 if command -v systemd-analyze >/dev/null 2>&1; then
-  for unit in systemd/*.service; do
+  for unit in systemd/*.service systemd/*.path; do
     sed 's#^ExecStart=[^ ]*#ExecStart=/bin/true#' "$unit" >"$work/$(basename "$unit")"
   done
-  if out=$(cd "$work" && systemd-analyze verify ./*.service 2>&1) && [ -z "$out" ]; then
+  if out=$(cd "$work" && systemd-analyze verify ./*.service ./*.path 2>&1) && [ -z "$out" ]; then
     ok "systemd units verify cleanly"
   else
     fail "systemd-analyze verify: $out"

@@ -29,6 +29,11 @@ TEST_PACKAGES=(
   "systemd:systemd-sysusers"
   # promtool checks the diagnostics page's /metrics (tests-hw/tests/diag_login.rs)
   "prometheus:promtool"
+  # self-update (tests-hw/tests/self_update.rs): minisign signs the test release, python3 serves
+  # it (http.server), strip shrinks the release binaries
+  "minisign:minisign"
+  "python3:python3"
+  "binutils:strip"
   # headless Chromium and its WebDriver drive the diagnostics page (tests-hw/tests/diag_page.rs)
   "chromium:chromium"
   "chromium-driver:chromedriver"

@@ -16,6 +16,7 @@
 //! - `apply`, `supervisor`, `daemon`: a document becomes the config in force; the agent is
 //!   kept running it; the threads are started and stopped.
 //! - `instance_lock`: one daemon per state directory.
+//! - `update`: self-update: signed release manifests (minisign, Ed25519).
 //! - `sys`: the system calls std lacks, and the crate's only `unsafe` code.
 
 #![deny(unsafe_code)]
@@ -39,3 +40,4 @@ pub mod supervisor;
 pub mod sync;
 pub mod sys;
 pub mod telemetry;
+pub mod update;

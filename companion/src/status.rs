@@ -33,6 +33,9 @@ const REPORT_ROWS: usize = 10;
 pub struct Report {
     /// Whether the daemon answered (false: read from the store directly).
     pub daemon_running: bool,
+    /// The answering daemon's version (empty when it did not answer).
+    #[serde(default)]
+    pub companion_version: String,
     /// The daemon's view.
     pub snapshot: Snapshot,
     /// Hash of the stored last-known-good config.
@@ -49,6 +52,7 @@ pub struct Report {
 pub fn report(shared: &Shared, store: Option<&Mutex<Store>>) -> Report {
     let mut r = Report {
         daemon_running: true,
+        companion_version: env!("CARGO_PKG_VERSION").to_owned(),
         snapshot: shared.snapshot(),
         ..Report::default()
     };
@@ -147,7 +151,8 @@ pub fn fetch(args: &StatusArgs) -> Report {
     r
 }
 
-fn fetch_from_daemon(path: &Path) -> std::io::Result<Report> {
+/// Reads the running daemon's report from its status socket.
+pub fn fetch_from_daemon(path: &Path) -> std::io::Result<Report> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut body = Vec::new();

@@ -191,11 +191,12 @@ pub struct Telemetry {
     pub lan_discovery_categories: serde_json::Value,
     /// Whether the state dir accepts writes.
     pub state_dir_writable: bool,
-    /// When the self-updater last pulled (not implemented: always null).
+    /// When the self-updater last finished an update (ms since the epoch; the `last-pull`
+    /// record in the state dir, null without one).
     pub last_pull_at: Option<u64>,
-    /// Whether that pull worked (null).
+    /// Whether that update worked.
     pub last_pull_ok: Option<bool>,
-    /// The request that caused it (null).
+    /// The server's request id it answers.
     pub last_pull_request_id: Option<String>,
     /// Whether the self-update flag file exists.
     pub pending_update: bool,
@@ -298,6 +299,7 @@ pub fn collect(src: &TelemetrySource) -> Telemetry {
     let subnets = lan_subnets_with(src, default_gw, default_iface.as_deref());
     let mem = read("/proc/meminfo").as_deref().map(parse_meminfo);
     let (mem_total, mem_free) = mem.unwrap_or((None, None));
+    let last_pull = crate::update::slots::LastPull::read(&src.state_dir);
     let t = Telemetry {
         gateway_version: env!("CARGO_PKG_VERSION").to_owned(),
         os_platform: "linux".to_owned(),
@@ -323,9 +325,9 @@ pub fn collect(src: &TelemetrySource) -> Telemetry {
         lan_discovery: true,
         lan_discovery_categories: crate::discovery::categories::catalogue(),
         state_dir_writable: state_dir_writable(&src.state_dir),
-        last_pull_at: None,
-        last_pull_ok: None,
-        last_pull_request_id: None,
+        last_pull_at: last_pull.as_ref().map(|l| l.pulled_at_ms),
+        last_pull_ok: last_pull.as_ref().map(|l| l.ok),
+        last_pull_request_id: last_pull.map(|l| l.request_id),
         pending_update: src.state_dir.join(PENDING_UPDATE_FILE).exists(),
         scan_egress: true,
         scan_egress_listeners: Vec::new(),
@@ -768,5 +770,31 @@ mod tests {
         assert!(t.state_dir_writable);
         assert!(t.lan_discovery);
         assert_eq!(t.lan_discovery_categories[0]["key"], "web");
+    }
+
+    #[test]
+    fn last_pull_fields_come_from_the_record() {
+        let d = tempfile::tempdir().unwrap();
+        let src = TelemetrySource {
+            state_dir: d.path().to_owned(),
+            tunnel_iface: "gatelet0".into(),
+            tunnel_ip: None,
+            lan_hints: LanHints::default(),
+        };
+        let t = collect(&src);
+        assert_eq!((t.last_pull_at, t.last_pull_ok), (None, None));
+        crate::update::slots::LastPull {
+            request_id: "req-7".into(),
+            ok: true,
+            pulled_at_ms: 1_764_000_000_000,
+            version: Some("0.2.0".into()),
+            reason: None,
+        }
+        .write(d.path())
+        .unwrap();
+        let t = collect(&src);
+        assert_eq!(t.last_pull_request_id.as_deref(), Some("req-7"));
+        assert_eq!(t.last_pull_ok, Some(true));
+        assert_eq!(t.last_pull_at, Some(1_764_000_000_000));
     }
 }

@@ -22,6 +22,7 @@ mod net;
 mod netns;
 mod process;
 mod products;
+mod release;
 mod service_user;
 mod tempdir;
 mod testbed;
@@ -60,6 +61,10 @@ pub use process::{describe, run, Process, TERM_GRACE};
 pub use products::{
     build, example_binary, product_binary, product_profile, profile_dir, target_dir,
     workspace_root, PRODUCT_PACKAGES, TEST_PROFILE,
+};
+pub use release::{
+    patch_version, write_executable, MinisignKey, ReleaseDir, ReleaseServer,
+    RELEASE_SERVER_START_TIMEOUT,
 };
 pub use service_user::{ServiceUser, SERVICE_USER};
 pub use tempdir::{next_seq, unique_name, TempDir};

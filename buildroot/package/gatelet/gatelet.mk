@@ -22,7 +22,8 @@ GATELET_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE
 GATELET_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = --exclude target --exclude 'target-*'
 
 GATELET_PREBUILT_DIR = $(call qstrip,$(BR2_PACKAGE_GATELET_PREBUILT_DIR))
-GATELET_BINARIES = gatelet-agent gatelet-companion
+# gatelet-update: the self-updater (docs/self-update.md), a second binary of the companion crate.
+GATELET_BINARIES = gatelet-agent gatelet-companion gatelet-update
 GATELET_HOOKS_DIR = $(@D)/kernel-hooks
 
 # Both daemons run as this user (systemd/gatelet.sysusers.conf says the same for systemd-sysusers).
@@ -45,7 +46,7 @@ endef
 
 ifeq ($(GATELET_PREBUILT_DIR),)
 
-# Build from source: only the two binaries (the tests-hw crate is not a default member anyway).
+# Build from source: only the daemons' packages (the tests-hw crate is not a default member anyway).
 GATELET_CARGO_BUILD_OPTS = -p gatelet-agent -p gatelet-companion --bins
 GATELET_BIN_DIR = $(@D)/target/$(RUSTC_TARGET_NAME)/$(if $(BR2_ENABLE_DEBUG),debug,release)
 
@@ -87,12 +88,16 @@ define GATELET_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-agent.service
 	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet-companion.service \
 		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-companion.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet-update.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-update.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet-update.path \
+		$(TARGET_DIR)/usr/lib/systemd/system/gatelet-update.path
 	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet.sysusers.conf \
 		$(TARGET_DIR)/usr/lib/sysusers.d/gatelet.conf
 	$(INSTALL) -D -m 0644 $(@D)/systemd/gatelet.tmpfiles.conf \
 		$(TARGET_DIR)/usr/lib/tmpfiles.d/gatelet.conf
 	$(INSTALL) -d -m 0755 $(TARGET_DIR)/usr/lib/systemd/system-preset
-	printf 'enable gatelet-agent.service\nenable gatelet-companion.service\n' > \
+	printf 'enable gatelet-agent.service\nenable gatelet-companion.service\nenable gatelet-update.path\nenable gatelet-update.service\n' > \
 		$(TARGET_DIR)/usr/lib/systemd/system-preset/80-gatelet.preset
 	$(GATELET_INSTALL_NFTABLES_UNIT)
 endef

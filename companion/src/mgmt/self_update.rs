@@ -83,19 +83,32 @@ fn in_cooldown(dir: &Path, request_id: &str, now: u64) -> bool {
 }
 
 /// Writes `value` as one JSON line to `dir/name` via a temp file and a rename, so a reader
-/// sees the old file or the new one, never half of one.
+/// sees the old file or the new one, never half of one. A symlink at either name is
+/// replaced, never followed. The file (mode 0600) belongs to the directory's owner: the
+/// root updater writing `last-pull` into the daemons' state dir leaves a file the companion
+/// can read.
 pub fn write_atomically(dir: &Path, name: &str, value: &Value) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     let result = (|| {
+        // The updater writes here as root into a directory the daemons' user owns: never
+        // through a planted symlink (a stale temp file is removed, then created anew).
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
+        let (owner, mine) = (fs::metadata(dir)?, f.metadata()?);
+        if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid()) {
+            std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid()))?;
+        }
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, dir.join(name))?;
@@ -138,6 +151,40 @@ pub fn iso8601(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomically_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let tmp = d
+            .path()
+            .join(format!(".last-pull.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("last-pull")).unwrap();
+        write_atomically(d.path(), "last-pull", &json!({"ok": true})).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        let meta = fs::symlink_metadata(d.path().join("last-pull")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(
+            fs::read(d.path().join("last-pull")).unwrap(),
+            b"{\"ok\":true}\n"
+        );
+    }
+
+    #[test]
+    fn a_file_written_as_root_belongs_to_the_directory_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        if fs::metadata(d.path()).unwrap().uid() != 0 {
+            eprintln!("skipped: needs root (chown)");
+            return;
+        }
+        std::os::unix::fs::chown(d.path(), Some(4242), Some(4343)).unwrap();
+        write_atomically(d.path(), "last-pull", &serde_json::json!({"ok": true})).unwrap();
+        let m = fs::metadata(d.path().join("last-pull")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4343, 0o600));
+    }
 
     #[test]
     fn iso8601_matches_known_instants() {

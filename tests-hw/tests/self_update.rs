@@ -1,0 +1,506 @@
+//! Self-update end to end (issue 14, docs/self-update.md), on the real deployment: hub
+//! (wireguard-go, the fake GateControl), gateway (gatelet-agent + gatelet-companion) and a
+//! release server in the hub's namespace on its WAN address (`python3 -m http.server`, where a
+//! real release host would be: not through the tunnel), serving a manifest signed at test time
+//! with `minisign -S -l` by a key made at test time (`GATELET_UPDATE_PUBKEY`).
+//!
+//! The hub asks for the update as GateControl does: `POST /api/self-update` to the gateway's
+//! management API through the tunnel. The companion writes the flag; the test starts
+//! `gatelet-update` when the flag appears (what `gatelet-update.path` does), with
+//! `--restart-command` a script standing in for `systemctl restart` (it stops both daemons and
+//! starts them again from `<update dir>/current/` with their previous command line and
+//! environment). The next release is the same build with its version bytes patched
+//! (`gatelet_tests_hw::patch_version`: the new daemons report the new version, which the health
+//! gate requires). In order, on one deployment:
+//!   1. a manifest signed by an untrusted key: refused, nothing restarted, the reason reported;
+//!   2. a corrupted download (size right, SHA-256 wrong): refused, nothing restarted;
+//!   3. a release that fails its health gate (the old build under a higher version: it never
+//!      reports that version) within `--health-deadline`: switched back, the old version runs,
+//!      the reason reported;
+//!   4. a good release: the new version runs, and the fake server's heartbeat carries
+//!      `last_pull_request_id`/`ok`/`at` and `gateway_version` (time and bytes printed);
+//!   5. the updater SIGKILLed right after switching to the next release (during the restart),
+//!      then started again (what a boot with a journal does): it restarts the daemons onto the
+//!      active slot, resumes the trial and completes, one report.
+//!
+//! Needs root, python3, minisign and strip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gatelet_tests_hw::{
+    config_document, fixture_value, http_request, patch_version, product_binary, require_root,
+    wait_until, Deployment, HarnessError, L4RouteDoc, MinisignKey, Process, ReleaseServer, Result,
+    HUB_LAN_IP, LAN_ECHO_IP, LAN_SERVICE_PORT,
+};
+
+/// Longest a single run of the updater may take here (the slowest is a rollback: the health
+/// deadline, then both restarts).
+const UPDATER_TIMEOUT: Duration = Duration::from_secs(240);
+/// The health gate's deadline in this test (production: 300 s).
+const HEALTH_DEADLINE_S: u64 = 40;
+/// Time for a heartbeat carrying a new last-pull to reach the server.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for the flag file to appear after the request was answered.
+const FLAG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the management API's answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the companion's cooldown after a successful update (60 s).
+const COOLDOWN_WAIT: Duration = Duration::from_secs(90);
+/// Time for the updater to reach the trial (download of both binaries, switch, restart).
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Stand-in for `systemctl restart gatelet-agent.service gatelet-companion.service`.
+const RESTART_SCRIPT: &str = r#"#!/usr/bin/env bash
+# restart.sh STATE CURRENT: stops the daemons whose pids are in STATE/{companion,agent}.pid and
+# starts them again from CURRENT/ with the command line and environment they first had.
+set -euo pipefail
+state=$1 current=$2
+for name in companion agent; do
+  pid=$(cat "$state/$name.pid")
+  if [ ! -f "$state/$name.cmdline" ]; then
+    cp "/proc/$pid/cmdline" "$state/$name.cmdline"
+    cp "/proc/$pid/environ" "$state/$name.environ"
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+done
+for name in agent companion; do
+  mapfile -d '' -t args <"$state/$name.cmdline"
+  mapfile -d '' -t envs <"$state/$name.environ"
+  setsid env -i "${envs[@]}" "$current/gatelet-$name" "${args[@]:1}" \
+    >>"$state/$name.log" 2>&1 </dev/null &
+  echo $! >"$state/$name.pid"
+done
+echo "restarted from $(readlink "$current")" >>"$state/restarts.log"
+"#;
+
+struct Bed {
+    d: Deployment,
+    server: ReleaseServer,
+    key: MinisignKey,
+    stranger: MinisignKey,
+    updater: PathBuf,
+    /// The installed (built) binaries' directory.
+    installed: PathBuf,
+    /// Scratch: keys, release builds, the restart script's state.
+    work: PathBuf,
+    state_dir: PathBuf,
+    update_dir: PathBuf,
+    status_socket: PathBuf,
+    env_path: PathBuf,
+    triple: String,
+    version: String,
+}
+
+fn ok<T>(b: &Bed, r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}\n{}\n{}", b.d.logs(), b.extra_logs()))
+}
+
+impl Bed {
+    fn extra_logs(&self) -> String {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_default();
+        let tail = |t: String| {
+            let l: Vec<&str> = t.lines().collect();
+            l[l.len().saturating_sub(40)..].join("\n")
+        };
+        format!(
+            "--- restarted agent ---\n{}\n--- restarted companion ---\n{}\n--- restarts ---\n{}\n--- release server ---\n{}",
+            tail(read(self.work.join("restart/agent.log"))),
+            tail(read(self.work.join("restart/companion.log"))),
+            read(self.work.join("restart/restarts.log")),
+            tail(self.server.log()),
+        )
+    }
+
+    /// A build of this release reporting `version` (same length as the built one), stripped,
+    /// in `<work>/<version>/`.
+    fn build_reporting(&self, version: &str) -> Result<PathBuf> {
+        let dir = self.work.join(format!("build-{version}"));
+        std::fs::create_dir_all(&dir).map_err(|e| HarnessError::io("mkdir", e))?;
+        for name in ["gatelet-agent", "gatelet-companion"] {
+            let stripped = dir.join(format!("{name}.stripped"));
+            gatelet_tests_hw::run(
+                Command::new("strip")
+                    .arg("-o")
+                    .arg(&stripped)
+                    .arg(self.installed.join(name)),
+            )?;
+            if version == self.version {
+                std::fs::rename(&stripped, dir.join(name))
+                    .map_err(|e| HarnessError::io("rename", e))?;
+            } else {
+                patch_version(&stripped, &dir.join(name), &self.version, version)?;
+                let _ = std::fs::remove_file(&stripped);
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Asks for an update as GateControl does; returns when the flag file exists. Within a
+    /// minute of a successful update the companion answers "skipped: cooldown" (the
+    /// reference's rule): asked again every few seconds until it queues, at most
+    /// [`COOLDOWN_WAIT`].
+    fn request(&self, id: &str, target: &str) -> Result<Instant> {
+        let token = fixture_value("GC_GATEWAY_TOKEN")?;
+        let api_port: u16 = fixture_value("GC_API_PORT")?.parse().unwrap();
+        let body = serde_json::json!({"request_id": id, "target_version": target}).to_string();
+        let asked = Instant::now();
+        let t0 = loop {
+            let t0 = Instant::now();
+            let r = http_request(
+                &self.d.testbed.hub_ns,
+                Deployment::tunnel_addr(api_port),
+                "POST",
+                "/api/self-update",
+                &[
+                    ("X-Gateway-Token", &token),
+                    ("Content-Type", "application/json"),
+                ],
+                Some(&body),
+                IO_TIMEOUT,
+            )?;
+            assert_eq!(r.status, 200, "self-update answered {r:?}");
+            if r.body.contains("\"queued\":true") {
+                break t0;
+            }
+            assert!(r.body.contains("cooldown"), "{r:?}");
+            assert!(
+                asked.elapsed() < COOLDOWN_WAIT,
+                "still in cooldown after {:?}",
+                asked.elapsed()
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        };
+        let flag = self.state_dir.join("pending-update");
+        wait_until("the flag file", FLAG_TIMEOUT, || {
+            Ok::<_, HarnessError>(flag.exists().then_some(()))
+        })?;
+        Ok(t0)
+    }
+
+    fn spawn_updater(&self, label: &str) -> Result<Process> {
+        let restart = format!(
+            "bash {} {} {}",
+            self.work.join("restart.sh").display(),
+            self.work.join("restart").display(),
+            self.update_dir.join("current").display()
+        );
+        let mut cmd = self.d.testbed.gw_ns.command(&self.updater);
+        cmd.arg("--env")
+            .arg(&self.env_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--update-dir")
+            .arg(&self.update_dir)
+            .arg("--status-socket")
+            .arg(&self.status_socket)
+            .arg("--restart-command")
+            .arg(restart)
+            .arg("--health-deadline")
+            .arg(HEALTH_DEADLINE_S.to_string());
+        let log = self.work.join(format!("updater-{label}.log"));
+        Process::spawn(label, cmd, &log)
+    }
+
+    /// Runs the updater to its exit; returns its log.
+    fn run_updater(&self, label: &str) -> Result<String> {
+        let mut p = self.spawn_updater(label)?;
+        let status = p.wait_exit(UPDATER_TIMEOUT)?;
+        let log = p.log();
+        assert!(status.success(), "updater {label}: {status}\n{log}");
+        Ok(log)
+    }
+
+    fn last_pull(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.state_dir.join("last-pull")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    /// Waits until the fake server saw a heartbeat with this last-pull; returns that line.
+    fn heartbeat_with(&self, id: &str, ok: bool) -> Result<String> {
+        let want = format!("last_pull \"{id}\" {ok} ");
+        wait_until("a heartbeat with the last pull", HEARTBEAT_TIMEOUT, || {
+            let log = self.d.gatecontrol()?.log();
+            Ok::<_, HarnessError>(log.lines().find(|l| l.contains(&want)).map(str::to_owned))
+        })
+    }
+
+    fn versions(&self) -> Result<(String, String)> {
+        let agent = self.d.agent_status()?.agent_version;
+        let socket = &self.status_socket;
+        let out = gatelet_tests_hw::run(
+            self.d
+                .testbed
+                .gw_ns
+                .command(self.installed.join("gatelet-companion"))
+                .args(["status", "--json", "--status-socket"])
+                .arg(socket),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HarnessError::Parse {
+            what: "status --json".into(),
+            detail: e.to_string(),
+        })?;
+        Ok((
+            agent,
+            v["companion_version"].as_str().unwrap_or("").to_owned(),
+        ))
+    }
+
+    fn restarts(&self) -> usize {
+        std::fs::read_to_string(self.work.join("restart/restarts.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn downloaded(log: &str) -> Option<u64> {
+        log.lines()
+            .filter(|l| l.contains("updater done"))
+            .find_map(|l| {
+                l.split("bytes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+    }
+}
+
+fn setup() -> Bed {
+    require_root().unwrap();
+    let doc = config_document(
+        &[],
+        &[L4RouteDoc {
+            id: 1,
+            listen_port: 7001,
+            host: LAN_ECHO_IP.to_string(),
+            port: LAN_SERVICE_PORT,
+        }],
+    );
+    let d = Deployment::start(&doc).unwrap();
+    let server = ReleaseServer::start(&d.testbed.hub_ns, HUB_LAN_IP).unwrap();
+    let work = d.testbed.gw_ns.dir().join("self-update");
+    std::fs::create_dir_all(work.join("restart")).unwrap();
+    let key = MinisignKey::generate(&work, "release").unwrap();
+    let stranger = MinisignKey::generate(&work, "stranger").unwrap();
+    std::fs::write(work.join("restart.sh"), RESTART_SCRIPT).unwrap();
+    let updater = product_binary("gatelet-update").unwrap();
+    let installed = updater.parent().unwrap().to_path_buf();
+    let env_path = work.join("update.env");
+    std::fs::write(
+        &env_path,
+        format!(
+            "GATELET_UPDATE_URL={}\nGATELET_UPDATE_PUBKEY={}\n",
+            server.manifest_url(),
+            key.public_line
+        ),
+    )
+    .unwrap();
+    let out = gatelet_tests_hw::run(Command::new(installed.join("gatelet-agent")).arg("--version"))
+        .unwrap();
+    let version = out.split_whitespace().nth(1).unwrap().to_owned();
+    let companion_dir = d.testbed.gw_ns.dir().join("companion");
+    let mut b = Bed {
+        triple: String::new(),
+        version,
+        state_dir: companion_dir.join("state"),
+        status_socket: companion_dir.join("companion.sock"),
+        update_dir: work.join("update"),
+        d,
+        server,
+        key,
+        stranger,
+        updater,
+        installed,
+        work,
+        env_path,
+    };
+    b.triple = target_triple();
+    // The restart script's view of the daemons the harness started.
+    let agent_pid = ok(&b, b.d.testbed.agent().map(|a| a.pid()));
+    let companion_pid = b.d.companion.as_mut().unwrap().process().pid();
+    std::fs::write(b.work.join("restart/agent.pid"), agent_pid.to_string()).unwrap();
+    std::fs::write(
+        b.work.join("restart/companion.pid"),
+        companion_pid.to_string(),
+    )
+    .unwrap();
+    b
+}
+
+/// The host's target triple as rustc names it (what the updater was built for).
+fn target_triple() -> String {
+    let out = gatelet_tests_hw::run(Command::new("rustc").arg("-vV")).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// The next patch version with the same length (0.1.0 -> 0.1.1).
+fn next_version(v: &str, step: u8) -> String {
+    let (head, last) = v.rsplit_once('.').unwrap();
+    let n: u8 = last.parse().unwrap();
+    let next = format!("{head}.{}", n + step);
+    assert_eq!(
+        next.len(),
+        v.len(),
+        "{v} + {step}: pick versions of the same length"
+    );
+    next
+}
+
+#[test]
+fn self_update_refuses_bad_releases_rolls_back_an_unhealthy_one_and_installs_a_good_one() {
+    let b = setup();
+    let old = b.version.clone();
+    let next = next_version(&old, 1);
+    let after = next_version(&old, 2);
+    assert_eq!(ok(&b, b.versions()), (old.clone(), old.clone()));
+    let old_build = ok(&b, b.build_reporting(&old));
+    let next_build = ok(&b, b.build_reporting(&next));
+    let release = &b.server.release;
+
+    // 1. Signed by a key the box does not trust.
+    ok(
+        &b,
+        release.publish(&next, &b.triple, &next_build, &b.stranger),
+    );
+    ok(&b, b.request("r-badsig", &next));
+    let log = ok(&b, b.run_updater("badsig"));
+    let lp = b.last_pull();
+    assert_eq!(lp["request_id"], "r-badsig", "{lp}\n{log}");
+    assert_eq!(lp["ok"], false, "{lp}");
+    let reason = lp["reason"].as_str().unwrap_or("").to_lowercase();
+    assert!(
+        reason.contains("signature") || reason.contains("key"),
+        "{lp}\n{log}"
+    );
+    assert_eq!(
+        b.restarts(),
+        0,
+        "nothing restarted for an untrusted manifest"
+    );
+    ok(&b, b.heartbeat_with("r-badsig", false));
+    assert_eq!(ok(&b, b.versions()), (old.clone(), old.clone()));
+    eprintln!("bad signature: refused ({})", lp["reason"]);
+
+    // 2. A download whose bytes are not the signed ones.
+    ok(&b, release.publish(&next, &b.triple, &next_build, &b.key));
+    ok(&b, release.corrupt(&b.triple, "gatelet-companion"));
+    ok(&b, b.request("r-corrupt", &next));
+    let log = ok(&b, b.run_updater("corrupt"));
+    let lp = b.last_pull();
+    assert_eq!(
+        (&lp["request_id"], &lp["ok"]),
+        (&"r-corrupt".into(), &false.into()),
+        "{lp}\n{log}"
+    );
+    assert!(
+        lp["reason"].as_str().unwrap_or("").contains("SHA-256"),
+        "{lp}\n{log}"
+    );
+    assert_eq!(
+        b.restarts(),
+        0,
+        "nothing restarted for a corrupted download"
+    );
+    ok(&b, b.heartbeat_with("r-corrupt", false));
+    assert_eq!(ok(&b, b.versions()), (old.clone(), old.clone()));
+    eprintln!("corrupted download: refused ({})", lp["reason"]);
+
+    // 3. A release that never becomes healthy: the old build under the new version number.
+    ok(&b, release.publish(&next, &b.triple, &old_build, &b.key));
+    let t = Instant::now();
+    ok(&b, b.request("r-unhealthy", &next));
+    let log = ok(&b, b.run_updater("unhealthy"));
+    let lp = b.last_pull();
+    assert_eq!(
+        (&lp["request_id"], &lp["ok"]),
+        (&"r-unhealthy".into(), &false.into()),
+        "{lp}\n{log}"
+    );
+    assert_eq!(b.restarts(), 2, "switched to the new slot and back\n{log}");
+    ok(&b, b.heartbeat_with("r-unhealthy", false));
+    let running = ok(
+        &b,
+        wait_until(
+            "the old version to answer again",
+            Duration::from_secs(60),
+            || {
+                let v = b.versions()?;
+                Ok::<_, HarnessError>((v == (old.clone(), old.clone())).then_some(v))
+            },
+        ),
+    );
+    assert_eq!(running, (old.clone(), old.clone()));
+    eprintln!(
+        "unhealthy release: rolled back after {:?} ({})",
+        t.elapsed(),
+        lp["reason"]
+    );
+
+    // 4. A good release.
+    ok(&b, release.publish(&next, &b.triple, &next_build, &b.key));
+    let t0 = ok(&b, b.request("r-good", &next));
+    let log = ok(&b, b.run_updater("good"));
+    let healthy = t0.elapsed();
+    let lp = b.last_pull();
+    assert_eq!(
+        (&lp["request_id"], &lp["ok"]),
+        (&"r-good".into(), &true.into()),
+        "{lp}\n{log}"
+    );
+    assert_eq!(ok(&b, b.versions()), (next.clone(), next.clone()));
+    let line = ok(&b, b.heartbeat_with("r-good", true));
+    assert!(
+        line.contains(&format!("gateway_version \"{next}\"")),
+        "{line}"
+    );
+    let bytes = Bed::downloaded(&log);
+    eprintln!(
+        "good release {old} -> {next}: request to healthy new version {healthy:?}, downloaded {bytes:?} bytes; heartbeat: {}",
+        line.trim()
+    );
+
+    // 5. SIGKILL of the updater right after the switch to the next release, then a new start.
+    let after_build = ok(&b, b.build_reporting(&after));
+    ok(&b, release.publish(&after, &b.triple, &after_build, &b.key));
+    let current = b.update_dir.join("current");
+    let before = std::fs::read_link(&current).unwrap();
+    ok(&b, b.request("r-killed", &after));
+    let mut p = ok(&b, b.spawn_updater("killed"));
+    let journal = b.update_dir.join("journal.json");
+    // Killed right after the switch: while its restart runs (or just after it), before the
+    // health gate could pass.
+    ok(
+        &b,
+        wait_until("the updater to switch slots", TRIAL_TIMEOUT, || {
+            let now = std::fs::read_link(&current).ok();
+            Ok::<_, HarnessError>(now.filter(|n| *n != before).map(drop))
+        }),
+    );
+    p.crash();
+    assert_ne!(
+        b.last_pull()["request_id"],
+        "r-killed",
+        "no report before the end"
+    );
+    let log = ok(&b, b.run_updater("resumed"));
+    let lp = b.last_pull();
+    assert_eq!(
+        (&lp["request_id"], &lp["ok"]),
+        (&"r-killed".into(), &true.into()),
+        "{lp}\n{log}\n{}",
+        b.extra_logs()
+    );
+    assert_eq!(ok(&b, b.versions()), (after.clone(), after.clone()));
+    ok(&b, b.heartbeat_with("r-killed", true));
+    assert!(!journal.exists(), "the journal ends with the report");
+    assert!(!Path::new(&b.state_dir.join("pending-update")).exists());
+    eprintln!("updater killed right after the switch: resumed and completed ({after})");
+}
