@@ -178,6 +178,21 @@ impl Listener {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
+    /// Sets `TCP_NODELAY` and TCP keepalive ([`set_keepalive`]) on the listening socket, so
+    /// that every connection it accepts starts with them (Linux copies a listener's socket
+    /// options into the sockets it accepts): per route once, not per connection. The smoltcp
+    /// stack's connections need neither.
+    pub fn set_stream_options(&self) -> io::Result<()> {
+        match self {
+            Listener::Kernel(l) => {
+                let sock = SockRef::from(l);
+                sock.set_tcp_nodelay(true)?;
+                sock.set_tcp_keepalive(&keepalive())
+            }
+            Listener::Userspace(_) => Ok(()),
+        }
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
@@ -469,11 +484,14 @@ pub fn shutdown_write(stream: &tokio::net::TcpStream) {
 /// Turns TCP keepalive on for a kernel stream with [`KEEPALIVE_IDLE`],
 /// [`KEEPALIVE_INTERVAL`] and [`KEEPALIVE_PROBES`].
 pub fn set_keepalive(stream: &tokio::net::TcpStream) -> io::Result<()> {
-    let ka = TcpKeepalive::new()
+    SockRef::from(stream).set_tcp_keepalive(&keepalive())
+}
+
+fn keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
-    SockRef::from(stream).set_tcp_keepalive(&ka)
+        .with_retries(KEEPALIVE_PROBES)
 }
 
 #[cfg(test)]

@@ -109,6 +109,23 @@ async fn keepalive_and_nodelay_are_set_on_kernel_streams() {
 }
 
 #[tokio::test]
+async fn accepted_streams_inherit_nodelay_and_keepalive_from_their_listener() {
+    let l = Listener::from(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    l.set_stream_options().unwrap();
+    let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    let k = s.as_kernel().unwrap();
+    assert!(k.nodelay().unwrap());
+    let sock = SockRef::from(k);
+    assert!(sock.keepalive().unwrap());
+    assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+    assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+    assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+}
+
+#[tokio::test]
 async fn split_halves_work_at_once() {
     let (mut s, mut client) = pair().await;
     client.write_all(b"ping").await.unwrap();
