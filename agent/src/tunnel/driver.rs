@@ -5,7 +5,8 @@
 //! Readable UDP: up to [`BATCH`] datagrams per `recvmmsg`, each decrypted; on a TUN device the
 //! TCP segments of a batch are merged into GSO frames ([`Coalescer`]) before they are written.
 //! Readable interface: up to [`BATCH`] frames read, TSO frames cut into packets
-//! ([`Segments`]), encrypted into a batch that leaves in one `sendmmsg`. Buffers are
+//! ([`Segments`]), encrypted into a batch that leaves in one `sendmmsg`, each run of
+//! equal-size datagrams as one UDP GSO message ([`udp::send_batch`]). Buffers are
 //! allocated once; nothing here waits on the control socket.
 //!
 //! The userspace variant ([`spawn_stack`], `GATELET_NETSTACK=userspace`) has the
