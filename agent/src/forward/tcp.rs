@@ -75,7 +75,7 @@ pub struct TcpConfig {
     /// Open connections per route at most.
     pub max_per_route: usize,
     /// Move bytes with `splice(2)` through a pipe instead of copying through a buffer, once a
-    /// direction has copied [`SPLICE_AFTER_BYTES`]. On by default: both ends are kernel
+    /// direction has copied 64 KiB (`SPLICE_AFTER_BYTES`). On by default: both ends are kernel
     /// sockets in TUN mode, and on a quiet machine it measured 1.40–1.52x HAProxy against
     /// 1.12–1.32x for copying, at about 30 % less CPU (tests-hw/bench/l4-relay.sh). Applies
     /// between two kernel sockets only: a connection of the userspace stack is copied by
