@@ -347,7 +347,8 @@ impl Gate {
     }
 
     /// Checks a scraper's bearer token under the login limiter: a wrong token counts as a
-    /// wrong password, and a locked-out address is refused (429) whatever it sends.
+    /// wrong password, and a locked-out address is refused (429) whatever it sends. A right
+    /// token is not counted as an attempt: a scraper polls every few seconds for good.
     fn check_bearer(
         &self,
         token: &ScrapeToken,
@@ -355,20 +356,23 @@ impl Gate {
         ip: IpAddr,
         now: Instant,
     ) -> Result<bool, Response> {
-        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(refusal) = limiter.begin(ip, now) {
+        let refuse = |retry_after_s: u64| {
             let mut r = Response::json_error(429, "too_many_attempts");
-            r.headers
-                .push(("Retry-After", refusal.retry_after_s().to_string()));
-            return Err(r);
+            r.headers.push(("Retry-After", retry_after_s.to_string()));
+            r
+        };
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(left) = limiter.locked_for(ip, now) {
+            return Err(refuse(left.as_secs().max(1)));
         }
         if token.matches(given) {
-            limiter.succeeded(ip);
-            Ok(true)
-        } else {
-            limiter.failed(ip, now);
-            Ok(false)
+            return Ok(true);
         }
+        if let Err(refusal) = limiter.begin(ip, now) {
+            return Err(refuse(refusal.retry_after_s()));
+        }
+        limiter.failed(ip, now);
+        Ok(false)
     }
 
     /// Carries out action `what` (`sync`, `wake`, `probe`) for an authorised caller `who`;
@@ -945,6 +949,10 @@ mod tests {
                 ),
             )
         };
+        // A scraper polls for good: right tokens are not counted as attempts.
+        for _ in 0..100 {
+            assert_eq!(gate.respond(&from(LAN, &token), &shared, None).status, 200);
+        }
         let guesser = "192.168.1.66:5000";
         for _ in 0..limiter::FAILURES {
             assert_eq!(
