@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Shared by the loopback benchmarks (sourced, not run; tests-hw/bench/run runs only bench/*.sh):
 # a temporary directory $T, processes in $pids killed on exit, free ports and waiting for them,
 # CPU seconds of a process.
