@@ -94,18 +94,22 @@ async fn reset_sends_a_reset_not_a_fin() {
     );
 }
 
-#[tokio::test]
-async fn keepalive_and_nodelay_are_set_on_kernel_streams() {
-    let (s, _client) = pair().await;
-    s.set_nodelay(true).unwrap();
-    s.set_keepalive().unwrap();
-    let k = s.as_kernel().unwrap();
+/// `TCP_NODELAY` on, and keepalive with the agent's idle time, interval and probe count.
+fn assert_nodelay_and_keepalive(k: &tokio::net::TcpStream) {
     assert!(k.nodelay().unwrap());
     let sock = SockRef::from(k);
     assert!(sock.keepalive().unwrap());
     assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
     assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
     assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+}
+
+#[tokio::test]
+async fn keepalive_and_nodelay_are_set_on_kernel_streams() {
+    let (s, _client) = pair().await;
+    s.set_nodelay(true).unwrap();
+    s.set_keepalive().unwrap();
+    assert_nodelay_and_keepalive(s.as_kernel().unwrap());
 }
 
 #[tokio::test]
@@ -116,13 +120,7 @@ async fn accepted_streams_inherit_nodelay_and_keepalive_from_their_listener() {
         .await
         .unwrap();
     let (s, _) = l.accept().await.unwrap();
-    let k = s.as_kernel().unwrap();
-    assert!(k.nodelay().unwrap());
-    let sock = SockRef::from(k);
-    assert!(sock.keepalive().unwrap());
-    assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
-    assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
-    assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+    assert_nodelay_and_keepalive(s.as_kernel().unwrap());
 }
 
 #[tokio::test]
