@@ -354,8 +354,8 @@ async fn tunnel_connection(mut client: Stream, stack: &Stack, route: &TcpRoute) 
             return;
         }
     };
+    // Keepalive: from `relay_stream` (a userspace stream has none to set).
     let _ = server.set_nodelay(true);
-    let _ = server.set_keepalive();
     let (config, counters) = (&route.config, &route.counters);
     // Between two kernel sockets (TUN mode) the kernel-to-kernel paths (splice); with the
     // userspace stack on the tunnel side, the AsyncRead/AsyncWrite copy.
@@ -394,7 +394,6 @@ async fn lan_connection(mut client: Stream, route: &TcpRoute) {
     };
     let mut server = server;
     let _ = server.set_nodelay(true);
-    let _ = stack::set_keepalive(&server);
     let result = relay_stream(&mut client, &mut server, &route.config, &route.counters).await;
     if let Err(e) = result {
         if e.kind() != io::ErrorKind::TimedOut {
@@ -406,8 +405,9 @@ async fn lan_connection(mut client: Stream, route: &TcpRoute) {
 }
 
 /// Relays between a tunnel-side `client` and a LAN-side `server` (see [`relay`]): between two
-/// kernel sockets with [`relay`] itself (splice or the readiness-based copy), else with the
-/// AsyncRead/AsyncWrite copy of [`relay_io`].
+/// kernel sockets with [`relay`] itself (splice or the readiness-based copy; it turns keepalive
+/// on for `server` if the connection lasts), else with the AsyncRead/AsyncWrite copy of
+/// [`relay_io`] (`server` gets keepalive first).
 pub async fn relay_stream(
     client: &mut Stream,
     server: &mut TcpStream,
@@ -416,7 +416,10 @@ pub async fn relay_stream(
 ) -> io::Result<()> {
     match client.as_kernel() {
         Some(k) => relay(k, server, config, counters).await,
-        None => relay_io(client, server, config, counters).await,
+        None => {
+            let _ = stack::set_keepalive(server);
+            relay_io(client, server, config, counters).await
+        }
     }
 }
 
@@ -435,6 +438,9 @@ struct Half {
     end: usize,
     eof: bool,
     done: bool,
+    /// The other direction is done: at this one's end of stream the connection closes, and
+    /// the close sends our FIN, so no `shutdown(SHUT_WR)` first.
+    last: bool,
     /// Written since the last flush (copy through AsyncWrite).
     unflushed: bool,
 }
@@ -479,6 +485,18 @@ thread_local! {
 #[cfg(test)]
 pub(super) fn pipes_made() -> usize {
     PIPES_MADE.with(|c| c.get())
+}
+
+#[cfg(test)]
+thread_local! {
+    static WASTED_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Reads of the copy path on this thread that found nothing (EAGAIN) after their direction
+/// had moved data (tests: a short read is taken as having drained the socket).
+#[cfg(test)]
+pub(super) fn wasted_reads() -> usize {
+    WASTED_READS.with(|c| c.get())
 }
 
 fn give_buffer(b: Box<[u8]>) {
@@ -538,7 +556,9 @@ impl Half {
                 continue;
             }
             if self.eof {
-                stack::shutdown_write(to);
+                if !self.last {
+                    stack::shutdown_write(to);
+                }
                 self.done = true;
                 if let Some(b) = self.buf.take() {
                     give_buffer(b);
@@ -574,9 +594,21 @@ impl Half {
                     *active = true;
                     if n == len && len < max {
                         self.size = (len * 2).min(max);
+                    } else if n < len {
+                        // A short read took all the socket had: forget its readiness without
+                        // the read that would fail with EAGAIN. Data or a FIN arriving later
+                        // is a new edge, and a FIN that came with this data stays as the
+                        // read-closed readiness, which clearing keeps.
+                        let _ = from.try_io(Interest::READABLE, || {
+                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                        });
                     }
                 }
                 Err(e) if would_block(&e) => {
+                    #[cfg(test)]
+                    if self.copied > 0 {
+                        WASTED_READS.with(|c| c.set(c.get() + 1));
+                    }
                     // Ran dry: give the buffer back while the connection idles.
                     if let Some(b) = self.buf.take() {
                         give_buffer(b);
@@ -710,7 +742,9 @@ impl Half {
                 continue;
             }
             if self.eof {
-                stack::shutdown_write(to);
+                if !self.last {
+                    stack::shutdown_write(to);
+                }
                 self.done = true;
                 self.pipe = None;
                 return Poll::Ready(Ok(()));
@@ -733,25 +767,48 @@ impl Half {
 
 /// A relay's idle timeout, checked once per period: it fires when a whole period passed
 /// without a byte either way (so between one and two periods after the last byte).
+///
+/// The same timer carries one earlier wake-up, `early`: [`relay`] turns TCP keepalive on for
+/// the socket it connected only once the connection has lasted [`stack::KEEPALIVE_IDLE`]
+/// (the first probe would not go out sooner anyway), so a short connection never pays the
+/// four `setsockopt` calls.
 struct IdleTimer {
     sleep: Pin<Box<tokio::time::Sleep>>,
     period: Duration,
     active: bool,
+    /// The first idle check, while the early wake-up is still to come.
+    check_at: Option<tokio::time::Instant>,
 }
 
 impl IdleTimer {
-    fn new(period: Duration) -> Self {
+    /// `early`: a one-off wake-up after this long (ignored unless shorter than `period`).
+    fn new(period: Duration, early: Option<Duration>) -> Self {
+        let now = tokio::time::Instant::now();
+        let (first, check_at) = match early.filter(|e| *e < period) {
+            Some(e) => (now + e, Some(now + period)),
+            None => (now + period, None),
+        };
         IdleTimer {
-            sleep: Box::pin(tokio::time::sleep(period)),
+            sleep: Box::pin(tokio::time::sleep_until(first)),
             period,
             active: false,
+            check_at,
         }
     }
 
     /// Ready when the connection idled a whole period; `active`: bytes moved in this poll.
-    fn poll(&mut self, cx: &mut Context<'_>, active: bool) -> Poll<()> {
+    /// Calls `on_early` at the early wake-up (once).
+    fn poll(&mut self, cx: &mut Context<'_>, active: bool, on_early: impl FnOnce()) -> Poll<()> {
         self.active |= active;
+        let mut on_early = Some(on_early);
         while self.sleep.as_mut().poll(cx).is_ready() {
+            if let Some(at) = self.check_at.take() {
+                if let Some(f) = on_early.take() {
+                    f();
+                }
+                self.sleep.as_mut().reset(at);
+                continue;
+            }
             if !self.active {
                 return Poll::Ready(());
             }
@@ -764,24 +821,29 @@ impl IdleTimer {
 }
 
 /// Relays between `a` and `b` until both directions ended (each end of stream forwarded as a
-/// half-close), an error occurs, or nothing moved for `config.idle_timeout`
-/// (an error of kind `TimedOut`).
+/// half-close, except the last one, which the caller's close sends), an error occurs, or
+/// nothing moved for `config.idle_timeout` (an error of kind `TimedOut`). `b` is the side the
+/// relay connected: it gets TCP keepalive once the connection has lasted
+/// [`stack::KEEPALIVE_IDLE`] (`a` came from a listener and has it already).
 pub async fn relay(
     a: &TcpStream,
     b: &TcpStream,
     config: &TcpConfig,
     counters: &RouteCounters,
 ) -> io::Result<()> {
-    let mut ab = Half::default();
-    let mut ba = Half::default();
-    let idle = config.idle_timeout;
-    let mut timer = IdleTimer::new(idle);
+    // a → b, then b → a.
+    let mut halves = [Half::default(), Half::default()];
+    let mut timer = IdleTimer::new(config.idle_timeout, Some(stack::KEEPALIVE_IDLE));
     std::future::poll_fn(|cx| {
         let mut active = false;
-        for (half, from, to) in [(&mut ab, a, b), (&mut ba, b, a)] {
+        for i in 0..2 {
+            let (from, to) = if i == 0 { (a, b) } else { (b, a) };
+            let other_done = halves[1 - i].done;
+            let half = &mut halves[i];
             if half.done {
                 continue;
             }
+            half.last = other_done;
             let r = if half.spliced {
                 half.poll_splice(cx, from, to, counters, &mut active)
             } else {
@@ -792,10 +854,15 @@ pub async fn relay(
                 return Poll::Ready(Err(e));
             }
         }
-        if ab.done && ba.done {
+        if halves.iter().all(|h| h.done) {
             return Poll::Ready(Ok(()));
         }
-        match timer.poll(cx, active) {
+        let keepalive = || {
+            if let Err(e) = stack::set_keepalive(b) {
+                tracing::debug!(error = %e, "cannot turn keepalive on for a relayed connection");
+            }
+        };
+        match timer.poll(cx, active, keepalive) {
             Poll::Ready(()) => {
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
             }
@@ -840,7 +907,7 @@ where
     let mut ba = Half::default();
     let idle = config.idle_timeout;
     let sizes = (config.buffer_bytes, config.max_buffer_bytes);
-    let mut timer = IdleTimer::new(idle);
+    let mut timer = IdleTimer::new(idle, None);
     std::future::poll_fn(|cx| {
         let mut active = false;
         if !ab.done {
@@ -856,7 +923,7 @@ where
         if ab.done && ba.done {
             return Poll::Ready(Ok(()));
         }
-        match timer.poll(cx, active) {
+        match timer.poll(cx, active, || {}) {
             Poll::Ready(()) => {
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
             }

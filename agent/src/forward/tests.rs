@@ -426,6 +426,104 @@ async fn two_pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
     ((c, a), (b, s))
 }
 
+/// After a 1 KiB exchange no read finds only EAGAIN: a short read is taken as having drained
+/// the socket (before, each direction made one such read: six reads instead of four).
+#[tokio::test]
+async fn a_short_exchange_makes_no_read_that_finds_nothing() {
+    let ((mut c, a), (b, mut s)) = two_pairs().await;
+    let counters = RouteCounters::default();
+    let before = tcp::wasted_reads();
+    let config = TcpConfig::default();
+    let relay = tcp::relay(&a, &b, &config, &counters);
+    let traffic = async {
+        c.write_all(&[1u8; 1024]).await.unwrap();
+        let mut req = [0u8; 1024];
+        s.read_exact(&mut req).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut back = [0u8; 1024];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, req);
+        c.shutdown().await.unwrap();
+        assert_eq!(
+            s.read(&mut req).await.unwrap(),
+            0,
+            "the client's FIN went through"
+        );
+        s.shutdown().await.unwrap();
+        std::future::pending::<()>().await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            r = relay => r,
+            _ = traffic => unreachable!(),
+        }
+    })
+    .await
+    .expect("the relay ends within 5 s");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(tcp::wasted_reads() - before, 0);
+    assert_eq!(counters.bytes.load(Ordering::Relaxed), 2048);
+    // The last end of stream is not forwarded with shutdown(2) by the relay: dropping the
+    // sockets (the connection's end) closes them, and the close sends the FIN.
+    drop((a, b));
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("the client sees the end of stream within 5 s")
+        .unwrap();
+    assert!(rest.is_empty());
+}
+
+/// Keepalive on the connected side comes only when the connection lasts: not for a short
+/// exchange, and once [`crate::stack::KEEPALIVE_IDLE`] passed, with the agent's parameters.
+#[tokio::test(start_paused = true)]
+async fn the_connected_side_gets_keepalive_once_the_connection_lasts() {
+    let ((mut c, a), (b, mut s)) = two_pairs().await;
+    let counters = RouteCounters::default();
+    let config = TcpConfig::default();
+    let relay = tcp::relay(&a, &b, &config, &counters);
+    let check = async {
+        let mut one = [0u8; 1];
+        c.write_all(b"x").await.unwrap();
+        s.read_exact(&mut one).await.unwrap();
+        let sock = socket2::SockRef::from(&b);
+        assert!(
+            !sock.keepalive().unwrap(),
+            "no keepalive for a fresh connection"
+        );
+        tokio::time::sleep(crate::stack::KEEPALIVE_IDLE - Duration::from_secs(1)).await;
+        assert!(
+            !sock.keepalive().unwrap(),
+            "no keepalive before KEEPALIVE_IDLE"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            sock.keepalive().unwrap(),
+            "keepalive once the connection lasted"
+        );
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            crate::stack::KEEPALIVE_IDLE
+        );
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            crate::stack::KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            sock.tcp_keepalive_retries().unwrap(),
+            crate::stack::KEEPALIVE_PROBES
+        );
+        // Still relaying.
+        s.write_all(b"y").await.unwrap();
+        c.read_exact(&mut one).await.unwrap();
+        assert_eq!(&one, b"y");
+    };
+    tokio::select! {
+        r = relay => panic!("the relay ended: {r:?}"),
+        () = check => {}
+    }
+}
+
 /// The AsyncRead/AsyncWrite relay (the one a userspace tunnel-side stream takes), here between
 /// two kernel sockets.
 #[tokio::test]
