@@ -181,10 +181,11 @@ fn start_routes(
     let ping = matches!(stack, Stack::Kernel);
     settings.stack = stack;
     settings.proxy_port = Some(env.proxy_port);
-    settings.api_relay = Some((
-        env.api_port,
-        SocketAddr::from((routes::API_TARGET_IP, env.api_port)),
-    ));
+    settings.api_relay = Some(routes::ApiRelaySettings {
+        port: env.api_port,
+        target: SocketAddr::from((routes::API_TARGET_IP, env.api_port)),
+        key: gatelet_agent_api::proxy_v2::HeaderKey::derive(&env.wg_private_key.0),
+    });
     settings.state_dir = Some(args.state_dir.clone());
     // The egress failover's tunnel check without pings: a handshake within WireGuard's
     // REJECT_AFTER_TIME (180 s); a live tunnel re-handshakes every two minutes.

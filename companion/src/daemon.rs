@@ -297,6 +297,9 @@ pub fn run(args: RunArgs) -> ExitCode {
                 Arc::new(move || shared.lock().wol_macs())
             };
             ctx.lan_probe_target = env.lan_probe_target.clone();
+            ctx.proxy_key = Some(gatelet_agent_api::proxy_v2::HeaderKey::derive(
+                &env.wg_private_key.0,
+            ));
             ctx.dns = Some(dns.clone());
             ctx.serving = mgmt_serving.clone();
             ctx.lan_scan = Some(crate::discovery::system_scanner(

@@ -295,13 +295,21 @@ fn a_full_worker_queue_answers_503_from_the_io_thread() {
 
 #[test]
 fn a_proxy_header_names_the_caller_only_where_trusted() {
-    let header = proxy_v2::encode(
+    let key = proxy_v2::HeaderKey::derive(&[3; 32]);
+    let (from, to) = (
         "10.9.9.9:40000".parse().unwrap(),
         "10.8.0.2:9876".parse().unwrap(),
     );
-    let mut raw = header.clone();
-    raw.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-    let trusted = Server::start(small());
+    let with = |header: Vec<u8>| {
+        let mut raw = header;
+        raw.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        raw
+    };
+    let raw = with(proxy_v2::encode(from, to, &key));
+    let trusted = Server::start(Limits {
+        proxy_key: Some(key.clone()),
+        ..small()
+    });
     let a = send(trusted.addr, &raw);
     assert_eq!((status(&a), body(&a)), (200, "10.9.9.9 0"), "{a}");
     // Split across reads, too.
@@ -311,10 +319,22 @@ fn a_proxy_header_names_the_caller_only_where_trusted() {
     s.write_all(&raw[7..]).unwrap();
     let a = answer(&mut s);
     assert_eq!(body(&a), "10.9.9.9 0", "{a}");
-    let untrusted = Server::start(Limits {
-        proxy_from_loopback: false,
-        ..small()
-    });
+    // A local user who cannot read gateway.env: a header signed with another key, or with no
+    // tag at all, is refused rather than believed.
+    let forged = with(proxy_v2::encode(
+        from,
+        to,
+        &proxy_v2::HeaderKey::derive(&[4; 32]),
+    ));
+    let a = send(trusted.addr, &forged);
+    assert_eq!(status(&a), 400, "{a}");
+    let signed = proxy_v2::encode(from, to, &key);
+    let mut untagged = signed[..28].to_vec();
+    untagged[14..16].copy_from_slice(&12u16.to_be_bytes());
+    let a = send(trusted.addr, &with(untagged));
+    assert_eq!(status(&a), 400, "{a}");
+    // Without a key (the diagnostics page) no header is read at all.
+    let untrusted = Server::start(small());
     let a = send(untrusted.addr, &raw);
     assert_eq!(status(&a), 400, "{a}");
 }

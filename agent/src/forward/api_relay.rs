@@ -50,6 +50,8 @@ pub struct ApiRelay {
     pub max_connections: usize,
     /// Turns true when open connections must close.
     pub kill: watch::Receiver<bool>,
+    /// Signs each connection's PROXY header, so the companion believes it.
+    pub key: proxy_v2::HeaderKey,
 }
 
 impl ApiRelay {
@@ -60,6 +62,7 @@ impl ApiRelay {
         counters: Arc<RouteCounters>,
         base: &TcpConfig,
         kill: watch::Receiver<bool>,
+        key: proxy_v2::HeaderKey,
     ) -> Self {
         ApiRelay {
             target,
@@ -70,6 +73,7 @@ impl ApiRelay {
             }),
             max_connections: API_RELAY_MAX_CONNECTIONS,
             kill,
+            key,
         }
     }
 }
@@ -210,7 +214,7 @@ async fn connection(
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
     server
-        .write_all(&proxy_v2::encode(peer, destination))
+        .write_all(&proxy_v2::encode(peer, destination, &relay.key))
         .await?;
     let r = tcp::relay_stream(&mut client, &mut server, &relay.config, &relay.counters).await;
     if r.is_err() {
@@ -227,6 +231,10 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpSocket};
 
+    fn test_key() -> proxy_v2::HeaderKey {
+        proxy_v2::HeaderKey::derive(&[7; 32])
+    }
+
     /// A stand-in companion that reports each connection's PROXY source on `tx`, then holds it.
     async fn companion() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<SocketAddr>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -236,13 +244,21 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 + 12];
+                    let mut buf = vec![0u8; 16];
                     if s.read_exact(&mut buf).await.is_err() {
                         return;
                     }
+                    let block = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+                    buf.resize(16 + block, 0);
+                    if s.read_exact(&mut buf[16..]).await.is_err() {
+                        return;
+                    }
+                    // Only a header the relay signed counts.
                     if let Ok(proxy_v2::Decoded::Header {
-                        source: Some(src), ..
-                    }) = proxy_v2::decode(&buf)
+                        source: Some(src),
+                        authentic: true,
+                        ..
+                    }) = proxy_v2::decode(&buf, Some(&test_key()))
                     {
                         let _ = tx.send(src);
                     }
@@ -290,6 +306,7 @@ mod tests {
             counters.clone(),
             &TcpConfig::default(),
             watch::channel(false).1,
+            test_key(),
         );
         relay.max_connections = max;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -79,8 +79,9 @@ pub struct Settings {
     pub bind_ip: IpAddr,
     /// The HTTP proxy's port (`GC_PROXY_PORT`), if the proxy runs.
     pub proxy_port: Option<u16>,
-    /// The management API relay: listen port on `bind_ip` and where it goes.
-    pub api_relay: Option<(u16, SocketAddr)>,
+    /// The management API relay: listen port on `bind_ip`, where it goes, and the key of
+    /// its PROXY headers.
+    pub api_relay: Option<ApiRelaySettings>,
     /// Where the applied config is saved (`--state-dir`); None keeps nothing.
     pub state_dir: Option<PathBuf>,
     /// TCP relay tuning.
@@ -110,6 +111,18 @@ pub struct Settings {
     /// The egress routes' VRRP failover: the tunnel-health sample and its interval. None:
     /// no failover runs (role `none`; nothing adds the VIPs).
     pub near: Option<NearSettings>,
+}
+
+/// Where the management API relay listens and sends its connections.
+#[derive(Debug, Clone)]
+pub struct ApiRelaySettings {
+    /// Listen port on [`Settings::bind_ip`] (`GC_API_PORT`).
+    pub port: u16,
+    /// The companion's listener.
+    pub target: SocketAddr,
+    /// Signs the PROXY header naming each caller (`HeaderKey::derive` of `WG_PRIVATE_KEY`,
+    /// as the companion derives it to check).
+    pub key: gatelet_agent_api::proxy_v2::HeaderKey,
 }
 
 impl Settings {
@@ -439,7 +452,7 @@ impl RouteManager {
                 _switches: switches,
             });
         }
-        if let Some((port, target)) = s.api_relay {
+        if let Some(ApiRelaySettings { port, target, key }) = s.api_relay.clone() {
             let addr = SocketAddr::new(s.bind_ip, port);
             let first = s.stack.bind_tcp(addr);
             let state: StateCell = Arc::new(Mutex::new(first_state(&first, "API relay")));
@@ -450,6 +463,7 @@ impl RouteManager {
                 self.inner.api_counters.clone(),
                 &self.inner.tcp_config,
                 switches.kill_rx(),
+                key,
             );
             tokio::spawn(keep_bound(
                 first,

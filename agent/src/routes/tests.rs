@@ -32,7 +32,12 @@ async fn tagged_echo(tag: &'static str) -> SocketAddr {
     addr
 }
 
-/// A stand-in companion: reads the relay's PROXY v2 header, greets with `api <caller ip>`,
+/// The key the API relay signs its PROXY headers with in these tests.
+fn test_proxy_key() -> gatelet_agent_api::proxy_v2::HeaderKey {
+    gatelet_agent_api::proxy_v2::HeaderKey::derive(&[9; 32])
+}
+
+/// A stand-in companion: reads the relay's signed PROXY v2 header, greets with `api <caller ip>`,
 /// then echoes.
 async fn proxy_echo() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,10 +53,12 @@ async fn proxy_echo() -> SocketAddr {
                 let mut all = head.to_vec();
                 all.extend_from_slice(&rest);
                 let gatelet_agent_api::proxy_v2::Decoded::Header {
-                    source: Some(src), ..
-                } = gatelet_agent_api::proxy_v2::decode(&all).unwrap()
+                    source: Some(src),
+                    authentic: true,
+                    ..
+                } = gatelet_agent_api::proxy_v2::decode(&all, Some(&test_proxy_key())).unwrap()
                 else {
-                    panic!("no PROXY header with a source")
+                    panic!("no signed PROXY header with a source")
                 };
                 let greeting = format!("api {}\n", src.ip());
                 if s.write_all(greeting.as_bytes()).await.is_err() {
@@ -366,7 +373,11 @@ async fn api_relay_reaches_the_companion_and_http_proxy_listens() {
     let relay_port = free_port();
     let proxy_port = free_port();
     let mut s = settings();
-    s.api_relay = Some((relay_port, api));
+    s.api_relay = Some(super::ApiRelaySettings {
+        port: relay_port,
+        target: api,
+        key: test_proxy_key(),
+    });
     s.proxy_port = Some(proxy_port);
     let m = RouteManager::new(s);
     m.start().unwrap();
@@ -616,7 +627,11 @@ async fn the_api_relay_has_its_own_budget_when_the_routes_cap_is_full() {
     let (route_port, relay_port) = (free_port(), free_port());
     let mut s = settings();
     s.max_connections_total = 2;
-    s.api_relay = Some((relay_port, api));
+    s.api_relay = Some(super::ApiRelaySettings {
+        port: relay_port,
+        target: api,
+        key: test_proxy_key(),
+    });
     let m = RouteManager::new(s);
     m.start().unwrap();
     m.apply(config("h", vec![l4(1, route_port, echo)]));

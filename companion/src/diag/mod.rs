@@ -151,7 +151,7 @@ pub fn limits() -> http::Limits {
         max_connections: 16,
         workers: 1,
         queue: 4,
-        proxy_from_loopback: false,
+        proxy_key: None,
         ..http::Limits::default()
     }
 }

@@ -47,8 +47,10 @@ pub struct Limits {
     pub workers: usize,
     /// Complete requests waiting for a worker before the I/O thread answers 503.
     pub queue: usize,
-    /// Honour a PROXY v2 header from loopback peers.
-    pub proxy_from_loopback: bool,
+    /// Honour a PROXY v2 header from loopback peers when it carries this key's tag (the
+    /// agent's API relay; `gatelet_agent_api::proxy_v2`). A header without it is refused
+    /// (400). None: no header is read.
+    pub proxy_key: Option<proxy_v2::HeaderKey>,
 }
 
 impl Default for Limits {
@@ -62,7 +64,7 @@ impl Default for Limits {
             max_connections: 64,
             workers: 4,
             queue: 16,
-            proxy_from_loopback: true,
+            proxy_key: None,
         }
     }
 }
@@ -359,7 +361,7 @@ pub fn serve(
                 }
             }
             seq += 1;
-            let proxy_checked = !(limits.proxy_from_loopback && peer.ip().is_loopback());
+            let proxy_checked = !(limits.proxy_key.is_some() && peer.ip().is_loopback());
             conns.push(Conn {
                 stream,
                 peer,
@@ -505,10 +507,16 @@ fn parse(c: &mut Conn, limits: &Limits, now: Instant) -> Step {
                 scanned,
             } => {
                 if !*proxy_checked {
-                    match proxy_v2::decode(&c.buf) {
+                    match proxy_v2::decode(&c.buf, limits.proxy_key.as_ref()) {
                         Ok(Decoded::Incomplete) => return Step::Keep,
                         Ok(Decoded::Absent) => {}
-                        Ok(Decoded::Header { source, len }) => {
+                        Ok(Decoded::Header {
+                            authentic: false, ..
+                        }) => {
+                            // Not the agent's: a local user naming a source of their choice.
+                            return Step::Refuse(Response::json_error(400, "bad_proxy_header"));
+                        }
+                        Ok(Decoded::Header { source, len, .. }) => {
                             if let Some(src) = source {
                                 c.peer = src;
                             }

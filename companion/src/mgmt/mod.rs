@@ -3,7 +3,8 @@
 //! Served by [`crate::http`] (bounded head, body, time and connections) on a loopback address;
 //! the agent relays the tunnel side (`<tunnel ip>:GC_API_PORT`) to it, prefixing each
 //! connection with a PROXY v2 header so the caller's real address reaches the failed-auth
-//! limiter. [`serve`] takes an already-bound listener and a shutdown flag, so tests bind
+//! limiter (signed: only the agent, which holds gateway.env's WireGuard key, can name a caller;
+//! see `gatelet_agent_api::proxy_v2`). [`serve`] takes an already-bound listener and a shutdown flag, so tests bind
 //! `127.0.0.1:0` and stop it themselves.
 //!
 //! Request path: the server's I/O thread reads a complete request → a bounded queue → a small
@@ -81,6 +82,10 @@ pub struct MgmtContext {
     pub serving: Arc<AtomicBool>,
     /// LAN scans (`/api/lan-scan`); None answers 501.
     pub lan_scan: Option<crate::discovery::Scanner>,
+    /// The key of the agent's PROXY headers (`HeaderKey::derive` of `WG_PRIVATE_KEY`): a
+    /// relayed caller is known by its own address, so the failed-auth limit counts per
+    /// caller. None: no header is read, every caller counts as the relay's address.
+    pub proxy_key: Option<gatelet_agent_api::proxy_v2::HeaderKey>,
 }
 
 impl std::fmt::Debug for MgmtContext {
@@ -115,6 +120,7 @@ impl MgmtContext {
             clock: Arc::new(crate::state::now_ms),
             serving: Arc::default(),
             lan_scan: None,
+            proxy_key: None,
         }
     }
 }
@@ -178,7 +184,11 @@ pub fn limits() -> http::Limits {
 /// Workers finish the request they hold after shutdown (a wake may take up to its timeout)
 /// and are not waited for.
 pub fn serve(listener: TcpListener, ctx: MgmtContext, shutdown: Arc<AtomicBool>) {
-    serve_with(listener, ctx, shutdown, limits());
+    let limits = http::Limits {
+        proxy_key: ctx.proxy_key.clone(),
+        ..limits()
+    };
+    serve_with(listener, ctx, shutdown, limits);
 }
 
 /// [`serve`] with other limits (tests shrink the budget and timeouts).
