@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gatelet_agent_api::proxy_v2;
+use gatelet_agent_api::{eviction, proxy_v2};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -88,15 +88,7 @@ struct Registry {
 impl Registry {
     /// The oldest connection of the source with the most connections.
     fn victim(&self) -> Option<u64> {
-        let mut per: std::collections::HashMap<IpAddr, usize> = Default::default();
-        for (ip, _) in self.open.values() {
-            *per.entry(*ip).or_default() += 1;
-        }
-        let hog = per.into_iter().max_by_key(|(_, n)| *n)?.0;
-        self.open
-            .iter()
-            .find(|(_, (ip, _))| *ip == hog)
-            .map(|(id, _)| *id)
+        eviction::oldest_of_busiest(self.open.iter().map(|(id, (ip, _))| (*ip, *id)))
     }
 }
 

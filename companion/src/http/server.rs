@@ -1,14 +1,14 @@
 //! The I/O thread, the worker pool and the request/response types (see the module docs).
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gatelet_agent_api::eviction;
 use gatelet_agent_api::proxy_v2::{self, Decoded};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -393,17 +393,8 @@ fn pick_victim(conns: &[Conn]) -> Option<usize> {
     {
         return Some(i);
     }
-    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-    for c in conns {
-        *per_ip.entry(c.peer.ip()).or_default() += 1;
-    }
-    let (&hog, _) = per_ip.iter().max_by_key(|(_, n)| **n)?;
-    conns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.peer.ip() == hog)
-        .min_by_key(|(_, c)| c.seq)
-        .map(|(i, _)| i)
+    let conns = conns.iter().enumerate();
+    eviction::oldest_of_busiest(conns.map(|(i, c)| (c.peer.ip(), (c.seq, i)))).map(|(_, i)| i)
 }
 
 fn refuse(c: &mut Conn, r: &Response, now: Instant) {
