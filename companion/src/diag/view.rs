@@ -4,7 +4,9 @@
 //! ([`super::page`]); `status.json` carries it as `view` for the page's script to redraw.
 //! Plain data, no HTML: every renderer escapes.
 
-use gatelet_agent_api::control::{ListenerState, RouteKind, RouteStatus};
+use gatelet_agent_api::control::{
+    EgressRoute, EgressStatus, ListenerState, RouteKind, RouteStatus,
+};
 use serde::Serialize;
 
 use super::history::Series;
@@ -97,11 +99,11 @@ pub struct Rejected {
 pub struct RouteView {
     /// The route id (for the actions).
     pub id: u64,
-    /// `http` or `l4`.
+    /// `http`, `l4` or `egress` (a LAN listener relaying into the tunnel).
     pub kind: &'static str,
-    /// Domain, or `l4:<port>`.
+    /// Domain, `l4:<port>`, or `egress:<port>`.
     pub name: String,
-    /// `host:port` on the LAN.
+    /// `host:port` on the LAN (egress: in the tunnel, and who may use it).
     pub target: String,
     /// `listening`, `failed`, `idle` or `not served`.
     pub listener: &'static str,
@@ -244,6 +246,64 @@ fn route_view(
         refused: r.refused,
         failures: r.failures,
         wol,
+    }
+}
+
+/// An egress route's line: its LAN listener (on the VIP's port) and the tunnel target. It has
+/// no reachability probe and no Wake-on-LAN; `refused` counts connections from sources
+/// outside its allowlist too.
+fn egress_view(r: &EgressRoute, agent: Option<&EgressStatus>) -> RouteView {
+    let sources = if r.allowed_sources.is_empty() {
+        "nobody".to_owned()
+    } else {
+        r.allowed_sources.join(", ")
+    };
+    let (listener, reason, connections, bytes, refused, failures) = match agent {
+        None => (
+            "not served",
+            Some("the agent does not run this route (yet)".to_owned()),
+            0,
+            0,
+            0,
+            0,
+        ),
+        Some(e) => {
+            let (state, why) = if e.bound {
+                ("listening", None)
+            } else {
+                (
+                    "failed",
+                    Some(
+                        e.bind_error
+                            .clone()
+                            .unwrap_or_else(|| "not bound yet".into()),
+                    ),
+                )
+            };
+            (
+                state,
+                why,
+                e.active_connections,
+                e.bytes,
+                e.refused + e.source_drops,
+                e.failures,
+            )
+        }
+    };
+    RouteView {
+        id: r.id,
+        kind: "egress",
+        name: format!("egress:{} (VIP {})", r.lan_listen_port, r.vip_ip),
+        target: format!("tunnel {}:{} from {sources}", r.target_host, r.target_port),
+        listener,
+        reason,
+        target_state: "unprobed",
+        target_detail: None,
+        connections,
+        bytes,
+        refused,
+        failures,
+        wol: false,
     }
 }
 
@@ -422,6 +482,14 @@ pub fn build(report: &Report, history: Series, can_act: bool, now_ms: u64) -> Vi
                 found,
             ));
         }
+        for r in &c.egress_routes {
+            let found = agent.and_then(|a| {
+                a.scan_egress
+                    .iter()
+                    .find(|e| e.id == r.id && e.lan_listen_port == r.lan_listen_port)
+            });
+            routes.push(egress_view(r, found));
+        }
     }
     for r in &routes {
         if r.listener == "failed" {
@@ -591,6 +659,69 @@ mod tests {
         assert_eq!(v.routes[1].target_detail.as_deref(), Some("refused"));
         assert_eq!(v.routes[2].listener, "not served");
         assert_eq!(v.rejected[0].reason, "listen_port 22 is reserved");
+    }
+
+    /// Egress routes are on the page too: their LAN listener, the tunnel target and who may
+    /// use it; one that cannot bind degrades the verdict with its reason.
+    #[test]
+    fn egress_routes_show_their_listener_and_a_failed_bind_degrades() {
+        let egress = |id: u64, port: u16| EgressRoute {
+            id,
+            vip_ip: "192.168.1.250".into(),
+            vip_prefix: 24,
+            lan_listen_port: port,
+            target_host: "10.8.0.1".into(),
+            target_port: 445,
+            allowed_sources: vec!["192.168.1.0/24".into()],
+            near_peers: Vec::new(),
+        };
+        let bound = |id: u64, port: u16, bound: bool| EgressStatus {
+            id,
+            bound,
+            bind_error: (!bound).then(|| "address in use".into()),
+            lan_bind_ip: "0.0.0.0".into(),
+            lan_listen_port: port,
+            source_drops: 3,
+            active_connections: 2,
+            bytes: 4096,
+            refused: 1,
+            failures: 0,
+            last_error: None,
+        };
+        let mut r = report(
+            vec![
+                status(1, ListenerState::Listening, None),
+                status(2, ListenerState::Listening, None),
+                status(3, ListenerState::Listening, None),
+            ],
+            Some(20),
+        );
+        if let Some(c) = r.snapshot.config.as_mut() {
+            c.egress_routes = vec![egress(7, 445), egress(8, 139), egress(9, 3389)];
+        }
+        if let Some(a) = r.snapshot.agent.as_mut() {
+            a.scan_egress = vec![bound(7, 445, true), bound(8, 139, false)];
+        }
+        let v = build(&r, Series::default(), true, 100_000);
+        let e: Vec<&RouteView> = v.routes.iter().filter(|r| r.kind == "egress").collect();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].name, "egress:445 (VIP 192.168.1.250)");
+        assert_eq!(e[0].target, "tunnel 10.8.0.1:445 from 192.168.1.0/24");
+        assert_eq!(
+            (e[0].listener, e[0].connections, e[0].bytes),
+            ("listening", 2, 4096)
+        );
+        assert_eq!(e[0].refused, 4, "cap refusals and allowlist drops");
+        assert_eq!(e[1].listener, "failed");
+        assert_eq!(e[2].listener, "not served");
+        assert_eq!(v.verdict.word, "Degraded");
+        assert_eq!(
+            v.verdict.reasons,
+            vec![
+                "egress:139 (VIP 192.168.1.250): listener failed (address in use)",
+                "egress:3389 (VIP 192.168.1.250): not served by the agent",
+            ]
+        );
     }
 
     #[test]

@@ -46,7 +46,8 @@
     return '<table><thead><tr><th>Route</th><th>Listener</th><th>Target</th><th>Open</th><th>Bytes</th><th></th></tr></thead><tbody>' +
       v.routes.map(function (r) {
         var a = '';
-        if (v.can_act) {
+        // Egress routes have no probe or wake (and their ids are not the routes' ids).
+        if (v.can_act && r.kind !== 'egress') {
           if (r.wol) a += button('/action/wake', { route_id: r.id }, 'Wake');
           a += button('/action/probe', { route_id: r.id }, 'Re-probe');
         }
