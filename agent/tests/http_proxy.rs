@@ -489,3 +489,25 @@ async fn backend_that_never_accepts_is_504_after_the_connect_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(full);
 }
+
+#[tokio::test]
+async fn connection_close_requests_share_one_backend_connection() {
+    // Each client asks for `Connection: close` and keeps its socket open after the answer (the
+    // proxy lingers until the client closes). The backend connection must go back to the
+    // pool at the answer, not after the linger: else every new client needs a new one
+    // (issue 15: a backend connect per request in the close benchmark).
+    let b = start_backend("b").await;
+    let p = start_proxy(vec![route(1, "a.example", b.addr)], ProxyConfig::default()).await;
+    let mut lingering = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(p.addr).await;
+        let r = c.get("a.example", "/", "Connection: close\r\n").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"));
+        lingering.push(c);
+    }
+    assert_eq!(b.accepted(), 1, "one backend connection for five clients");
+    for c in &mut lingering {
+        assert!(c.closed().await);
+    }
+}

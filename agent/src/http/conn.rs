@@ -202,7 +202,13 @@ async fn serve_requests(
         ))
         .await;
         if !keep || *shutdown.borrow() {
-            // Done with this connection: its slot may go to a new one while the answer drains.
+            // Done with this connection: its slot may go to a new one while the answer drains,
+            // and its backend connection to the pool now (not after the linger, which lasts
+            // until the client closes: with `Connection: close` on every request, each
+            // lingering connection held a backend connection the next one had to open anew).
+            if let Some((key, backend)) = attached.take() {
+                shared.pool.put(key, backend);
+            }
             ticket.waiting();
             tokio::select! {
                 _ = linger_close(&mut client, cb) => {}
@@ -349,8 +355,10 @@ async fn handle(
         let pooled = if attempt == 0 {
             match attached.take() {
                 // Used at most BUFFER_GRACE ago (else it went to the pool), but it is checked
-                // all the same: surplus bytes after the last response must never be taken for
-                // the next one (a close in the window after the check is retried below).
+                // all the same (without a system call unless the socket turned readable, see
+                // `Backend::is_stale`): surplus bytes after the last response must never be
+                // taken for the next one (a close in the window after the check is retried
+                // below).
                 Some((k, mut b)) if k == key => (!b.is_stale()).then_some(b),
                 Some((k, b)) => {
                     shared.pool.put(k, b);
