@@ -511,3 +511,43 @@ async fn connection_close_requests_share_one_backend_connection() {
         assert!(c.closed().await);
     }
 }
+
+#[tokio::test]
+async fn open_upgrades_leave_the_request_budget_alone_and_have_a_cap_of_their_own() {
+    // One request in flight per route, two upgrades: two open upgraded connections do not
+    // stop a plain request (issue 15: WebSockets had held request slots for up to 600 s),
+    // and a third upgrade is answered 503.
+    let a = start_backend("a").await;
+    let config = ProxyConfig {
+        max_requests_per_route: 1,
+        max_upgrades_per_route: 2,
+        ..ProxyConfig::default()
+    };
+    let p = start_proxy(vec![route(1, "a.example", a.addr)], config).await;
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(p.addr).await;
+        c.send(upgrade).await;
+        let head = tokio::time::timeout(STEP, read_head(&mut c.r))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        open.push(c);
+    }
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("a.example", "/", "").await.status, 200);
+    let mut third = Client::connect(p.addr).await;
+    third.send(upgrade).await;
+    assert_eq!(third.response().await.status, 503);
+    // The upgraded connections still relay.
+    open[0].send(b"ping").await;
+    let mut got = [0u8; 4];
+    tokio::time::timeout(STEP, open[0].r.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+}

@@ -316,7 +316,8 @@ async fn handle(
     let rc = shared.stats.route(route.id);
     HttpStats::add(&rc.requests, 1);
     // Held while the request is in flight (an upgraded connection's whole life).
-    let Some(_in_flight) = shared.admission.enter_route(route.id) else {
+    // Counted in the route's `active` (and `upgraded`) until dropped.
+    let Some(_in_flight) = shared.admission.enter_route(&rc, req.upgrade) else {
         HttpStats::add(&shared.stats.errors, 1);
         HttpStats::add(&rc.refused, 1);
         shared.refused(Refusal::RouteBusy(route.id));
@@ -335,7 +336,6 @@ async fn handle(
         );
         return keep && ok;
     };
-    let _route_in_flight = super::InFlight::new(rc.clone());
     if let Choice::Refused(_) = choice {
         HttpStats::add(&shared.stats.refused_target_overrides, 1);
         // Counted in HttpStats; logged at debug only, as the hub may send it on every request.
