@@ -209,6 +209,15 @@ async fn serve_requests(
             if let Some((key, backend)) = attached.take() {
                 shared.pool.put(key, backend);
             }
+            if !req.keep_alive && req.body == BodyKind::None && cb.is_empty() {
+                // The client asked to close (`Connection: close`, or HTTP/1.0) and everything it
+                // sent was read: it sends nothing more (RFC 9112, section 9.6), so closing
+                // cannot reset the answer. Closing at once spares the linger's wait for the
+                // client's close: a wake-up, a shutdown and a read per connection, and the
+                // task and its socket for a round trip (issue 15). Like nginx's lingering
+                // close "only if necessary".
+                return;
+            }
             ticket.waiting();
             tokio::select! {
                 _ = linger_close(&mut client, cb) => {}
