@@ -72,8 +72,13 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest silence in both directions of an upgraded (WebSocket) connection.
 pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Idle backend connections kept per target.
-pub const DEFAULT_POOL_IDLE_PER_TARGET: usize = 4;
+/// Idle backend connections kept per target. The runtime serves the requests that became
+/// ready together in one batch: each takes a backend connection and gives it back at its
+/// answer, so the pool must hold about a batch's worth, or the surplus is closed and opened
+/// again by the next batch (issue 15: with 4, a benchmark of 50 clients sending
+/// `Connection: close` opened a backend connection for 4 requests in 5). Each idle connection
+/// costs a socket and a file descriptor for at most [`DEFAULT_POOL_IDLE_TIMEOUT`].
+pub const DEFAULT_POOL_IDLE_PER_TARGET: usize = 32;
 /// How long an idle backend connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most client connections open at once. When all are taken, a new connection takes the slot

@@ -7,6 +7,9 @@ the median CPU use of the process under test and the metric per CPU-second of it
 only). Then the ratio of each path to the baseline path, claimed only when the two spreads do
 not overlap.
 
+For each rate with a ">=" goal, "<rate>/cpu-s" (the rate per CPU-second of the process under
+test, computed per round) is summarized the same way; its ratio is printed without a target.
+
 Usage: spread.py RESULTS BASELINE TARGETS
   BASELINE: the path the others are compared with (e.g. nginx)
   TARGETS:  "metric:op:value,..." goals for the ratio path/baseline, op ">=" or "<=" (e.g.
@@ -27,14 +30,21 @@ for line in open(path):
     if len(parts) < 3:
         continue
     fields = dict(p.split("=", 1) for p in parts[2:])
-    rows.append((parts[0], parts[1], {k: float(v) for k, v in fields.items()}))
+    values = {k: float(v) for k, v in fields.items()}
+    # The cost of each rate: per CPU-second of the process under test, per round (a loaded
+    # machine moves the rate much more than the cost).
+    if values.get("cpu", 0) > 0:
+        for k, (op, _) in list(goals.items()):
+            if op == ">=" and k in values:
+                values[k + "/cpu-s"] = values[k] / (values["cpu"] / 100)
+    rows.append((parts[0], parts[1], values))
 
 cases = list(dict.fromkeys(r[0] for r in rows))
 for case in cases:
     paths = list(dict.fromkeys(r[1] for r in rows if r[0] == case))
     metrics = [m for m in dict.fromkeys(k for r in rows if r[0] == case for k in r[2]) if m != "cpu"]
     print(f"case {case}")
-    print(f"  {'metric':<8} {'path':<8} {'median':>10} {'spread (min-max)':>22} {'CPU%':>5} {'per CPU-s':>10}")
+    print(f"  {'metric':<12} {'path':<8} {'median':>10} {'spread (min-max)':>22} {'CPU%':>5}")
     stats = {}
     for m in metrics:
         for p in paths:
@@ -45,9 +55,8 @@ for case in cases:
             med = statistics.median(vals)
             stats[(m, p)] = (med, min(vals), max(vals))
             cpu = statistics.median(cpus) if cpus else 0.0
-            per = f"{med / (cpu / 100):>10.0f}" if cpu > 0 and m in goals and goals[m][0] == ">=" else f"{'':>10}"
-            cpu_s = f"{cpu:>5.0f}" if cpus else f"{'-':>5}"
-            print(f"  {m:<8} {p:<8} {med:>10.2f} {min(vals):>10.2f}-{max(vals):<11.2f} {cpu_s} {per}")
+            cpu_s = f"{cpu:>5.0f}" if cpus and cpu > 0 else f"{'-':>5}"
+            print(f"  {m:<12} {p:<8} {med:>10.2f} {min(vals):>10.2f}-{max(vals):<11.2f} {cpu_s}")
     for m in metrics:
         if (m, baseline) not in stats:
             continue
