@@ -489,3 +489,71 @@ async fn backend_that_never_accepts_is_504_after_the_connect_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(full);
 }
+
+#[tokio::test]
+async fn connection_close_requests_share_one_backend_connection() {
+    // Each client asks for `Connection: close` and keeps its socket open after the answer (the
+    // proxy lingers until the client closes). The backend connection must go back to the
+    // pool at the answer, not after the linger: else every new client needs a new one
+    // (issue 15: a backend connect per request in the close benchmark).
+    let b = start_backend("b").await;
+    let p = start_proxy(vec![route(1, "a.example", b.addr)], ProxyConfig::default()).await;
+    let mut lingering = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(p.addr).await;
+        let r = c.get("a.example", "/", "Connection: close\r\n").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"));
+        lingering.push(c);
+    }
+    assert_eq!(b.accepted(), 1, "one backend connection for five clients");
+    // They asked to close and sent nothing more: the proxy closes without waiting for them.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while HttpStats::get(&p.stats.active) > 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(HttpStats::get(&p.stats.active), 0, "no connection lingers");
+    for c in &mut lingering {
+        assert!(c.closed().await);
+    }
+}
+
+#[tokio::test]
+async fn open_upgrades_leave_the_request_budget_alone_and_have_a_cap_of_their_own() {
+    // One request in flight per route, two upgrades: two open upgraded connections do not
+    // stop a plain request (issue 15: WebSockets had held request slots for up to 600 s),
+    // and a third upgrade is answered 503.
+    let a = start_backend("a").await;
+    let config = ProxyConfig {
+        max_requests_per_route: 1,
+        max_upgrades_per_route: 2,
+        ..ProxyConfig::default()
+    };
+    let p = start_proxy(vec![route(1, "a.example", a.addr)], config).await;
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(p.addr).await;
+        c.send(upgrade).await;
+        let head = tokio::time::timeout(STEP, read_head(&mut c.r))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        open.push(c);
+    }
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("a.example", "/", "").await.status, 200);
+    let mut third = Client::connect(p.addr).await;
+    third.send(upgrade).await;
+    assert_eq!(third.response().await.status, 503);
+    // The upgraded connections still relay.
+    open[0].send(b"ping").await;
+    let mut got = [0u8; 4];
+    tokio::time::timeout(STEP, open[0].r.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+}

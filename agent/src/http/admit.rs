@@ -1,6 +1,6 @@
-//! Who gets served: a cap on client connections for the whole proxy, a cap per route on
-//! requests in flight, and eviction of the longest-waiting connection when the first cap is
-//! reached.
+//! Who gets served: a cap on client connections for the whole proxy, caps per route on
+//! requests in flight and on upgraded (WebSocket) connections, and eviction of the
+//! longest-waiting connection when the first cap is reached.
 //!
 //! A connection is *waiting* while it has no request in flight: until its request head is
 //! complete, and idle between requests. Its route is not known then, and dropping it loses no
@@ -9,35 +9,52 @@
 //! takes the slot of the connection that has been waiting longest, instead of being refused;
 //! it is refused only when every slot carries a request in flight. Requests in flight are
 //! capped per route as well ([`Admission::enter_route`]), so one route's flood leaves slots for
-//! the other routes.
+//! the other routes; upgrade requests (WebSocket) have a budget of their own, as an upgraded
+//! connection holds its slot for its whole life (up to the upgrade idle timeout each time it
+//! goes quiet): open WebSockets do not use up a route's budget for plain requests.
+//!
+//! Cost per request (issue 15): none of this takes a lock per request. A connection takes the
+//! admission lock when it opens and when it closes; turning waiting or busy is one atomic
+//! operation on its own [`Eviction`] (its turn number), and a route's caps are compare-and-swap
+//! loops on the route's counters. Only an admission at the cap scans the open connections
+//! (at most the cap) for the longest-waiting one.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use super::table::RouteHttpCounters;
+
+/// Turn of a connection with a request in flight (not evictable).
+const BUSY: u64 = 0;
+/// Turn of an evicted (or closed) connection.
+const GONE: u64 = u64::MAX;
+
 /// The caps of one proxy, shared by its connections.
 pub(crate) struct Admission {
+    /// Taken when a connection opens or closes, never per request.
     inner: Mutex<Inner>,
+    /// The next turn number of a connection that starts waiting (lower: waiting longer).
+    next_turn: AtomicU64,
     max_connections: usize,
     max_per_route: usize,
+    max_upgrades_per_route: usize,
 }
 
 struct Inner {
     /// Connections holding a slot (an evicted connection's slot went to its successor).
     open: usize,
-    /// Order of waiting connections: lower is longer waiting.
-    next_seq: u64,
-    waiting: BTreeMap<u64, Arc<Eviction>>,
-    /// Requests in flight per route id (absent: none).
-    in_flight: HashMap<u64, usize>,
+    /// The eviction notices of the connections not yet closed, by slab index (None: free).
+    conns: Vec<Option<Arc<Eviction>>>,
+    /// Free indices of `conns`.
+    free: Vec<usize>,
 }
 
-/// The eviction notice of one connection.
-#[derive(Default)]
+/// The eviction notice of one connection: its turn (BUSY, GONE, or the turn number it got
+/// when it started waiting) and the wake-up of its task.
 pub(crate) struct Eviction {
-    evicted: AtomicBool,
+    turn: AtomicU64,
     notify: Notify,
 }
 
@@ -45,7 +62,7 @@ impl Eviction {
     /// Resolves once the connection has been evicted.
     pub(crate) async fn wait(&self) {
         loop {
-            if self.evicted.load(Ordering::Acquire) {
+            if self.is_evicted() {
                 return;
             }
             // `notify_one` leaves a permit when nobody waits yet: no wake-up is lost.
@@ -54,7 +71,7 @@ impl Eviction {
     }
 
     fn is_evicted(&self) -> bool {
-        self.evicted.load(Ordering::Acquire)
+        self.turn.load(Ordering::Acquire) == GONE
     }
 }
 
@@ -72,28 +89,35 @@ pub(crate) enum Admit {
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
     eviction: Arc<Eviction>,
-    waiting: Option<u64>,
+    index: usize,
 }
 
-/// A request in flight on a route; freed on drop.
+/// A request in flight on a route (counted in the route's `active`, and an upgrade request
+/// also in its `upgraded`); freed on drop.
 pub(crate) struct RouteSlot {
-    admission: Arc<Admission>,
-    route: u64,
+    counters: Arc<RouteHttpCounters>,
+    upgrade: bool,
 }
 
 impl Admission {
-    /// At most `max_connections` client connections (at least 1) and `max_per_route` requests
-    /// in flight per route (at least 1).
-    pub(crate) fn new(max_connections: usize, max_per_route: usize) -> Arc<Self> {
+    /// At most `max_connections` client connections, `max_per_route` requests in flight per
+    /// route and `max_upgrades_per_route` upgrade requests or upgraded connections per route
+    /// (each at least 1).
+    pub(crate) fn new(
+        max_connections: usize,
+        max_per_route: usize,
+        max_upgrades_per_route: usize,
+    ) -> Arc<Self> {
         Arc::new(Admission {
             inner: Mutex::new(Inner {
                 open: 0,
-                next_seq: 0,
-                waiting: BTreeMap::new(),
-                in_flight: HashMap::new(),
+                conns: Vec::new(),
+                free: Vec::new(),
             }),
+            next_turn: AtomicU64::new(BUSY + 1),
             max_connections: max_connections.max(1),
             max_per_route: max_per_route.max(1),
+            max_upgrades_per_route: max_upgrades_per_route.max(1),
         })
     }
 
@@ -107,17 +131,30 @@ impl Admission {
         let evicted = if inner.open < self.max_connections {
             inner.open += 1;
             false
-        } else if let Some((_, victim)) = inner.waiting.pop_first() {
-            victim.evicted.store(true, Ordering::Release);
+        } else if let Some(victim) = inner.longest_waiting() {
             victim.notify.notify_one();
             true
         } else {
             return Admit::Refused;
         };
+        let eviction = Arc::new(Eviction {
+            turn: AtomicU64::new(BUSY),
+            notify: Notify::new(),
+        });
+        let index = match inner.free.pop() {
+            Some(i) => {
+                inner.conns[i] = Some(eviction.clone());
+                i
+            }
+            None => {
+                inner.conns.push(Some(eviction.clone()));
+                inner.conns.len() - 1
+            }
+        };
         let ticket = Ticket {
             admission: self.clone(),
-            eviction: Arc::new(Eviction::default()),
-            waiting: None,
+            eviction,
+            index,
         };
         if evicted {
             Admit::Evicted(ticket)
@@ -126,17 +163,37 @@ impl Admission {
         }
     }
 
-    /// A slot for a request in flight on `route`; None when the route is at its cap.
-    pub(crate) fn enter_route(self: &Arc<Self>, route: u64) -> Option<RouteSlot> {
-        let mut inner = self.lock();
-        let n = inner.in_flight.entry(route).or_default();
-        if *n >= self.max_per_route {
-            return None;
+    /// A slot for a request in flight on the route counted by `counters`; an upgrade request
+    /// takes it from the route's upgrade budget. None when that budget is used up.
+    ///
+    /// Exact on the agent's current-thread runtime; with several threads, a request racing an
+    /// upgrade's start or end on the same route may be let in one over the cap.
+    pub(crate) fn enter_route(
+        &self,
+        counters: &Arc<RouteHttpCounters>,
+        upgrade: bool,
+    ) -> Option<RouteSlot> {
+        let (active, upgraded) = (&counters.active, &counters.upgraded);
+        if upgrade {
+            let max = self.max_upgrades_per_route as u64;
+            upgraded
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .ok()?;
+            active.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let max = self.max_per_route as u64;
+            active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    let requests = n.saturating_sub(upgraded.load(Ordering::Acquire));
+                    (requests < max).then_some(n + 1)
+                })
+                .ok()?;
         }
-        *n += 1;
         Some(RouteSlot {
-            admission: self.clone(),
-            route,
+            counters: counters.clone(),
+            upgrade,
         })
     }
 
@@ -146,7 +203,7 @@ impl Admission {
         self.lock().open
     }
 
-    /// The per-route cap.
+    /// The per-route cap on requests.
     pub(crate) fn max_per_route(&self) -> usize {
         self.max_per_route
     }
@@ -157,26 +214,55 @@ impl Admission {
     }
 }
 
+impl Inner {
+    /// Marks the connection that has waited longest evicted and returns it; None when every
+    /// connection has a request in flight. Called with the lock held, so no connection closes
+    /// meanwhile; one that turns busy meanwhile is not evicted (the compare-and-swap fails)
+    /// and the next candidate is tried.
+    fn longest_waiting(&mut self) -> Option<Arc<Eviction>> {
+        loop {
+            let (victim, turn) = self
+                .conns
+                .iter()
+                .flatten()
+                .map(|e| (e, e.turn.load(Ordering::Acquire)))
+                .filter(|(_, t)| *t != BUSY && *t != GONE)
+                .min_by_key(|(_, t)| *t)?;
+            if victim
+                .turn
+                .compare_exchange(turn, GONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(victim.clone());
+            }
+        }
+    }
+}
+
 impl Ticket {
     /// The connection now waits for a request head (it may be evicted until [`Ticket::busy`]).
+    /// Its turn starts now unless it was already waiting.
     pub(crate) fn waiting(&mut self) {
-        if self.waiting.is_some() {
+        if self.eviction.turn.load(Ordering::Acquire) != BUSY {
             return;
         }
-        let mut inner = self.admission.lock();
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.waiting.insert(seq, self.eviction.clone());
-        self.waiting = Some(seq);
+        let turn = self.admission.next_turn.fetch_add(1, Ordering::Relaxed);
+        // Fails when evicted meanwhile.
+        let _ =
+            self.eviction
+                .turn
+                .compare_exchange(BUSY, turn, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The connection has a request in flight. False when it was evicted meanwhile (it must
     /// close).
     pub(crate) fn busy(&mut self) -> bool {
-        if let Some(seq) = self.waiting.take() {
-            self.admission.lock().waiting.remove(&seq);
-        }
-        !self.eviction.is_evicted()
+        self.eviction
+            .turn
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t != GONE).then_some(BUSY)
+            })
+            .is_ok()
     }
 
     /// The eviction notice to wait on.
@@ -188,10 +274,10 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut inner = self.admission.lock();
-        if let Some(seq) = self.waiting.take() {
-            inner.waiting.remove(&seq);
-        }
-        if !self.eviction.is_evicted() {
+        inner.conns[self.index] = None;
+        inner.free.push(self.index);
+        // An evicted connection's slot went to its successor.
+        if self.eviction.turn.swap(GONE, Ordering::AcqRel) != GONE {
             inner.open -= 1;
         }
     }
@@ -199,12 +285,9 @@ impl Drop for Ticket {
 
 impl Drop for RouteSlot {
     fn drop(&mut self) {
-        let mut inner = self.admission.lock();
-        if let Some(n) = inner.in_flight.get_mut(&self.route) {
-            *n -= 1;
-            if *n == 0 {
-                inner.in_flight.remove(&self.route);
-            }
+        self.counters.active.fetch_sub(1, Ordering::AcqRel);
+        if self.upgrade {
+            self.counters.upgraded.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -222,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_longest_waiting_connection_is_evicted_and_busy_ones_never_are() {
-        let a = Admission::new(3, 10);
+        let a = Admission::new(3, 10, 10);
         let mut busy = ticket(a.admit());
         assert!(busy.busy());
         let mut old = ticket(a.admit());
@@ -260,13 +343,51 @@ mod tests {
     }
 
     #[test]
-    fn route_slots_are_capped_per_route() {
-        let a = Admission::new(10, 2);
-        let s1 = a.enter_route(1).unwrap();
-        let _s2 = a.enter_route(1).unwrap();
-        assert!(a.enter_route(1).is_none());
-        let _other = a.enter_route(2).unwrap();
+    fn route_slots_are_capped_per_route_and_upgrades_have_their_own_budget() {
+        let a = Admission::new(10, 2, 3);
+        let (r1, r2) = (Arc::<RouteHttpCounters>::default(), Arc::default());
+        let s1 = a.enter_route(&r1, false).unwrap();
+        let _s2 = a.enter_route(&r1, false).unwrap();
+        assert!(a.enter_route(&r1, false).is_none());
+        let _other = a.enter_route(&r2, false).unwrap();
+        // Upgrades take their own budget, whatever the requests in flight.
+        let ws: Vec<_> = (0..3).map(|_| a.enter_route(&r1, true).unwrap()).collect();
+        assert!(a.enter_route(&r1, true).is_none());
+        assert_eq!(r1.active.load(Ordering::Relaxed), 5);
+        assert_eq!(r1.upgraded.load(Ordering::Relaxed), 3);
         drop(s1);
-        assert!(a.enter_route(1).is_some());
+        assert!(a.enter_route(&r1, false).is_some());
+        drop(ws);
+        assert_eq!(r1.upgraded.load(Ordering::Relaxed), 0);
+        // Open WebSockets never cost a request slot: two requests still fit with three open.
+        let _ws: Vec<_> = (0..3).map(|_| a.enter_route(&r2, true).unwrap()).collect();
+        let _second = a.enter_route(&r2, false).unwrap();
+        assert!(a.enter_route(&r2, false).is_none(), "two in flight");
+    }
+
+    #[test]
+    fn a_connection_waiting_again_gets_a_new_turn_and_closed_ones_are_never_picked() {
+        let a = Admission::new(2, 1, 1);
+        let mut first = ticket(a.admit());
+        let mut second = ticket(a.admit());
+        first.waiting();
+        second.waiting();
+        // The first turns busy and waits again: now the second has waited longer.
+        assert!(first.busy());
+        first.waiting();
+        let third = match a.admit() {
+            Admit::Evicted(t) => t,
+            _ => panic!("expected an eviction"),
+        };
+        assert!(second.eviction().is_evicted());
+        assert!(!first.eviction().is_evicted());
+        drop(second);
+        assert_eq!(a.open(), 2);
+        // A closed waiting connection frees its slot and is never picked.
+        drop(first);
+        assert_eq!(a.open(), 1);
+        assert!(matches!(a.admit(), Admit::Admitted(_)));
+        drop(third);
+        assert_eq!(a.open(), 0);
     }
 }

@@ -202,7 +202,22 @@ async fn serve_requests(
         ))
         .await;
         if !keep || *shutdown.borrow() {
-            // Done with this connection: its slot may go to a new one while the answer drains.
+            // Done with this connection: its slot may go to a new one while the answer drains,
+            // and its backend connection to the pool now (not after the linger, which lasts
+            // until the client closes: with `Connection: close` on every request, each
+            // lingering connection held a backend connection the next one had to open anew).
+            if let Some((key, backend)) = attached.take() {
+                shared.pool.put(key, backend);
+            }
+            if !req.keep_alive && req.body == BodyKind::None && cb.is_empty() {
+                // The client asked to close (`Connection: close`, or HTTP/1.0) and everything it
+                // sent was read: it sends nothing more (RFC 9112, section 9.6), so closing
+                // cannot reset the answer. Closing at once spares the linger's wait for the
+                // client's close: a wake-up, a shutdown and a read per connection, and the
+                // task and its socket for a round trip (issue 15). Like nginx's lingering
+                // close "only if necessary".
+                return;
+            }
             ticket.waiting();
             tokio::select! {
                 _ = linger_close(&mut client, cb) => {}
@@ -310,7 +325,8 @@ async fn handle(
     let rc = shared.stats.route(route.id);
     HttpStats::add(&rc.requests, 1);
     // Held while the request is in flight (an upgraded connection's whole life).
-    let Some(_in_flight) = shared.admission.enter_route(route.id) else {
+    // Counted in the route's `active` (and `upgraded`) until dropped.
+    let Some(_in_flight) = shared.admission.enter_route(&rc, req.upgrade) else {
         HttpStats::add(&shared.stats.errors, 1);
         HttpStats::add(&rc.refused, 1);
         shared.refused(Refusal::RouteBusy(route.id));
@@ -329,7 +345,6 @@ async fn handle(
         );
         return keep && ok;
     };
-    let _route_in_flight = super::InFlight::new(rc.clone());
     if let Choice::Refused(_) = choice {
         HttpStats::add(&shared.stats.refused_target_overrides, 1);
         // Counted in HttpStats; logged at debug only, as the hub may send it on every request.
@@ -349,8 +364,10 @@ async fn handle(
         let pooled = if attempt == 0 {
             match attached.take() {
                 // Used at most BUFFER_GRACE ago (else it went to the pool), but it is checked
-                // all the same: surplus bytes after the last response must never be taken for
-                // the next one (a close in the window after the check is retried below).
+                // all the same (without a system call unless the socket turned readable, see
+                // `Backend::is_stale`): surplus bytes after the last response must never be
+                // taken for the next one (a close in the window after the check is retried
+                // below).
                 Some((k, mut b)) if k == key => (!b.is_stale()).then_some(b),
                 Some((k, b)) => {
                     shared.pool.put(k, b);

@@ -13,7 +13,7 @@
 //!
 //! Files follow the request path:
 //! - `admit`: the connection cap (evicting the longest-waiting connection when full) and the
-//!   cap per route on requests in flight.
+//!   caps per route on requests in flight and on upgraded connections.
 //! - `conn`: the accepted connection's request loop, backend exchange, retries, error answers.
 //! - `head`: request and response heads (httparse), framing, hop-by-hop and forwarding headers.
 //! - `route`: host normalization, route lookup, the `X-Gateway-Target` policy.
@@ -72,17 +72,27 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest silence in both directions of an upgraded (WebSocket) connection.
 pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Idle backend connections kept per target.
-pub const DEFAULT_POOL_IDLE_PER_TARGET: usize = 4;
+/// Idle backend connections kept per target. The runtime serves the requests that became
+/// ready together in one batch: each takes a backend connection and gives it back at its
+/// answer, so the pool must hold about a batch's worth, or the surplus is closed and opened
+/// again by the next batch (issue 15: with 4, a benchmark of 50 clients sending
+/// `Connection: close` opened a backend connection for 4 requests in 5). Each idle connection
+/// costs a socket and a file descriptor for at most [`DEFAULT_POOL_IDLE_TIMEOUT`].
+pub const DEFAULT_POOL_IDLE_PER_TARGET: usize = 32;
 /// How long an idle backend connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most client connections open at once. When all are taken, a new connection takes the slot
 /// of the connection that has waited longest for a request (see `admit`); it is closed at
 /// accept only when every slot has a request in flight.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Most requests in flight per route (WebSocket connections included); more are answered 503,
-/// so one route's flood leaves connection slots to the other routes.
+/// Most requests in flight per route (upgrade requests and WebSocket connections not
+/// included); more are answered 503, so one route's flood leaves connection slots to the
+/// other routes.
 pub const DEFAULT_MAX_REQUESTS_PER_ROUTE: usize = 256;
+/// Most upgrade requests and upgraded (WebSocket) connections open per route; more are
+/// answered 503. A budget apart from [`DEFAULT_MAX_REQUESTS_PER_ROUTE`], as an upgraded
+/// connection holds its slot for its whole life (issue 15).
+pub const DEFAULT_MAX_UPGRADES_PER_ROUTE: usize = 512;
 /// Pause after a failed accept (for example out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How often expired idle backend connections are closed.
@@ -113,6 +123,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// See [`DEFAULT_MAX_REQUESTS_PER_ROUTE`].
     pub max_requests_per_route: usize,
+    /// See [`DEFAULT_MAX_UPGRADES_PER_ROUTE`].
+    pub max_upgrades_per_route: usize,
     /// At most one log line per this interval and kind of refusal (connections refused or
     /// evicted at the cap, requests refused at a route's cap), with the counts.
     pub refusal_log_interval: Duration,
@@ -132,6 +144,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_requests_per_route: DEFAULT_MAX_REQUESTS_PER_ROUTE,
+            max_upgrades_per_route: DEFAULT_MAX_UPGRADES_PER_ROUTE,
             refusal_log_interval: REFUSAL_LOG_INTERVAL,
         }
     }
@@ -181,7 +194,11 @@ impl Shared {
             waker,
             stats,
             pool: pool::Pool::new(config.pool_idle_per_target, config.pool_idle_timeout),
-            admission: admit::Admission::new(config.max_connections, config.max_requests_per_route),
+            admission: admit::Admission::new(
+                config.max_connections,
+                config.max_requests_per_route,
+                config.max_upgrades_per_route,
+            ),
             refusals: Mutex::new(Refusals {
                 connection: RefusalLog::new(config.refusal_log_interval),
                 evicted: RefusalLog::new(config.refusal_log_interval),
@@ -271,8 +288,9 @@ impl Shared {
                 total,
                 last_route = route,
                 "HTTP proxy: answered 503 to {n} request(s){since} on routes at their cap of {} \
-                 requests in flight, last on route {route} ({total} in all)",
-                self.admission.max_per_route()
+                 requests (or {} upgrades) in flight, last on route {route} ({total} in all)",
+                self.admission.max_per_route(),
+                self.config.max_upgrades_per_route
             ),
         }
     }

@@ -78,6 +78,9 @@ pub struct RouteHttpCounters {
     pub requests: AtomicU64,
     /// Requests in flight now (an upgraded connection counts for its whole life).
     pub active: AtomicU64,
+    /// Of `active`: upgrade requests and upgraded (WebSocket) connections, which have a cap of
+    /// their own (`ProxyConfig::max_upgrades_per_route`).
+    pub upgraded: AtomicU64,
     /// Bytes relayed in both directions (heads and bodies).
     pub bytes: AtomicU64,
     /// Requests answered 503 because the route had its cap of requests in flight.
