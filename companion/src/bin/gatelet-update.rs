@@ -4,10 +4,21 @@
 
 use std::process::ExitCode;
 
+use gatelet_companion::update::container;
 use gatelet_companion::update::updater::{self, Command, EXIT_USAGE, USAGE};
 
 fn main() -> ExitCode {
-    match updater::parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The container updater's helpers (deploy/gatelet-container-update.sh).
+    match container::parse(&args) {
+        Some(Ok(cmd)) => return container::run(&cmd),
+        Some(Err(e)) => {
+            eprintln!("gatelet-update: {e}\n\n{}", container::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+        None => {}
+    }
+    match updater::parse(args) {
         Ok(Command::Run(args)) => updater::run(&args),
         Ok(Command::Help) => {
             print!("{USAGE}");
