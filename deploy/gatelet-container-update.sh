@@ -12,8 +12,9 @@
 #     the manifest's image BY DIGEST, "already current", or refuse with a reason;
 #  3. records the running image (by digest) and the target in its journal, pulls the target by
 #     digest, recreates the services on it (docker compose, else docker-compose), and waits (at
-#     most GATELET_HEALTH_TIMEOUT, default 300 s) for Docker's HEALTHCHECK healthy AND both
-#     daemons reporting the new version (`gatelet-companion status --json`);
+#     most GATELET_HEALTH_TIMEOUT, default 300 s) for Docker's HEALTHCHECK healthy AND the
+#     companion reporting the new version (`gatelet-companion status --json`) AND the agent's
+#     container running the target image;
 #  4. otherwise recreates the services on the recorded image (rollback);
 #  5. `gatelet-update container-report` writes <state>/last-pull ({request_id, ok, pulled_at,
 #     version, reason, image_digest}), which the heartbeat reports, and removes the flag.
@@ -141,16 +142,30 @@ report() {
   esac
 }
 
-# healthy VERSION: Docker's HEALTHCHECK says healthy and both daemons report VERSION.
+# healthy REF VERSION: Docker's HEALTHCHECK says healthy (the companion answers and reaches the
+# agent), the companion reports VERSION, and the agent's container runs REF. (Not the agent's own
+# version report: both containers run one image, so the agent running REF by digest is its
+# version.) What it saw last is in $SEEN (for the reason of a failure).
+SEEN=
 healthy() {
-  local cid status json
+  local cid aid status json cv agent
+  SEEN="no companion container"
   cid=$(compose "$1" ps -q companion 2>/dev/null) || return 1
   [ -n "$cid" ] || return 1
   status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid" 2>/dev/null) || return 1
+  SEEN="Docker health ${status:-none}"
   [ "$status" = healthy ] || return 1
-  json=$(docker exec "$cid" /usr/bin/gatelet-companion status --json 2>/dev/null) || return 1
-  local v=${2//./\\.}
-  grep -Eq "\"companion_version\": ?\"$v\"" <<<"$json" && grep -Eq "\"agent_version\": ?\"$v\"" <<<"$json"
+  if ! json=$(docker exec "$cid" /usr/bin/gatelet-companion status --json 2>&1); then
+    SEEN="$SEEN; status --json failed: $(tail -n1 <<<"$json")"
+    return 1
+  fi
+  cv=$(sed -n 's/^ *"companion_version": *"\([^"]*\)".*/\1/p;T;q' <<<"$json")
+  SEEN="$SEEN; companion ${cv:-?}"
+  [ "$cv" = "$2" ] || return 1
+  aid=$(compose "$1" ps -q agent 2>/dev/null) || return 1
+  agent=$(docker inspect -f '{{.State.Running}} {{.Config.Image}}' "$aid" 2>/dev/null) || agent=none
+  SEEN="$SEEN; agent container: $agent"
+  [ "$agent" = "true $1" ]
 }
 
 # The version the image REF says it is (its gatelet-update --version).
@@ -185,7 +200,7 @@ switch() {
     fi
     sleep 2
   done
-  WHY="$version not healthy within ${HEALTH_TIMEOUT} s (Docker health: $(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid" 2>/dev/null || echo none))"
+  WHY="$version not healthy within ${HEALTH_TIMEOUT} s ($SEEN)"
   return 1
 }
 

@@ -47,7 +47,11 @@ compose() {
 }
 ce_cleanup_hook() { compose down -v --timeout 5; }
 say() { echo "container-update-check.sh: $*"; }
-fail() { echo "container-update-check.sh: FAILED: $*" >&2; exit 1; }
+fail() {
+  echo "container-update-check.sh: FAILED: $*" >&2
+  if [ -f "$RUN/updater.log" ]; then echo "--- the updater's log:" >&2; tail -n 25 "$RUN/updater.log" >&2; fi
+  exit 1
+}
 
 had_registry=true
 command -v docker-registry >/dev/null 2>&1 || had_registry=false
@@ -120,7 +124,8 @@ PY
   if [ "$bad" = bad ]; then
     cp "$ctx/target/docker-rootfs/base/usr/bin/gatelet-update" "$ctx/target/docker-rootfs/base/usr/bin/gatelet-companion"
   fi
-  DOCKER_BUILDKIT=0 docker build -q -t "$REPO:$v" "$ctx" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t "$REPO:$v" "$ctx" >"$RUN/build-$v.log" 2>&1 ||
+    fail "docker build $v: $(tail -n 5 "$RUN/build-$v.log")"
   docker push -q "$REPO:$v" >/dev/null
   local ref
   ref=$(docker image inspect -f '{{index .RepoDigests 0}}' "$REPO:$v")
