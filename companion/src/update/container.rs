@@ -231,6 +231,7 @@ fn parse_sub(is_plan: bool, rest: &[String]) -> Result<Command, UsageError> {
                 .ok_or_else(|| UsageError(format!("{flag} needs a value")))
         };
         match (is_plan, flag.as_str()) {
+            (_, "-h" | "--help") => return Err(UsageError("usage".into())),
             (_, "--state-dir") => state_dir = value()?.into(),
             (true, "--env") => env = value()?.into(),
             (true, "--manifest") => manifest = Some(PathBuf::from(value()?)),
