@@ -4,11 +4,10 @@
 #   bash deploy/build-image.sh [--arch amd64|arm64] [--tag TAG] [--no-build]
 #
 # 1. cargo zigbuild --release for x86_64-unknown-linux-musl (amd64) or aarch64-unknown-linux-musl
-#    (arm64): static binaries (gatelet-agent, gatelet-companion, and gatelet-update, whose
-#    container-plan/container-report the host-side updater deploy/gatelet-container-update.sh
-#    runs from the image), the same build as tests-hw/bench/sizes.sh (skipped with --no-build;
+#    (arm64): static binaries (the companion also holds container-plan/container-report, which
+#    the host-side updater deploy/gatelet-container-update.sh runs from the image), the same build as tests-hw/bench/sizes.sh (skipped with --no-build;
 #    needs zig and cargo-zigbuild, which .ci/run installs);
-# 2. stages target/docker-rootfs/: /usr/bin/gatelet-{agent,companion,update}, /etc/passwd and /etc/group
+# 2. stages target/docker-rootfs/: /usr/bin/gatelet-{agent,companion}, /etc/passwd and /etc/group
 #    (user and group gatelet = 65532, so `--control-group gatelet` resolves), /etc/gatelet,
 #    /var/lib/gatelet (0750), /run/gatelet (0770: the agent's group creates its socket there),
 #    /tmp (1777);
@@ -26,7 +25,7 @@ while [ $# -gt 0 ]; do
     --arch) ARCH=${2:?--arch needs amd64 or arm64}; shift 2 ;;
     --tag) TAG=${2:?--tag needs a value}; shift 2 ;;
     --no-build) BUILD=false; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "build-image.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
   esac
 done
@@ -47,10 +46,9 @@ if $BUILD; then
   export ZIG_GLOBAL_CACHE_DIR="${CARGO_TARGET_DIR:-$PWD/target}/zig-cache"
   echo "build-image.sh: cargo zigbuild --release --target $TRIPLE"
   cargo zigbuild --locked --release --target "$TRIPLE" \
-    -p gatelet-agent --bin gatelet-agent -p gatelet-companion --bin gatelet-companion \
-    --bin gatelet-update </dev/null
+    -p gatelet-agent --bin gatelet-agent -p gatelet-companion --bin gatelet-companion </dev/null
 fi
-for b in gatelet-agent gatelet-companion gatelet-update; do
+for b in gatelet-agent gatelet-companion; do
   if [ ! -x "$BIN_DIR/$b" ]; then
     echo "build-image.sh: $BIN_DIR/$b is missing: run without --no-build" >&2
     exit 1
@@ -62,7 +60,7 @@ done
 rm -rf "$ROOTFS"
 mkdir -p "$ROOTFS"/base/usr/bin "$ROOTFS"/base/etc/gatelet "$ROOTFS"/base/var/lib \
   "$ROOTFS"/base/run "$ROOTFS"/base/tmp "$ROOTFS"/state "$ROOTFS"/run
-cp "$BIN_DIR/gatelet-agent" "$BIN_DIR/gatelet-companion" "$BIN_DIR/gatelet-update" "$ROOTFS/base/usr/bin/"
+cp "$BIN_DIR/gatelet-agent" "$BIN_DIR/gatelet-companion" "$ROOTFS/base/usr/bin/"
 chmod 0755 "$ROOTFS"/base/usr/bin/*
 printf 'root:x:0:0:root:/:/nonexistent\ngatelet:x:%d:%d:gatelet:/var/lib/gatelet:/nonexistent\n' \
   "$GATELET_ID" "$GATELET_ID" >"$ROOTFS/base/etc/passwd"

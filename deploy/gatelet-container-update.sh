@@ -6,7 +6,7 @@
 #
 #  1. reads gateway.env's GATELET_UPDATE_URL and fetches the manifest and <url>.minisig (curl,
 #     64 KiB cap, 60 s);
-#  2. `gatelet-update container-plan` from the image that is running (docker run --rm, no
+#  2. `gatelet-companion container-plan` from the image that is running (docker run --rm, no
 #     network, read-only, no capability, uid 65532): reads the request, VERIFIES the signature
 #     against that image's trusted keys (built in + GATELET_UPDATE_PUBKEY) and decides: install
 #     the manifest's image BY DIGEST, "already current", or refuse with a reason;
@@ -16,7 +16,7 @@
 #     companion reporting the new version (`gatelet-companion status --json`) AND the agent's
 #     container running the target image;
 #  4. otherwise recreates the services on the recorded image (rollback);
-#  5. `gatelet-update container-report` writes <state>/last-pull ({request_id, ok, pulled_at,
+#  5. `gatelet-companion container-report` writes <state>/last-pull ({request_id, ok, pulled_at,
 #     version, reason, image_digest}), which the heartbeat reports, and removes the flag.
 #
 # Killed at any point, a rerun (the path unit starts it again while the flag or the journal
@@ -120,7 +120,7 @@ helper() {
   local image=$1
   shift
   docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
-    --user 65532:65532 --entrypoint /usr/bin/gatelet-update \
+    --user 65532:65532 --entrypoint /usr/bin/gatelet-companion \
     -v "$ENV_FILE:/etc/gatelet/gateway.env:ro" -v "$STATE_VOLUME:/var/lib/gatelet" \
     -v "$DIR/fetched:/var/lib/gatelet-container-update:ro" "$image" "$@"
 }
@@ -168,10 +168,10 @@ healthy() {
   [ "$agent" = "true $1" ]
 }
 
-# The version the image REF says it is (its gatelet-update --version).
+# The version the image REF says it is (its gatelet-companion --version).
 version_of() {
-  docker run --rm --network none --entrypoint /usr/bin/gatelet-update "$1" --version 2>/dev/null |
-    sed -n 's/^gatelet-update \([0-9A-Za-z.-]*\)$/\1/p'
+  docker run --rm --network none --entrypoint /usr/bin/gatelet-companion "$1" --version 2>/dev/null |
+    sed -n 's/^gatelet-companion \([0-9A-Za-z.-]*\)$/\1/p'
 }
 
 # switch REF VERSION: recreate the services on REF and wait until healthy on VERSION; returns
@@ -267,7 +267,7 @@ case $action in
     report "$CURRENT" "$CURRENT" "$(sed -n 's/^reason=//p' <<<"$plan")"
     exit 0 ;;
   install) ;;
-  *) die "gatelet-update container-plan in $CURRENT answered '$plan' (an image without it cannot update itself: update it by hand once)" ;;
+  *) die "gatelet-companion container-plan in $CURRENT answered '$plan' (an image without container-plan cannot update itself: update it by hand once)" ;;
 esac
 version=$(sed -n 's/^version=//p' <<<"$plan")
 target=$(sed -n 's/^image=//p' <<<"$plan")

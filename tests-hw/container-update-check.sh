@@ -6,7 +6,7 @@
 #   - Debian's docker-registry on the hub's veth address 10.78.0.1:5000 (the gateway's dockerd
 #     trusts it as an insecure registry) holds the images: v1 as deploy/build-image.sh builds it,
 #     v2 = the same binaries with the version string patched at the same length (so v2 REPORTS
-#     v2), and a bad v3 whose companion exits at once (gatelet-update in its place);
+#     v2), and a bad v3 whose companion exits at once (the agent's binary in its place);
 #   - a release server (python http.server, 10.78.0.1:8088) serves manifest.json and its
 #     minisign signature, made by deploy/release-manifest.sh --image <digest> and signed with a
 #     key made here, trusted through GATELET_UPDATE_PUBKEY in gateway.env;
@@ -122,7 +122,7 @@ for name in os.listdir(d):
 PY
   fi
   if [ "$bad" = bad ]; then
-    cp "$ctx/target/docker-rootfs/base/usr/bin/gatelet-update" "$ctx/target/docker-rootfs/base/usr/bin/gatelet-companion"
+    cp "$ctx/target/docker-rootfs/base/usr/bin/gatelet-agent" "$ctx/target/docker-rootfs/base/usr/bin/gatelet-companion"
   fi
   DOCKER_BUILDKIT=0 docker build -q -t "$REPO:$v" "$ctx" >"$RUN/build-$v.log" 2>&1 ||
     fail "docker build $v: $(tail -n 5 "$RUN/build-$v.log")"

@@ -4,21 +4,10 @@
 
 use std::process::ExitCode;
 
-use gatelet_companion::update::container;
 use gatelet_companion::update::updater::{self, Command, EXIT_USAGE, USAGE};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // The container updater's helpers (deploy/gatelet-container-update.sh).
-    match container::parse(&args) {
-        Some(Ok(cmd)) => return container::run(&cmd),
-        Some(Err(e)) => {
-            eprintln!("gatelet-update: {e}\n\n{}", container::USAGE);
-            return ExitCode::from(EXIT_USAGE);
-        }
-        None => {}
-    }
-    match updater::parse(args) {
+    match updater::parse(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => updater::run(&args),
         Ok(Command::Help) => {
             print!("{USAGE}");

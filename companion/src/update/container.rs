@@ -1,8 +1,11 @@
 //! The container deployment's share of the update code: what the host-side updater
 //! (`deploy/gatelet-container-update.sh`) cannot decide in a shell script. It runs these as
-//! `gatelet-update container-plan` / `container-report` from the image that is running
+//! `gatelet-companion container-plan` / `container-report` from the image that is running
 //! (`docker run --rm`), so the trust anchor (the built-in release key, plus
-//! `GATELET_UPDATE_PUBKEY`) and the version rules are this crate's, in one place:
+//! `GATELET_UPDATE_PUBKEY`) and the version rules are this crate's, in one place. Subcommands
+//! of the companion rather than of `gatelet-update`: the image then carries no third binary
+//! (about 2 MB); the companion already links what they need (ring, serde_json), so they
+//! add little to it:
 //!
 //! - [`plan`]: the queued request (the flag file) and the fetched manifest and signature in,
 //!   the decision out: install `image` (the manifest's image by digest), "already current",
@@ -166,9 +169,9 @@ impl Report {
 
 /// Usage of the container subcommands.
 pub const USAGE: &str = "\
-usage: gatelet-update container-plan [--env PATH] [--state-dir DIR] --manifest FILE --signature FILE
-       gatelet-update container-report [--state-dir DIR] (--ok | --failed REASON)
-                                       [--version V] [--image-digest sha256:HEX]
+usage: gatelet-companion container-plan [--env PATH] [--state-dir DIR] --manifest FILE --signature FILE
+       gatelet-companion container-report [--state-dir DIR] (--ok | --failed REASON)
+                                          [--version V] [--image-digest sha256:HEX]
 
 For the host-side container updater (deploy/gatelet-container-update.sh), run from the image
 that is running. container-plan reads the queued request (<state dir>/pending-update), verifies
@@ -302,11 +305,11 @@ pub fn run(cmd: &Command) -> ExitCode {
             match report.answer(state_dir, crate::state::now_ms()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => {
-                    eprintln!("gatelet-update container-report: no request queued");
+                    eprintln!("gatelet-companion container-report: no request queued");
                     ExitCode::from(3)
                 }
                 Err(e) => {
-                    eprintln!("gatelet-update container-report: {e}");
+                    eprintln!("gatelet-companion container-report: {e}");
                     ExitCode::FAILURE
                 }
             }

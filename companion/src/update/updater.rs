@@ -46,8 +46,6 @@ usage: gatelet-update [--env PATH] [--state-dir DIR] [--update-dir DIR]
                       [--status-socket PATH] [--restart-command PROG[ ARG...]]
                       [--health-deadline SECS] [--log-level LEVEL]
        gatelet-update --version
-       gatelet-update container-plan|container-report ...  (the container updater's helpers:
-                      deploy/gatelet-container-update.sh; `gatelet-update container-plan -h`)
 
 Runs the queued self-update (the flag <state dir>/pending-update) or resumes an interrupted
 one (<update dir>/journal.json) to its end, then exits; as root, from gatelet-update.service
