@@ -45,8 +45,8 @@ ce_setup() {
   trap 'exit 130' INT TERM
   (ce_cleanup)
   # Under /var/lib (a real file system for overlay2, not tmpfs), removed by the cleanup.
-  mkdir -p "/var/lib/gatelet-$CE_PREFIX-check"
-  RUN=$(mktemp -d "/var/lib/gatelet-$CE_PREFIX-check/run.XXXXXX")
+  mkdir -p /var/lib/gatelet-container-check
+  RUN=$(mktemp -d "/var/lib/gatelet-container-check/$CE_PREFIX.XXXXXX")
   chmod 755 "$RUN"
   export DOCKER_HOST="unix://$RUN/docker.sock"
 }
