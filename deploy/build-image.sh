@@ -4,7 +4,8 @@
 #   bash deploy/build-image.sh [--arch amd64|arm64] [--tag TAG] [--no-build]
 #
 # 1. cargo zigbuild --release for x86_64-unknown-linux-musl (amd64) or aarch64-unknown-linux-musl
-#    (arm64): static binaries, the same build as tests-hw/bench/sizes.sh (skipped with --no-build;
+#    (arm64): static binaries (the companion also holds container-plan/container-report, which
+#    the host-side updater deploy/gatelet-container-update.sh runs from the image), the same build as tests-hw/bench/sizes.sh (skipped with --no-build;
 #    needs zig and cargo-zigbuild, which .ci/run installs);
 # 2. stages target/docker-rootfs/: /usr/bin/gatelet-{agent,companion}, /etc/passwd and /etc/group
 #    (user and group gatelet = 65532, so `--control-group gatelet` resolves), /etc/gatelet,
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --arch) ARCH=${2:?--arch needs amd64 or arm64}; shift 2 ;;
     --tag) TAG=${2:?--tag needs a value}; shift 2 ;;
     --no-build) BUILD=false; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "build-image.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
   esac
 done

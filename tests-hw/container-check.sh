@@ -4,13 +4,9 @@
 # only NET_ADMIN and /dev/net/tun, the companion as uid 65532), then as
 # deploy/docker-compose.userspace.yml says (the agent in userspace network stack mode as uid 65532
 # with no capability and no device; the companion syncs with the same server on the hub's tunnel
-# address through the agent's loopback CONNECT proxy into its stack), against a hub in a namespace:
-#
-#   ctr-hub  wireguard-go (10.8.0.1) + the fake GateControl server on 10.8.0.1:3000
-#      |     veth 10.78.0.1 <-> 10.78.0.2
-#   ctr-gw   a dockerd of this script's own: the containers' "host" network is this namespace
-#      |     veth 192.168.78.1 <-> 192.168.78.10
-#   ctr-lan  an HTTP server on 192.168.78.10:8000
+# address through the agent's loopback CONNECT proxy into its stack), against a hub in a namespace
+# (the test bed of tests-hw/lib/container-env.sh: hub, gateway namespace with its own dockerd, LAN
+# host; namespaces ctr-hub, ctr-gw, ctr-lan).
 #
 # Checks: a gateway.env of mode 0600 stops the companion (root's file) and the agent (another
 # user's file) with exit 64 and says what to do; then,
@@ -20,11 +16,6 @@
 # userspace variant, plus: the agent's uid/gid 65532 and empty capability sets (from /proc), no
 # /dev/net/tun open, no gatelet0, its socket 65532:65532 0660. Prints the image size.
 #
-# Why a dockerd of its own inside the namespace: with host networking the agent creates its TUN
-# device and routes in the daemon's network namespace; a system dockerd would put them on this
-# machine's real network. This one has its own data root, exec root and socket, is started with
-# --iptables=false --bridge=none (host networking only) and is stopped at the end.
-#
 # Usage: tests-hw/container-check.sh   (root; installs docker.io, docker-compose, wireguard-go,
 # wireguard-tools, iproute2, curl with apt-get when missing; builds with deploy/build-image.sh,
 # which needs zig and cargo-zigbuild as .ci/run installs them). Cleans up containers, the
@@ -32,28 +23,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "container-check.sh: needs root (namespaces, dockerd)" >&2
-  exit 1
-fi
-
-need=()
-for p in docker.io:dockerd docker-compose:docker-compose wireguard-go:wireguard-go \
-         wireguard-tools:wg iproute2:ip curl:curl python3:python3 util-linux:nsenter; do
-  command -v "${p##*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "container-check.sh: installing ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" </dev/null >/dev/null
-fi
-
-HUB=ctr-hub GW=ctr-gw LAN=ctr-lan
+CE_NAME=container-check.sh CE_PREFIX=ctr
+# shellcheck source=tests-hw/lib/container-env.sh
+. tests-hw/lib/container-env.sh
 PROJECT=gatelet-check
 TAG=gatelet:check
-RUN=""
-DOCKERD_PID=""
-pids=()
 
 # The compose file of the variant being checked (kernel first, then userspace) and its env file.
 COMPOSE_FILE=deploy/docker-compose.yml
@@ -62,116 +36,22 @@ compose() {
   GATELET_ENV="$RUN/$ENV_FILE" GATELET_IMAGE=$TAG \
     docker-compose -p "$PROJECT" -f "$COMPOSE_FILE" "$@"
 }
-
-cleanup() {
-  set +e
-  if [ -n "$DOCKERD_PID" ]; then
-    compose down -v --timeout 5 >/dev/null 2>&1
-    docker rm -f gatelet-check-env >/dev/null 2>&1
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$DOCKERD_PID" 2>/dev/null
-  fi
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  for ns in $HUB $GW $LAN; do ip netns del "$ns" 2>/dev/null; done
-  if [ -n "$RUN" ]; then
-    # The daemon's overlay and shm mounts under its roots, if it died without unmounting.
-    grep -o " $RUN/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
-    rm -rf "$RUN"
-  fi
+ce_cleanup_hook() {
+  compose down -v --timeout 5
+  docker rm -f gatelet-check-env
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-(cleanup)
-# Under /var/lib (a real file system for overlay2, not tmpfs), removed by cleanup.
-mkdir -p /var/lib/gatelet-container-check
-RUN=$(mktemp -d /var/lib/gatelet-container-check/run.XXXXXX)
-chmod 755 "$RUN"
-export DOCKER_HOST="unix://$RUN/docker.sock"
+ce_setup
 
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-bg_in_ns() { # ns logfile cmd...
-  local ns=$1 log=$2; shift 2
-  ip netns exec "$ns" "$@" >"$log" 2>&1 &
-  pids+=($!)
-}
-wait_for() { # seconds description command...
-  local secs=$1 what=$2; shift 2
-  for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  echo "container-check.sh: FAILED: $what within ${secs}s" >&2
-  for f in "$RUN"/*.log; do echo "--- $f"; tail -n 15 "$f"; done >&2
-  if docker version >/dev/null 2>&1; then compose logs --tail 20 >&2 2>&1 || true; fi
-  return 1
-}
-
-echo "container-check.sh: building the fake GateControl server (debug)"
-cargo build -q -p gatelet-companion --example fake-gatecontrol
-FAKE=${CARGO_TARGET_DIR:-target}/debug/examples/fake-gatecontrol
-
-echo "container-check.sh: namespaces $HUB, $GW, $LAN"
-for ns in $HUB $GW $LAN; do ip netns add "$ns"; in_ns "$ns" ip link set lo up; done
-ip link add ctr-hub0 netns $HUB type veth peer name ctr-wan0 netns $GW
-ip link add ctr-lan0 netns $GW type veth peer name ctr-eth0 netns $LAN
-in_ns $HUB ip addr add 10.78.0.1/30 dev ctr-hub0 && in_ns $HUB ip link set ctr-hub0 up
-in_ns $GW ip addr add 10.78.0.2/30 dev ctr-wan0 && in_ns $GW ip link set ctr-wan0 up
-in_ns $GW ip addr add 192.168.78.1/24 dev ctr-lan0 && in_ns $GW ip link set ctr-lan0 up
-in_ns $LAN ip addr add 192.168.78.10/24 dev ctr-eth0 && in_ns $LAN ip link set ctr-eth0 up
-in_ns $LAN ip route add default via 192.168.78.1
-
-echo "container-check.sh: dockerd in $GW"
-DOCKERD_LOG="$RUN/dockerd.log"
-# nsenter, not `ip netns exec`: that also remounts /sys in a new mount namespace, which hides the
-# cgroup mounts dockerd needs ("Devices cgroup isn't mounted").
-nsenter --net=/var/run/netns/$GW dockerd --host "$DOCKER_HOST" --data-root "$RUN/data" --exec-root "$RUN/exec" \
-  --pidfile "$RUN/dockerd.pid" --iptables=false --ip6tables=false --ip-masq=false \
-  --bridge=none --storage-driver=overlay2 >"$DOCKERD_LOG" 2>&1 &
-DOCKERD_PID=$!
-wait_for 60 "dockerd answers" docker version
+ce_namespaces
+ce_dockerd
 
 t0=$(date +%s)
 bash deploy/build-image.sh --tag "$TAG" | tee "$RUN/build.out"
 size=$(sed -n 's/^image size: \([0-9]*\) bytes$/\1/p' "$RUN/build.out")
 echo "container-check.sh: image built in $(($(date +%s) - t0))s: $size bytes ($(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e6 }') MB)"
 
-# The hub: wireguard-go with the gateway as its peer, and the fake server with one HTTP route and
-# one L4 route to the LAN host.
-umask 077
-wg genkey > "$RUN/hub.key"; wg pubkey < "$RUN/hub.key" > "$RUN/hub.pub"
-wg genkey > "$RUN/gw.key"; wg pubkey < "$RUN/gw.key" > "$RUN/gw.pub"
-wg genpsk > "$RUN/psk"
-umask 022
-WG_PROCESS_FOREGROUND=1 bg_in_ns $HUB "$RUN/wireguard-go.log" wireguard-go -f ctrhub0
-for _ in $(seq 50); do in_ns $HUB ip link show ctrhub0 >/dev/null 2>&1 && break; sleep 0.1; done
-in_ns $HUB wg set ctrhub0 private-key "$RUN/hub.key" listen-port 51820 \
-  peer "$(cat "$RUN/gw.pub")" preshared-key "$RUN/psk" allowed-ips 10.8.0.2/32
-in_ns $HUB ip addr add 10.8.0.1/24 dev ctrhub0
-in_ns $HUB ip link set ctrhub0 up
-cat > "$RUN/config.json" <<JSON
-{"config_hash_version":2,"peer_id":1,
- "routes":[{"id":1,"domain":"files.check","target_kind":"gateway","target_lan_host":"192.168.78.10",
-            "target_lan_port":8000,"protocol":"http","wol_enabled":false}],
- "l4_routes":[{"id":2,"listen_port":2222,"target_lan_host":"192.168.78.10","target_lan_port":8000,
-               "wol_enabled":false}],
- "egress_routes":[],
- "config_hash":"sha256:$(printf container-check | sha256sum | cut -c1-64)"}
-JSON
-bg_in_ns $HUB "$RUN/gatecontrol.log" "$FAKE" --listen 10.8.0.1:3000 --config "$RUN/config.json"
-mkdir -p "$RUN/www" && echo "hello from the LAN host behind the gatelet container" > "$RUN/www/index.html"
-bg_in_ns $LAN "$RUN/http.log" python3 -m http.server 8000 --bind 192.168.78.10 --directory "$RUN/www"
-wait_for 10 "the LAN host serves" in_ns $LAN curl -sf -o /dev/null -m 1 http://192.168.78.10:8000/
-
-# gateway.env as the server hands it out, with this run's keys (the container has its own
-# /etc/hosts: the hub by address).
-sed -e "s#^WG_PRIVATE_KEY=.*#WG_PRIVATE_KEY=$(cat "$RUN/gw.key")#" \
-    -e "s#^WG_PUBLIC_KEY=.*#WG_PUBLIC_KEY=$(cat "$RUN/gw.pub")#" \
-    -e "s#^WG_PRESHARED_KEY=.*#WG_PRESHARED_KEY=$(cat "$RUN/psk")#" \
-    -e "s#^WG_SERVER_PUBLIC_KEY=.*#WG_SERVER_PUBLIC_KEY=$(cat "$RUN/hub.pub")#" \
-    -e "s#^WG_ENDPOINT=.*#WG_ENDPOINT=10.78.0.1:51820#" \
-    -e "s#^GC_HEARTBEAT_INTERVAL_S=.*#GC_HEARTBEAT_INTERVAL_S=10#" \
-    companion/tests/data/gateway-env.txt > "$RUN/gateway.env"
+ce_hub
+ce_gateway_env
 
 # 1. The way it goes wrong today: root-owned 0600. The companion must stop with 64 and say what
 # to do, naming the file's owner and mode.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a target board:
-#   - systemd/*.service and *.path parse (systemd-analyze verify, with ExecStart pointed at /bin/true because
+#   - systemd/*.service and *.path (and deploy/'s container updater units) parse (systemd-analyze verify, with ExecStart pointed at /bin/true because
 #     the binaries are not installed here), sysusers and tmpfiles files parse;
 #   - every key of kernel-hooks/sysctl.d/*.conf exists in this kernel;
 #   - kernel-hooks/nftables/gatelet.nft loads twice (idempotent) and filters as documented, in two
@@ -33,7 +33,7 @@ trap cleanup EXIT
 
 # --- systemd ---------------------------------------------------------------------------------
 if command -v systemd-analyze >/dev/null 2>&1; then
-  for unit in systemd/*.service systemd/*.path; do
+  for unit in systemd/*.service systemd/*.path deploy/*.service deploy/*.path; do
     sed 's#^ExecStart=[^ ]*#ExecStart=/bin/true#' "$unit" >"$work/$(basename "$unit")"
   done
   if out=$(cd "$work" && systemd-analyze verify ./*.service ./*.path 2>&1) && [ -z "$out" ]; then

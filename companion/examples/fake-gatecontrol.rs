@@ -6,7 +6,7 @@
 //! fake-gatecontrol [--listen ADDR:PORT] [--fixtures DIR] [--config FILE] [--rate-limit N]
 //! ```
 //! It prints `listening on http://ADDR:PORT` once ready, a line per request (for a heartbeat
-//! also its `tcp_listeners`, `lan_ip`/`lan_subnets`, `last_pull_*` and `gateway_version`, for a discovery batch its body), and serves until killed. `--config` replaces the served document
+//! also its `tcp_listeners`, `lan_ip`/`lan_subnets`, `last_pull_*`, `gateway_version` and `image_digest`, for a discovery batch its body), and serves until killed. `--config` replaces the served document
 //! and is re-read whenever its modification time changes (`config reloaded` is printed).
 
 #[path = "../tests/fake_gatecontrol/mod.rs"]
@@ -79,11 +79,12 @@ fn main() -> anyhow::Result<()> {
                     println!("  lan {} {}", t["lan_ip"], t["lan_subnets"]);
                     // The self-update completion fields the real server reads.
                     println!(
-                        "  last_pull {} {} {} gateway_version {}",
+                        "  last_pull {} {} {} gateway_version {} image_digest {}",
                         t["last_pull_request_id"],
                         t["last_pull_ok"],
                         t["last_pull_at"],
-                        t["gateway_version"]
+                        t["gateway_version"],
+                        t["image_digest"]
                     );
                 }
             }

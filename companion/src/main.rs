@@ -6,7 +6,21 @@ use gatelet_companion::cli::{self, Command};
 use gatelet_companion::daemon::{self, EXIT_CONFIG};
 
 fn main() -> ExitCode {
-    match cli::parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The container updater's helpers (deploy/gatelet-container-update.sh runs them from the
+    // image that is running; the image carries no gatelet-update).
+    match gatelet_companion::update::container::parse(&args) {
+        Some(Ok(cmd)) => return gatelet_companion::update::container::run(&cmd),
+        Some(Err(e)) => {
+            eprintln!(
+                "gatelet-companion: {e}\n\n{}",
+                gatelet_companion::update::container::USAGE
+            );
+            return ExitCode::from(64);
+        }
+        None => {}
+    }
+    match cli::parse(args) {
         Ok(Command::Run(args)) => daemon::run(args),
         Ok(Command::Status(args)) => gatelet_companion::status::run(&args),
         Ok(Command::DiagPassword(state_dir)) => {

@@ -198,6 +198,9 @@ pub struct Telemetry {
     pub last_pull_ok: Option<bool>,
     /// The server's request id it answers.
     pub last_pull_request_id: Option<String>,
+    /// The digest of the container image running (`sha256:<hex>`), from the `last-pull`
+    /// record the host-side container updater writes; null elsewhere.
+    pub image_digest: Option<String>,
     /// Whether the self-update flag file exists.
     pub pending_update: bool,
     /// Egress routes are supported (the server's UI offers them only then).
@@ -328,6 +331,7 @@ pub fn collect(src: &TelemetrySource) -> Telemetry {
         last_pull_at: last_pull.as_ref().map(|l| l.pulled_at_ms),
         last_pull_ok: last_pull.as_ref().map(|l| l.ok),
         last_pull_request_id: last_pull.map(|l| l.request_id),
+        image_digest: crate::update::container::image_digest(&src.state_dir),
         pending_update: src.state_dir.join(PENDING_UPDATE_FILE).exists(),
         scan_egress: true,
         scan_egress_listeners: Vec::new(),
@@ -796,5 +800,27 @@ mod tests {
         assert_eq!(t.last_pull_request_id.as_deref(), Some("req-7"));
         assert_eq!(t.last_pull_ok, Some(true));
         assert_eq!(t.last_pull_at, Some(1_764_000_000_000));
+        assert_eq!(t.image_digest, None, "a flashed box's record has no image");
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        std::fs::write(
+            d.path().join(PENDING_UPDATE_FILE),
+            br#"{"request_id":"req-8","target_version":null}"#,
+        )
+        .unwrap();
+        crate::update::container::Report {
+            ok: true,
+            reason: None,
+            version: Some("0.2.1".into()),
+            image_digest: Some(digest.clone()),
+        }
+        .answer(d.path(), 1_764_000_000_001)
+        .unwrap();
+        let t = collect(&src);
+        assert_eq!(t.last_pull_request_id.as_deref(), Some("req-8"));
+        assert_eq!(t.image_digest, Some(digest));
+        assert_eq!(
+            serde_json::to_value(&t).unwrap()["image_digest"],
+            t.image_digest.as_deref().unwrap()
+        );
     }
 }

@@ -13,6 +13,11 @@
 //! `Content-Length` is never trusted) and SHA-256. A `url` is absolute (`http://`,
 //! `https://`) or a plain relative path resolved against the manifest's own URL
 //! ([`Artifact::resolve_url`]).
+//!
+//! Optional, for the container deployment: `"image": "<name>@sha256:<64 hex>"`, the
+//! release's container image by digest (what the host-side container updater pulls, so the
+//! pull is content-addressed). Readers without this field ignore it (the top level allows
+//! unknown keys), so adding it keeps older updaters working.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +37,8 @@ pub const SCHEMA: u64 = 1;
 pub const BINARIES: [&str; 2] = ["gatelet-agent", "gatelet-companion"];
 const MAX_URL_BYTES: usize = 2048;
 const MAX_TARGETS: usize = 32;
+/// Longest image reference accepted, in bytes.
+const MAX_IMAGE_BYTES: usize = 512;
 
 /// Why a manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +146,8 @@ pub struct Manifest {
     pub version: Version,
     /// Per target triple, the artifacts in [`BINARIES`] order.
     pub targets: BTreeMap<String, [Artifact; 2]>,
+    /// The release's container image by digest (`name@sha256:<64 hex>`), if it has one.
+    pub image: Option<String>,
     /// The signature's trusted comment (for the log).
     pub trusted_comment: String,
 }
@@ -157,6 +166,8 @@ struct RawManifest {
     schema: u64,
     version: String,
     targets: BTreeMap<String, BTreeMap<String, RawArtifact>>,
+    #[serde(default)]
+    image: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -177,10 +188,11 @@ pub fn verify(
         return Err(ManifestError::TooLarge);
     }
     let verified = minisign::verify(keys, manifest, signature)?;
-    let (version, targets) = parse(manifest)?;
+    let (version, targets, image) = parse(manifest)?;
     Ok(Manifest {
         version,
         targets,
+        image,
         trusted_comment: verified.trusted_comment,
     })
 }
@@ -188,7 +200,7 @@ pub fn verify(
 type Targets = BTreeMap<String, [Artifact; 2]>;
 
 /// The content rules, applied to signed bytes only.
-fn parse(manifest: &[u8]) -> Result<(Version, Targets), ManifestError> {
+fn parse(manifest: &[u8]) -> Result<(Version, Targets, Option<String>), ManifestError> {
     let invalid = |m: String| ManifestError::Invalid(m);
     let raw: RawManifest = serde_json::from_slice(manifest).map_err(|e| invalid(e.to_string()))?;
     if raw.schema != SCHEMA {
@@ -218,7 +230,34 @@ fn parse(manifest: &[u8]) -> Result<(Version, Targets), ManifestError> {
         }
         targets.insert(triple, pair);
     }
-    Ok((version, targets))
+    let image = match raw.image {
+        Some(i) if is_image_by_digest(&i) => Some(i),
+        Some(i) => {
+            return Err(invalid(format!(
+                "image {i:?} is not NAME@sha256:<64 hex digits>"
+            )))
+        }
+        None => None,
+    };
+    Ok((version, targets, image))
+}
+
+/// `name@sha256:<64 lowercase hex>`, the name made of `[A-Za-z0-9._/:-]` and not starting
+/// with `-` (it is passed to `docker pull` as an argument).
+pub fn is_image_by_digest(image: &str) -> bool {
+    let Some((name, digest)) = image.split_once("@sha256:") else {
+        return false;
+    };
+    image.len() <= MAX_IMAGE_BYTES
+        && !name.is_empty()
+        && !name.starts_with(['-', '/', ':', '.'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/:-".contains(&b))
+        && digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn artifact(a: RawArtifact) -> Result<Artifact, String> {
@@ -411,6 +450,10 @@ mod tests {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/release-manifest.sh");
         let out = std::process::Command::new("bash")
             .arg(script)
+            .args([
+                "--image",
+                &format!("10.0.0.1:5000/gatelet@sha256:{}", "ab".repeat(32)),
+            ])
             .arg("v0.3.1")
             .arg(format!("aarch64-unknown-linux-musl={}", d.path().display()))
             .output()
@@ -420,8 +463,12 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (version, targets) = parse(&out.stdout).unwrap();
+        let (version, targets, image) = parse(&out.stdout).unwrap();
         assert_eq!(version, v("0.3.1"));
+        assert_eq!(
+            image.as_deref(),
+            Some(format!("10.0.0.1:5000/gatelet@sha256:{}", "ab".repeat(32)).as_str())
+        );
         let [agent, companion] = &targets["aarch64-unknown-linux-musl"];
         assert_eq!(agent.url, "aarch64-unknown-linux-musl/gatelet-agent");
         assert_eq!((agent.size, companion.size), (11, 15));
@@ -430,6 +477,42 @@ mod tests {
             parse_sha256("c9129f380fae5f493bdfcfb827a0edce1e8e4ac9c62408c432cae786b2b242b6")
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn the_image_field_is_optional_and_must_be_by_digest() {
+        let with = |image: &str| {
+            fixture("manifest.json").replacen(
+                "\"schema\": 1,",
+                &format!("\"schema\": 1, \"image\": {image},"),
+                1,
+            )
+        };
+        let (_, _, none) = parse(fixture("manifest.json").as_bytes()).unwrap();
+        assert_eq!(none, None, "a manifest without an image (older releases)");
+        let digest = "0123456789abcdef".repeat(4);
+        for good in [
+            format!("ghcr.io/owner/gatelet@sha256:{digest}"),
+            format!("10.78.0.1:5000/gatelet@sha256:{digest}"),
+        ] {
+            let (_, _, image) = parse(with(&format!("{good:?}")).as_bytes()).unwrap();
+            assert_eq!(image.as_deref(), Some(good.as_str()));
+        }
+        for bad in [
+            "\"ghcr.io/owner/gatelet:latest\"".to_owned(),
+            format!("\"gatelet@sha256:{}\"", &digest[1..]),
+            format!("\"gatelet@sha256:{}\"", digest.to_uppercase()),
+            format!("\"-q@sha256:{digest}\""),
+            format!("\"a b@sha256:{digest}\""),
+            format!("\"@sha256:{digest}\""),
+            "7".to_owned(),
+        ] {
+            let r = parse(with(&bad).as_bytes());
+            assert!(
+                matches!(r, Err(ManifestError::Invalid(_))),
+                "{bad} accepted: {r:?}"
+            );
+        }
     }
 
     #[test]

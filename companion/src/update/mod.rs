@@ -12,6 +12,7 @@
 //! `minisign -S -l -s gatelet-release.key -m manifest.json -t "gatelet <version>"`;
 //! anyone can check it with `minisign -V -p gatelet-release.pub -m manifest.json`.
 
+pub mod container;
 pub mod driver;
 pub mod fetch;
 pub mod health;
