@@ -22,10 +22,6 @@
 //! gateways is claimed only when their spreads do not overlap (`overlap: not claimed`
 //! otherwise): agents against each baseline's best setting, and every agent against the first
 //! (A/B with `--agent-bin`).
-//!
-//! `--veth-gro` turns GRO on for the gateway's end of the veth (`ethtool -K <veth> gro on`,
-//! which gives the veth NAPI), as a real NIC has it: a socket that asked for UDP GRO then gets
-//! runs of the hub's datagrams joined. Applied to every gateway alike; needs ethtool.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +38,7 @@ use gatelet_tests_hw::{
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
                      [--agent-bin LABEL=PATH]... [--runs N] \
                      [--only agent|wireguard-go|boringtun-cli] \
-                     [--hub wireguard-go|boringtun-cli] [--reverse] [--pin] [--veth-gro]";
+                     [--hub wireguard-go|boringtun-cli] [--reverse] [--pin]";
 /// iperf3's default port.
 const IPERF_PORT: u16 = 5201;
 /// How long a gateway gets to complete its first handshake.
@@ -66,8 +62,6 @@ struct Args {
     reverse: bool,
     /// Gateway on core 0, hub and iperf3 on core 1.
     pin: bool,
-    /// GRO on the gateway's veth.
-    veth_gro: bool,
 }
 
 /// The core the gateway is pinned to with `--pin`, and the one its load gets.
@@ -89,7 +83,6 @@ fn parse_args() -> anyhow::Result<Args> {
         hub: "wireguard-go".into(),
         reverse: false,
         pin: false,
-        veth_gro: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -118,7 +111,6 @@ fn parse_args() -> anyhow::Result<Args> {
             "--hub" => args.hub = value()?,
             "--reverse" => args.reverse = true,
             "--pin" => args.pin = true,
-            "--veth-gro" => args.veth_gro = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -236,7 +228,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "iperf3 TCP {} s, hub ({}) {} gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s) \
-         (lowest-highest){}{}",
+         (lowest-highest){}",
         args.seconds,
         hub.describe(),
         if args.reverse { "<-" } else { "->" },
@@ -245,11 +237,6 @@ fn main() -> anyhow::Result<()> {
             format!(", gateway pinned to core {GATEWAY_CORE}, hub and iperf3 to core {LOAD_CORE}")
         } else {
             String::new()
-        },
-        if args.veth_gro {
-            ", GRO on the gateway's veth"
-        } else {
-            ""
         }
     );
     println!(
@@ -454,12 +441,6 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
         }
         Ok(())
     };
-    if args.veth_gro {
-        let veth = tb.veth.ifname_in(&tb.gw_ns);
-        tb.gw_ns
-            .exec(&["ethtool", "-K", veth, "gro", "on"])
-            .context("ethtool -K <gateway veth> gro on (apt-get install ethtool)")?;
-    }
     if args.pin {
         pin(pid, GATEWAY_CORE)?;
         pin(tb.hub.process().pid(), LOAD_CORE)?;
