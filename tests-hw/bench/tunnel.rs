@@ -14,6 +14,14 @@
 //! which is printed. `Gbit/s/core` is the gateway's own cost, throughput per core-second of
 //! its CPU time: the figure that carries to a router when the hub is the bottleneck here.
 //! `--agent-bin LABEL=PATH` adds an agent built elsewhere (another commit) to the same run.
+//!
+//! `--pin` (on a machine with two cores or more) pins the gateway process, all its threads, to
+//! core 0 and the hub, the iperf3 client and the iperf3 server to core 1 (`taskset`), so the
+//! gateway never competes with its load for a core; it makes `--runs` default to 5. Every row
+//! carries the spread (lowest-highest of the runs) next to the median, and a ratio between two
+//! gateways is claimed only when their spreads do not overlap (`overlap: not claimed`
+//! otherwise): agents against each baseline's best setting, and every agent against the first
+//! (A/B with `--agent-bin`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +38,7 @@ use gatelet_tests_hw::{
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
                      [--agent-bin LABEL=PATH]... [--runs N] \
                      [--only agent|wireguard-go|boringtun-cli] \
-                     [--hub wireguard-go|boringtun-cli] [--reverse]";
+                     [--hub wireguard-go|boringtun-cli] [--reverse] [--pin]";
 /// iperf3's default port.
 const IPERF_PORT: u16 = 5201;
 /// How long a gateway gets to complete its first handshake.
@@ -52,7 +60,15 @@ struct Args {
     only: Option<String>,
     hub: String,
     reverse: bool,
+    /// Gateway on core 0, hub and iperf3 on core 1.
+    pin: bool,
 }
+
+/// The core the gateway is pinned to with `--pin`, and the one its load gets.
+const GATEWAY_CORE: &str = "0";
+const LOAD_CORE: &str = "1";
+/// Runs per gateway with `--pin` unless `--runs` says otherwise.
+const PINNED_RUNS: u32 = 5;
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
@@ -62,10 +78,11 @@ fn parse_args() -> anyhow::Result<Args> {
         agent_profiles: Vec::new(),
         agent_bins: Vec::new(),
         seconds: 10,
-        runs: 1,
+        runs: 0,
         only: None,
         hub: "wireguard-go".into(),
         reverse: false,
+        pin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -84,10 +101,16 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.agent_bins.push((label.into(), path.into()));
             }
             "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
-            "--runs" => args.runs = value()?.parse().context("--runs")?,
+            "--runs" => {
+                args.runs = value()?.parse().context("--runs")?;
+                if args.runs == 0 {
+                    bail!("--runs must be at least 1");
+                }
+            }
             "--only" => args.only = Some(value()?),
             "--hub" => args.hub = value()?,
             "--reverse" => args.reverse = true,
+            "--pin" => args.pin = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -98,8 +121,14 @@ fn parse_args() -> anyhow::Result<Args> {
     if args.agent_profiles.is_empty() {
         args.agent_profiles.push("release".into());
     }
-    if args.runs == 0 || args.seconds == 0 {
-        bail!("--runs and --seconds must be at least 1");
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    if args.runs == 0 {
+        args.runs = if args.pin { PINNED_RUNS } else { 1 };
+    }
+    if args.pin && std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("--pin needs two cores (the gateway on one, its load on the other)");
     }
     Ok(args)
 }
@@ -129,19 +158,19 @@ fn main() -> anyhow::Result<()> {
     require_root()?;
     let wanted = |label: &str| args.only.as_deref().is_none_or(|o| label.contains(o));
     let mut contenders = Vec::new();
-    for profile in args
-        .agent_profiles
-        .iter()
-        .filter(|_| wanted("gatelet-agent"))
-    {
+    for profile in &args.agent_profiles {
+        let label = format!("gatelet-agent ({profile})");
+        if !wanted(&label) {
+            continue;
+        }
         let dir = build(profile, &["gatelet-agent"])?;
         contenders.push(Contender {
-            label: format!("gatelet-agent ({profile})"),
+            label,
             role: GatewayRole::Agent(dir.join("gatelet-agent")),
             is_agent: true,
         });
     }
-    for (label, path) in args.agent_bins.iter().filter(|_| wanted("gatelet-agent")) {
+    for (label, path) in &args.agent_bins {
         contenders.push(Contender {
             label: format!("gatelet-agent ({label})"),
             role: GatewayRole::Agent(path.clone()),
@@ -198,18 +227,25 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "iperf3 TCP {} s, hub ({}) {} gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s)",
+        "iperf3 TCP {} s, hub ({}) {} gateway tunnel IP {GW_TUNNEL_IP}, median of {} run(s) \
+         (lowest-highest){}",
         args.seconds,
         hub.describe(),
         if args.reverse { "<-" } else { "->" },
-        args.runs
+        args.runs,
+        if args.pin {
+            format!(", gateway pinned to core {GATEWAY_CORE}, hub and iperf3 to core {LOAD_CORE}")
+        } else {
+            String::new()
+        }
     );
     println!(
-        "{:<30} {:>7} {:>9} {:>12} {:>9} {:>10} {:>10}",
+        "{:<30} {:>17} {:>9} {:>17} {:>9} {:>10} {:>10}",
         "gateway", "Gbit/s", "gw CPU%", "Gbit/s/core", "hub CPU%", "VmHWM KiB", "VmRSS KiB"
     );
-    let medians: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
-    for (c, m) in contenders.iter().zip(&medians) {
+    let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
+    for (c, st) in contenders.iter().zip(&stats) {
+        let m = &st.median;
         let mem = |v: u64| {
             if c.is_agent {
                 v.to_string()
@@ -217,65 +253,154 @@ fn main() -> anyhow::Result<()> {
                 "-".into()
             }
         };
-        // The gateway's own cost: what it moves per second of one core's time.
-        let per_core = if m.cpu_pct > 0.0 {
-            m.gbit_s / (m.cpu_pct / 100.0)
-        } else {
-            0.0
-        };
         println!(
-            "{:<30} {:>7.2} {:>9.0} {:>12.2} {:>9.0} {:>10} {:>10}",
+            "{:<30} {:>17} {:>9.0} {:>17} {:>9.0} {:>10} {:>10}",
             c.label,
-            m.gbit_s,
+            st.gbit_s.show(),
             m.cpu_pct,
-            per_core,
+            st.per_core.show(),
             m.hub_cpu_pct,
             mem(m.hwm_kib),
             mem(m.rss_kib)
         );
     }
-    // A baseline's best setting: the fastest of its contenders.
-    let find = |name: &str| {
+    // A baseline's best setting: the one with the highest median throughput.
+    let best = |name: &str| {
         contenders
             .iter()
-            .zip(&medians)
+            .zip(&stats)
             .filter(|(c, _)| !c.is_agent && c.label.starts_with(name))
-            .max_by(|a, b| a.1.gbit_s.total_cmp(&b.1.gbit_s))
-            .map(|(c, m)| (c.label.clone(), m.gbit_s))
+            .max_by(|a, b| a.1.gbit_s.median.total_cmp(&b.1.gbit_s.median))
     };
     println!();
     for name in ["wireguard-go", "boringtun-cli"] {
-        if let Some((label, g)) = find(name) {
-            println!("{name}: best setting here is `{label}` ({g:.2} Gbit/s)");
+        if let Some((c, st)) = best(name) {
+            println!(
+                "{name}: best setting here is `{}` ({:.2} Gbit/s, {:.2} Gbit/s/core)",
+                c.label, st.gbit_s.median, st.per_core.median
+            );
         }
     }
-    let find = |name: &str| find(name).map(|(_, g)| g);
-    for (c, m) in contenders.iter().zip(&medians).filter(|(c, _)| c.is_agent) {
-        if let Some(bt) = find("boringtun-cli") {
-            let r = m.gbit_s / bt;
+    let agents: Vec<(&Contender, &Stats)> = contenders
+        .iter()
+        .zip(&stats)
+        .filter(|(c, _)| c.is_agent)
+        .collect();
+    for &(c, st) in &agents {
+        if let Some((_, bt)) = best("boringtun-cli") {
+            let r = st.gbit_s.median / bt.gbit_s.median;
             println!(
                 "{}: agent/boringtun-cli = {r:.2} (target >= {TARGET_VS_BORINGTUN}) {}",
                 c.label,
                 verdict(r >= TARGET_VS_BORINGTUN)
             );
         }
-        if let Some(wg) = find("wireguard-go") {
-            let r = m.gbit_s / wg;
+        if let Some((_, wg)) = best("wireguard-go") {
+            let r = st.gbit_s.median / wg.gbit_s.median;
             println!(
                 "{}: agent/wireguard-go  = {r:.2} (target >= {TARGET_VS_WIREGUARD_GO}) {}",
                 c.label,
                 verdict(r >= TARGET_VS_WIREGUARD_GO)
             );
         }
+        for name in ["wireguard-go", "boringtun-cli"] {
+            if let Some((b, bst)) = best(name) {
+                println!(
+                    "{}: vs `{}`: Gbit/s {}; Gbit/s/core {}",
+                    c.label,
+                    b.label,
+                    st.gbit_s.ratio_to(&bst.gbit_s),
+                    st.per_core.ratio_to(&bst.per_core)
+                );
+            }
+        }
         println!(
             "{}: memory under load VmHWM {} KiB, VmRSS {} KiB (target <= {TARGET_RSS_KIB} KiB) {}",
             c.label,
-            m.hwm_kib,
-            m.rss_kib,
-            verdict(m.hwm_kib <= TARGET_RSS_KIB)
+            st.median.hwm_kib,
+            st.median.rss_kib,
+            verdict(st.median.hwm_kib <= TARGET_RSS_KIB)
         );
     }
+    // A/B: every further agent against the first one.
+    if let Some((&(a, ast), rest)) = agents.split_first() {
+        for &(c, st) in rest {
+            println!(
+                "A/B {} vs {}: Gbit/s {}; Gbit/s/core {}",
+                c.label,
+                a.label,
+                st.gbit_s.ratio_to(&ast.gbit_s),
+                st.per_core.ratio_to(&ast.per_core)
+            );
+        }
+    }
     Ok(())
+}
+
+/// Median and spread of one figure over the runs.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        Spread {
+            median: values.get(values.len() / 2).copied().unwrap_or_default(),
+            low: values.first().copied().unwrap_or_default(),
+            high: values.last().copied().unwrap_or_default(),
+        }
+    }
+
+    /// `median (low-high)`.
+    fn show(&self) -> String {
+        format!("{:.2} ({:.2}-{:.2})", self.median, self.low, self.high)
+    }
+
+    /// The ratio of the medians, claimed only when the two spreads do not overlap.
+    fn ratio_to(&self, base: &Spread) -> String {
+        if base.median <= 0.0 {
+            return "no baseline".into();
+        }
+        let r = self.median / base.median;
+        if self.low > base.high || self.high < base.low {
+            format!("{r:.2}x")
+        } else {
+            format!("{r:.2}x (spreads overlap: not claimed)")
+        }
+    }
+}
+
+/// What the runs of one gateway measured: throughput and cost with their spreads, and the
+/// run with the median throughput (for CPU and memory columns).
+struct Stats {
+    gbit_s: Spread,
+    per_core: Spread,
+    median: Sample,
+}
+
+impl Stats {
+    fn of(samples: &[Sample]) -> Stats {
+        Stats {
+            gbit_s: Spread::of(samples.iter().map(|s| s.gbit_s).collect()),
+            per_core: Spread::of(samples.iter().map(Sample::per_core).collect()),
+            median: median(samples),
+        }
+    }
+}
+
+impl Sample {
+    /// The gateway's own cost: what it moves per second of one core's time.
+    fn per_core(&self) -> f64 {
+        if self.cpu_pct > 0.0 {
+            self.gbit_s / (self.cpu_pct / 100.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -302,7 +427,33 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
         Gateway::Agent(a) => a.pid(),
         Gateway::Userspace(wg) => wg.process().pid(),
     };
-    let mut server = tb.gw_ns.command("iperf3");
+    let pin = |pid: u32, core: &str| -> anyhow::Result<()> {
+        // -a: every thread the process has now; threads made later inherit the mask.
+        let out = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", core, &pid.to_string()])
+            .output()
+            .context("run taskset (util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "taskset -a -p -c {core} {pid}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    if args.pin {
+        pin(pid, GATEWAY_CORE)?;
+        pin(tb.hub.process().pid(), LOAD_CORE)?;
+    }
+    // iperf3 runs under `taskset -c 1` when pinned, else directly.
+    let load = |ns: &gatelet_tests_hw::Netns| {
+        let mut cmd = ns.command(if args.pin { "taskset" } else { "iperf3" });
+        if args.pin {
+            cmd.args(["-c", LOAD_CORE, "iperf3"]);
+        }
+        cmd
+    };
+    let mut server = load(&tb.gw_ns);
     server.args([
         "-s",
         "-1",
@@ -342,6 +493,9 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
         args.seconds.to_string(),
     );
     let mut client = vec!["iperf3", "-c", &target, "-p", &port, "-t", &seconds, "-J"];
+    if args.pin {
+        client.splice(0..0, ["taskset", "-c", LOAD_CORE]);
+    }
     if args.reverse {
         client.push("-R");
     }

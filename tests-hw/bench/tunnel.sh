@@ -4,7 +4,8 @@
 # the ratios agent/boringtun-cli and agent/wireguard-go, and the agent's VmHWM/VmRSS under load.
 #
 # Run by hand, as root (network namespaces): `bash tests-hw/bench/tunnel.sh [bench-tunnel args]`,
-# e.g. `--runs 3` (median of 3) or `--agent-profile release --agent-profile bench-release`.
+# e.g. `--runs 3` (median of 3) or `--agent-profile release --agent-profile bench-release`;
+# `--pin` (gateway on core 0, hub and iperf3 on core 1, 5 runs, spreads).
 # Not a timed test: numbers depend on the machine and on whatever else it is doing.
 #
 # boringtun-cli: taken from $BORINGTUN_CLI, else PATH, else $BENCH_TOOLS_ROOT/bin (default

@@ -68,16 +68,30 @@ fn mergeable(p: &[u8]) -> Option<Segment> {
     })
 }
 
-/// Ones' complement sum of `data` added to `sum` (not folded).
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+/// Ones' complement sum of `data` added to `sum` (folded to 16 bits, or 0 when all is zero).
+///
+/// Eight bytes at a time into a 64-bit sum with end-around carry, which is the same sum of
+/// 16-bit big-endian words modulo 0xffff (2^16 = 1 there): the checksum of every segment of a
+/// TSO frame runs over its whole payload, and two bytes per step cost 6 % of the encrypting
+/// path's CPU (perf).
+fn sum16(data: &[u8], sum: u32) -> u32 {
+    let mut acc = u64::from(sum);
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let (s, carry) = acc.overflowing_add(u64::from_be_bytes(w.try_into().unwrap_or_default()));
+        acc = s + u64::from(carry);
     }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
+    let mut pairs = words.remainder().chunks_exact(2);
+    for c in &mut pairs {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
     }
-    sum
+    if let [last] = pairs.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
 }
 
 fn fold(mut sum: u32) -> u16 {
@@ -503,6 +517,41 @@ mod tests {
             h.extend_from_slice(&v.to_ne_bytes());
         }
         h
+    }
+
+    /// The plain definition: 16-bit big-endian words, an odd last byte padded with zero.
+    fn reference_sum(data: &[u8], sum: u32) -> u16 {
+        let mut sum = u64::from(sum);
+        for c in data.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    #[test]
+    fn checksum_eight_bytes_at_a_time_equals_the_sum_of_16_bit_words() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for len in (0..80).chain([1499, 1500, 65_535]) {
+            for _ in 0..20 {
+                let mut data = vec![0u8; len + 3];
+                data.iter_mut().for_each(|b| *b = rng.u8(..));
+                // All-ones data makes every carry happen.
+                if rng.bool() {
+                    data.fill(0xff);
+                }
+                let start = rng.usize(..4);
+                let (slice, seed) = (&data[start..start + len], rng.u32(..0x2_0000));
+                assert_eq!(
+                    fold(sum16(slice, seed)),
+                    reference_sum(slice, seed),
+                    "len {len}, start {start}, seed {seed:#x}"
+                );
+            }
+        }
+        assert_eq!(fold(sum16(&[], 0)), 0);
     }
 
     fn tcp_checksum_ok(p: &[u8]) -> bool {

@@ -6,40 +6,77 @@ use std::os::fd::RawFd;
 
 use super::check;
 
-/// Receives up to `N` datagrams without blocking into consecutive `slot`-byte slots of `data`
-/// (which holds at least `N` slots). `lens[i]` becomes datagram `i`'s length, or 0 when it did
-/// not fit its slot. Returns how many arrived, or `WouldBlock` when none is waiting.
+/// `UDP_GRO` (linux/udp.h; Linux 5.0): the socket option that lets the kernel hand over a run
+/// of datagrams of one flow as one (UDP GRO), and the control message that then carries their
+/// size. libc names it only for some targets.
+pub const UDP_GRO: libc::c_int = 104;
+
+/// Receives up to `count` (at most `N`) datagrams without blocking into consecutive
+/// `slot`-byte slots of `data` (which holds at least `count` slots). `lens[i]` becomes
+/// datagram `i`'s length, or 0 when it did not fit its slot; `segs[i]` the size of the
+/// datagrams the kernel joined into it with UDP GRO (each that long, the last possibly
+/// shorter), 0 when it is one datagram. Returns how many arrived, or `WouldBlock` when none
+/// is waiting.
 pub fn recv_slots<const N: usize>(
     fd: RawFd,
     data: &mut [u8],
     slot: usize,
+    count: usize,
     lens: &mut [usize; N],
+    segs: &mut [usize; N],
 ) -> io::Result<usize> {
-    assert!(data.len() >= N * slot, "{} slots of {slot} bytes", N);
+    let count = count.min(N);
+    assert!(data.len() >= count * slot, "{count} slots of {slot} bytes");
     // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
     let mut iov: [libc::iovec; N] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut hdr: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
-    for (i, chunk) in data.chunks_exact_mut(slot).take(N).enumerate() {
+    // Room for one control message per datagram, aligned for cmsghdr: CMSG_SPACE(4) is at
+    // most 24 bytes.
+    let mut control = [[0u64; 4]; N];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    for (i, chunk) in data.chunks_exact_mut(slot).take(count).enumerate() {
         iov[i].iov_base = chunk.as_mut_ptr().cast();
         iov[i].iov_len = slot;
         hdr[i].msg_hdr.msg_iov = &mut iov[i];
         hdr[i].msg_hdr.msg_iovlen = 1;
+        hdr[i].msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+        hdr[i].msg_hdr.msg_controllen = space as _;
     }
-    // SAFETY: every header points at a distinct slot of `data`, exclusively borrowed for the
-    // call.
+    // SAFETY: every header points at a distinct slot of `data` and a distinct control
+    // buffer, exclusively borrowed for the call.
     let n = check(unsafe {
         libc::recvmmsg(
             fd,
             hdr.as_mut_ptr(),
-            N as libc::c_uint,
+            count as libc::c_uint,
             libc::MSG_DONTWAIT as _,
             std::ptr::null_mut(),
         )
     })?;
-    for (len, h) in lens.iter_mut().zip(&hdr).take(n) {
-        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        *len = if truncated { 0 } else { h.msg_len as usize };
+    for i in 0..n {
+        let h = &hdr[i].msg_hdr;
+        let truncated = h.msg_flags & libc::MSG_TRUNC != 0;
+        lens[i] = if truncated {
+            0
+        } else {
+            hdr[i].msg_len as usize
+        };
+        segs[i] = 0;
+        // SAFETY: the kernel set msg_controllen to the bytes it wrote into control[i];
+        // CMSG_FIRSTHDR/CMSG_NXTHDR stay inside that length, and a UDP_GRO message carries
+        // an int.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    segs[i] = usize::try_from(size).unwrap_or(0);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
     }
     Ok(n)
 }

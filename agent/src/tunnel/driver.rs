@@ -2,8 +2,12 @@
 //!
 //! One task on its own current-thread runtime (see [`spawn`]) waits for the interface or the
 //! UDP socket to become readable, for the timer tick and for a pending name resolution.
-//! Readable UDP: up to [`BATCH`] datagrams per `recvmmsg`, each decrypted; on a TUN device the
-//! TCP segments of a batch are merged into GSO frames ([`Coalescer`]) before they are written.
+//! Readable UDP: up to [`BATCH`] datagrams per `recvmmsg`, each decrypted; with UDP GRO
+//! (Linux 5.0, [`udp::enable_gro`]) the kernel hands over runs of datagrams joined, up to
+//! [`udp::GRO_SLOTS`] of 64 KiB per call (2 MiB at most, fixed), which are cut back into
+//! datagrams.
+//! On a TUN device the TCP segments of a batch are merged into GSO frames ([`Coalescer`])
+//! before they are written.
 //! Readable interface: up to [`BATCH`] frames read, TSO frames cut into packets
 //! ([`Segments`]), encrypted into a batch that leaves in one `sendmmsg`, each run of
 //! equal-size datagrams as one UDP GSO message ([`udp::send_batch`]). Buffers are
@@ -28,7 +32,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::core::{FromNetwork, TunnelCore, TIMER_TICK};
 use super::resolve::resolve;
-use super::udp::{self, PacketBatch, BATCH};
+use super::udp::{self, PacketBatch, RecvBatch, BATCH};
 use crate::netif::vnet::{Coalescer, Segments, VNET_HDR_LEN};
 use crate::netstack::Netstack;
 use crate::watchdog::CheckIn;
@@ -168,7 +172,8 @@ pub async fn run<T: PacketInterface>(
     let mut udp = crate::sys::fd::register(dp.udp)?;
     let endpoint = dp.endpoint;
     let checkin = dp.checkin;
-    let mut rx = PacketBatch::new(out_len);
+    let mut rx = RecvBatch::new(out_len);
+    rx.set_gro(udp::enable_gro(udp.get_ref()));
     let mut tx = PacketBatch::new(out_len);
     let mut plain = vec![0u8; out_len];
     let vnet = iface.get_ref().vnet_hdr();
@@ -223,7 +228,7 @@ pub async fn run<T: PacketInterface>(
                 }
             }
             result = resolved => {
-                use_resolved(result, &mut core, &mut udp, &endpoint, &mut plain);
+                use_resolved(result, &mut core, &mut udp, &mut rx, &endpoint, &mut plain);
             }
         }
     }
@@ -240,7 +245,8 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
     let mut udp = crate::sys::fd::register(dp.udp)?;
     let endpoint = dp.endpoint;
     let checkin = dp.checkin;
-    let mut rx = PacketBatch::new(out_len);
+    let mut rx = RecvBatch::new(out_len);
+    rx.set_gro(udp::enable_gro(udp.get_ref()));
     let mut tx = PacketBatch::new(out_len);
     let mut plain = vec![0u8; out_len];
     let mut resolving = Resolving::default();
@@ -284,7 +290,7 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
                 stack.release_drained();
             }
             result = resolved => {
-                use_resolved(result, &mut core, &mut udp, &endpoint, &mut plain);
+                use_resolved(result, &mut core, &mut udp, &mut rx, &endpoint, &mut plain);
             }
         }
     }
@@ -349,6 +355,7 @@ fn use_resolved(
     result: Result<Result<Vec<SocketAddr>, String>, tokio::task::JoinError>,
     core: &mut TunnelCore,
     udp: &mut AsyncFd<UdpSocket>,
+    rx: &mut RecvBatch,
     endpoint: &Endpoint,
     plain: &mut [u8],
 ) {
@@ -367,7 +374,9 @@ fn use_resolved(
             udp.get_ref().connect(new)
         } else {
             udp::socket_for(new, true).and_then(|fresh| {
+                let gro = udp::enable_gro(&fresh);
                 *udp = crate::sys::fd::register(fresh)?;
+                rx.set_gro(gro);
                 Ok(())
             })
         };
@@ -432,7 +441,7 @@ fn write_frame(fd: RawFd, frame: &[u8]) {
 fn on_udp_readable(
     g: &mut AsyncFdReadyGuard<'_, UdpSocket>,
     core: &mut TunnelCore,
-    rx: &mut PacketBatch,
+    rx: &mut RecvBatch,
     plain: &mut [u8],
     deliver: &mut Deliver<'_>,
 ) {
@@ -454,11 +463,8 @@ fn on_udp_readable(
         };
         let now = Instant::now();
         let sock = g.get_ref().get_ref();
-        for i in 0..n {
-            let datagram = rx.get(i);
-            if datagram.is_empty() {
-                continue;
-            }
+        // A slot holds one datagram, or with GRO a run of them cut back at their size.
+        for datagram in (0..n).flat_map(|i| rx.datagrams(i)) {
             match core.from_network(now, datagram, plain) {
                 FromNetwork::ToTun(p) => deliver.packet(p),
                 FromNetwork::ToNetwork(d) => {
@@ -474,7 +480,7 @@ fn on_udp_readable(
             }
         }
         deliver.end_of_batch();
-        if n < BATCH {
+        if n < rx.capacity() {
             return;
         }
     }
