@@ -455,7 +455,7 @@ thread_local! {
 
 fn take_buffer(size: usize) -> Box<[u8]> {
     #[cfg(test)]
-    BUFFERS_OUT.with(|c| c.set(c.get() + 1));
+    COUNTS.with(|c| c.buffers_out.set(c.buffers_out.get() + 1));
     BUFFER_POOL
         .with(|p| {
             let mut p = p.borrow_mut();
@@ -465,43 +465,50 @@ fn take_buffer(size: usize) -> Box<[u8]> {
         .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
 }
 
+/// What this thread's relays did, counted for tests.
+#[cfg(test)]
+struct TestCounts {
+    /// Relay buffers held now.
+    buffers_out: std::cell::Cell<isize>,
+    /// Splice pipes made so far.
+    pipes_made: std::cell::Cell<usize>,
+    /// Reads that found nothing (EAGAIN) after their direction had moved data.
+    wasted_reads: std::cell::Cell<usize>,
+}
+
 #[cfg(test)]
 thread_local! {
-    static BUFFERS_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static COUNTS: TestCounts = const {
+        TestCounts {
+            buffers_out: std::cell::Cell::new(0),
+            pipes_made: std::cell::Cell::new(0),
+            wasted_reads: std::cell::Cell::new(0),
+        }
+    };
 }
 
 /// Relay buffers this thread's relays hold now (tests: an idle connection must hold none).
 #[cfg(test)]
 pub(super) fn buffers_out() -> usize {
-    BUFFERS_OUT.with(|c| c.get())
-}
-
-#[cfg(test)]
-thread_local! {
-    static PIPES_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    COUNTS.with(|c| c.buffers_out.get().max(0) as usize)
 }
 
 /// Splice pipes this thread's relays made so far (tests: short exchanges make none).
 #[cfg(test)]
 pub(super) fn pipes_made() -> usize {
-    PIPES_MADE.with(|c| c.get())
-}
-
-#[cfg(test)]
-thread_local! {
-    static WASTED_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    COUNTS.with(|c| c.pipes_made.get())
 }
 
 /// Reads of the copy path on this thread that found nothing (EAGAIN) after their direction
 /// had moved data (tests: a short read is taken as having drained the socket).
 #[cfg(test)]
 pub(super) fn wasted_reads() -> usize {
-    WASTED_READS.with(|c| c.get())
+    COUNTS.with(|c| c.wasted_reads.get())
 }
 
 fn give_buffer(b: Box<[u8]>) {
     #[cfg(test)]
-    BUFFERS_OUT.with(|c| c.set(c.get() - 1));
+    COUNTS.with(|c| c.buffers_out.set(c.buffers_out.get() - 1));
     BUFFER_POOL.with(|p| {
         let mut p = p.borrow_mut();
         if (p.len() + 1) * b.len() <= BUFFER_POOL_MAX_BYTES {
@@ -607,7 +614,7 @@ impl Half {
                 Err(e) if would_block(&e) => {
                     #[cfg(test)]
                     if self.copied > 0 {
-                        WASTED_READS.with(|c| c.set(c.get() + 1));
+                        COUNTS.with(|c| c.wasted_reads.set(c.wasted_reads.get() + 1));
                     }
                     // Ran dry: give the buffer back while the connection idles.
                     if let Some(b) = self.buf.take() {
@@ -722,7 +729,7 @@ impl Half {
             if self.pipe.is_none() {
                 self.pipe = Some(crate::sys::pipe::pipe(SPLICE_CHUNK)?);
                 #[cfg(test)]
-                PIPES_MADE.with(|c| c.set(c.get() + 1));
+                COUNTS.with(|c| c.pipes_made.set(c.pipes_made.get() + 1));
             }
             let Some((pr, pw)) = self.pipe.as_ref() else {
                 return Poll::Ready(Err(io::Error::other("relay pipe lost")));

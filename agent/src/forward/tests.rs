@@ -415,6 +415,23 @@ async fn udp_echo_uses_one_session_per_client_and_sessions_expire() {
     .await;
 }
 
+/// Runs `relay` next to `traffic` (which never ends on its own) until the relay ends, within
+/// 5 s; `what` names the end the test waits for.
+async fn until_relay_ends<R>(
+    relay: impl std::future::Future<Output = R>,
+    traffic: impl std::future::Future<Output = ()>,
+    what: &str,
+) -> R {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            r = relay => r,
+            _ = traffic => unreachable!("the traffic ended first"),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within 5 s"))
+}
+
 /// Two connected loopback pairs: (client, its accepted end) and (the relay's LAN-side end,
 /// the server's accepted end).
 async fn two_pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
@@ -452,14 +469,7 @@ async fn a_short_exchange_makes_no_read_that_finds_nothing() {
         s.shutdown().await.unwrap();
         std::future::pending::<()>().await
     };
-    let r = tokio::time::timeout(Duration::from_secs(5), async {
-        tokio::select! {
-            r = relay => r,
-            _ = traffic => unreachable!(),
-        }
-    })
-    .await
-    .expect("the relay ends within 5 s");
+    let r = until_relay_ends(relay, traffic, "the relay ends").await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(tcp::wasted_reads() - before, 0);
     assert_eq!(counters.bytes.load(Ordering::Relaxed), 2048);
@@ -578,14 +588,7 @@ async fn relay_io_ends_an_idle_connection_with_timed_out() {
         echo_byte(&mut c, &mut s).await;
         std::future::pending::<()>().await
     };
-    let r = tokio::time::timeout(Duration::from_secs(5), async {
-        tokio::select! {
-            r = relay => r,
-            _ = traffic => unreachable!(),
-        }
-    })
-    .await
-    .expect("the idle timeout ends the relay within 5 s");
+    let r = until_relay_ends(relay, traffic, "the idle timeout ends the relay").await;
     assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     assert_eq!(counters.bytes.load(Ordering::Relaxed), 1);
 }
