@@ -305,13 +305,7 @@ fn main() -> anyhow::Result<()> {
         }
         for name in ["wireguard-go", "boringtun-cli"] {
             if let Some((b, bst)) = best(name) {
-                println!(
-                    "{}: vs `{}`: Gbit/s {}; Gbit/s/core {}",
-                    c.label,
-                    b.label,
-                    st.gbit_s.ratio_to(&bst.gbit_s),
-                    st.per_core.ratio_to(&bst.per_core)
-                );
+                println!("{}: vs `{}`: {}", c.label, b.label, st.ratios_to(bst));
             }
         }
         println!(
@@ -325,13 +319,7 @@ fn main() -> anyhow::Result<()> {
     // A/B: every further agent against the first one.
     if let Some((&(a, ast), rest)) = agents.split_first() {
         for &(c, st) in rest {
-            println!(
-                "A/B {} vs {}: Gbit/s {}; Gbit/s/core {}",
-                c.label,
-                a.label,
-                st.gbit_s.ratio_to(&ast.gbit_s),
-                st.per_core.ratio_to(&ast.per_core)
-            );
+            println!("A/B {} vs {}: {}", c.label, a.label, st.ratios_to(ast));
         }
     }
     Ok(())
@@ -383,6 +371,16 @@ struct Stats {
 }
 
 impl Stats {
+    /// Throughput and per-core ratios to `other`, each claimed only when the spreads do not
+    /// overlap.
+    fn ratios_to(&self, other: &Stats) -> String {
+        format!(
+            "Gbit/s {}; Gbit/s/core {}",
+            self.gbit_s.ratio_to(&other.gbit_s),
+            self.per_core.ratio_to(&other.per_core)
+        )
+    }
+
     fn of(samples: &[Sample]) -> Stats {
         Stats {
             gbit_s: Spread::of(samples.iter().map(|s| s.gbit_s).collect()),
