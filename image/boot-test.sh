@@ -13,18 +13,24 @@
 # active; `systemctl --failed` empty; no warning or error in the gatelet units' journal of the clean
 # boot (the whole system's warnings are printed); the tunnel handshakes; the config syncs; the
 # HTTP route and the L4 route answer from the hub; a stalled agent (SIGSTOP) is restarted by the
-# watchdog and serves again; a reboot with the server stopped serves both routes from the stored
+# watchdog and serves again; a self-update (image/boot-update.sh: a release of the image's own
+# binaries with the next version, served from the hub, signed by a key made at test time and
+# trusted through gateway.env's GATELET_UPDATE_PUBKEY, asked for with POST /api/self-update through
+# the tunnel) switches the board to it, both units report it and the server's heartbeat carries
+# last_pull_* and gateway_version; a reboot with the server stopped serves both routes from the stored
 # config (root filesystem on the virtio disk); the first boot grows the root file system into a
-# disk 512 MiB larger than the image, once; the journal survives the reboot; `systemctl stop` of
+# disk 512 MiB larger than the image, once; the new version still runs after the reboot; the
+# journal survives the reboot; `systemctl stop` of
 # both units is clean; poweroff.
-# Prints the boot time to both units ready and the image size.
+# Prints the boot time to both units ready, the image size, and the self-update's time from the
+# request to the healthy new version and the bytes it downloaded.
 #
 # The guest is driven over a virtio console, /dev/hvc0 (image/console.py), on which the image's
 # gatelet-test-console.service runs a shell; it is started only by `systemd.wants=` on the kernel
 # command line this script passes. No SSH.
 #
 # Usage: bash image/boot-test.sh [IMAGE]   (root; default ${CARGO_TARGET_DIR:-target}/image/gatelet-arm64.img)
-# Installs qemu-system-arm, mtools, dnsmasq-base, wireguard-go, wireguard-tools, curl when missing.
+# Installs qemu-system-arm, mtools, dnsmasq-base, wireguard-go, wireguard-tools, curl, minisign when missing.
 # BOOT_TEST_KEEP=1 keeps the run directory (logs, disk) for a look afterwards.
 set -euo pipefail
 exec </dev/null
@@ -44,7 +50,7 @@ die() { echo "boot-test: FAILED: $*" >&2; dump; exit 1; }
 
 need=()
 for p in qemu-system-arm:qemu-system-aarch64 mtools:mcopy dnsmasq-base:dnsmasq wireguard-go:wireguard-go \
-  wireguard-tools:wg curl:curl iproute2:ip python3:python3; do
+  wireguard-tools:wg curl:curl iproute2:ip python3:python3 minisign:minisign; do
   command -v "${p##*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -161,6 +167,10 @@ start_gatecontrol() {
 }
 start_gatecontrol
 
+# The self-update release and its server (image/boot-update.sh).
+source image/boot-update.sh
+update_prepare
+
 mkdir -p "$RUN/www" && echo "hello from the LAN host behind the gatelet image" >"$RUN/www/index.html"
 bg_in_ns $LAN "$RUN/http.log" python3 -m http.server 8000 --bind 10.77.0.10 --directory "$RUN/www"
 wait_for 10 "the LAN host serves HTTP" in_ns $LAN curl -sf -o /dev/null -m 1 http://10.77.0.10:8000/
@@ -179,7 +189,7 @@ sed -e "s#^WG_PRIVATE_KEY=.*#WG_PRIVATE_KEY=$(cat "$RUN/gw.key")#" \
   -e "s#^WG_PRESHARED_KEY=.*#WG_PRESHARED_KEY=$(cat "$RUN/psk")#" \
   -e "s#^WG_SERVER_PUBLIC_KEY=.*#WG_SERVER_PUBLIC_KEY=$(cat "$RUN/hub.pub")#" \
   -e "s#^WG_ENDPOINT=.*#WG_ENDPOINT=hub.gatelet.test:51820#" \
-  companion/tests/data/gateway-env.txt | sed 's/$/\r/' >"$RUN/gateway.env"
+  companion/tests/data/gateway-env.txt "$RUN/update.env" | sed 's/$/\r/' >"$RUN/gateway.env"
 # (CRLF line endings, as a file saved on Windows: the import converts them.)
 mcopy -i "$RUN/disk.img@@$BOOT_OFFSET" "$RUN/gateway.env" ::gateway.env
 
@@ -310,6 +320,9 @@ guest "journalctl -b --no-pager -o cat -u gatelet-agent | grep -q 'Watchdog time
 wait_for 60 "the HTTP route answers after the watchdog restart" http_route
 log "ok: watchdog restarted the stalled agent after $(($(date +%s) - T_STOP))s (NRestarts $restarts1 -> $restarts2); the HTTP route answers again"
 
+# --- self-update (image/boot-update.sh) ----------------------------------------------------------------
+update_run
+
 # --- a reboot with the server stopped -------------------------------------------------------------------
 log "stopping the fake GateControl server; rebooting the guest"
 kill "$GC_PID"
@@ -327,6 +340,7 @@ wait_for 60 "the HTTP route answers from the stored config (server down)" http_r
 wait_for 30 "the L4 route answers from the stored config (server down)" l4_route
 in_ns $HUB curl -s -m 2 -o /dev/null http://10.8.0.1:3000/ && die "the fake server still answers"
 log "ok: after a reboot with the server down, both routes answer from the stored config"
+update_check_after_reboot
 GUEST_TIMEOUT=$BOOT_TIMEOUT guest systemctl is-system-running --wait >/dev/null || true
 log "boot 2: systemd-analyze: $(guest systemd-analyze time --no-pager | tr -d '\r' | head -n 1)"
 failed=$(guest systemctl --failed --no-legend --plain --no-pager)

@@ -23,6 +23,18 @@
 //!      then started again (what a boot with a journal does): it restarts the daemons onto the
 //!      active slot, resumes the trial and completes, one report.
 //!
+//! A second test cuts power at every step of an update (see [`CUTS`]): partway through a
+//! download (a release server that stalls halfway through a binary), then at each of the
+//! updater's cut points (`GATELET_UPDATE_CUT_AT`: it SIGKILLs itself there, the journal for
+//! that step on disk). After each cut the daemons are restarted from `current` as a reboot
+//! does, one version must answer (the old or the new, never neither), and the updater's
+//! next start must end the update: the new version running and reported ok, or (a cut
+//! between recording the trial and switching) the old one running and the reason reported;
+//! one outcome per request, in `last-pull` and in the server's heartbeats. Requests are
+//! queued by writing the flag file as the companion's handler does, without its one-minute
+//! cooldown after a success (nine updates in a row). About 3 minutes after the deployment is
+//! up (9 cuts, 10 to 60 s each under load).
+//!
 //! Needs root, python3, minisign and strip.
 
 use std::path::{Path, PathBuf};
@@ -93,6 +105,31 @@ struct Bed {
     env_path: PathBuf,
     triple: String,
     version: String,
+}
+
+/// The daemons the restart script started are not the harness's processes: stopped here,
+/// also when a test fails, before the deployment's namespaces go.
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for name in ["companion", "agent"] {
+            let path = self.work.join(format!("restart/{name}.pid"));
+            let pid = std::fs::read_to_string(&path).ok();
+            let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) else {
+                continue;
+            };
+            // Only a daemon the script started (its command line runs from the update dir):
+            // the pid file first holds the harness's own daemons, which it stops itself.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline)
+                .starts_with(&*self.update_dir.join("current").to_string_lossy());
+            if ours {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
 }
 
 fn ok<T>(b: &Bed, r: Result<T>) -> T {
@@ -503,4 +540,279 @@ fn self_update_refuses_bad_releases_rolls_back_an_unhealthy_one_and_installs_a_g
     assert!(!journal.exists(), "the journal ends with the report");
     assert!(!Path::new(&b.state_dir.join("pending-update")).exists());
     eprintln!("updater killed right after the switch: resumed and completed ({after})");
+}
+
+/// Serves the release directory like `python3 -m http.server`, except that a binary's body
+/// stops halfway (all headers sent, `Content-Length` the whole size) and the connection then
+/// hangs: an updater downloading from it is deterministically partway through a download.
+const STALLING_SERVER: &str = r#"
+import http.server, os, sys, time
+root = sys.argv[2]
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def copyfile(self, src, dst):
+        data = src.read()
+        if self.path.endswith(("gatelet-agent", "gatelet-companion")):
+            dst.write(data[: len(data) // 2])
+            dst.flush()
+            time.sleep(300)
+        else:
+            dst.write(data)
+s = http.server.ThreadingHTTPServer((sys.argv[1], 0), H)
+s.daemon_threads = True
+print("Serving HTTP on %s port %d" % s.server_address, flush=True)
+s.serve_forever()
+"#;
+
+/// Where a power cut is made, in the order of an update, and how the update must end after
+/// it. The point: `None` is partway through the first binary's download (the stalling
+/// server); else the updater's own cut point (`GATELET_UPDATE_CUT_AT`,
+/// `update::driver::CUT_POINTS`). The end: `None`, the rerun completes the update (the new
+/// version runs, reported ok); `Some(reason)`, the old version runs and the report says why
+/// (a cut between recording the trial and switching `current`: the machine reports a switch
+/// that did not happen rather than retrying it).
+const CUTS: [(Option<&str>, Option<&str>); 9] = [
+    (None, None),
+    (Some("fetch"), None),
+    (Some("stage"), None),
+    (Some("downloaded one"), None),
+    (
+        Some("activate b"),
+        Some("was not started (switch interrupted)"),
+    ),
+    (Some("restart"), None),
+    (Some("health"), None),
+    (Some("finish"), None),
+    (Some("reported"), None),
+];
+
+impl Bed {
+    /// Queues a request as the companion's handler does (the flag file), without its
+    /// one-minute cooldown after a successful update, which would cost a minute per cut.
+    fn queue(&self, id: &str, target: &str) {
+        let flag = serde_json::json!({
+            "request_id": id, "target_version": target, "triggered_via": "server-push",
+        });
+        std::fs::write(self.state_dir.join("pending-update"), flag.to_string()).unwrap();
+    }
+
+    fn spawn_cut(&self, label: &str, env: &Path, cut: Option<&str>) -> Result<Process> {
+        let restart = format!(
+            "bash {} {} {}",
+            self.work.join("restart.sh").display(),
+            self.work.join("restart").display(),
+            self.update_dir.join("current").display()
+        );
+        let mut cmd = self.d.testbed.gw_ns.command(&self.updater);
+        cmd.arg("--env")
+            .arg(env)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--update-dir")
+            .arg(&self.update_dir)
+            .arg("--status-socket")
+            .arg(&self.status_socket)
+            .arg("--restart-command")
+            .arg(restart)
+            .arg("--health-deadline")
+            .arg(HEALTH_DEADLINE_S.to_string());
+        if let Some(point) = cut {
+            cmd.env("GATELET_UPDATE_CUT_AT", point);
+        }
+        let log = self.work.join(format!("updater-{label}.log"));
+        Process::spawn(label, cmd, &log)
+    }
+
+    /// What a reboot does to the daemons: both start again from `current` (the restart
+    /// script stops them and starts them from there).
+    fn reboot_daemons(&self) -> Result<()> {
+        gatelet_tests_hw::run(
+            self.d
+                .testbed
+                .gw_ns
+                .command("bash")
+                .arg(self.work.join("restart.sh"))
+                .arg(self.work.join("restart"))
+                .arg(self.update_dir.join("current")),
+        )
+        .map(drop)
+    }
+
+    /// Waits until both daemons answer and report the same version, one of `allowed`.
+    fn running_one_of(&self, allowed: &[&str]) -> Result<String> {
+        wait_until(
+            "both daemons to answer with one version",
+            Duration::from_secs(60),
+            || {
+                Ok::<_, HarnessError>(match self.versions() {
+                    Ok((a, c)) if a == c && allowed.contains(&a.as_str()) => Some(a),
+                    _ => None,
+                })
+            },
+        )
+    }
+}
+
+#[test]
+fn a_power_cut_at_every_step_leaves_the_old_or_the_new_version_and_one_report() {
+    use std::os::unix::process::ExitStatusExt;
+    let b = setup();
+    let base = b.version.clone();
+    let (_stall_server, stall) = ok(&b, stalling_server(&b));
+    let stall_env = b.work.join("stall.env");
+    std::fs::write(
+        &stall_env,
+        format!(
+            "GATELET_UPDATE_URL=http://{stall}/manifest.json\nGATELET_UPDATE_PUBKEY={}\n",
+            b.key.public_line
+        ),
+    )
+    .unwrap();
+    let t_all = Instant::now();
+    let mut old = base.clone();
+    let mut reports: Vec<(String, bool)> = Vec::new();
+    for (i, (cut, refused)) in CUTS.iter().enumerate() {
+        let label = cut.unwrap_or("download partway").replace(' ', "-");
+        let new = next_version(&base, i as u8 + 1);
+        let build = ok(&b, b.build_reporting(&new));
+        ok(
+            &b,
+            b.server.release.publish(&new, &b.triple, &build, &b.key),
+        );
+        let id = format!("r-cut-{label}");
+        let t = Instant::now();
+        b.queue(&id, &new);
+        let p = match cut {
+            None => {
+                let mut p = ok(&b, b.spawn_cut(&label, &stall_env, None));
+                // Partway: half of the first binary arrived, the rest never comes.
+                let size = std::fs::metadata(build.join("gatelet-agent"))
+                    .unwrap()
+                    .len();
+                let part = b.update_dir.join("b/gatelet-agent.part");
+                ok(
+                    &b,
+                    wait_until("half of the download", TRIAL_TIMEOUT, || {
+                        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+                        Ok::<_, HarnessError>((have == size / 2).then_some(()))
+                    }),
+                );
+                p.crash();
+                p
+            }
+            Some(point) => {
+                let mut p = ok(&b, b.spawn_cut(&label, &b.env_path, Some(point)));
+                let status = ok(&b, p.wait_exit(UPDATER_TIMEOUT));
+                assert_eq!(
+                    status.signal(),
+                    Some(9),
+                    "the updater did not stop at {point}: {status}\n{}",
+                    p.log()
+                );
+                p
+            }
+        };
+        let cut_log = p.log();
+        let lp = b.last_pull();
+        if *cut == Some("reported") {
+            assert_eq!(
+                (&lp["request_id"], &lp["ok"]),
+                (&id.as_str().into(), &true.into()),
+                "{lp}\n{cut_log}"
+            );
+        } else {
+            assert_ne!(
+                lp["request_id"],
+                id.as_str(),
+                "no report before the end\n{cut_log}"
+            );
+        }
+        // The power cut's reboot: the daemons start from `current`, old or new, never neither.
+        ok(&b, b.reboot_daemons());
+        let after_cut = ok(&b, b.running_one_of(&[&old, &new]));
+        // The updater's start at boot (the journal's condition) ends the update.
+        let log = ok(&b, b.run_updater(&format!("{label}-resumed")));
+        let lp2 = b.last_pull();
+        let why = format!(
+            "cut at {label}: {lp2}\n{cut_log}\n{log}\n{}",
+            b.extra_logs()
+        );
+        let running = match refused {
+            None => {
+                assert_eq!(
+                    (&lp2["request_id"], &lp2["ok"], &lp2["version"]),
+                    (&id.as_str().into(), &true.into(), &new.as_str().into()),
+                    "{why}"
+                );
+                new.clone()
+            }
+            Some(reason) => {
+                assert_eq!(
+                    (&lp2["request_id"], &lp2["ok"]),
+                    (&id.as_str().into(), &false.into()),
+                    "{why}"
+                );
+                let said = lp2["reason"].as_str().unwrap_or("");
+                assert!(said.contains(reason), "{why}");
+                old.clone()
+            }
+        };
+        assert_eq!(ok(&b, b.running_one_of(&[&running])), running, "{why}");
+        assert!(!b.update_dir.join("journal.json").exists(), "{why}");
+        assert!(!b.state_dir.join("pending-update").exists(), "{why}");
+        eprintln!(
+            "power cut at {label}: {after_cut} ran after the cut; the rerun ended with {running} running, ok {} {} ({:?})",
+            lp2["ok"],
+            lp2["reason"],
+            t.elapsed()
+        );
+        drop(p);
+        reports.push((id, refused.is_none()));
+        old = running;
+    }
+    // One report per request: the server's heartbeats carry each request's one outcome and
+    // never the other (the last request's for certain; earlier ones when a heartbeat fell
+    // between two cuts).
+    let (last, last_ok) = reports.last().unwrap().clone();
+    ok(&b, b.heartbeat_with(&last, last_ok));
+    let gc_log = ok(&b, b.d.gatecontrol().map(|g| g.log()));
+    for (id, good) in &reports {
+        let wrong = format!("last_pull \"{id}\" {} ", !good);
+        assert!(
+            !gc_log.lines().any(|l| l.contains(&wrong)),
+            "{id} was also reported {}:\n{gc_log}",
+            !good
+        );
+    }
+    eprintln!(
+        "power cuts at {} steps: each ended with the new version or a reported refusal, in {:?}",
+        CUTS.len(),
+        t_all.elapsed()
+    );
+}
+
+/// A [`STALLING_SERVER`] in the hub's namespace serving the same release directory, and its
+/// address.
+fn stalling_server(b: &Bed) -> Result<(Process, std::net::SocketAddr)> {
+    let ns = &b.d.testbed.hub_ns;
+    let mut cmd = ns.command("python3");
+    cmd.args(["-u", "-c", STALLING_SERVER])
+        .arg(HUB_LAN_IP.to_string())
+        .arg(&b.server.release.dir);
+    let process = ns.spawn("stalling-server", cmd)?;
+    let port = wait_until(
+        "the stalling server to listen",
+        Duration::from_secs(15),
+        || {
+            Ok::<_, HarnessError>(process.log().lines().find_map(|l| {
+                l.strip_prefix("Serving HTTP on ")?
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse::<u16>()
+                    .ok()
+            }))
+        },
+    )?;
+    Ok((process, std::net::SocketAddr::from((HUB_LAN_IP, port))))
 }

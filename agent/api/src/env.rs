@@ -451,6 +451,9 @@ const KNOWN_KEYS: &[&str] = &[
     "GC_DISCOVERY_MAX_PREFIX",
     "GC_DISCOVERY_TIMEOUT_MS",
     "GC_DISCOVERY_CONCURRENCY",
+    // Read by gatelet-update (companion/src/update/settings.rs), not by the daemons.
+    "GATELET_UPDATE_URL",
+    "GATELET_UPDATE_PUBKEY",
 ];
 
 /// Reads one key: `Ok(None)` when absent or empty, errors carry the key's line.
@@ -1274,6 +1277,13 @@ mod tests {
     fn unknown_keys_are_kept_for_a_warning() {
         let env = parse(&format!("{SERVER_FILE}GC_FUTURE_KEY=1\n")).unwrap();
         assert_eq!(env.unknown_keys, vec!["GC_FUTURE_KEY".to_owned()]);
+        // The updater's keys are gatelet's own (the image boot test found both daemons
+        // warning about them).
+        let env = parse(&format!(
+            "{SERVER_FILE}GATELET_UPDATE_URL=http://r/m.json\nGATELET_UPDATE_PUBKEY=RWQ\n"
+        ))
+        .unwrap();
+        assert!(env.unknown_keys.is_empty(), "{:?}", env.unknown_keys);
     }
 
     #[test]

@@ -46,7 +46,32 @@ pub trait Host {
     fn restart(&mut self) -> io::Result<()>;
     /// Milliseconds since the epoch.
     fn now_ms(&self) -> u64;
+    /// The driver reached `point` (see [`CUT_POINTS`]), with the journal for it already on
+    /// disk. Nothing happens here in production; the updater's test hook
+    /// (`GATELET_UPDATE_CUT_AT`) kills its own process at a named point, so tests can cut
+    /// power at every step of an update deterministically.
+    fn at(&mut self, point: &str) {
+        let _ = point;
+    }
 }
+
+/// The points [`Host::at`] is called at, in the order of a good update: before each
+/// action (its [`Action::name`]: `fetch`, `stage` once the manifest is verified, `activate
+/// b` once the binaries are installed, `restart` once switched, `finish`), `downloaded one`
+/// (the first binary in place, the second not yet), `health` (before each health check of
+/// a version on trial) and `reported` (the `last-pull` record written, the journal not yet
+/// removed).
+pub const CUT_POINTS: [&str; 9] = [
+    "fetch",
+    "stage",
+    "downloaded one",
+    "activate a",
+    "activate b",
+    "restart",
+    "health",
+    "finish",
+    "reported",
+];
 
 /// Runs updates for one state dir.
 pub struct Driver<H: Host> {
@@ -175,6 +200,12 @@ impl<H: Host> Driver<H> {
 
     /// Time passed; `health` is the running version's.
     pub fn tick(&mut self, health: Health) -> io::Result<()> {
+        if matches!(
+            self.machine.journal.as_ref().map(|j| &j.phase),
+            Some(Phase::Trial { .. })
+        ) {
+            self.host.at("health");
+        }
         self.feed(Input::Tick(health))
     }
 
@@ -187,6 +218,7 @@ impl<H: Host> Driver<H> {
             for action in actions {
                 // Names only: a Debug of the whole action costs code size for little.
                 tracing::info!(action = action.name(), "update");
+                self.host.at(action.name());
                 match action {
                     Action::Fetch => queue.push_back(Input::Fetched(self.fetch())),
                     Action::Stage { version, slot } => {
@@ -229,6 +261,7 @@ impl<H: Host> Driver<H> {
                             reason,
                         }
                         .write(&self.state_dir)?;
+                        self.host.at("reported");
                         self.remove_flag_of(&request_id)?;
                         queue.push_back(Input::Reported);
                     }
@@ -331,7 +364,10 @@ impl<H: Host> Driver<H> {
         self.slots
             .set_version(slot, None)
             .map_err(|e| e.to_string())?;
-        for (name, art) in BINARIES.iter().zip(&arts) {
+        for (i, (name, art)) in BINARIES.iter().zip(&arts).enumerate() {
+            if i == 1 {
+                self.host.at("downloaded one");
+            }
             if self.slots.has(slot, name, art) {
                 continue;
             }
@@ -521,6 +557,7 @@ mod tests {
     struct TestHost {
         now: Rc<Cell<u64>>,
         restarts: Rc<Cell<u32>>,
+        points: Rc<std::cell::RefCell<Vec<String>>>,
     }
 
     impl Host for TestHost {
@@ -530,6 +567,9 @@ mod tests {
         }
         fn now_ms(&self) -> u64 {
             self.now.get()
+        }
+        fn at(&mut self, point: &str) {
+            self.points.borrow_mut().push(point.to_owned());
         }
     }
 
@@ -560,6 +600,7 @@ mod tests {
                 host: TestHost {
                     now: Rc::new(Cell::new(1_700_000_000_000)),
                     restarts: Rc::new(Cell::new(0)),
+                    points: Rc::default(),
                 },
             }
         }
@@ -667,6 +708,24 @@ mod tests {
         assert!(!b.dir.path().join(PENDING_UPDATE_FILE).exists());
         assert!(u.machine.journal.is_none());
         assert!(!b.dir.path().join("update/journal.json").exists());
+        // The cut points, in the order the updater's test hook can stop at them.
+        assert_eq!(
+            *b.host.points.borrow(),
+            [
+                "fetch",
+                "stage",
+                "downloaded one",
+                "activate b",
+                "restart",
+                "health",
+                "health",
+                "finish",
+                "reported"
+            ]
+        );
+        for p in b.host.points.borrow().iter() {
+            assert!(CUT_POINTS.contains(&p.as_str()), "{p} is not in CUT_POINTS");
+        }
     }
 
     #[test]

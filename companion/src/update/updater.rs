@@ -39,6 +39,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub const UNITS: [&str; 2] = ["gatelet-agent.service", "gatelet-companion.service"];
 /// Exit status of a usage error.
 pub const EXIT_USAGE: u8 = 64;
+/// Test hook: the updater kills itself (SIGKILL, as a power cut stops it) when it reaches
+/// this point of an update (one of [`super::driver::CUT_POINTS`]). For tests-hw's power-cut
+/// test; whoever can set a root service's environment can stop it anyway.
+pub const CUT_AT_VAR: &str = "GATELET_UPDATE_CUT_AT";
 
 /// Usage text of `gatelet-update`.
 pub const USAGE: &str = "\
@@ -163,12 +167,23 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
     Ok(Command::Run(out))
 }
 
-/// Restarts the daemons: `systemctl restart` of [`UNITS`], or the given command.
-struct Restarter(Vec<String>);
+/// Restarts the daemons: `systemctl restart` of [`UNITS`], or the given command; stops
+/// the process at the cut point, if one was asked for ([`CUT_AT_VAR`]).
+struct Restarter {
+    command: Vec<String>,
+    cut_at: Option<String>,
+}
 
 impl Host for Restarter {
+    fn at(&mut self, point: &str) {
+        if self.cut_at.as_deref() == Some(point) {
+            tracing::warn!(point, "{CUT_AT_VAR}: killing the updater here");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     fn restart(&mut self) -> io::Result<()> {
-        let mut cmd = match self.0.split_first() {
+        let mut cmd = match self.command.split_first() {
             Some((prog, args)) => {
                 let mut c = std::process::Command::new(prog);
                 c.args(args);
@@ -240,6 +255,17 @@ pub fn running_version(slots: &Slots) -> Version {
     recorded.unwrap_or(own)
 }
 
+/// The cut point asked for in [`CUT_AT_VAR`]'s value: a known point, else none (logged).
+fn cut_at(value: Option<String>) -> Option<String> {
+    let v = value.filter(|v| !v.is_empty())?;
+    if super::driver::CUT_POINTS.contains(&v.as_str()) {
+        Some(v)
+    } else {
+        tracing::warn!(value = v, "{CUT_AT_VAR} names no cut point; ignored");
+        None
+    }
+}
+
 /// Runs the updater; exit 0 when nothing is left to do.
 pub fn run(args: &Args) -> ExitCode {
     let level = gatelet_agent_api::logging::parse_level(&args.log_level)
@@ -302,7 +328,10 @@ pub fn run(args: &Args) -> ExitCode {
         &args.update_dir,
         Fetcher::new(REQUEST_TIMEOUT),
         source,
-        Restarter(args.restart_command.clone()),
+        Restarter {
+            command: args.restart_command.clone(),
+            cut_at: cut_at(std::env::var(CUT_AT_VAR).ok()),
+        },
         limits,
     )
     .and_then(|mut d| {
@@ -383,6 +412,14 @@ mod tests {
         assert_eq!(a.health_deadline, Duration::from_secs(40));
         assert!(parse(argv("--health-deadline 5")).is_err());
         assert!(parse(argv("--health-deadline soon")).is_err());
+    }
+
+    #[test]
+    fn the_cut_point_must_be_a_known_one() {
+        assert_eq!(cut_at(None), None);
+        assert_eq!(cut_at(Some(String::new())), None);
+        assert_eq!(cut_at(Some("activate b".into())), Some("activate b".into()));
+        assert_eq!(cut_at(Some("somewhere".into())), None);
     }
 
     #[test]
