@@ -21,6 +21,7 @@
 //!   source-locked.
 //! - [`wol`]: Wake-on-LAN (magic packets on the LAN interfaces, probes, shared waits).
 //! - [`watchdog`]: the systemd keep-alive, sent only while the data path and relays turn.
+//! - [`checksum`]: the Internet checksum (TUN offloads, VRRP, pings).
 //! - [`sys`]: the system calls std and tokio lack, and the crate's `unsafe` code (one lending
 //!   call in `netstack` aside, see there).
 //!
@@ -29,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod checksum;
 pub mod cli;
 pub mod control;
 pub mod egress;

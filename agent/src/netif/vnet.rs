@@ -12,6 +12,7 @@
 //! In the other direction the device is given checksum and TSO offloads, so the kernel's TCP
 //! stack hands over segments of up to 64 KiB and leaves checksums partial: [`Segments`] cuts
 //! such a frame into MTU-sized packets with complete checksums, as a NIC would.
+use crate::checksum;
 
 /// Size of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
@@ -66,39 +67,6 @@ fn mergeable(p: &[u8]) -> Option<Segment> {
         payload_len: p.len() - 20 - tcp_hdr_len,
         flags,
     })
-}
-
-/// Ones' complement sum of `data` added to `sum` (folded to 16 bits, or 0 when all is zero).
-///
-/// Eight bytes at a time into a 64-bit sum with end-around carry, which is the same sum of
-/// 16-bit big-endian words modulo 0xffff (2^16 = 1 there): the checksum of every segment of a
-/// TSO frame runs over its whole payload, and two bytes per step cost 6 % of the encrypting
-/// path's CPU (perf).
-fn sum16(data: &[u8], sum: u32) -> u32 {
-    let mut acc = u64::from(sum);
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let (s, carry) = acc.overflowing_add(u64::from_be_bytes(w.try_into().unwrap_or_default()));
-        acc = s + u64::from(carry);
-    }
-    let mut pairs = words.remainder().chunks_exact(2);
-    for c in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = pairs.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u32
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Merges a batch's packets into as few TUN writes as it can. Feed packets with
@@ -222,11 +190,11 @@ impl Coalescer {
         let ip = &mut self.buf[VNET_HDR_LEN..self.len];
         ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
         ip[10..12].fill(0);
-        let ip_sum = !fold(sum16(&ip[..20], 0));
+        let ip_sum = !checksum::fold(checksum::sum(&ip[..20], 0));
         ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
         let tcp_len = (ip_len - 20) as u32;
-        let pseudo = sum16(&ip[12..20], u32::from(IPPROTO_TCP) + tcp_len);
-        ip[36..38].copy_from_slice(&fold(pseudo).to_be_bytes());
+        let pseudo = checksum::sum(&ip[12..20], u32::from(IPPROTO_TCP) + tcp_len);
+        ip[36..38].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
         let hdr = &mut self.buf[..VNET_HDR_LEN];
         hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
         hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4;
@@ -315,7 +283,7 @@ impl<'a> Segments<'a> {
             let out = scratch.get_mut(..p.len())?;
             out.copy_from_slice(p);
             let field = self.csum_start + self.csum_offset;
-            let mut sum = !fold(sum16(&out[self.csum_start..], 0));
+            let mut sum = !checksum::fold(checksum::sum(&out[self.csum_start..], 0));
             if sum == 0 && self.udp() {
                 sum = 0xffff;
             }
@@ -364,7 +332,7 @@ impl<'a> Segments<'a> {
             let id = u16::from_be_bytes([p[4], p[5]]).wrapping_add(self.index);
             out[4..6].copy_from_slice(&id.to_be_bytes());
             out[10..12].fill(0);
-            let ip_sum = !fold(sum16(&out[..ip_len], 0));
+            let ip_sum = !checksum::fold(checksum::sum(&out[..ip_len], 0));
             out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
         } else {
             out[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
@@ -382,11 +350,11 @@ impl<'a> Segments<'a> {
         out[t + 16..t + 18].fill(0);
         let seg_len = (len - ip_len) as u32;
         let pseudo = if v4 {
-            sum16(&out[12..20], u32::from(IPPROTO_TCP) + seg_len)
+            checksum::sum(&out[12..20], u32::from(IPPROTO_TCP) + seg_len)
         } else {
-            sum16(&out[8..40], u32::from(IPPROTO_TCP) + seg_len)
+            checksum::sum(&out[8..40], u32::from(IPPROTO_TCP) + seg_len)
         };
-        let tcp_sum = !fold(sum16(&out[t..], pseudo));
+        let tcp_sum = !checksum::fold(checksum::sum(&out[t..], pseudo));
         out[t + 16..t + 18].copy_from_slice(&tcp_sum.to_be_bytes());
         self.offset = end;
         self.index = self.index.wrapping_add(1);
@@ -417,11 +385,11 @@ mod tests {
         p[33] = flags;
         p[34..36].copy_from_slice(&512u16.to_be_bytes());
         p.extend_from_slice(payload);
-        let ip_sum = !fold(sum16(&p[..20], 0));
+        let ip_sum = !checksum::fold(checksum::sum(&p[..20], 0));
         p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let tcp_sum = !fold(sum16(
+        let tcp_sum = !checksum::fold(checksum::sum(
             &p[20..],
-            sum16(&p[12..20], 6 + (p.len() - 20) as u32),
+            checksum::sum(&p[12..20], 6 + (p.len() - 20) as u32),
         ));
         p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
         p
@@ -459,7 +427,7 @@ mod tests {
         assert_eq!(ip.len(), 40 + 240);
         assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
         assert_eq!(
-            fold(sum16(&ip[..20], 0)),
+            checksum::fold(checksum::sum(&ip[..20], 0)),
             0xffff,
             "valid IPv4 header checksum"
         );
@@ -470,11 +438,11 @@ mod tests {
         // Completing the checksum as the kernel does (sum from csum_start over the field,
         // which holds the pseudo-header sum; store the complement) gives a valid checksum.
         let mut full = ip.to_vec();
-        let sum = !fold(sum16(&full[20..], 0));
+        let sum = !checksum::fold(checksum::sum(&full[20..], 0));
         full[36..38].copy_from_slice(&sum.to_be_bytes());
-        let pseudo = sum16(&full[12..20], 6 + (full.len() - 20) as u32);
+        let pseudo = checksum::sum(&full[12..20], 6 + (full.len() - 20) as u32);
         assert_eq!(
-            fold(sum16(&full[20..], pseudo)),
+            checksum::fold(checksum::sum(&full[20..], pseudo)),
             0xffff,
             "TCP checksum verifies"
         );
@@ -519,44 +487,9 @@ mod tests {
         h
     }
 
-    /// The plain definition: 16-bit big-endian words, an odd last byte padded with zero.
-    fn reference_sum(data: &[u8], sum: u32) -> u16 {
-        let mut sum = u64::from(sum);
-        for c in data.chunks(2) {
-            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        sum as u16
-    }
-
-    #[test]
-    fn checksum_eight_bytes_at_a_time_equals_the_sum_of_16_bit_words() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        for len in (0..80).chain([1499, 1500, 65_535]) {
-            for _ in 0..20 {
-                let mut data = vec![0u8; len + 3];
-                data.iter_mut().for_each(|b| *b = rng.u8(..));
-                // All-ones data makes every carry happen.
-                if rng.bool() {
-                    data.fill(0xff);
-                }
-                let start = rng.usize(..4);
-                let (slice, seed) = (&data[start..start + len], rng.u32(..0x2_0000));
-                assert_eq!(
-                    fold(sum16(slice, seed)),
-                    reference_sum(slice, seed),
-                    "len {len}, start {start}, seed {seed:#x}"
-                );
-            }
-        }
-        assert_eq!(fold(sum16(&[], 0)), 0);
-    }
-
     fn tcp_checksum_ok(p: &[u8]) -> bool {
-        let pseudo = sum16(&p[12..20], 6 + (p.len() - 20) as u32);
-        fold(sum16(&p[20..], pseudo)) == 0xffff
+        let pseudo = checksum::sum(&p[12..20], 6 + (p.len() - 20) as u32);
+        checksum::fold(checksum::sum(&p[20..], pseudo)) == 0xffff
     }
 
     #[test]
@@ -565,7 +498,7 @@ mod tests {
         let mut big = tcp(5000, &payload, TCP_ACK | TCP_PSH);
         big[4..6].copy_from_slice(&100u16.to_be_bytes()); // IP id
                                                           // As the kernel hands it over: pseudo-header sum in the checksum field.
-        let pseudo = fold(sum16(&big[12..20], 6 + (big.len() - 20) as u32));
+        let pseudo = checksum::fold(checksum::sum(&big[12..20], 6 + (big.len() - 20) as u32));
         big[36..38].copy_from_slice(&pseudo.to_be_bytes());
         let mut frame = vnet(
             VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -587,7 +520,7 @@ mod tests {
         for (i, s) in out.iter().enumerate() {
             assert_eq!(usize::from(u16::from_be_bytes([s[2], s[3]])), s.len());
             assert_eq!(
-                fold(sum16(&s[..20], 0)),
+                checksum::fold(checksum::sum(&s[..20], 0)),
                 0xffff,
                 "IPv4 checksum of segment {i}"
             );
@@ -604,7 +537,7 @@ mod tests {
     #[test]
     fn partial_checksum_of_a_single_packet_is_completed() {
         let mut p = tcp(1, &[7u8; 33], TCP_ACK);
-        let pseudo = fold(sum16(&p[12..20], 6 + (p.len() - 20) as u32));
+        let pseudo = checksum::fold(checksum::sum(&p[12..20], 6 + (p.len() - 20) as u32));
         p[36..38].copy_from_slice(&pseudo.to_be_bytes());
         let mut frame = vnet(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 20, 16);
         frame.extend_from_slice(&p);

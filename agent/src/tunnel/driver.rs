@@ -747,14 +747,7 @@ mod tests {
     }
 
     fn checksum(b: &[u8]) -> [u8; 2] {
-        let mut s: u32 = b
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        (!(s as u16)).to_be_bytes()
+        crate::checksum::internet(b).to_be_bytes()
     }
 
     /// A TCP packet from the hub (10.8.0.1:5555) to the gateway's port 80.
