@@ -345,6 +345,20 @@ pub fn update_once(args: &Args) -> u8 {
                             settings::URL_KEY
                         );
                     }
+                    // A journal from before the setting was removed cannot go on: say so,
+                    // and fail (a watcher then backs off instead of rereading every look).
+                    if Slots::new(&args.update_dir)
+                        .load_journal()
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        tracing::error!(
+                            "an update is in progress but {} is not set: set it again to finish it",
+                            settings::URL_KEY
+                        );
+                        return 1;
+                    }
                     0
                 }
                 Err(e) => {
