@@ -25,7 +25,9 @@
 #      Build/Compile runs `cargo build --offline --locked --release` for the two binaries in the
 #      source directory with +crt-static (a recording cargo stands in); Package/gatelet/install
 #      puts every file where the init scripts expect them (gatelet-update and its init script too);
-#      keep.d does not keep the update dir (a sysupgrade starts the new image's binaries).
+#      keep.d does not keep the update dir (a sysupgrade starts the new image's binaries); the
+#      postinst, run in the fake root, drops a self-update's slots (an opkg upgrade's /usr/bin
+#      binaries are then started) except during an update (journal) or an image build.
 # Needs root (chroot, chown), busybox-static (/bin/busybox), dash, make, python3.
 set -euo pipefail
 exec </dev/null
@@ -324,6 +326,41 @@ EOF
   [[ "$(get CONFFILES)" == */etc/gatelet/gateway.env* ]] || fail "conffiles lack /etc/gatelet/gateway.env"
   [ "$failures" -ne "$n0" ] || ok "Makefile ($triple): version, tarball, DEPENDS, offline static cargo build, installed files"
 done
+
+# The postinst (opkg install/upgrade) in the fake root: after a self-update (current -> b), the
+# slots go, so the next start runs the package's /usr/bin; kept while an update is in progress
+# and at image build time (IPKG_INSTROOT).
+if out=$(make -s -C openwrt/gatelet TOPDIR="$sdk" BUILD_DIR="$work/unused" \
+  OPENWRT_TEST_TRIPLE=aarch64-unknown-linux-musl DEST="$root/tmp/postinst" postinst 2>&1); then
+  u=$root/usr/lib/gatelet-update
+  slots() { # current -> b, slot a linked, slot b downloaded
+    rm -rf "$u"
+    mkdir -p "$u/a" "$u/b"
+    ln -s /usr/bin/gatelet-agent "$u/a/gatelet-agent"
+    echo new >"$u/b/gatelet-agent"
+    ln -s b "$u/current"
+  }
+  postinst() { chroot "$root" /bin/env -i PATH=/bin "$@" /bin/sh /tmp/postinst 2>&1; }
+  n0=$failures
+  slots
+  out=$(postinst) || fail "postinst failed: $out"
+  [ -z "$(ls -A "$u")" ] || fail "postinst after a self-update left: $(ls -A "$u")"
+  run_init start >/dev/null 2>&1
+  [ "$(readlink "$u/current")" = /usr/bin ] || fail "start after the postinst: current -> $(readlink "$u/current")"
+  slots
+  echo '{}' >"$u/journal.json"
+  out=$(postinst)
+  if [ "$(readlink "$u/current")" != b ] || [ ! -e "$u/b/gatelet-agent" ]; then
+    fail "postinst during an update removed the slots: $out"
+  fi
+  grep -q 'in progress' <<<"$out" || fail "postinst during an update: no line saying so: $out"
+  slots
+  postinst IPKG_INSTROOT=/build >/dev/null
+  [ "$(readlink "$u/current")" = b ] || fail "postinst with IPKG_INSTROOT touched the slots"
+  [ "$failures" -ne "$n0" ] || ok "postinst: an opkg upgrade drops the self-update's slots (current -> /usr/bin at the next start), not during an update or an image build"
+else
+  fail "Makefile: postinst: $out"
+fi
 
 if [ "$failures" -gt 0 ]; then
   echo "openwrt-check: $failures check(s) failed" >&2
