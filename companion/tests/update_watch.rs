@@ -43,7 +43,7 @@ fn last_pull(state: &Path) -> Option<serde_json::Value> {
 }
 
 #[test]
-fn the_watcher_answers_each_request_that_appears_and_stays() {
+fn the_update_watcher_answers_each_request_that_appears_and_stays() {
     let d = tempfile::tempdir().unwrap();
     let (state, update, env) = (
         d.path().join("state"),
