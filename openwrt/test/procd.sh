@@ -34,6 +34,8 @@ _procd_known_param() {
 
 procd_open_service() { _procd_record open_service "$@"; }
 procd_close_service() { _procd_record close_service; }
+# rc.common's stop of a procd service (the real one asks procd over ubus to delete it).
+procd_kill_service() { _procd_record kill_service "$@"; }
 
 procd_open_instance() {
 	[ -z "$_procd_instance" ] || _procd_fail "procd_open_instance $1 inside the open instance $_procd_instance" || return

@@ -219,6 +219,11 @@ impl Bed {
     }
 
     fn spawn_updater(&self, label: &str) -> Result<Process> {
+        self.spawn_updater_with(label, &[])
+    }
+
+    /// [`Bed::spawn_updater`] with more options (OpenWrt's `--watch`, `--seed-by-link`).
+    fn spawn_updater_with(&self, label: &str, extra: &[&str]) -> Result<Process> {
         let restart = format!(
             "bash {} {} {}",
             self.work.join("restart.sh").display(),
@@ -237,7 +242,8 @@ impl Bed {
             .arg("--restart-command")
             .arg(restart)
             .arg("--health-deadline")
-            .arg(HEALTH_DEADLINE_S.to_string());
+            .arg(HEALTH_DEADLINE_S.to_string())
+            .args(extra);
         let log = self.work.join(format!("updater-{label}.log"));
         Process::spawn(label, cmd, &log)
     }
@@ -366,6 +372,73 @@ fn setup() -> Bed {
     )
     .unwrap();
     b
+}
+
+/// OpenWrt's form of the updater (docs/self-update.md, "OpenWrt"): resident (`--watch 1`, what
+/// procd keeps running) with the installed binaries as the first slot through symlinks
+/// (`--seed-by-link`). Nobody starts an updater: the request through the tunnel is taken up by
+/// the watcher, the good release is kept, the linked slot is dropped, and the same watcher
+/// answers the next request.
+#[test]
+fn a_resident_watcher_with_a_linked_first_slot_installs_a_good_release() {
+    let b = setup();
+    let old = b.version.clone();
+    let next = next_version(&old, 1);
+    let next_build = ok(&b, b.build_reporting(&next));
+    ok(
+        &b,
+        b.server
+            .release
+            .publish(&next, &b.triple, &next_build, &b.key),
+    );
+    let mut w = ok(
+        &b,
+        b.spawn_updater_with("watcher", &["--seed-by-link", "--watch", "1"]),
+    );
+    let report = |id: &str| {
+        wait_until("the watcher's report", UPDATER_TIMEOUT, || {
+            let lp = b.last_pull();
+            Ok::<_, HarnessError>((lp["request_id"] == id).then_some(lp))
+        })
+    };
+    let t0 = ok(&b, b.request("r-watch", &next));
+    let lp = ok(&b, report("r-watch"));
+    let healthy = t0.elapsed();
+    assert_eq!(lp["ok"], true, "{lp}\n{}\n{}", w.log(), b.extra_logs());
+    assert_eq!(ok(&b, b.versions()), (next.clone(), next.clone()));
+    assert_eq!(
+        std::fs::read_link(b.update_dir.join("current")).unwrap(),
+        PathBuf::from("b")
+    );
+    assert!(
+        !b.update_dir.join("a").exists(),
+        "the linked first slot is dropped once b is kept"
+    );
+    assert!(
+        ok(&b, w.try_exit()).is_none(),
+        "the watcher exited\n{}",
+        w.log()
+    );
+    let line = ok(&b, b.heartbeat_with("r-watch", true));
+    let steps: Vec<String> = w.log().lines().map(str::to_owned).collect();
+    eprintln!("watcher log:\n{}", steps.join("\n"));
+    eprintln!(
+        "watcher {old} -> {next}: request to healthy new version {healthy:?}, downloaded {:?} bytes; heartbeat: {}",
+        Bed::downloaded(&w.log()),
+        line.trim()
+    );
+
+    // The same watcher answers the next request (the same release: already current).
+    b.queue("r-again", &next);
+    let lp = ok(&b, report("r-again"));
+    assert_eq!(lp["ok"], true, "{lp}\n{}", w.log());
+    assert!(
+        ok(&b, w.try_exit()).is_none(),
+        "the watcher exited\n{}",
+        w.log()
+    );
+    assert_eq!(ok(&b, b.versions()), (next.clone(), next));
+    w.terminate();
 }
 
 /// The host's target triple as rustc names it (what the updater was built for).

@@ -38,7 +38,14 @@ pub struct Source {
     /// Where the installed binaries are (slot A is seeded from them before the first
     /// update).
     pub installed: PathBuf,
+    /// Seed slot A with symlinks to `installed` instead of copies
+    /// ([`Slots::seed_by_link`]): for a read-only image's binaries (OpenWrt).
+    pub seed_by_link: bool,
 }
+
+/// Room an update leaves free in the update dir's filesystem (on OpenWrt the overlay, shared
+/// with the store and the configuration): a download that would eat into it is refused.
+pub const SPACE_RESERVE: u64 = 1 << 20;
 
 /// What the driver needs from the system it runs on.
 pub trait Host {
@@ -46,6 +53,14 @@ pub trait Host {
     fn restart(&mut self) -> io::Result<()>;
     /// Milliseconds since the epoch.
     fn now_ms(&self) -> u64;
+    /// Bytes an unprivileged write may still use in the filesystem of `path` (statvfs's
+    /// `f_bavail * f_frsize`).
+    // `u64::from`: a no-op on 64-bit targets, not on armv7 (32-bit `c_ulong`).
+    #[allow(clippy::useless_conversion)]
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+        Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+    }
     /// The driver reached `point` (see [`CUT_POINTS`]), with the journal for it already on
     /// disk. Nothing happens here in production; the updater's test hook
     /// (`GATELET_UPDATE_CUT_AT`) kills its own process at a named point, so tests can cut
@@ -178,7 +193,12 @@ impl<H: Host> Driver<H> {
             return fs::remove_file(self.state_dir.join(PENDING_UPDATE_FILE));
         };
         let own = self.source.running.to_string();
-        if let Err(e) = self.slots.seed(&self.source.installed, &own) {
+        let seeded = if self.source.seed_by_link {
+            self.slots.seed_by_link(&self.source.installed, &own)
+        } else {
+            self.slots.seed(&self.source.installed, &own)
+        };
+        if let Err(e) = seeded {
             tracing::error!(error = %e, "cannot keep a copy of the running version; update refused");
             LastPull {
                 request_id,
@@ -253,6 +273,7 @@ impl<H: Host> Driver<H> {
                         } else {
                             tracing::warn!(request_id, ?reason, "update failed");
                         }
+                        self.drop_inactive();
                         LastPull {
                             request_id: request_id.clone(),
                             ok,
@@ -284,6 +305,22 @@ impl<H: Host> Driver<H> {
         match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// After an update ended (kept or rolled back): removes the slot `current` does not
+    /// name. No rollback can go to it any more (the next update's rollback target is the
+    /// active slot), so only one slot stays on disk at rest. A failure costs disk space,
+    /// not the report: logged.
+    fn drop_inactive(&self) {
+        match self.slots.active() {
+            Ok(Some(active)) => {
+                if let Err(e) = self.slots.drop_slot(active.other()) {
+                    tracing::warn!(error = %e, slot = active.other().name(), "inactive slot not removed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "inactive slot not removed"),
         }
     }
 
@@ -364,6 +401,7 @@ impl<H: Host> Driver<H> {
         self.slots
             .set_version(slot, None)
             .map_err(|e| e.to_string())?;
+        self.check_space(slot, &arts)?;
         for (i, (name, art)) in BINARIES.iter().zip(&arts).enumerate() {
             if i == 1 {
                 self.host.at("downloaded one");
@@ -383,6 +421,39 @@ impl<H: Host> Driver<H> {
         self.slots
             .set_version(slot, Some(version))
             .map_err(|e| e.to_string())
+    }
+}
+
+impl<H: Host> Driver<H> {
+    /// Before a download into `slot` (inactive, its `version.json` already gone): removes
+    /// the binaries of an older release still in it (their space counts as free), then
+    /// refuses, saying why, unless the filesystem keeps [`SPACE_RESERVE`] free after the
+    /// bytes still to come (a resumed `.part` counts what it holds).
+    fn check_space(&self, slot: Slot, arts: &[Artifact; 2]) -> Result<(), String> {
+        let mut needed = 0u64;
+        for (name, art) in BINARIES.iter().zip(arts) {
+            if self.slots.has(slot, name, art) {
+                continue;
+            }
+            match fs::remove_file(self.slots.dir(slot).join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.to_string()),
+                _ => {}
+            }
+            let part = fs::metadata(self.slots.part_path(slot, name)).map_or(0, |m| m.len());
+            needed = needed.saturating_add(art.size.saturating_sub(part));
+        }
+        let root = self.slots.root();
+        let free = self
+            .host
+            .free_bytes(root)
+            .map_err(|e| format!("free space in {}: {e}", root.display()))?;
+        if free < needed.saturating_add(SPACE_RESERVE) {
+            return Err(format!(
+                "not enough space in {}: {free} bytes free, the update needs {needed} and keeps {SPACE_RESERVE} free",
+                root.display()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -558,6 +629,8 @@ mod tests {
         now: Rc<Cell<u64>>,
         restarts: Rc<Cell<u32>>,
         points: Rc<std::cell::RefCell<Vec<String>>>,
+        /// What statvfs would say.
+        free: Rc<Cell<u64>>,
     }
 
     impl Host for TestHost {
@@ -571,6 +644,9 @@ mod tests {
         fn at(&mut self, point: &str) {
             self.points.borrow_mut().push(point.to_owned());
         }
+        fn free_bytes(&self, _: &Path) -> io::Result<u64> {
+            Ok(self.free.get())
+        }
     }
 
     struct Bench {
@@ -579,6 +655,8 @@ mod tests {
         url: String,
         trusted: Signer,
         host: TestHost,
+        /// Seed slot A by links (OpenWrt) instead of copies.
+        link: Cell<bool>,
     }
 
     impl Bench {
@@ -601,7 +679,9 @@ mod tests {
                     now: Rc::new(Cell::new(1_700_000_000_000)),
                     restarts: Rc::new(Cell::new(0)),
                     points: Rc::default(),
+                    free: Rc::new(Cell::new(u64::MAX)),
                 },
+                link: Cell::new(false),
             }
         }
 
@@ -634,6 +714,7 @@ mod tests {
                     triple: TRIPLE.into(),
                     running: running.parse().unwrap(),
                     installed: self.dir.path().join("usr-bin"),
+                    seed_by_link: self.link.get(),
                 },
                 self.host.clone(),
                 limits,
@@ -708,6 +789,10 @@ mod tests {
         assert!(!b.dir.path().join(PENDING_UPDATE_FILE).exists());
         assert!(u.machine.journal.is_none());
         assert!(!b.dir.path().join("update/journal.json").exists());
+        assert!(
+            !b.dir.path().join("update/a").exists(),
+            "the old slot is dropped once the new one is kept"
+        );
         // The cut points, in the order the updater's test hook can stop at them.
         assert_eq!(
             *b.host.points.borrow(),
@@ -773,8 +858,16 @@ mod tests {
     }
 
     fn run_until_reported(b: &Bench, d: &mut Driver<TestHost>) -> LastPull {
+        run_until_reported_for(b, d, None)
+    }
+
+    /// Ticks (healthy) until `last-pull` answers `id` (any request when `None`).
+    fn run_until_reported_for(b: &Bench, d: &mut Driver<TestHost>, id: Option<&str>) -> LastPull {
         for _ in 0..20 {
-            if let Some(lp) = b.last_pull() {
+            if let Some(lp) = b
+                .last_pull()
+                .filter(|lp| id.is_none_or(|id| lp.request_id == id))
+            {
                 return lp;
             }
             b.advance(2_000);
@@ -943,6 +1036,126 @@ mod tests {
         assert_eq!(b.last_pull().unwrap().request_id, "req-10");
         let flag = fs::read_to_string(b.dir.path().join(PENDING_UPDATE_FILE)).unwrap();
         assert!(flag.contains("req-11"), "{flag}");
+    }
+
+    #[test]
+    fn the_default_free_space_is_statvfs() {
+        struct Plain;
+        impl Host for Plain {
+            fn restart(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+            fn now_ms(&self) -> u64 {
+                0
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let st = nix::sys::statvfs::statvfs(d.path()).unwrap();
+        let free = Plain.free_bytes(d.path()).unwrap();
+        assert!(free > 0);
+        assert_eq!(free % st.fragment_size(), 0);
+        assert!(Plain.free_bytes(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn no_room_for_the_download_refuses_it_and_says_why() {
+        let b = Bench::new();
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        let sizes: u64 = BINARIES
+            .iter()
+            .map(|n| binary(n, "0.2.0").len() as u64)
+            .sum();
+        // Room for the binaries but not for the reserve as well.
+        b.host.free.set(sizes + SPACE_RESERVE - 1);
+        b.request("req-12", "0.2.0");
+        let mut d = b.process();
+        d.poll_flag().unwrap();
+        let lp = run_until_reported(&b, &mut d);
+        assert!(!lp.ok);
+        let reason = lp.reason.unwrap();
+        assert!(
+            reason.contains(&format!(
+                "not enough space in {}: {} bytes free, the update needs {sizes} and keeps {SPACE_RESERVE} free",
+                b.dir.path().join("update").display(),
+                sizes + SPACE_RESERVE - 1
+            )),
+            "{reason}"
+        );
+        assert_eq!(d.bytes_downloaded, 0, "refused before any download");
+        assert_eq!(b.host.restarts.get(), 0);
+        assert_eq!(b.active(), Some(Slot::A));
+        assert!(!b.dir.path().join("update/b").exists(), "dropped");
+        // Exactly enough room: the next request goes through.
+        b.host.free.set(sizes + SPACE_RESERVE);
+        b.request("req-13", "0.2.0");
+        let mut d = b.process();
+        d.poll_flag().unwrap();
+        let lp = run_until_reported_for(&b, &mut d, Some("req-13"));
+        assert!(lp.ok, "{lp:?}");
+        assert_eq!(b.active(), Some(Slot::B));
+    }
+
+    #[test]
+    fn linked_first_slot_then_at_most_one_slot_at_rest() {
+        let b = Bench::new();
+        b.link.set(true);
+        let usr_bin = b.dir.path().join("usr-bin");
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.request("req-14", "0.2.0");
+        let mut d = b.process();
+        d.poll_flag().unwrap();
+        // On trial: A (links to the installed binaries) is the rollback target.
+        let link = fs::read_link(b.dir.path().join("update/a/gatelet-agent")).unwrap();
+        assert_eq!(link, usr_bin.join("gatelet-agent"));
+        assert!(run_until_reported(&b, &mut d).ok);
+        assert_eq!(b.active(), Some(Slot::B));
+        assert!(!b.dir.path().join("update/a").exists());
+        // The next release goes into A; B is dropped once it is kept.
+        publish(&b.files, &b.trusted, "0.3.0", false);
+        // Only what the new binaries need is asked for: the space check sees them alone.
+        let sizes: u64 = BINARIES
+            .iter()
+            .map(|n| binary(n, "0.3.0").len() as u64)
+            .sum();
+        b.host.free.set(sizes + SPACE_RESERVE);
+        b.request("req-15", "0.3.0");
+        let mut d = b.process();
+        d.poll_flag().unwrap();
+        let lp = run_until_reported_for(&b, &mut d, Some("req-15"));
+        assert!(lp.ok && lp.version.as_deref() == Some("0.3.0"), "{lp:?}");
+        assert_eq!(b.active(), Some(Slot::A));
+        assert!(!b.dir.path().join("update/b").exists());
+        assert_eq!(
+            fs::read(b.dir.path().join("update/current/gatelet-agent")).unwrap(),
+            binary("gatelet-agent", "0.3.0")
+        );
+        assert_eq!(
+            fs::read(usr_bin.join("gatelet-agent")).unwrap(),
+            binary("gatelet-agent", "0.1.0"),
+            "the installed binaries are never written"
+        );
+    }
+
+    #[test]
+    fn a_rollback_to_the_linked_slot_runs_the_installed_binaries() {
+        let b = Bench::new();
+        b.link.set(true);
+        publish(&b.files, &b.trusted, "0.2.0", false);
+        b.request("req-16", "0.2.0");
+        let mut u = b.process();
+        u.poll_flag().unwrap();
+        b.advance(301_000);
+        u.tick(Health::default()).unwrap();
+        assert!(!b.last_pull().unwrap().ok);
+        assert_eq!(b.active(), Some(Slot::A));
+        assert!(
+            !b.dir.path().join("update/b").exists(),
+            "the failed release is dropped"
+        );
+        assert_eq!(
+            fs::read(b.dir.path().join("update/current/gatelet-companion")).unwrap(),
+            binary("gatelet-companion", "0.1.0")
+        );
     }
 
     #[test]

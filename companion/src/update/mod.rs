@@ -22,6 +22,7 @@ pub mod minisign;
 pub mod settings;
 pub mod slots;
 pub mod updater;
+pub mod watch;
 
 use minisign::{PublicKey, SigError};
 

@@ -138,6 +138,53 @@ impl Slots {
         self.activate(Slot::A)
     }
 
+    /// Like [`Slots::seed`] without the copy, for a flash box whose installed binaries sit
+    /// in a read-only image (OpenWrt's squashfs `/usr/bin`): slot A holds symlinks to them
+    /// (and its `version.json`), so the first slot costs no flash. Only for installed binaries
+    /// that nothing replaces during an update (an `opkg upgrade` would change what a
+    /// rollback starts). Does nothing once `current` names a slot.
+    pub fn seed_by_link(&self, installed: &Path, version: &str) -> io::Result<()> {
+        if self.active()?.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir(Slot::A);
+        fs::create_dir_all(&dir)?;
+        for name in super::manifest::BINARIES {
+            let from = installed.join(name);
+            if !fs::metadata(&from)?.is_file() {
+                return Err(io::Error::other(format!(
+                    "{}: not a regular file",
+                    from.display()
+                )));
+            }
+            let tmp = dir.join(format!("{name}.part"));
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            symlink(&from, &tmp)?;
+            fs::rename(&tmp, dir.join(name))?;
+        }
+        fs::File::open(&dir)?.sync_all()?;
+        self.set_version(Slot::A, Some(version))?;
+        self.activate(Slot::A)
+    }
+
+    /// Removes `slot` with everything in it (the slot no update needs any more: flash is
+    /// small). Never the active one: refused.
+    pub fn drop_slot(&self, slot: Slot) -> io::Result<()> {
+        if self.active()? == Some(slot) {
+            return Err(io::Error::other(format!(
+                "slot {} is active; not removed",
+                slot.name()
+            )));
+        }
+        match fs::remove_dir_all(self.dir(slot)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => fs::File::open(&self.root)?.sync_all(),
+        }
+    }
+
     /// Where `name` of `slot` is downloaded to.
     pub fn part_path(&self, slot: Slot, name: &str) -> PathBuf {
         self.dir(slot).join(format!("{name}.part"))
@@ -373,6 +420,53 @@ mod tests {
         symlink("elsewhere", root.join("current.tmp")).unwrap();
         fs::rename(root.join("current.tmp"), root.join(CURRENT)).unwrap();
         assert!(s.active().is_err());
+    }
+
+    #[test]
+    fn seeding_by_link_costs_no_copy_and_dropping_keeps_the_active_slot() {
+        let d = tempfile::tempdir().unwrap();
+        let installed = d.path().join("usr-bin");
+        fs::create_dir_all(&installed).unwrap();
+        let root = d.path().join("update");
+        fs::create_dir_all(&root).unwrap();
+        symlink(&installed, root.join(CURRENT)).unwrap();
+        let s = Slots::new(&root);
+        fs::write(installed.join("gatelet-agent"), b"agent 1").unwrap();
+        let e = s.seed_by_link(&installed, "0.1.0").unwrap_err();
+        assert!(e.to_string().contains("gatelet-companion") || e.kind() == io::ErrorKind::NotFound);
+        assert_eq!(s.active().unwrap(), None, "no slot until it is complete");
+        fs::write(installed.join("gatelet-companion"), b"companion 1").unwrap();
+        s.seed_by_link(&installed, "0.1.0").unwrap();
+        assert_eq!(s.active().unwrap(), Some(Slot::A));
+        assert_eq!(s.version(Slot::A).as_deref(), Some("0.1.0"));
+        for name in crate::update::manifest::BINARIES {
+            let p = s.dir(Slot::A).join(name);
+            assert!(fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+            assert_eq!(fs::read_link(&p).unwrap(), installed.join(name));
+        }
+        assert_eq!(
+            fs::read(root.join("current/gatelet-companion")).unwrap(),
+            b"companion 1"
+        );
+        // Staging into the linked slot later replaces the links, not the installed files.
+        let new = artifact(b"agent 3");
+        fs::write(s.part_path(Slot::A, "gatelet-agent"), b"agent 3").unwrap();
+        s.commit_part(Slot::A, "gatelet-agent", &new).unwrap();
+        assert_eq!(
+            fs::read(installed.join("gatelet-agent")).unwrap(),
+            b"agent 1"
+        );
+
+        // The active slot is never dropped; the other one goes with all it holds.
+        assert!(s.drop_slot(Slot::A).is_err());
+        assert!(s.dir(Slot::A).join("gatelet-agent").exists());
+        fs::create_dir_all(s.dir(Slot::B)).unwrap();
+        fs::write(s.dir(Slot::B).join("gatelet-agent"), b"agent 2").unwrap();
+        s.set_version(Slot::B, Some("0.2.0")).unwrap();
+        s.drop_slot(Slot::B).unwrap();
+        assert!(!s.dir(Slot::B).exists());
+        s.drop_slot(Slot::B).unwrap();
+        assert!(installed.join("gatelet-agent").exists());
     }
 
     #[test]

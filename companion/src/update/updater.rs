@@ -5,6 +5,9 @@
 //! `--restart-command` of a host without systemd), judges their health from the
 //! companion's status socket, and exits when the update has ended.
 //!
+//! With `--watch SECS` it stays resident instead and runs an update whenever the flag or a
+//! journal appears (`watch`): OpenWrt's procd has no path units.
+//!
 //! Without `GATELET_UPDATE_URL` a queued request is answered at once with a failed
 //! `last-pull` ("self-update is not configured"), so the server shows "failed" rather than
 //! "updating" for 15 minutes.
@@ -48,7 +51,8 @@ pub const CUT_AT_VAR: &str = "GATELET_UPDATE_CUT_AT";
 pub const USAGE: &str = "\
 usage: gatelet-update [--env PATH] [--state-dir DIR] [--update-dir DIR]
                       [--status-socket PATH] [--restart-command PROG[ ARG...]]
-                      [--health-deadline SECS] [--log-level LEVEL]
+                      [--health-deadline SECS] [--seed-by-link] [--watch SECS]
+                      [--log-level LEVEL]
        gatelet-update --version
 
 Runs the queued self-update (the flag <state dir>/pending-update) or resumes an interrupted
@@ -63,6 +67,10 @@ one (<update dir>/journal.json) to its end, then exits; as root, from gatelet-up
                          systemctl restart gatelet-agent.service gatelet-companion.service)
   --health-deadline SECS time the new version gets to become healthy before it is rolled
                          back (default 300, at least 10)
+  --seed-by-link         keep the installed binaries as the first slot through symlinks,
+                         not copies (a read-only image's /usr/bin: OpenWrt)
+  --watch SECS           stay resident: look for the flag or a journal at once and then
+                         every SECS (1 to 3600), run each update to its end (OpenWrt)
   --log-level LEVEL      error, warn, info (default), debug, trace
 ";
 
@@ -83,6 +91,10 @@ pub struct Args {
     pub health_deadline: Duration,
     /// `--log-level`.
     pub log_level: String,
+    /// `--seed-by-link`.
+    pub seed_by_link: bool,
+    /// `--watch`: the interval between looks for work.
+    pub watch: Option<Duration>,
 }
 
 /// What `gatelet-update`'s command line asks for.
@@ -107,6 +119,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         restart_command: Vec::new(),
         health_deadline: Limits::default().health_deadline,
         log_level: "info".into(),
+        seed_by_link: false,
+        watch: None,
     };
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -142,6 +156,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
                     _ => {
                         return Err(UsageError(format!(
                             "--health-deadline must be 10 to 3600 seconds, not {v:?}"
+                        )))
+                    }
+                }
+            }
+            "--seed-by-link" => out.seed_by_link = true,
+            "--watch" => {
+                let v = value()?;
+                match v.parse::<u64>() {
+                    Ok(secs) if (1..=3600).contains(&secs) => {
+                        out.watch = Some(Duration::from_secs(secs))
+                    }
+                    _ => {
+                        return Err(UsageError(format!(
+                            "--watch must be 1 to 3600 seconds, not {v:?}"
                         )))
                     }
                 }
@@ -266,11 +294,34 @@ fn cut_at(value: Option<String>) -> Option<String> {
     }
 }
 
-/// Runs the updater; exit 0 when nothing is left to do.
+/// Runs the updater: once (exit 0 when nothing is left to do), or resident with `--watch`
+/// (never returns: the service manager stops it with a signal).
 pub fn run(args: &Args) -> ExitCode {
     let level = gatelet_agent_api::logging::parse_level(&args.log_level)
         .unwrap_or(tracing::level_filters::LevelFilter::INFO);
     gatelet_agent_api::logging::init("gatelet-update", level, &[]);
+    let Some(interval) = args.watch else {
+        return ExitCode::from(update_once(args));
+    };
+    tracing::info!(
+        interval_s = interval.as_secs(),
+        "watching for self-update requests"
+    );
+    super::watch::watch(
+        || super::watch::pending(&args.state_dir, &args.update_dir),
+        || update_once(args) == 0,
+        std::thread::sleep,
+        interval,
+        super::watch::FAILED_RUN_BACKOFF,
+        None,
+    );
+    ExitCode::SUCCESS
+}
+
+/// One run of the updater: the queued request or the journal, to its end. Reads gateway.env
+/// afresh (a resident watcher sees its changes). Returns the exit status: 0 when nothing is
+/// left to do.
+pub fn update_once(args: &Args) -> u8 {
     let var = std::env::var(ENV_PATH_VAR).ok();
     let path = GatewayEnv::resolve_path(args.env.as_deref(), var.as_deref());
     let env = match std::fs::read_to_string(&path)
@@ -280,7 +331,7 @@ pub fn run(args: &Args) -> ExitCode {
         Ok(env) => env,
         Err(e) => {
             eprintln!("gatelet-update: {}: {e}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
+            return EXIT_CONFIG;
         }
     };
     let settings = match settings::from_env(&env) {
@@ -294,17 +345,31 @@ pub fn run(args: &Args) -> ExitCode {
                             settings::URL_KEY
                         );
                     }
-                    ExitCode::SUCCESS
+                    // A journal from before the setting was removed cannot go on: say so,
+                    // and fail (a watcher then backs off instead of rereading every look).
+                    if Slots::new(&args.update_dir)
+                        .load_journal()
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        tracing::error!(
+                            "an update is in progress but {} is not set: set it again to finish it",
+                            settings::URL_KEY
+                        );
+                        return 1;
+                    }
+                    0
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot answer the self-update request");
-                    ExitCode::FAILURE
+                    1
                 }
             };
         }
         Err(e) => {
             eprintln!("gatelet-update: {}: {e}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
+            return EXIT_CONFIG;
         }
     };
     // The binaries next to this one (the units start both from the same directory).
@@ -318,6 +383,7 @@ pub fn run(args: &Args) -> ExitCode {
         triple: TARGET.to_owned(),
         running: running_version(&Slots::new(&args.update_dir)),
         installed,
+        seed_by_link: args.seed_by_link,
     };
     let limits = Limits {
         health_deadline: args.health_deadline,
@@ -354,16 +420,16 @@ pub fn run(args: &Args) -> ExitCode {
         Ok(ended)
     });
     match result {
-        Ok(true) => ExitCode::SUCCESS,
+        Ok(true) => 0,
         Ok(false) => {
             tracing::error!(
                 "update still in progress after the updater's bound; the journal resumes it"
             );
-            ExitCode::FAILURE
+            1
         }
         Err(e) => {
             tracing::error!(error = %e, "updater failed; the journal resumes it");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -412,6 +478,18 @@ mod tests {
         assert_eq!(a.health_deadline, Duration::from_secs(40));
         assert!(parse(argv("--health-deadline 5")).is_err());
         assert!(parse(argv("--health-deadline soon")).is_err());
+        let Command::Run(a) = parse(argv("--watch 10 --seed-by-link")).unwrap() else {
+            panic!("expected run")
+        };
+        assert_eq!(a.watch, Some(Duration::from_secs(10)));
+        assert!(a.seed_by_link);
+        let Command::Run(a) = parse(argv("")).unwrap() else {
+            panic!("expected run")
+        };
+        assert_eq!((a.watch, a.seed_by_link), (None, false));
+        assert!(parse(argv("--watch 0")).is_err());
+        assert!(parse(argv("--watch 3601")).is_err());
+        assert!(parse(argv("--watch")).is_err());
     }
 
     #[test]

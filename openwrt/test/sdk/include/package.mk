@@ -3,6 +3,7 @@
 #   show-package   prints the variables of Package/NAME and the PKG_* variables
 #   compile        runs Build/Compile (openwrt/check.sh puts a recording `cargo` first in PATH)
 #   install        runs Package/NAME/install into $(DEST)
+#   postinst       writes Package/NAME/postinst (as the SDK expands it) to the file $(DEST)
 PKG_BUILD_DIR ?= $(BUILD_DIR)/$(PKG_NAME)-$(PKG_VERSION)
 
 define BuildPackage
@@ -20,4 +21,7 @@ compile:
 	$(Build/Compile)
 install:
 	$(call Package/$(1)/install,$(DEST))
+postinst:
+	$$(file >$(DEST),$$(Package/$(1)/postinst))
+	@true
 endef
