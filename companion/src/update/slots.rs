@@ -30,7 +30,7 @@ use super::manifest::Artifact;
 use crate::mgmt::self_update::{write_atomically, LAST_PULL_FILE};
 
 const CURRENT: &str = "current";
-const JOURNAL: &str = "journal.json";
+pub(crate) const JOURNAL: &str = "journal.json";
 /// In each slot: the release version its binaries are (`{"version": "0.2.0"}`).
 const VERSION: &str = "version.json";
 

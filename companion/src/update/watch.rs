@@ -17,13 +17,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::slots::JOURNAL;
 use crate::telemetry::PENDING_UPDATE_FILE;
 
 /// Wait after a failed update run before the next one.
 pub const FAILED_RUN_BACKOFF: Duration = Duration::from_secs(120);
-
-/// The journal's file name in the update dir (see `slots`).
-const JOURNAL: &str = "journal.json";
 
 /// Whether there is work: a queued request (the flag in `state_dir`, whatever it holds:
 /// the updater reads it as untrusted) or an update in progress (the journal in
