@@ -1053,7 +1053,10 @@ mod tests {
         let st = nix::sys::statvfs::statvfs(d.path()).unwrap();
         let free = Plain.free_bytes(d.path()).unwrap();
         assert!(free > 0);
-        assert_eq!(free % st.fragment_size(), 0);
+        // c_ulong: u32 on 32-bit targets (armv7).
+        #[allow(clippy::useless_conversion)]
+        let fragment = u64::from(st.fragment_size());
+        assert_eq!(free % fragment, 0);
         assert!(Plain.free_bytes(&d.path().join("missing")).is_err());
     }
 
