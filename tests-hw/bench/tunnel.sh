@@ -5,7 +5,9 @@
 #
 # Run by hand, as root (network namespaces): `bash tests-hw/bench/tunnel.sh [bench-tunnel args]`,
 # e.g. `--runs 3` (median of 3) or `--agent-profile release --agent-profile bench-release`;
-# `--pin` (gateway on core 0, hub and iperf3 on core 1, 5 runs, spreads).
+# `--pin` (gateway on core 0, hub and iperf3 on core 1, 5 runs, spreads). With no arguments on
+# a machine with two cores or more (as from tests-hw/bench/run) it runs both directions pinned:
+# `--pin` (hub -> gateway, the gateway decrypts), then `--pin --reverse` (the gateway encrypts).
 # Not a timed test: numbers depend on the machine and on whatever else it is doing.
 #
 # boringtun-cli: taken from $BORINGTUN_CLI, else PATH, else $BENCH_TOOLS_ROOT/bin (default
@@ -42,4 +44,8 @@ if [ -z "$bt" ]; then
 fi
 
 cargo build -q -p gatelet-tests-hw --bin bench-tunnel
+if [ $# -eq 0 ] && [ "$(nproc)" -ge 2 ]; then
+  "$target/debug/bench-tunnel" --boringtun "$bt" --pin
+  exec "$target/debug/bench-tunnel" --boringtun "$bt" --pin --reverse
+fi
 exec "$target/debug/bench-tunnel" --boringtun "$bt" "$@"
