@@ -118,24 +118,13 @@ impl Slots {
     /// rollback always has a complete slot to go back to. Does nothing once `current`
     /// names a slot.
     pub fn seed(&self, installed: &Path, version: &str) -> io::Result<()> {
-        if self.active()?.is_some() {
-            return Ok(());
-        }
-        let dir = self.dir(Slot::A);
-        fs::create_dir_all(&dir)?;
-        for name in super::manifest::BINARIES {
-            let from = installed.join(name);
-            let part = dir.join(format!("{name}.part"));
-            fs::copy(&from, &part)
+        self.seed_with(installed, version, |from, part| {
+            fs::copy(from, part)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))?;
-            let f = fs::File::open(&part)?;
+            let f = fs::File::open(part)?;
             f.set_permissions(fs::Permissions::from_mode(0o755))?;
-            f.sync_all()?;
-            fs::rename(&part, dir.join(name))?;
-        }
-        fs::File::open(&dir)?.sync_all()?;
-        self.set_version(Slot::A, Some(version))?;
-        self.activate(Slot::A)
+            f.sync_all()
+        })
     }
 
     /// Like [`Slots::seed`] without the copy, for a flash box whose installed binaries sit
@@ -144,26 +133,39 @@ impl Slots {
     /// that nothing replaces during an update (an `opkg upgrade` would change what a
     /// rollback starts). Does nothing once `current` names a slot.
     pub fn seed_by_link(&self, installed: &Path, version: &str) -> io::Result<()> {
+        self.seed_with(installed, version, |from, part| {
+            if !fs::metadata(from)?.is_file() {
+                return Err(io::Error::other(format!(
+                    "{}: not a regular file",
+                    from.display()
+                )));
+            }
+            symlink(from, part)
+        })
+    }
+
+    /// Makes slot A from the installed binaries, each put in place at `<name>.part` by
+    /// `place(installed, part)` and renamed, then makes it active. Does nothing once `current`
+    /// names a slot.
+    fn seed_with(
+        &self,
+        installed: &Path,
+        version: &str,
+        place: impl Fn(&Path, &Path) -> io::Result<()>,
+    ) -> io::Result<()> {
         if self.active()?.is_some() {
             return Ok(());
         }
         let dir = self.dir(Slot::A);
         fs::create_dir_all(&dir)?;
         for name in super::manifest::BINARIES {
-            let from = installed.join(name);
-            if !fs::metadata(&from)?.is_file() {
-                return Err(io::Error::other(format!(
-                    "{}: not a regular file",
-                    from.display()
-                )));
-            }
-            let tmp = dir.join(format!("{name}.part"));
-            match fs::remove_file(&tmp) {
+            let part = dir.join(format!("{name}.part"));
+            match fs::remove_file(&part) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            symlink(&from, &tmp)?;
-            fs::rename(&tmp, dir.join(name))?;
+            place(&installed.join(name), &part)?;
+            fs::rename(&part, dir.join(name))?;
         }
         fs::File::open(&dir)?.sync_all()?;
         self.set_version(Slot::A, Some(version))?;
