@@ -63,7 +63,7 @@ pub use products::{
     workspace_root, PRODUCT_PACKAGES, TEST_PROFILE,
 };
 pub use release::{
-    patch_version, write_executable, MinisignKey, ReleaseDir, ReleaseServer,
+    patch_version, serving_port, write_executable, MinisignKey, ReleaseDir, ReleaseServer,
     RELEASE_SERVER_START_TIMEOUT,
 };
 pub use service_user::{ServiceUser, SERVICE_USER};

@@ -191,21 +191,7 @@ impl ReleaseServer {
             .arg(&dir)
             .arg("0");
         let process = ns.spawn("release-server", cmd)?;
-        // "Serving HTTP on 10.77.1.1 port 41234 (http://10.77.1.1:41234/) ..."
-        let port = wait_until(
-            "the release server to listen",
-            RELEASE_SERVER_START_TIMEOUT,
-            || {
-                let log = process.log();
-                Ok::<_, HarnessError>(log.lines().find_map(|l| {
-                    l.strip_prefix("Serving HTTP on ")?
-                        .split_whitespace()
-                        .nth(2)?
-                        .parse::<u16>()
-                        .ok()
-                }))
-            },
-        )?;
+        let port = serving_port(&process, "the release server")?;
         Ok(ReleaseServer {
             process,
             addr: SocketAddr::from((ip, port)),
@@ -222,4 +208,22 @@ impl ReleaseServer {
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// The port a Python `http.server` (or a server printing its banner) says it listens on:
+/// waits for "Serving HTTP on 10.77.1.1 port 41234 (http://10.77.1.1:41234/) ..." in its log.
+pub fn serving_port(process: &Process, what: &str) -> Result<u16> {
+    wait_until(
+        &format!("{what} to listen"),
+        RELEASE_SERVER_START_TIMEOUT,
+        || {
+            Ok::<_, HarnessError>(process.log().lines().find_map(|l| {
+                l.strip_prefix("Serving HTTP on ")?
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse::<u16>()
+                    .ok()
+            }))
+        },
+    )
 }

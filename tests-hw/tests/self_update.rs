@@ -224,6 +224,15 @@ impl Bed {
 
     /// [`Bed::spawn_updater`] with more options (OpenWrt's `--watch`, `--seed-by-link`).
     fn spawn_updater_with(&self, label: &str, extra: &[&str]) -> Result<Process> {
+        let mut cmd = self.updater_command(&self.env_path);
+        cmd.args(extra);
+        let log = self.work.join(format!("updater-{label}.log"));
+        Process::spawn(label, cmd, &log)
+    }
+
+    /// The updater in the gateway's namespace with this bed's directories, socket, restart
+    /// script and health deadline, reading `env` as its gateway.env.
+    fn updater_command(&self, env: &Path) -> std::process::Command {
         let restart = format!(
             "bash {} {} {}",
             self.work.join("restart.sh").display(),
@@ -232,7 +241,7 @@ impl Bed {
         );
         let mut cmd = self.d.testbed.gw_ns.command(&self.updater);
         cmd.arg("--env")
-            .arg(&self.env_path)
+            .arg(env)
             .arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--update-dir")
@@ -242,10 +251,8 @@ impl Bed {
             .arg("--restart-command")
             .arg(restart)
             .arg("--health-deadline")
-            .arg(HEALTH_DEADLINE_S.to_string())
-            .args(extra);
-        let log = self.work.join(format!("updater-{label}.log"));
-        Process::spawn(label, cmd, &log)
+            .arg(HEALTH_DEADLINE_S.to_string());
+        cmd
     }
 
     /// Runs the updater to its exit; returns its log.
@@ -671,25 +678,7 @@ impl Bed {
     }
 
     fn spawn_cut(&self, label: &str, env: &Path, cut: Option<&str>) -> Result<Process> {
-        let restart = format!(
-            "bash {} {} {}",
-            self.work.join("restart.sh").display(),
-            self.work.join("restart").display(),
-            self.update_dir.join("current").display()
-        );
-        let mut cmd = self.d.testbed.gw_ns.command(&self.updater);
-        cmd.arg("--env")
-            .arg(env)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--update-dir")
-            .arg(&self.update_dir)
-            .arg("--status-socket")
-            .arg(&self.status_socket)
-            .arg("--restart-command")
-            .arg(restart)
-            .arg("--health-deadline")
-            .arg(HEALTH_DEADLINE_S.to_string());
+        let mut cmd = self.updater_command(env);
         if let Some(point) = cut {
             cmd.env("GATELET_UPDATE_CUT_AT", point);
         }
@@ -874,18 +863,6 @@ fn stalling_server(b: &Bed) -> Result<(Process, std::net::SocketAddr)> {
         .arg(HUB_LAN_IP.to_string())
         .arg(&b.server.release.dir);
     let process = ns.spawn("stalling-server", cmd)?;
-    let port = wait_until(
-        "the stalling server to listen",
-        Duration::from_secs(15),
-        || {
-            Ok::<_, HarnessError>(process.log().lines().find_map(|l| {
-                l.strip_prefix("Serving HTTP on ")?
-                    .split_whitespace()
-                    .nth(2)?
-                    .parse::<u16>()
-                    .ok()
-            }))
-        },
-    )?;
+    let port = gatelet_tests_hw::serving_port(&process, "the stalling server")?;
     Ok((process, std::net::SocketAddr::from((HUB_LAN_IP, port))))
 }
