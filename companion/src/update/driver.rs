@@ -876,16 +876,21 @@ mod tests {
         panic!("no report");
     }
 
+    /// Requests `version`, runs the update to its report, which must be a failure; its reason.
+    fn refusal(b: &Bench, id: &str, version: &str) -> String {
+        b.request(id, version);
+        let mut d = b.process();
+        d.poll_flag().unwrap();
+        let lp = run_until_reported(b, &mut d);
+        assert!(!lp.ok, "{id}: reported a success");
+        lp.reason.unwrap()
+    }
+
     #[test]
     fn corrupted_download_leaves_the_old_version_and_says_why() {
         let b = Bench::new();
         publish(&b.files, &b.trusted, "0.2.0", true);
-        b.request("req-2", "0.2.0");
-        let mut d = b.process();
-        d.poll_flag().unwrap();
-        let lp = run_until_reported(&b, &mut d);
-        assert!(!lp.ok);
-        let reason = lp.reason.unwrap();
+        let reason = refusal(&b, "req-2", "0.2.0");
         assert!(
             reason.contains("gatelet-agent: SHA-256 does not match the manifest"),
             "{reason}"
@@ -898,12 +903,7 @@ mod tests {
     fn untrusted_signature_installs_nothing_and_says_why() {
         let b = Bench::new();
         publish(&b.files, &Signer::new(2), "0.2.0", false);
-        b.request("req-3", "0.2.0");
-        let mut d = b.process();
-        d.poll_flag().unwrap();
-        let lp = run_until_reported(&b, &mut d);
-        assert!(!lp.ok);
-        let reason = lp.reason.unwrap();
+        let reason = refusal(&b, "req-3", "0.2.0");
         assert!(reason.contains("not a trusted release key"), "{reason}");
         assert!(!b.dir.path().join("update/b").exists());
         assert_eq!(b.host.restarts.get(), 0);
