@@ -43,6 +43,8 @@ pub struct TunDevice {
     name: String,
     ifindex: u32,
     persistent: bool,
+    /// The kernel took the USO offloads (see [`TunDevice::udp_segments`]).
+    udp_segments: bool,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -119,15 +121,26 @@ impl TunDevice {
             set_iff(fd.as_raw_fd(), name)
                 .map_err(|e| NetifError::sys(format!("cannot create TUN device {name}"), e))?;
         }
-        // Checksum and TSO offloads: the kernel may hand over partial checksums and TCP
-        // segments up to 64 KiB, which the data path completes and cuts (see `vnet`).
+        // Checksum, TSO and (Linux 6.2) USO offloads: the kernel may hand over partial
+        // checksums and TCP or UDP segments up to 64 KiB, which the data path completes and
+        // cuts (see `vnet`). A kernel that takes USO also takes UDP segments written to the
+        // device, which the data path then joins (`vnet::Coalescer`).
         let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
-        if let Err(e) = sys::iface::tun_set_offload(fd.as_raw_fd(), offloads) {
+        let uso = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+        let udp_segments = sys::iface::tun_set_offload(fd.as_raw_fd(), offloads | uso).is_ok();
+        if udp_segments {
             tracing::info!(
                 device = name,
-                error = %e,
-                "TUN offloads unavailable; the kernel segments and checksums itself"
+                "TUN offloads: checksum, TCP and UDP segmentation (TSO, USO)"
             );
+        } else {
+            if let Err(e) = sys::iface::tun_set_offload(fd.as_raw_fd(), offloads) {
+                tracing::info!(
+                    device = name,
+                    error = %e,
+                    "TUN offloads unavailable; the kernel segments and checksums itself"
+                );
+            }
         }
         let ifindex = ifindex_of(name).ok_or_else(|| {
             NetifError::sys(
@@ -146,7 +159,14 @@ impl TunDevice {
             name: name.to_owned(),
             ifindex,
             persistent,
+            udp_segments,
         })
+    }
+
+    /// Whether the device takes UDP segmentation offload (Linux 6.2): UDP datagrams of one
+    /// flow may be written joined as one `GSO_UDP_L4` frame.
+    pub fn udp_segments(&self) -> bool {
+        self.udp_segments
     }
 
     /// The interface name.

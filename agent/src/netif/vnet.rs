@@ -5,13 +5,16 @@
 //! Most of the cost of a packet delivered through a TUN device is the kernel's TCP/IP
 //! receive path, paid once per write. [`Coalescer`] merges consecutive in-order segments of
 //! one IPv4 TCP flow from a batch into a single write of up to 64 KiB marked
-//! `GSO_TCPV4` + `NEEDS_CSUM`; everything else passes through unchanged with an empty header.
-//! The kernel treats a merged segment like one that came out of GRO (and splits it again if
-//! it forwards it).
+//! `GSO_TCPV4` + `NEEDS_CSUM`, and, when the device takes UDP segmentation offload (Linux
+//! 6.2), consecutive datagrams of one IPv4 UDP flow into one `GSO_UDP_L4` write; everything
+//! else passes through unchanged with an empty header. The kernel treats a merged segment
+//! like one that came out of GRO (and splits it again if it forwards it, or before a socket
+//! that did not ask for UDP GRO).
 //!
-//! In the other direction the device is given checksum and TSO offloads, so the kernel's TCP
-//! stack hands over segments of up to 64 KiB and leaves checksums partial: [`Segments`] cuts
-//! such a frame into MTU-sized packets with complete checksums, as a NIC would.
+//! In the other direction the device is given checksum, TSO and (where the kernel has it) USO
+//! offloads, so the kernel hands over TCP segments or runs of UDP datagrams of up to 64 KiB
+//! and leaves checksums partial: [`Segments`] cuts such a frame into MTU-sized packets with
+//! complete checksums, as a NIC would.
 use crate::checksum;
 
 /// Size of `struct virtio_net_hdr`.
@@ -20,7 +23,11 @@ pub const VNET_HDR_LEN: usize = 10;
 const MAX_IP_LEN: usize = 65_535;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// Datagrams joined into one UDP frame at most (the kernel's `UDP_MAX_SEGMENTS` is 128).
+const MAX_UDP_SEGMENTS: usize = 64;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -30,18 +37,24 @@ const TCP_URG: u8 = 0x20;
 const TCP_ECE: u8 = 0x40;
 const TCP_CWR: u8 = 0x80;
 
-/// A TCP segment that may be merged: IPv4 without options or fragmentation, ACK set, only
-/// PSH besides, some payload.
+/// A TCP segment or UDP datagram that may be merged: IPv4 without options or fragmentation,
+/// some payload; TCP with ACK set and only PSH besides.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
-    tcp_hdr_len: usize,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    proto: u8,
+    /// The TCP header's length, or 8 (UDP).
+    l4_hdr_len: usize,
+    /// TCP only (0 for UDP).
     seq: u32,
     payload_len: usize,
+    /// TCP only (0 for UDP).
     flags: u8,
 }
 
-fn mergeable(p: &[u8]) -> Option<Segment> {
-    if p.len() < 40 || p[0] != 0x45 || p[9] != IPPROTO_TCP {
+/// `p` as a [`Segment`], if it is one; UDP only when `udp` (the device takes UDP segments).
+fn mergeable(p: &[u8], udp: bool) -> Option<Segment> {
+    if p.len() < 28 || p[0] != 0x45 {
         return None;
     }
     if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
@@ -51,22 +64,41 @@ fn mergeable(p: &[u8]) -> Option<Segment> {
     if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
         return None;
     }
-    let tcp_hdr_len = usize::from(p[32] >> 4) * 4;
-    if tcp_hdr_len < 20 || 20 + tcp_hdr_len >= p.len() {
-        return None;
+    match p[9] {
+        IPPROTO_TCP if p.len() >= 40 => {
+            let l4_hdr_len = usize::from(p[32] >> 4) * 4;
+            if l4_hdr_len < 20 || 20 + l4_hdr_len >= p.len() {
+                return None;
+            }
+            let flags = p[33];
+            if flags & TCP_ACK == 0
+                || flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR) != 0
+            {
+                return None;
+            }
+            Some(Segment {
+                proto: IPPROTO_TCP,
+                l4_hdr_len,
+                seq: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
+                payload_len: p.len() - 20 - l4_hdr_len,
+                flags,
+            })
+        }
+        IPPROTO_UDP if udp && p.len() > 28 => {
+            // The UDP length must be the packet's: no trailing bytes to lose.
+            if usize::from(u16::from_be_bytes([p[24], p[25]])) != p.len() - 20 {
+                return None;
+            }
+            Some(Segment {
+                proto: IPPROTO_UDP,
+                l4_hdr_len: 8,
+                seq: 0,
+                payload_len: p.len() - 28,
+                flags: 0,
+            })
+        }
+        _ => None,
     }
-    let flags = p[33];
-    if flags & TCP_ACK == 0
-        || flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR) != 0
-    {
-        return None;
-    }
-    Some(Segment {
-        tcp_hdr_len,
-        seq: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
-        payload_len: p.len() - 20 - tcp_hdr_len,
-        flags,
-    })
 }
 
 /// Merges a batch's packets into as few TUN writes as it can. Feed packets with
@@ -74,6 +106,8 @@ fn mergeable(p: &[u8]) -> Option<Segment> {
 /// with each finished frame (header included).
 #[derive(Debug)]
 pub struct Coalescer {
+    /// Whether UDP datagrams are merged too (the device takes `GSO_UDP_L4` frames).
+    udp: bool,
     buf: Vec<u8>,
     /// Bytes of `buf` in use (0: nothing pending).
     len: usize,
@@ -84,16 +118,12 @@ pub struct Coalescer {
     next_seq: u32,
 }
 
-impl Default for Coalescer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Coalescer {
-    /// An empty coalescer with its 64 KiB buffer.
-    pub fn new() -> Self {
+    /// An empty coalescer with its 64 KiB buffer; it merges UDP datagrams too when `udp`
+    /// (only for a device that took the USO offloads: an older kernel refuses the frames).
+    pub fn new(udp: bool) -> Self {
         Coalescer {
+            udp,
             buf: vec![0; VNET_HDR_LEN + MAX_IP_LEN],
             len: 0,
             open: None,
@@ -108,10 +138,10 @@ impl Coalescer {
         if packet.len() > MAX_IP_LEN {
             return;
         }
-        let seg = mergeable(packet);
+        let seg = mergeable(packet, self.udp);
         if let (Some(seg), Some(_)) = (seg, self.open) {
             if self.can_append(packet, &seg) {
-                let start = 20 + seg.tcp_hdr_len;
+                let start = 20 + seg.l4_hdr_len;
                 let end = self.len + seg.payload_len;
                 self.buf[self.len..end].copy_from_slice(&packet[start..]);
                 self.len = end;
@@ -151,18 +181,24 @@ impl Coalescer {
             return false;
         };
         let h = &self.buf[VNET_HDR_LEN..];
-        let hdrs = 20 + first.tcp_hdr_len;
-        seg.tcp_hdr_len == first.tcp_hdr_len
-            && seg.seq == self.next_seq
+        let same_flow = seg.proto == first.proto
+            && seg.l4_hdr_len == first.l4_hdr_len
             && seg.payload_len <= self.gso_size
             && self.len - VNET_HDR_LEN + seg.payload_len <= MAX_IP_LEN
-            // TOS, flags (DF), TTL, protocol, addresses.
+            // TOS, flags (DF), TTL, protocol, addresses, ports.
             && p[1] == h[1]
             && p[6] == h[6]
             && p[8..10] == h[8..10]
-            && p[12..20] == h[12..20]
-            // Ports; acknowledgement, window; options (timestamps included) byte for byte.
-            && p[20..24] == h[20..24]
+            && p[12..24] == h[12..24];
+        if !same_flow {
+            return false;
+        }
+        if first.proto == IPPROTO_UDP {
+            return self.segments < MAX_UDP_SEGMENTS;
+        }
+        // In order; acknowledgement, window; options (timestamps included) byte for byte.
+        let hdrs = 20 + first.l4_hdr_len;
+        seg.seq == self.next_seq
             && p[28..32] == h[28..32]
             && p[34..36] == h[34..36]
             && p[40..hdrs] == h[40..hdrs]
@@ -174,7 +210,7 @@ impl Coalescer {
         }
         if self.segments > 1 {
             if let Some(first) = self.open {
-                self.seal(first.tcp_hdr_len);
+                self.seal(first);
             }
         }
         write(&self.buf[..self.len]);
@@ -183,35 +219,45 @@ impl Coalescer {
         self.segments = 0;
     }
 
-    /// Fixes the IPv4 header of a merged segment and fills the virtio header: GSO over
-    /// `gso_size`, TCP checksum left to the kernel (the field holds the pseudo-header sum).
-    fn seal(&mut self, tcp_hdr_len: usize) {
+    /// Fixes the IPv4 header (and UDP's length) of a merged segment and fills the virtio
+    /// header: GSO over `gso_size`, the TCP or UDP checksum left to the kernel (the field
+    /// holds the pseudo-header sum).
+    fn seal(&mut self, first: Segment) {
         let ip_len = self.len - VNET_HDR_LEN;
         let ip = &mut self.buf[VNET_HDR_LEN..self.len];
         ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
         ip[10..12].fill(0);
         let ip_sum = !checksum::fold(checksum::sum(&ip[..20], 0));
         ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let tcp_len = (ip_len - 20) as u32;
-        let pseudo = checksum::sum(&ip[12..20], u32::from(IPPROTO_TCP) + tcp_len);
-        ip[36..38].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        let l4_len = ip_len - 20;
+        let pseudo = checksum::fold(checksum::sum(
+            &ip[12..20],
+            u32::from(first.proto) + l4_len as u32,
+        ));
+        let (gso, csum_offset) = if first.proto == IPPROTO_UDP {
+            ip[24..26].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            ip[26..28].copy_from_slice(&pseudo.to_be_bytes());
+            (VIRTIO_NET_HDR_GSO_UDP_L4, 6u16)
+        } else {
+            ip[36..38].copy_from_slice(&pseudo.to_be_bytes());
+            (VIRTIO_NET_HDR_GSO_TCPV4, 16u16)
+        };
         let hdr = &mut self.buf[..VNET_HDR_LEN];
         hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4;
-        hdr[2..4].copy_from_slice(&((20 + tcp_hdr_len) as u16).to_ne_bytes());
+        hdr[1] = gso;
+        hdr[2..4].copy_from_slice(&((20 + first.l4_hdr_len) as u16).to_ne_bytes());
         hdr[4..6].copy_from_slice(&(self.gso_size as u16).to_ne_bytes());
         hdr[6..8].copy_from_slice(&20u16.to_ne_bytes());
-        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        hdr[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
     }
 }
 
 const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
-const IPPROTO_UDP: u8 = 17;
 
 /// The packets in one frame read from the device: the packet itself (its checksum completed
-/// when the kernel left it partial), or the segments of a TCP GSO frame. Call
+/// when the kernel left it partial), or the segments of a TCP or UDP GSO frame. Call
 /// [`Segments::next`] until it returns None.
 #[derive(Debug)]
 pub struct Segments<'a> {
@@ -240,7 +286,10 @@ impl<'a> Segments<'a> {
         if gso & VIRTIO_NET_HDR_GSO_ECN != 0
             || !matches!(
                 gso,
-                VIRTIO_NET_HDR_GSO_NONE | VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6
+                VIRTIO_NET_HDR_GSO_NONE
+                    | VIRTIO_NET_HDR_GSO_TCPV4
+                    | VIRTIO_NET_HDR_GSO_TCPV6
+                    | VIRTIO_NET_HDR_GSO_UDP_L4
             )
         {
             return None;
@@ -290,7 +339,7 @@ impl<'a> Segments<'a> {
             out[field..field + 2].copy_from_slice(&sum.to_be_bytes());
             return Some(out);
         }
-        self.next_tcp_segment(scratch)
+        self.next_segment(scratch)
     }
 
     fn udp(&self) -> bool {
@@ -300,18 +349,31 @@ impl<'a> Segments<'a> {
         }
     }
 
-    fn next_tcp_segment<'b>(&mut self, scratch: &'b mut [u8]) -> Option<&'b [u8]> {
+    /// The next segment of a GSO frame: headers copied, lengths, IPv4 id and checksums made
+    /// whole; TCP's sequence number advanced and FIN/PSH kept for the last, CWR for the first.
+    fn next_segment<'b>(&mut self, scratch: &'b mut [u8]) -> Option<&'b [u8]> {
         let p = self.packet;
-        let v4 = self.gso == VIRTIO_NET_HDR_GSO_TCPV4;
+        let v4 = match self.gso {
+            VIRTIO_NET_HDR_GSO_TCPV4 => true,
+            VIRTIO_NET_HDR_GSO_TCPV6 => false,
+            _ => p[0] >> 4 == 4,
+        };
+        let udp = self.gso == VIRTIO_NET_HDR_GSO_UDP_L4;
+        let want = if udp { IPPROTO_UDP } else { IPPROTO_TCP };
         let ip_len = if v4 { usize::from(p[0] & 0x0f) * 4 } else { 40 };
         let proto = if v4 { p.get(9) } else { p.get(6) };
-        if proto != Some(&IPPROTO_TCP) || p.len() < ip_len + 20 {
+        if proto != Some(&want) || p.len() < ip_len + 20 {
             self.done = true;
             return None;
         }
-        let tcp_len = usize::from(p[ip_len + 12] >> 4) * 4;
-        let hdrs = ip_len + tcp_len;
-        if tcp_len < 20 || p.len() <= hdrs {
+        let t = ip_len;
+        let l4_len = if udp {
+            8
+        } else {
+            usize::from(p[t + 12] >> 4) * 4
+        };
+        let hdrs = ip_len + l4_len;
+        if l4_len < 8 || p.len() <= hdrs {
             self.done = true;
             return None;
         }
@@ -337,25 +399,31 @@ impl<'a> Segments<'a> {
         } else {
             out[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
         }
-        let t = ip_len;
-        let seq =
-            u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]).wrapping_add(start as u32);
-        out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
-        if !last {
-            out[t + 13] &= !(TCP_FIN | TCP_PSH);
-        }
-        if self.index > 0 {
-            out[t + 13] &= !TCP_CWR;
-        }
-        out[t + 16..t + 18].fill(0);
         let seg_len = (len - ip_len) as u32;
-        let pseudo = if v4 {
-            checksum::sum(&out[12..20], u32::from(IPPROTO_TCP) + seg_len)
+        let field = if udp {
+            out[t + 4..t + 6].copy_from_slice(&(seg_len as u16).to_be_bytes());
+            t + 6
         } else {
-            checksum::sum(&out[8..40], u32::from(IPPROTO_TCP) + seg_len)
+            let seq = u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]])
+                .wrapping_add(start as u32);
+            out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+            if !last {
+                out[t + 13] &= !(TCP_FIN | TCP_PSH);
+            }
+            if self.index > 0 {
+                out[t + 13] &= !TCP_CWR;
+            }
+            t + 16
         };
-        let tcp_sum = !checksum::fold(checksum::sum(&out[t..], pseudo));
-        out[t + 16..t + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+        out[field..field + 2].fill(0);
+        let addrs = if v4 { &out[12..20] } else { &out[8..40] };
+        let pseudo = checksum::sum(addrs, u32::from(want) + seg_len);
+        let mut sum = !checksum::fold(checksum::sum(&out[t..], pseudo));
+        if sum == 0 && udp {
+            // UDP's "no checksum" is 0; a computed 0 is sent as all ones.
+            sum = 0xffff;
+        }
+        out[field..field + 2].copy_from_slice(&sum.to_be_bytes());
         self.offset = end;
         self.index = self.index.wrapping_add(1);
         self.done = last;
@@ -396,7 +464,7 @@ mod tests {
     }
 
     fn run(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut c = Coalescer::new();
+        let mut c = Coalescer::new(false);
         let mut out = Vec::new();
         let mut w = |f: &[u8]| out.push(f.to_vec());
         for p in packets {
@@ -551,8 +619,124 @@ mod tests {
         plain.extend_from_slice(&tcp(1, &[1], TCP_ACK));
         let mut segs = Segments::new(&plain).unwrap();
         assert_eq!(segs.next(&mut scratch).unwrap(), &plain[VNET_HDR_LEN..]);
-        let mut udp_gso = vnet(0, 3, 28, 100, 0, 0);
-        udp_gso.extend_from_slice(&tcp(1, &[1; 300], TCP_ACK));
-        assert!(Segments::new(&udp_gso).is_none(), "UDP GSO is not offered");
+        let mut ufo = vnet(0, 3, 28, 100, 0, 0);
+        ufo.extend_from_slice(&tcp(1, &[1; 300], TCP_ACK));
+        assert!(
+            Segments::new(&ufo).is_none(),
+            "UDP fragmentation offload is not offered"
+        );
+    }
+
+    /// An IPv4 UDP datagram of flow 10.8.0.1:4433 -> 10.8.0.2:50000, IP id `id`, with valid
+    /// checksums.
+    fn udp(id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        p[8] = 64;
+        p[9] = IPPROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 8, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 8, 0, 2]);
+        p[20..22].copy_from_slice(&4433u16.to_be_bytes());
+        p[22..24].copy_from_slice(&50000u16.to_be_bytes());
+        p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(payload);
+        let ip_sum = !checksum::fold(checksum::sum(&p[..20], 0));
+        p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        let mut sum = !checksum::fold(checksum::sum(
+            &p[20..],
+            checksum::sum(&p[12..20], 17 + (p.len() - 20) as u32),
+        ));
+        if sum == 0 {
+            sum = 0xffff;
+        }
+        p[26..28].copy_from_slice(&sum.to_be_bytes());
+        p
+    }
+
+    fn run_udp(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut c = Coalescer::new(true);
+        let mut out = Vec::new();
+        let mut w = |f: &[u8]| out.push(f.to_vec());
+        for p in packets {
+            c.push(p, &mut w);
+        }
+        c.flush(&mut w);
+        out
+    }
+
+    #[test]
+    fn udp_datagrams_of_one_flow_become_one_frame_that_cuts_back_into_them() {
+        let sizes = [100usize, 100, 100, 40];
+        let sent: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| udp(7 + i as u16, &vec![i as u8 + 1; n]))
+            .collect();
+        let out = run_udp(&sent);
+        assert_eq!(out.len(), 1, "one write");
+        let f = &out[0];
+        assert_eq!(f[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(f[1], VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert_eq!(u16::from_ne_bytes([f[2], f[3]]), 28, "hdr_len");
+        assert_eq!(u16::from_ne_bytes([f[4], f[5]]), 100, "gso_size");
+        assert_eq!(u16::from_ne_bytes([f[6], f[7]]), 20, "csum_start");
+        assert_eq!(u16::from_ne_bytes([f[8], f[9]]), 6, "csum_offset");
+        let ip = &f[VNET_HDR_LEN..];
+        assert_eq!(ip.len(), 28 + 340);
+        assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([ip[24], ip[25]])),
+            ip.len() - 20
+        );
+        assert_eq!(checksum::fold(checksum::sum(&ip[..20], 0)), 0xffff);
+        // The kernel cuts it as Segments does: the datagrams come back byte for byte.
+        let mut segs = Segments::new(f).unwrap();
+        let mut scratch = vec![0u8; 1500];
+        let mut back = Vec::new();
+        while let Some(s) = segs.next(&mut scratch) {
+            back.push(s.to_vec());
+        }
+        assert_eq!(back, sent);
+    }
+
+    #[test]
+    fn udp_is_joined_only_with_the_offload_within_one_flow_and_up_to_the_cap() {
+        let p = [5u8; 10];
+        // Without USO (an older kernel), every datagram is its own write.
+        let mut c = Coalescer::new(false);
+        let mut n = 0;
+        for i in 0..3 {
+            c.push(&udp(i, &p), &mut |_| n += 1);
+        }
+        c.flush(&mut |_| n += 1);
+        assert_eq!(n, 3);
+        // Another port, a longer datagram after a shorter one, or a length field that
+        // does not match, ends a run.
+        let mut other = udp(3, &p);
+        other[23] ^= 1;
+        let mut bad_len = udp(6, &p);
+        bad_len[25] -= 1;
+        let out = run_udp(&[
+            udp(0, &p),
+            udp(1, &p),
+            other,
+            udp(4, &[1; 5]),
+            udp(5, &p),
+            bad_len,
+        ]);
+        let kinds: Vec<u8> = out.iter().map(|f| f[1]).collect();
+        assert_eq!(
+            kinds,
+            [VIRTIO_NET_HDR_GSO_UDP_L4, 0, 0, 0, 0],
+            "{} frames",
+            out.len()
+        );
+        // At most MAX_UDP_SEGMENTS per frame.
+        let many: Vec<Vec<u8>> = (0..70).map(|i| udp(i, &p)).collect();
+        let out = run_udp(&many);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), VNET_HDR_LEN + 28 + MAX_UDP_SEGMENTS * p.len());
     }
 }

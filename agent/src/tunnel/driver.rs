@@ -6,7 +6,8 @@
 //! (Linux 5.0, [`udp::enable_gro`]) the kernel hands over runs of datagrams joined, up to
 //! [`udp::GRO_SLOTS`] of 64 KiB per call (2 MiB at most, fixed), which are cut back into
 //! datagrams.
-//! On a TUN device the TCP segments of a batch are merged into GSO frames ([`Coalescer`])
+//! On a TUN device the TCP segments of a batch (and, where the device took USO, the UDP
+//! datagrams) are merged into GSO frames ([`Coalescer`])
 //! before they are written.
 //! Readable interface: up to [`BATCH`] frames read, TSO frames cut into packets
 //! ([`Segments`]), encrypted into a batch that leaves in one `sendmmsg`, each run of
@@ -58,6 +59,12 @@ pub trait PacketInterface: AsRawFd + std::os::fd::AsFd {
         false
     }
 
+    /// Whether runs of UDP datagrams of one flow may be written as one `GSO_UDP_L4` frame
+    /// (a TUN device that took the USO offloads).
+    fn udp_segments(&self) -> bool {
+        false
+    }
+
     /// A one-line description when the interface no longer exists (deleted under the agent:
     /// the descriptor then stays silent forever), None while it is fine.
     fn gone(&self) -> Option<String> {
@@ -68,6 +75,10 @@ pub trait PacketInterface: AsRawFd + std::os::fd::AsFd {
 impl PacketInterface for crate::netif::tun::TunDevice {
     fn vnet_hdr(&self) -> bool {
         true
+    }
+
+    fn udp_segments(&self) -> bool {
+        self.udp_segments()
     }
 
     fn gone(&self) -> Option<String> {
@@ -187,7 +198,8 @@ pub async fn run<T: PacketInterface>(
         }
     ];
     let mut scratch = vec![0u8; max_packet];
-    let mut coalescer = vnet.then(Coalescer::new);
+    let udp_segments = iface.get_ref().udp_segments();
+    let mut coalescer = vnet.then(|| Coalescer::new(udp_segments));
     let mut resolving = Resolving::default();
     let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(TIMER_TICK);
