@@ -580,8 +580,18 @@ impl Half {
                 (self.start, self.end, self.spliced) = (0, 0, true);
                 return self.poll_splice(cx, from, to, counters, active);
             }
-            if let Err(e) = ready!(from.poll_read_ready(cx)) {
-                return Poll::Ready(Err(e));
+            match from.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read: no buffer while the connection idles (a short read
+                    // cleared the readiness instead of a read that finds EAGAIN, so this is
+                    // where a drained direction waits).
+                    if let Some(b) = self.buf.take() {
+                        give_buffer(b);
+                    }
+                    return Poll::Pending;
+                }
             }
             // A direction whose reads fill the buffer is a bulk transfer: it grows (doubling,
             // up to `max`) for fewer system calls per byte.
@@ -616,10 +626,7 @@ impl Half {
                     if self.copied > 0 {
                         COUNTS.with(|c| c.wasted_reads.set(c.wasted_reads.get() + 1));
                     }
-                    // Ran dry: give the buffer back while the connection idles.
-                    if let Some(b) = self.buf.take() {
-                        give_buffer(b);
-                    }
+                    // Ran dry: the readiness wait above gives the buffer back.
                     continue;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
