@@ -463,8 +463,9 @@ mod tests {
         p
     }
 
-    fn run(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut c = Coalescer::new(false);
+    /// What a coalescer (merging UDP too when `udp`) writes for `packets`.
+    fn run_with(udp: bool, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut c = Coalescer::new(udp);
         let mut out = Vec::new();
         let mut w = |f: &[u8]| out.push(f.to_vec());
         for p in packets {
@@ -479,11 +480,14 @@ mod tests {
         let a = [1u8; 100];
         let b = [2u8; 100];
         let c = [3u8; 40];
-        let out = run(&[
-            tcp(1000, &a, TCP_ACK),
-            tcp(1100, &b, TCP_ACK),
-            tcp(1200, &c, TCP_ACK | TCP_PSH),
-        ]);
+        let out = run_with(
+            false,
+            &[
+                tcp(1000, &a, TCP_ACK),
+                tcp(1100, &b, TCP_ACK),
+                tcp(1200, &c, TCP_ACK | TCP_PSH),
+            ],
+        );
         assert_eq!(out.len(), 1);
         let f = &out[0];
         assert_eq!(f[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
@@ -521,13 +525,16 @@ mod tests {
         let p = [9u8; 50];
         let mut other_flow = tcp(1050, &p, TCP_ACK);
         other_flow[23] ^= 1;
-        let out = run(&[
-            tcp(1000, &p, TCP_ACK),
-            tcp(1100, &p, TCP_ACK), // gap: 1050 expected
-            other_flow,             // another port
-            tcp(1150, &p, TCP_ACK | TCP_FIN),
-            vec![0x60; 48], // IPv6 passes through
-        ]);
+        let out = run_with(
+            false,
+            &[
+                tcp(1000, &p, TCP_ACK),
+                tcp(1100, &p, TCP_ACK), // gap: 1050 expected
+                other_flow,             // another port
+                tcp(1150, &p, TCP_ACK | TCP_FIN),
+                vec![0x60; 48], // IPv6 passes through
+            ],
+        );
         assert_eq!(out.len(), 5);
         for f in &out {
             assert_eq!(&f[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN], "plain header");
@@ -537,11 +544,14 @@ mod tests {
 
     #[test]
     fn a_short_segment_ends_the_merge() {
-        let out = run(&[
-            tcp(0, &[1; 100], TCP_ACK),
-            tcp(100, &[2; 60], TCP_ACK),
-            tcp(160, &[3; 100], TCP_ACK),
-        ]);
+        let out = run_with(
+            false,
+            &[
+                tcp(0, &[1; 100], TCP_ACK),
+                tcp(100, &[2; 60], TCP_ACK),
+                tcp(160, &[3; 100], TCP_ACK),
+            ],
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), VNET_HDR_LEN + 40 + 160);
         assert_eq!(out[1][1], 0, "single segment: no GSO");
@@ -655,17 +665,6 @@ mod tests {
         p
     }
 
-    fn run_udp(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut c = Coalescer::new(true);
-        let mut out = Vec::new();
-        let mut w = |f: &[u8]| out.push(f.to_vec());
-        for p in packets {
-            c.push(p, &mut w);
-        }
-        c.flush(&mut w);
-        out
-    }
-
     #[test]
     fn udp_datagrams_of_one_flow_become_one_frame_that_cuts_back_into_them() {
         let sizes = [100usize, 100, 100, 40];
@@ -674,7 +673,7 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| udp(7 + i as u16, &vec![i as u8 + 1; n]))
             .collect();
-        let out = run_udp(&sent);
+        let out = run_with(true, &sent);
         assert_eq!(out.len(), 1, "one write");
         let f = &out[0];
         assert_eq!(f[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
@@ -705,27 +704,25 @@ mod tests {
     fn udp_is_joined_only_with_the_offload_within_one_flow_and_up_to_the_cap() {
         let p = [5u8; 10];
         // Without USO (an older kernel), every datagram is its own write.
-        let mut c = Coalescer::new(false);
-        let mut n = 0;
-        for i in 0..3 {
-            c.push(&udp(i, &p), &mut |_| n += 1);
-        }
-        c.flush(&mut |_| n += 1);
-        assert_eq!(n, 3);
+        let out = run_with(false, &[udp(0, &p), udp(1, &p), udp(2, &p)]);
+        assert_eq!(out.len(), 3);
         // Another port, a longer datagram after a shorter one, or a length field that
         // does not match, ends a run.
         let mut other = udp(3, &p);
         other[23] ^= 1;
         let mut bad_len = udp(6, &p);
         bad_len[25] -= 1;
-        let out = run_udp(&[
-            udp(0, &p),
-            udp(1, &p),
-            other,
-            udp(4, &[1; 5]),
-            udp(5, &p),
-            bad_len,
-        ]);
+        let out = run_with(
+            true,
+            &[
+                udp(0, &p),
+                udp(1, &p),
+                other,
+                udp(4, &[1; 5]),
+                udp(5, &p),
+                bad_len,
+            ],
+        );
         let kinds: Vec<u8> = out.iter().map(|f| f[1]).collect();
         assert_eq!(
             kinds,
@@ -735,7 +732,7 @@ mod tests {
         );
         // At most MAX_UDP_SEGMENTS per frame.
         let many: Vec<Vec<u8>> = (0..70).map(|i| udp(i, &p)).collect();
-        let out = run_udp(&many);
+        let out = run_with(true, &many);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), VNET_HDR_LEN + 28 + MAX_UDP_SEGMENTS * p.len());
     }
