@@ -37,8 +37,8 @@ use base64::Engine as _;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use gatelet_tests_hw::{
-    build, require_root, Gateway, GatewayRole, Netns, Testbed, WgImpl, GW_TUNNEL_IP, HUB_LAN_IP,
-    HUB_PORT, HUB_TUNNEL_IP, TUNNEL_MTU,
+    build, cpu_ticks, require_root, Gateway, GatewayRole, Netns, Spread, Testbed, WgImpl,
+    GW_TUNNEL_IP, HUB_LAN_IP, HUB_PORT, HUB_TUNNEL_IP, TUNNEL_MTU,
 };
 
 const USAGE: &str = "usage: bench-tunnel-limit --boringtun PATH [--agent-bin LABEL=PATH]... \
@@ -351,41 +351,6 @@ impl Row {
             core: Spread::of(s.iter().map(|x| x.core_pct)),
             per_process: Spread::of(s.iter().map(Sample::per_process_core)),
             per_core: Spread::of(s.iter().map(Sample::per_core)),
-        }
-    }
-}
-
-/// Median and spread of one figure over the runs.
-struct Spread {
-    median: f64,
-    low: f64,
-    high: f64,
-}
-
-impl Spread {
-    fn of(values: impl Iterator<Item = f64>) -> Spread {
-        let mut v: Vec<f64> = values.collect();
-        v.sort_by(f64::total_cmp);
-        Spread {
-            median: v.get(v.len() / 2).copied().unwrap_or_default(),
-            low: v.first().copied().unwrap_or_default(),
-            high: v.last().copied().unwrap_or_default(),
-        }
-    }
-
-    fn show(&self) -> String {
-        format!("{:.2} ({:.2}-{:.2})", self.median, self.low, self.high)
-    }
-
-    fn ratio_to(&self, base: &Spread) -> String {
-        if base.median <= 0.0 {
-            return "no baseline".into();
-        }
-        let r = self.median / base.median;
-        if self.low > base.high || self.high < base.low {
-            format!("{r:.2}x")
-        } else {
-            format!("{r:.2}x (spreads overlap: not claimed)")
         }
     }
 }
@@ -807,24 +772,6 @@ fn pin_self(core: usize) -> anyhow::Result<()> {
         bail!("sched_setaffinity: {}", io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// utime + stime of `pid` in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .context("malformed /proc/<pid>/stat")?;
-    // After the command name: utime and stime are the 12th and 13th fields.
-    let f = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .context("utime/stime in /proc/<pid>/stat")
-    };
-    Ok(f(11)? + f(12)?)
 }
 
 /// An IPv4/UDP packet of `len` bytes from `src` to `dst:port`, checksums filled in.

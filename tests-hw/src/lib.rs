@@ -24,6 +24,7 @@ mod process;
 mod products;
 mod release;
 mod service_user;
+mod spread;
 mod tempdir;
 mod testbed;
 mod veth;
@@ -57,7 +58,7 @@ pub use mode::{
 };
 pub use net::{ping, tcp_echo, udp_socket, EchoServer, ECHO_IO_TIMEOUT};
 pub use netns::{sweep_leftovers, Netns, NETNS_ETC, NETNS_RUN, WG_SOCKET_DIR};
-pub use process::{describe, run, Process, TERM_GRACE};
+pub use process::{cpu_ticks, describe, run, Process, TERM_GRACE};
 pub use products::{
     build, example_binary, product_binary, product_profile, profile_dir, target_dir,
     workspace_root, PRODUCT_PACKAGES, TEST_PROFILE,
@@ -67,6 +68,7 @@ pub use release::{
     RELEASE_SERVER_START_TIMEOUT,
 };
 pub use service_user::{ServiceUser, SERVICE_USER};
+pub use spread::Spread;
 pub use tempdir::{next_seq, unique_name, TempDir};
 pub use testbed::{
     agent_env, start_agent, Gateway, GatewayRole, Testbed, TestbedOptions, DEFAULT_TUN_NAME,

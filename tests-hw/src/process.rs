@@ -168,6 +168,23 @@ impl Drop for Process {
     }
 }
 
+/// CPU time of process `pid` so far, user and system, in clock ticks (`_SC_CLK_TCK` per
+/// second), from `/proc/<pid>/stat`.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&path).map_err(|e| HarnessError::io(format!("read {path}"), e))?;
+    let parse = || -> Option<u64> {
+        // After the parenthesised command name: utime and stime are the 12th and 13th fields.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    parse().ok_or_else(|| HarnessError::Parse {
+        what: path.clone(),
+        detail: "no utime and stime fields".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
