@@ -23,19 +23,6 @@ for prog in wireguard-go wg ip iptables taskset; do
     exit 1
   }
 done
-target=${CARGO_TARGET_DIR:-$PWD/target}
-tools=${BENCH_TOOLS_ROOT:-$target/bench-tools}
-bt=${BORINGTUN_CLI:-}
-if [ -z "$bt" ]; then
-  if command -v boringtun-cli >/dev/null 2>&1; then
-    bt=$(command -v boringtun-cli)
-  elif [ -x "$tools/bin/boringtun-cli" ]; then
-    bt=$tools/bin/boringtun-cli
-  else
-    echo "tunnel-limit.sh: installing boringtun-cli into $tools (cargo install, a few minutes)" >&2
-    CARGO_TARGET_DIR="$tools/build" cargo install --locked --root "$tools" boringtun-cli >&2
-    bt=$tools/bin/boringtun-cli
-  fi
-fi
+source tests-hw/bench/lib/boringtun.sh
 cargo build -q --release -p gatelet-tests-hw --bin bench-tunnel-limit
 exec "$target/release/bench-tunnel-limit" --boringtun "$bt" "$@"

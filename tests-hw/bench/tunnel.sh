@@ -28,20 +28,7 @@ for prog in wireguard-go wg ip iperf3 ss; do
   }
 done
 
-target=${CARGO_TARGET_DIR:-$PWD/target}
-tools=${BENCH_TOOLS_ROOT:-$target/bench-tools}
-bt=${BORINGTUN_CLI:-}
-if [ -z "$bt" ]; then
-  if command -v boringtun-cli >/dev/null 2>&1; then
-    bt=$(command -v boringtun-cli)
-  elif [ -x "$tools/bin/boringtun-cli" ]; then
-    bt=$tools/bin/boringtun-cli
-  else
-    echo "tunnel.sh: installing boringtun-cli into $tools (cargo install, a few minutes)" >&2
-    CARGO_TARGET_DIR="$tools/build" cargo install --locked --root "$tools" boringtun-cli >&2
-    bt=$tools/bin/boringtun-cli
-  fi
-fi
+source tests-hw/bench/lib/boringtun.sh
 
 cargo build -q -p gatelet-tests-hw --bin bench-tunnel
 if [ $# -eq 0 ] && [ "$(nproc)" -ge 2 ]; then
