@@ -8,6 +8,12 @@ pub mod rate_limiter;
 mod session;
 mod timers;
 
+// gatelet: public for sealing and opening outside `&mut Tunn` (GATELET-PATCH.md).
+pub use session::Session;
+
+#[cfg(test)]
+mod gatelet_tests;
+
 use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::Handshake;
 use crate::noise::rate_limiter::RateLimiter;
@@ -61,7 +67,8 @@ pub struct Tunn {
     /// The handshake currently in progress
     handshake: handshake::Handshake,
     /// The N_SESSIONS most recent sessions, index is session id modulo N_SESSIONS
-    sessions: [Option<session::Session>; N_SESSIONS],
+    /// gatelet: `Arc`, so a thread can seal or open with a session outside `&mut Tunn`.
+    sessions: [Option<Arc<session::Session>>; N_SESSIONS],
     /// Index of most recently used session
     current: usize,
     /// Queue to store blocked packets
@@ -329,7 +336,7 @@ impl Tunn {
 
         // Store new session in ring buffer
         let index = session.local_index();
-        self.sessions[index % N_SESSIONS] = Some(session);
+        self.sessions[index % N_SESSIONS] = Some(Arc::new(session));
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick(TimerName::TimeLastPacketSent);
@@ -357,7 +364,7 @@ impl Tunn {
         // Store new session in ring buffer
         let l_idx = session.local_index();
         let index = l_idx % N_SESSIONS;
-        self.sessions[index] = Some(session);
+        self.sessions[index] = Some(Arc::new(session));
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick_session_established(true, index); // New session established, we are the initiator
@@ -462,6 +469,19 @@ impl Tunn {
     /// Check if an IP packet is v4 or v6, truncate to the length indicated by the length field
     /// Returns the truncated packet and the source IP as TunnResult
     fn validate_decapsulated_packet<'a>(&mut self, packet: &'a mut [u8]) -> TunnResult<'a> {
+        // gatelet: the checks are in `decapsulated`, which needs no `&mut self`.
+        let result = Self::decapsulated(packet);
+        if let TunnResult::WriteToTunnelV4(ref p, _) | TunnResult::WriteToTunnelV6(ref p, _) = result {
+            self.timer_tick(TimerName::TimeLastDataPacketReceived);
+            self.rx_bytes += p.len();
+        }
+        result
+    }
+
+    /// gatelet: the checks of a decrypted packet (`validate_decapsulated_packet` without the
+    /// bookkeeping, which [`Tunn::note_received`] does): an IPv4 or IPv6 packet cut to the
+    /// length its header gives, with its source address; `Done` for a keepalive.
+    pub fn decapsulated(packet: &mut [u8]) -> TunnResult<'_> {
         let (computed_len, src_ip_address) = match packet.len() {
             0 => return TunnResult::Done, // This is keepalive, and not an error
             _ if packet[0] >> 4 == 4 && packet.len() >= IPV4_MIN_HEADER_SIZE => {
@@ -497,13 +517,70 @@ impl Tunn {
             return TunnResult::Err(WireGuardError::InvalidPacket);
         }
 
-        self.timer_tick(TimerName::TimeLastDataPacketReceived);
-        self.rx_bytes += computed_len;
-
         match src_ip_address {
             IpAddr::V4(addr) => TunnResult::WriteToTunnelV4(&mut packet[..computed_len], addr),
             IpAddr::V6(addr) => TunnResult::WriteToTunnelV6(&mut packet[..computed_len], addr),
         }
+    }
+
+    /// gatelet: the session data packets to the peer are sealed with now, for sealing outside
+    /// `&mut self` ([`Session::reserve`], [`Session::seal_at`]), then
+    /// [`Tunn::note_sent`]. None while there is none: [`Tunn::encapsulate`] then queues the
+    /// packet and starts a handshake. The `Arc` stays usable after a new handshake replaced
+    /// the session here; the peer accepts the old session's packets until it expires.
+    pub fn sending_session(&self) -> Option<Arc<Session>> {
+        self.sessions[self.current % N_SESSIONS].clone()
+    }
+
+    /// gatelet: `packets` data messages with `bytes` bytes of IP packets in all were sealed
+    /// with a [`Tunn::sending_session`]: the bookkeeping `encapsulate` does per packet. Once
+    /// per batch is the same as once per packet: a timer tick records the time of the last
+    /// `update_timers`, not the time of the call.
+    pub fn note_sent(&mut self, packets: usize, bytes: usize) {
+        if packets == 0 {
+            return;
+        }
+        self.timer_tick(TimerName::TimeLastPacketSent);
+        // Keepalives (empty) do not count as data.
+        if bytes > 0 {
+            self.timer_tick(TimerName::TimeLastDataPacketSent);
+        }
+        self.tx_bytes += bytes;
+    }
+
+    /// gatelet: the session that opens data messages carrying `receiver_idx`
+    /// ([`Session::open`]), if it is still held; then [`Tunn::note_received`].
+    pub fn receiving_session(&self, receiver_idx: u32) -> Option<Arc<Session>> {
+        let session = self.sessions[receiver_idx as usize % N_SESSIONS].as_ref()?;
+        if session.receiving_index != receiver_idx {
+            return None;
+        }
+        Some(Arc::clone(session))
+    }
+
+    /// gatelet: `packets` data messages to `receiver_idx` were opened with its
+    /// [`Tunn::receiving_session`], `data_packets` of them IP packets of `bytes` bytes in all
+    /// (as cut by [`Tunn::decapsulated`]), the rest keepalives: the bookkeeping `decapsulate`
+    /// does per data message (the current session, timers, received bytes), once per batch.
+    pub fn note_received(
+        &mut self,
+        receiver_idx: u32,
+        packets: usize,
+        data_packets: usize,
+        bytes: usize,
+    ) {
+        if packets == 0 {
+            return;
+        }
+        // Only while the session is still held: its ring slot may have a newer one by now.
+        if self.receiving_session(receiver_idx).is_some() {
+            self.set_current_session(receiver_idx as usize);
+        }
+        self.timer_tick(TimerName::TimeLastPacketReceived);
+        if data_packets > 0 {
+            self.timer_tick(TimerName::TimeLastDataPacketReceived);
+        }
+        self.rx_bytes += bytes;
     }
 
     /// Get a packet from the queue, and try to encapsulate it

@@ -7,6 +7,10 @@ use parking_lot::Mutex;
 use portable_atomic::{AtomicU64, Ordering};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
+/// The keys and counters of one handshake's session.
+///
+/// gatelet: public, shared as `Arc<Session>` ([`super::Tunn::sending_session`],
+/// [`super::Tunn::receiving_session`]); `Debug` shows the indices, never a key.
 pub struct Session {
     pub(crate) receiving_index: u32,
     sending_index: u32,
@@ -194,11 +198,29 @@ impl Session {
     /// dst - pre-allocated space to hold the encapsulating UDP packet to send over the network
     /// returns the size of the formatted packet
     pub(super) fn format_packet_data<'a>(&self, src: &[u8], dst: &'a mut [u8]) -> &'a mut [u8] {
+        // gatelet: the counter and the sealing are split into `reserve` and `seal_at`.
+        self.seal_at(self.reserve(1), src, dst)
+    }
+
+    /// gatelet: reserves `n` consecutive sending counters with one atomic add and returns the
+    /// first. Packets sealed with them ([`Session::seal_at`]) should leave in counter order:
+    /// the peer's replay window takes reordering only up to 1024 counters back.
+    pub fn reserve(&self, n: u64) -> u64 {
+        self.sending_key_counter.fetch_add(n, Ordering::Relaxed) as u64
+    }
+
+    /// gatelet: seals the IP packet `src` (empty: a keepalive) into a data message in `dst`
+    /// with `counter`, which must come from [`Session::reserve`] on this session (a nonce is
+    /// never used twice). Needs `&self` only, so threads can seal with one session at once.
+    ///
+    /// # Panics
+    /// When `dst` is shorter than `src` plus 32 bytes.
+    pub fn seal_at<'a>(&self, counter: u64, src: &[u8], dst: &'a mut [u8]) -> &'a mut [u8] {
         if dst.len() < src.len() + super::DATA_OVERHEAD_SZ {
             panic!("The destination buffer is too small");
         }
 
-        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
+        let sending_key_counter = counter;
 
         let (message_type, rest) = dst.split_at_mut(4);
         let (receiver_index, rest) = rest.split_at_mut(4);
@@ -227,6 +249,32 @@ impl Session {
         };
 
         &mut dst[..DATA_OFFSET + n]
+    }
+
+    /// gatelet: the index data messages to this session carry (their `receiver_idx`).
+    pub fn receiving_index(&self) -> u32 {
+        self.receiving_index
+    }
+
+    /// gatelet: opens the data message `datagram` (as received, header included) into `dst`:
+    /// checks the type, the receiver index and the replay window before decrypting, then
+    /// marks the counter as received. Returns the plaintext (empty: a keepalive), which the
+    /// caller checks with [`super::Tunn::decapsulated`] and reports with
+    /// [`super::Tunn::note_received`]. Needs `&self` only. A `dst` too small for the
+    /// datagram is an error here, never a panic (the datagram's size is the sender's choice).
+    pub fn open<'a>(
+        &self,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> Result<&'a mut [u8], WireGuardError> {
+        let packet = match super::Tunn::parse_incoming_packet(datagram)? {
+            super::Packet::PacketData(p) => p,
+            _ => return Err(WireGuardError::InvalidPacket),
+        };
+        if dst.len() < packet.encrypted_encapsulated_packet.len() {
+            return Err(WireGuardError::InvalidPacket);
+        }
+        self.receive_packet_data(packet, dst)
     }
 
     /// packet - a data packet we received from the network
