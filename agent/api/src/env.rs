@@ -91,10 +91,13 @@ impl fmt::Display for NetstackMode {
 /// With two, one thread reads the interface, encrypts and sends to the hub while the other
 /// receives from the hub, decrypts and writes the interface; they share the WireGuard state
 /// behind a lock held only for bookkeeping, never while encrypting or decrypting.
-/// [`DatapathThreads::Auto`] (the default) takes one on a single core and two otherwise.
+/// [`DatapathThreads::Auto`] (the default) takes two only with three cores or more: measured on
+/// two cores (`tests-hw/bench/tunnel.sh --agent-threads 1,2`), two threads gained nothing
+/// measurable against a hub that was the bottleneck, and cost 2.3 times the CPU per byte when
+/// both had to share one core (a busy router); with more cores there is a spare one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DatapathThreads {
-    /// One thread on a single core, two otherwise.
+    /// One thread on one or two cores, two on three or more.
     #[default]
     Auto,
     /// One thread for both directions.
@@ -117,7 +120,7 @@ impl DatapathThreads {
     /// The number of threads on a box where the agent may run on `cores` cores.
     pub fn resolve(self, cores: usize) -> usize {
         match self {
-            DatapathThreads::Auto if cores <= 1 => 1,
+            DatapathThreads::Auto if cores <= 2 => 1,
             DatapathThreads::Auto => 2,
             DatapathThreads::One => 1,
             DatapathThreads::Two => 2,
@@ -1196,12 +1199,12 @@ mod tests {
     }
 
     #[test]
-    fn datapath_threads_default_to_auto_which_takes_two_only_with_two_cores() {
+    fn datapath_threads_default_to_auto_which_takes_two_only_with_three_cores_or_more() {
         let env = parse(SERVER_FILE).unwrap();
         assert_eq!(env.datapath_threads, DatapathThreads::Auto);
         assert_eq!(
-            [1, 2, 4].map(|c| DatapathThreads::Auto.resolve(c)),
-            [1, 2, 2]
+            [1, 2, 3, 4].map(|c| DatapathThreads::Auto.resolve(c)),
+            [1, 1, 2, 2]
         );
         for (v, want, threads) in [
             ("1", DatapathThreads::One, 1),

@@ -38,6 +38,15 @@
 //! (`IFF_MULTI_QUEUE`) with several sockets to the hub, each direction then split by flow;
 //! the `Tunn` lock stays serial but is taken twice per batch of up to 32 packets.
 //!
+//! Measured on the 2-core test box (`tests-hw/bench/tunnel.sh --agent-threads 1,2`, wireguard-go
+//! hub, medians of 3, a second engineer compiling alongside): unpinned, 1 and 2 threads move
+//! the same (hub -> gateway 0.82 and 0.79 Gbit/s at 36 and 37 % gateway CPU; gateway -> hub
+//! 0.63 and 0.67; `--bidir` 0.73 and 0.80, every spread overlapping) because the hub's
+//! process is the bottleneck (90-105 % CPU). Pinned to one core, two threads cost 2.3 times the
+//! CPU per byte (decrypting 1.5 against 3.6 Gbit/s per core): the reverse direction's few
+//! packets (a transfer's ACKs) wake the other thread every time instead of riding along in
+//! the same loop turn. Hence `auto` takes two threads only with three cores or more.
+//!
 //! The userspace variant ([`spawn_stack`], `GATELET_NETSTACK=userspace`) has the
 //! [`Netstack`] where the interface was: decrypted packets go into it, and it is polled after
 //! each batch, when a socket operation asks for it ([`Netstack::poll_wanted`]) and at the
@@ -53,6 +62,7 @@ use std::time::Instant;
 
 use gatelet_agent_api::env::Endpoint;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
@@ -219,7 +229,14 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
     let out_len = TunnelCore::dst_len(max_packet);
     let iface = Arc::new(dp.iface);
     let udp_sock = Arc::new(dp.udp);
-    let mut udp = crate::sys::fd::register(Arc::clone(&udp_sock))?;
+    // With a thread per direction this loop only receives: registered for reading alone, it
+    // is not woken each time the kernel frees a datagram the other thread sent.
+    let udp_interest = if dp.threads <= 1 {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    let mut udp = crate::sys::fd::register_with(Arc::clone(&udp_sock), udp_interest)?;
     let endpoint = dp.endpoint;
     let checkin = dp.checkin;
     let sealer = dp.core.sealer();
@@ -340,7 +357,7 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
             }
             result = resolved => {
                 let mut sh = lock(&shared);
-                use_resolved(result, &mut sh.core, &mut udp, &mut rx, &endpoint, &mut plain);
+                use_resolved(result, &mut sh.core, &mut udp, udp_interest, &mut rx, &endpoint, &mut plain);
                 if !Arc::ptr_eq(&sh.udp, udp.get_ref()) {
                     sh.udp = Arc::clone(udp.get_ref());
                 }
@@ -378,14 +395,16 @@ fn encrypt_thread<T: PacketInterface>(
         .enable_io()
         .build()?;
     rt.block_on(async {
-        let iface = crate::sys::fd::register(iface)?;
-        let mut udp = crate::sys::fd::register(Arc::clone(&lock(&shared).udp))?;
+        // Each descriptor for this direction's readiness only (see `run`).
+        let iface = crate::sys::fd::register_with(iface, Interest::READABLE)?;
+        let udp_now = Arc::clone(&lock(&shared).udp);
+        let mut udp = crate::sys::fd::register_with(udp_now, Interest::WRITABLE)?;
         let work = async {
             loop {
                 let mut g = iface.readable().await?;
                 let current = Arc::clone(&lock(&shared).udp);
                 if !Arc::ptr_eq(&current, udp.get_ref()) {
-                    udp = crate::sys::fd::register(current)?;
+                    udp = crate::sys::fd::register_with(current, Interest::WRITABLE)?;
                 }
                 encrypt_ready(&mut g, &udp, &shared, &sealer, &mut bufs).await?;
             }
@@ -452,7 +471,8 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
                 stack.release_drained();
             }
             result = resolved => {
-                use_resolved(result, &mut core, &mut udp, &mut rx, &endpoint, &mut plain);
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                use_resolved(result, &mut core, &mut udp, interest, &mut rx, &endpoint, &mut plain);
             }
         }
     }
@@ -512,11 +532,13 @@ impl Resolving {
 }
 
 /// Takes the outcome of a name resolution of the hub: connects the socket to the new address
-/// (a fresh socket when the family changed) and starts the handshake.
+/// (a fresh socket, registered for `interest`, when the family changed) and starts the
+/// handshake.
 fn use_resolved(
     result: Result<Result<Vec<SocketAddr>, String>, tokio::task::JoinError>,
     core: &mut TunnelCore,
     udp: &mut AsyncFd<Arc<UdpSocket>>,
+    interest: Interest,
     rx: &mut RecvBatch,
     endpoint: &Endpoint,
     plain: &mut [u8],
@@ -537,7 +559,7 @@ fn use_resolved(
         } else {
             udp::socket_for(new, true).and_then(|fresh| {
                 let gro = udp::enable_gro(&fresh);
-                *udp = crate::sys::fd::register(Arc::new(fresh))?;
+                *udp = crate::sys::fd::register_with(Arc::new(fresh), interest)?;
                 rx.set_gro(gro);
                 Ok(())
             })
