@@ -294,7 +294,11 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
                 endpoint: env.wg_endpoint.clone(),
                 mtu: env.mtu,
                 checkin: datapath_checkin.clone(),
+                threads: env
+                    .datapath_threads
+                    .resolve(std::thread::available_parallelism().map_or(1, |n| n.get())),
             };
+            tracing::info!(threads = dp.threads, "tunnel data path");
             (driver::spawn(dp, stop_rx.clone()), None)
         }
         Interface::Stack(stack, _) => {

@@ -22,6 +22,12 @@
 //! gateways is claimed only when their spreads do not overlap (`overlap: not claimed`
 //! otherwise): agents against each baseline's best setting, and every agent against the first
 //! (A/B with `--agent-bin`).
+//!
+//! `--agent-threads 1,2` measures every agent once per data-path thread count
+//! (`GATELET_DATAPATH_THREADS`; an agent that predates the key ignores it with a warning).
+//! Pinned, the threads share the gateway's one core (the cost of the split); unpinned they may
+//! use both cores, which the hub and iperf3 then share with them. `--bidir` runs iperf3
+//! `--bidir` (both directions at once) and reports the sum.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,14 +37,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use gatelet_tests_hw::{
-    build, memory_kib, require_root, wait_until, Gateway, GatewayRole, Testbed, WgImpl,
-    GW_TUNNEL_IP,
+    build, memory_kib, require_root, wait_until, Gateway, GatewayRole, Testbed, TestbedOptions,
+    WgImpl, GW_TUNNEL_IP,
 };
 
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
                      [--agent-bin LABEL=PATH]... [--runs N] \
                      [--only agent|wireguard-go|boringtun-cli] \
-                     [--hub wireguard-go|boringtun-cli] [--reverse] [--pin]";
+                     [--hub wireguard-go|boringtun-cli] [--reverse] [--bidir] [--pin] \
+                     [--agent-threads N[,N]...]";
 /// iperf3's default port.
 const IPERF_PORT: u16 = 5201;
 /// How long a gateway gets to complete its first handshake.
@@ -60,8 +67,12 @@ struct Args {
     only: Option<String>,
     hub: String,
     reverse: bool,
+    /// iperf3 `--bidir`: both directions at once.
+    bidir: bool,
     /// Gateway on core 0, hub and iperf3 on core 1.
     pin: bool,
+    /// `GATELET_DATAPATH_THREADS` values each agent is measured with; empty: not set.
+    agent_threads: Vec<String>,
 }
 
 /// The core the gateway is pinned to with `--pin`, and the one its load gets.
@@ -82,7 +93,9 @@ fn parse_args() -> anyhow::Result<Args> {
         only: None,
         hub: "wireguard-go".into(),
         reverse: false,
+        bidir: false,
         pin: false,
+        agent_threads: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -110,6 +123,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--only" => args.only = Some(value()?),
             "--hub" => args.hub = value()?,
             "--reverse" => args.reverse = true,
+            "--bidir" => args.bidir = true,
+            "--agent-threads" => {
+                args.agent_threads = value()?.split(',').map(str::to_owned).collect();
+            }
             "--pin" => args.pin = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -127,6 +144,9 @@ fn parse_args() -> anyhow::Result<Args> {
     if args.runs == 0 {
         args.runs = if args.pin { PINNED_RUNS } else { 1 };
     }
+    if args.reverse && args.bidir {
+        bail!("--reverse and --bidir exclude each other");
+    }
     if args.pin && std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         bail!("--pin needs two cores (the gateway on one, its load on the other)");
     }
@@ -138,6 +158,8 @@ struct Contender {
     label: String,
     role: GatewayRole,
     is_agent: bool,
+    /// Further gateway.env lines (agents only).
+    env: Vec<(String, String)>,
 }
 
 /// What one run of one contender measured.
@@ -157,25 +179,37 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     require_root()?;
     let wanted = |label: &str| args.only.as_deref().is_none_or(|o| label.contains(o));
-    let mut contenders = Vec::new();
+    let mut agents = Vec::new();
     for profile in &args.agent_profiles {
         let label = format!("gatelet-agent ({profile})");
         if !wanted(&label) {
             continue;
         }
         let dir = build(profile, &["gatelet-agent"])?;
-        contenders.push(Contender {
-            label,
-            role: GatewayRole::Agent(dir.join("gatelet-agent")),
-            is_agent: true,
-        });
+        agents.push((label, dir.join("gatelet-agent")));
     }
     for (label, path) in &args.agent_bins {
-        contenders.push(Contender {
-            label: format!("gatelet-agent ({label})"),
-            role: GatewayRole::Agent(path.clone()),
-            is_agent: true,
-        });
+        agents.push((format!("gatelet-agent ({label})"), path.clone()));
+    }
+    let mut contenders = Vec::new();
+    for (label, path) in agents {
+        if args.agent_threads.is_empty() {
+            contenders.push(Contender {
+                label,
+                role: GatewayRole::Agent(path),
+                is_agent: true,
+                env: Vec::new(),
+            });
+            continue;
+        }
+        for t in &args.agent_threads {
+            contenders.push(Contender {
+                label: format!("{label} t{t}"),
+                role: GatewayRole::Agent(path.clone()),
+                is_agent: true,
+                env: vec![("GATELET_DATAPATH_THREADS".into(), t.clone())],
+            });
+        }
     }
     if args.boringtun.as_os_str().is_empty() {
         bail!("no boringtun-cli: pass --boringtun PATH or set BORINGTUN_CLI (tunnel.sh does)");
@@ -197,6 +231,7 @@ fn main() -> anyhow::Result<()> {
             label: imp.describe(),
             role: GatewayRole::Userspace(imp),
             is_agent: false,
+            env: Vec::new(),
         });
     }
     contenders.retain(|c| wanted(&c.label));
@@ -231,7 +266,13 @@ fn main() -> anyhow::Result<()> {
          (lowest-highest){}",
         args.seconds,
         hub.describe(),
-        if args.reverse { "<-" } else { "->" },
+        if args.bidir {
+            "<->"
+        } else if args.reverse {
+            "<-"
+        } else {
+            "->"
+        },
         args.runs,
         if args.pin {
             format!(", gateway pinned to core {GATEWAY_CORE}, hub and iperf3 to core {LOAD_CORE}")
@@ -417,7 +458,14 @@ fn median(samples: &[Sample]) -> Sample {
 }
 
 fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
-    let tb = Testbed::start_with_hub(&c.role, hub)?;
+    let tb = Testbed::start_with(
+        &c.role,
+        &TestbedOptions {
+            hub: hub.clone(),
+            agent_env_extra: c.env.clone(),
+            ..TestbedOptions::default()
+        },
+    )?;
     if let Err(e) = tb.wait_handshake(None, HANDSHAKE_TIMEOUT) {
         bail!("{e}\n--- gateway log ---\n{}", gateway_log(&tb));
     }
@@ -497,6 +545,9 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
     if args.reverse {
         client.push("-R");
     }
+    if args.bidir {
+        client.push("--bidir");
+    }
     let client = tb.hub_ns.exec(&client);
     let elapsed = started.elapsed();
     let cpu_after = cpu_ticks(pid)?;
@@ -511,6 +562,11 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("no end.sum_received.bits_per_second in iperf3 output: {json}"))?;
+    // With --bidir the other direction's total is reported apart.
+    let bps = bps
+        + v["end"]["sum_received_bidir_reverse"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_default();
     // SAFETY: sysconf(3) has no preconditions.
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let pct = |ticks: u64| ticks as f64 / ticks_per_s / elapsed.as_secs_f64() * 100.0;

@@ -85,6 +85,49 @@ impl fmt::Display for NetstackMode {
     }
 }
 
+/// `GATELET_DATAPATH_THREADS`: how many threads carry the tunnel's packets (TUN device only;
+/// the userspace stack's data path has one thread).
+///
+/// With two, one thread reads the interface, encrypts and sends to the hub while the other
+/// receives from the hub, decrypts and writes the interface; they share the WireGuard state
+/// behind a lock held only for bookkeeping, never while encrypting or decrypting.
+/// [`DatapathThreads::Auto`] (the default) takes two only with three cores or more: measured on
+/// two cores (`tests-hw/bench/tunnel.sh --agent-threads 1,2`), two threads gained nothing
+/// measurable against a hub that was the bottleneck, and cost 2.3 times the CPU per byte when
+/// both had to share one core (a busy router); with more cores there is a spare one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DatapathThreads {
+    /// One thread on one or two cores, two on three or more.
+    #[default]
+    Auto,
+    /// One thread for both directions.
+    One,
+    /// A thread per direction.
+    Two,
+}
+
+impl DatapathThreads {
+    /// `auto`, `1` or `2`.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v {
+            "auto" => Some(DatapathThreads::Auto),
+            "1" => Some(DatapathThreads::One),
+            "2" => Some(DatapathThreads::Two),
+            _ => None,
+        }
+    }
+
+    /// The number of threads on a box where the agent may run on `cores` cores.
+    pub fn resolve(self, cores: usize) -> usize {
+        match self {
+            DatapathThreads::Auto if cores <= 2 => 1,
+            DatapathThreads::Auto => 2,
+            DatapathThreads::One => 1,
+            DatapathThreads::Two => 2,
+        }
+    }
+}
+
 /// Most characters of a value or key an error message quotes; longer ones are cut, with
 /// their full length in bytes.
 pub const MAX_QUOTED_CHARS: usize = 80;
@@ -410,6 +453,8 @@ pub struct GatewayEnv {
     pub mtu: u16,
     /// `GATELET_NETSTACK` (default `auto`).
     pub netstack: NetstackMode,
+    /// `GATELET_DATAPATH_THREADS` (default `auto`).
+    pub datapath_threads: DatapathThreads,
     /// `GATELET_DIAG_LISTEN`: where the diagnostics page listens; None when `off`.
     pub diag_listen: Option<SocketAddr>,
     /// `GATELET_WOL_INTERFACES`: when not empty, magic packets go out on these interfaces only
@@ -445,6 +490,7 @@ const KNOWN_KEYS: &[&str] = &[
     "GATELET_TUN_NAME",
     "GATELET_MTU",
     "GATELET_NETSTACK",
+    "GATELET_DATAPATH_THREADS",
     "GATELET_DIAG_LISTEN",
     "GATELET_WOL_INTERFACES",
     "GATELET_WOL_EXCLUDE",
@@ -834,6 +880,13 @@ impl GatewayEnv {
                 NetstackMode::parse,
             )?
             .unwrap_or_default();
+        let datapath_threads = r
+            .parsed(
+                "GATELET_DATAPATH_THREADS",
+                "auto, 1 or 2",
+                DatapathThreads::parse,
+            )?
+            .unwrap_or_default();
 
         let diag_listen = match r.opt("GATELET_DIAG_LISTEN") {
             None => Some(DEFAULT_DIAG_LISTEN),
@@ -891,6 +944,7 @@ impl GatewayEnv {
             tun_name,
             mtu,
             netstack,
+            datapath_threads,
             diag_listen,
             wol_interfaces,
             wol_exclude,
@@ -1141,6 +1195,36 @@ mod tests {
             let e = parse(&with(key, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{key}={bad}: {e}");
             assert!(e.line.is_some(), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn datapath_threads_default_to_auto_which_takes_two_only_with_three_cores_or_more() {
+        let env = parse(SERVER_FILE).unwrap();
+        assert_eq!(env.datapath_threads, DatapathThreads::Auto);
+        assert_eq!(
+            [1, 2, 3, 4].map(|c| DatapathThreads::Auto.resolve(c)),
+            [1, 1, 2, 2]
+        );
+        for (v, want, threads) in [
+            ("1", DatapathThreads::One, 1),
+            ("2", DatapathThreads::Two, 2),
+            ("auto", DatapathThreads::Auto, 2),
+        ] {
+            let env = parse(&with("GATELET_DATAPATH_THREADS", v)).unwrap();
+            assert_eq!(env.datapath_threads, want);
+            assert_eq!(env.datapath_threads.resolve(4), threads);
+            assert_eq!(want.resolve(1).min(threads), want.resolve(1));
+            assert!(env.unknown_keys.is_empty());
+        }
+        for bad in ["0", "3", "two", "-1"] {
+            let e = parse(&with("GATELET_DATAPATH_THREADS", bad)).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some("GATELET_DATAPATH_THREADS"),
+                "{bad:?}"
+            );
+            assert!(e.to_string().contains("must be auto, 1 or 2"), "{e}");
         }
     }
 

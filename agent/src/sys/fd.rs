@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use super::check_size;
 
@@ -27,4 +28,12 @@ pub fn register<T: AsFd + AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     // SAFETY: `inner` owns or lawfully borrows its descriptor for its whole life (AsFd's
     // contract) and the AsyncFd owns `inner`, so the descriptor outlives the registration.
     unsafe { AsyncFd::register(inner) }.map_err(io::Error::from)
+}
+
+/// As [`register`], for the readiness in `interest` only: a descriptor that two threads
+/// register, each for one direction, then wakes each only for its own (a UDP socket wakes a
+/// writer's epoll for every datagram the kernel frees, a reader's for every one that arrives).
+pub fn register_with<T: AsFd + AsRawFd>(inner: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    // SAFETY: as in `register`.
+    unsafe { AsyncFd::register_with_interest(inner, interest) }.map_err(io::Error::from)
 }

@@ -7,6 +7,15 @@
 //! ([`TunnelCore::on_timer`]) and resolution results. Every call writes its output into a buffer
 //! the caller provides, so the steady state allocates nothing. Tests drive two cores against
 //! each other in memory with virtual time.
+//!
+//! Data messages can also be sealed and opened outside `&mut TunnelCore`, so that a data path
+//! with a thread per direction holds the core's lock only for bookkeeping: a [`Sealer`] seals
+//! with the session [`TunnelCore::sending_session`] hands out, then
+//! [`TunnelCore::note_sent`] once per batch; an [`Opener`] opens with the sessions
+//! [`TunnelCore::receiving_session`] hands out and reports each batch with
+//! [`Opener::finish`]. Handshakes, cookies and timers still go through
+//! [`TunnelCore::from_network`] and [`TunnelCore::on_timer`] (the patched boringtun,
+//! third_party/boringtun/GATELET-PATCH.md).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::{Session, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::allowed::{destination_ip, AllowedIps};
@@ -44,6 +53,9 @@ const HANDSHAKE_RESPONSE_LEN: usize = 92;
 /// WireGuard message types (first byte of a datagram).
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESPONSE: u8 = 2;
+const MSG_DATA: u8 = 4;
+/// Bytes of a data message before the ciphertext.
+const DATA_HEADER_LEN: usize = 16;
 
 /// The keys of the tunnel. `Debug` never shows them.
 #[derive(Clone)]
@@ -185,6 +197,12 @@ impl TunnelCore {
     ) -> FromNetwork<'a> {
         let base = dst.as_ptr() as usize;
         let kind = datagram.first().copied();
+        if kind == Some(MSG_DATA) && datagram.len().saturating_sub(DATA_HEADER_LEN) > dst.len() {
+            // boringtun panics on a data message larger than the buffer; its size is the
+            // sender's choice (one joined by UDP GRO is not cut to the MTU).
+            tracing::trace!(len = datagram.len(), "dropped an oversized data message");
+            return FromNetwork::Nothing;
+        }
         let src = self.endpoint.map(|e| e.ip());
         enum Out {
             Net(Range<usize>),
@@ -363,11 +381,194 @@ impl TunnelCore {
         }
     }
 
+    /// What seals packets to the hub outside the core ([`Sealer::seal`]).
+    pub fn sealer(&self) -> Sealer {
+        Sealer {
+            allowed: self.allowed.clone(),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// What opens data messages from the hub outside the core ([`Opener::open`]).
+    pub fn opener(&self) -> Opener {
+        Opener {
+            allowed: self.allowed.clone(),
+            stats: Arc::clone(&self.stats),
+            sessions: Vec::with_capacity(OPENER_SESSIONS),
+        }
+    }
+
+    /// The session to seal the next batch with, None while there is none (then each packet
+    /// goes through [`TunnelCore::from_tun`], which queues it and starts a handshake). Still
+    /// valid after a rekey replaced it here: the hub accepts it until it expires.
+    pub fn sending_session(&self) -> Option<Arc<Session>> {
+        self.tunn.sending_session()
+    }
+
+    /// A batch sealed with a [`TunnelCore::sending_session`]: `packets` data messages with
+    /// `bytes` bytes of IP packets (the timers boringtun keeps for keepalives and rekeys).
+    pub fn note_sent(&mut self, packets: usize, bytes: usize) {
+        self.tunn.note_sent(packets, bytes);
+    }
+
+    /// The session that opens data messages carrying `receiver_idx`, if still held.
+    pub fn receiving_session(&self, receiver_idx: u32) -> Option<Arc<Session>> {
+        self.tunn.receiving_session(receiver_idx)
+    }
+
     fn handshake_completed(&mut self, now: Instant) {
         self.last_handshake = Some(now);
         self.expired_reported = false;
         self.unanswered_since = None;
         self.stats.set_handshake(now);
+    }
+}
+
+/// Sessions an [`Opener`] holds at once (one, or two across a rekey); a batch with more
+/// receiver indices is reported and started again.
+pub const OPENER_SESSIONS: usize = 4;
+
+/// Seals IP packets to the hub with a session, without the core: cryptokey routing and the
+/// counters, as [`TunnelCore::from_tun`] does for them.
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    allowed: AllowedIps,
+    stats: Arc<TunnelStats>,
+}
+
+impl Sealer {
+    /// Seals `packet` with `session` into `dst` (at least [`TunnelCore::dst_len`] of the
+    /// packet); returns the datagram's length, or None when the destination is not allowed.
+    /// Count what was sealed into [`TunnelCore::note_sent`].
+    pub fn seal(&self, session: &Session, packet: &[u8], dst: &mut [u8]) -> Option<usize> {
+        match destination_ip(packet) {
+            Some(ip) if self.allowed.contains(ip) => {}
+            _ => {
+                self.stats.count_tx_dropped();
+                return None;
+            }
+        }
+        if dst.len() < packet.len() + WG_OVERHEAD {
+            tracing::debug!(
+                len = packet.len(),
+                "dropped a packet larger than the buffer"
+            );
+            return None;
+        }
+        let n = session.seal_at(session.reserve(1), packet, dst).len();
+        self.stats.count_tx(packet.len());
+        Some(n)
+    }
+}
+
+/// What an [`Opener`] did with a datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened<'a> {
+    /// Write this IP packet to the interface.
+    ToTun(&'a [u8]),
+    /// Nothing to deliver (a keepalive, a replay, a forgery, a source not allowed).
+    Nothing,
+    /// Not a data message, or one for a session the opener does not hold yet: look it up
+    /// with [`Opener::learn`] (data) or hand the datagram to [`TunnelCore::from_network`].
+    NeedsCore,
+}
+
+/// One session an [`Opener`] holds, and what it opened with it in this batch.
+#[derive(Debug)]
+struct Held {
+    receiver_idx: u32,
+    session: Option<Arc<Session>>,
+    packets: usize,
+    data_packets: usize,
+    bytes: usize,
+}
+
+/// Opens data messages from the hub without the core, a batch at a time: the sessions it
+/// needs are looked up in the core once per batch ([`Opener::learn`]), what it opened is
+/// reported to the core once at the end ([`Opener::finish`]).
+#[derive(Debug)]
+pub struct Opener {
+    allowed: AllowedIps,
+    stats: Arc<TunnelStats>,
+    sessions: Vec<Held>,
+}
+
+impl Opener {
+    /// The receiver index of a data message, None for any other datagram.
+    pub fn data_receiver(datagram: &[u8]) -> Option<u32> {
+        if datagram.len() < WG_OVERHEAD || datagram.first() != Some(&MSG_DATA) {
+            return None;
+        }
+        Some(u32::from_le_bytes(datagram[4..8].try_into().ok()?))
+    }
+
+    /// Whether the opener holds room for another session in this batch; when not, call
+    /// [`Opener::finish`] first.
+    pub fn is_full(&self) -> bool {
+        self.sessions.len() >= OPENER_SESSIONS
+    }
+
+    /// Holds `session` (from [`TunnelCore::receiving_session`]; None: data to this index is
+    /// dropped) for `receiver_idx` until [`Opener::finish`].
+    pub fn learn(&mut self, receiver_idx: u32, session: Option<Arc<Session>>) {
+        if self.is_full() {
+            return;
+        }
+        self.sessions.push(Held {
+            receiver_idx,
+            session,
+            packets: 0,
+            data_packets: 0,
+            bytes: 0,
+        });
+    }
+
+    /// Opens `datagram` into `dst` with a held session: checks the replay window before
+    /// decrypting, then the packet and its source against the allowed IPs.
+    pub fn open<'a>(&mut self, datagram: &[u8], dst: &'a mut [u8]) -> Opened<'a> {
+        let Some(idx) = Self::data_receiver(datagram) else {
+            return Opened::NeedsCore;
+        };
+        let Some(held) = self.sessions.iter_mut().find(|h| h.receiver_idx == idx) else {
+            return Opened::NeedsCore;
+        };
+        let Some(session) = &held.session else {
+            return Opened::Nothing;
+        };
+        let plain = match session.open(datagram, dst) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = ?e, "dropped a datagram from the hub");
+                return Opened::Nothing;
+            }
+        };
+        held.packets += 1;
+        let (packet, ip) = match Tunn::decapsulated(plain) {
+            TunnResult::WriteToTunnelV4(p, ip) => (p, IpAddr::V4(ip)),
+            TunnResult::WriteToTunnelV6(p, ip) => (p, IpAddr::V6(ip)),
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, "dropped a datagram from the hub");
+                return Opened::Nothing;
+            }
+            _ => return Opened::Nothing,
+        };
+        held.data_packets += 1;
+        held.bytes += packet.len();
+        if !self.allowed.contains(ip) {
+            tracing::trace!(source = %ip, "dropped a packet from outside the allowed IPs");
+            self.stats.count_rx_dropped();
+            return Opened::Nothing;
+        }
+        self.stats.count_rx(packet.len());
+        Opened::ToTun(packet)
+    }
+
+    /// Reports the batch to the core (current session, timers) and lets go of the sessions.
+    pub fn finish(&mut self, core: &mut TunnelCore) {
+        for h in self.sessions.drain(..) {
+            core.tunn
+                .note_received(h.receiver_idx, h.packets, h.data_packets, h.bytes);
+        }
     }
 }
 

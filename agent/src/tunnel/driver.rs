@@ -14,6 +14,40 @@
 //! equal-size datagrams as one UDP GSO message ([`udp::send_batch`]). Buffers are
 //! allocated once; nothing here waits on the control socket.
 //!
+//! **Threads** ([`DataPath::threads`], `GATELET_DATAPATH_THREADS`). With one, a single loop
+//! does both directions. With two, the encrypting direction (interface readable: read,
+//! split, seal, send) runs on a thread of its own (`gatelet-encrypt`, its own current-thread
+//! runtime and its own registration of both descriptors) and the loop above keeps the
+//! decrypting direction, the timers, the handshakes and the name resolution. The two share
+//! the [`TunnelCore`] behind a mutex that is held only for bookkeeping: once per batch to
+//! take the sending or receiving sessions ([`TunnelCore::sending_session`],
+//! [`TunnelCore::receiving_session`]) and once to report it ([`TunnelCore::note_sent`],
+//! [`Opener::finish`]), and for the rare messages that are not data (handshakes, cookies,
+//! timer keepalives, packets queued before a session exists). Sealing and opening run
+//! outside it ([`Sealer`], [`Opener`]): boringtun's sessions are shared as `Arc` with an
+//! atomic send counter and a locked replay window (third_party/boringtun/GATELET-PATCH.md).
+//! Both loops use the same code in both modes; one thread takes the lock uncontended.
+//!
+//! Why a thread per direction and not crypto workers fed by one I/O thread: crypto is about
+//! a third of the cost per packet here (perf, `tests-hw/bench/tunnel.sh --pin`); the rest is
+//! system calls (`recvmmsg`, TUN reads and writes, `sendmmsg`), which a worker pool leaves on
+//! the one I/O thread, so one direction could gain at most about 1.4x, with a reorder stage
+//! and buffers passed between threads. A thread per direction moves whole batches, system
+//! calls included, needs no reordering (each direction keeps its order on its own thread)
+//! and lets a TCP transfer's data and its ACKs (the other direction) use a core each. On a
+//! four-core box (Pi 4/5) it still uses two: the next step is a TUN queue per thread
+//! (`IFF_MULTI_QUEUE`) with several sockets to the hub, each direction then split by flow;
+//! the `Tunn` lock stays serial but is taken twice per batch of up to 32 packets.
+//!
+//! Measured on the 2-core test box (`tests-hw/bench/tunnel.sh --agent-threads 1,2`, wireguard-go
+//! hub, medians of 3, a second engineer compiling alongside): unpinned, 1 and 2 threads move
+//! the same (hub -> gateway 0.82 and 0.79 Gbit/s at 36 and 37 % gateway CPU; gateway -> hub
+//! 0.63 and 0.67; `--bidir` 0.73 and 0.80, every spread overlapping) because the hub's
+//! process is the bottleneck (90-105 % CPU). Pinned to one core, two threads cost 2.3 times the
+//! CPU per byte (decrypting 1.5 against 3.6 Gbit/s per core): the reverse direction's few
+//! packets (a transfer's ACKs) wake the other thread every time instead of riding along in
+//! the same loop turn. Hence `auto` takes two threads only with three cores or more.
+//!
 //! The userspace variant ([`spawn_stack`], `GATELET_NETSTACK=userspace`) has the
 //! [`Netstack`] where the interface was: decrypted packets go into it, and it is polled after
 //! each batch, when a socket operation asks for it ([`Netstack::poll_wanted`]) and at the
@@ -23,15 +57,17 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use gatelet_agent_api::env::Endpoint;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use super::core::{FromNetwork, TunnelCore, TIMER_TICK};
+use super::core::{FromNetwork, Opened, Opener, Sealer, TunnelCore, TIMER_TICK};
 use super::resolve::resolve;
 use super::udp::{self, PacketBatch, RecvBatch, BATCH};
 use crate::netif::vnet::{Coalescer, Segments, VNET_HDR_LEN};
@@ -112,11 +148,15 @@ pub struct DataPath<T: PacketInterface> {
     /// Beaten on every turn of the loop (timer ticks included, so also when idle); the
     /// watchdog withholds systemd's keep-alive when it stops.
     pub checkin: CheckIn,
+    /// Threads: 1 (both directions in one loop) or 2 (the encrypting direction on a thread
+    /// of its own); see the module documentation. 0 counts as 1, more than 2 as 2.
+    pub threads: usize,
 }
 
-/// Starts the data path on a thread of its own; it runs until `shutdown` turns true or its
-/// sender is dropped.
-pub fn spawn<T: PacketInterface + Send + 'static>(
+/// Starts the data path on a thread of its own (and, with [`DataPath::threads`] 2, the
+/// encrypting direction on another); it runs until `shutdown` turns true or its sender is
+/// dropped.
+pub fn spawn<T: PacketInterface + Send + Sync + 'static>(
     dp: DataPath<T>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
@@ -170,81 +210,222 @@ pub fn spawn_stack(
 
 use crate::sys::fd::{read as read_fd, write as write_fd};
 
+/// What the two directions of the data path share, behind one lock.
+struct Shared {
+    core: TunnelCore,
+    /// The socket to the hub in use: the decrypting loop replaces it when the hub's address
+    /// family changes, the encrypting thread follows.
+    udp: Arc<UdpSocket>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The encrypting direction's buffers: a frame from the interface (up to 64 KiB with TSO),
+/// a segment cut from it, and the batch of datagrams being sealed.
+struct EncryptBufs {
+    packet: Vec<u8>,
+    scratch: Vec<u8>,
+    tx: PacketBatch,
+}
+
 /// Runs the data path until shutdown (see [`spawn`]). Must run inside a tokio runtime with
 /// I/O and time enabled.
-pub async fn run<T: PacketInterface>(
+pub async fn run<T: PacketInterface + Send + Sync + 'static>(
     dp: DataPath<T>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let max_packet = usize::from(dp.mtu).max(1500) + PACKET_HEADROOM;
     let out_len = TunnelCore::dst_len(max_packet);
-    let mut core = dp.core;
-    let iface = crate::sys::fd::register(dp.iface)?;
-    let mut udp = crate::sys::fd::register(dp.udp)?;
+    let iface = Arc::new(dp.iface);
+    let udp_sock = Arc::new(dp.udp);
+    // With a thread per direction this loop only receives: registered for reading alone, it
+    // is not woken each time the kernel frees a datagram the other thread sent.
+    let udp_interest = if dp.threads <= 1 {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    let mut udp = crate::sys::fd::register_with(Arc::clone(&udp_sock), udp_interest)?;
     let endpoint = dp.endpoint;
     let checkin = dp.checkin;
+    let sealer = dp.core.sealer();
+    let mut opener = dp.core.opener();
+    let shared = Arc::new(Mutex::new(Shared {
+        core: dp.core,
+        udp: udp_sock,
+    }));
     let mut rx = RecvBatch::new(out_len);
     rx.set_gro(udp::enable_gro(udp.get_ref()));
-    let mut tx = PacketBatch::new(out_len);
     let mut plain = vec![0u8; out_len];
-    let vnet = iface.get_ref().vnet_hdr();
-    // With offloads, a frame from the interface may be a TCP segment of up to 64 KiB.
-    let mut packet = vec![
-        0u8;
-        if vnet {
-            VNET_HDR_LEN + MAX_GSO_FRAME
-        } else {
-            max_packet
-        }
-    ];
-    let mut scratch = vec![0u8; max_packet];
-    let udp_segments = iface.get_ref().udp_segments();
+    let vnet = iface.vnet_hdr();
+    let iface_fd = iface.as_raw_fd();
+    let mut bufs = EncryptBufs {
+        // With offloads, a frame from the interface may be a TCP segment of up to 64 KiB.
+        packet: vec![
+            0u8;
+            if vnet {
+                VNET_HDR_LEN + MAX_GSO_FRAME
+            } else {
+                max_packet
+            }
+        ],
+        scratch: vec![0u8; max_packet],
+        tx: PacketBatch::new(out_len),
+    };
+    let udp_segments = iface.udp_segments();
     let mut coalescer = vnet.then(|| Coalescer::new(udp_segments));
     let mut resolving = Resolving::default();
     let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-    loop {
+    // One thread: the interface is read here. Two: on the encrypting thread, which gets the
+    // buffers and reports how it ended.
+    let (stop_encrypt, encrypt_stop_rx) = watch::channel(false);
+    let mut encrypt: Option<(
+        JoinHandle<()>,
+        tokio::sync::oneshot::Receiver<io::Result<()>>,
+    )> = None;
+    let mut iface_here = None;
+    if dp.threads <= 1 {
+        iface_here = Some(crate::sys::fd::register(Arc::clone(&iface))?);
+    } else {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (iface, shared) = (Arc::clone(&iface), Arc::clone(&shared));
+        let sealer = sealer.clone();
+        let bufs = std::mem::replace(
+            &mut bufs,
+            EncryptBufs {
+                packet: Vec::new(),
+                scratch: Vec::new(),
+                tx: PacketBatch::new(0),
+            },
+        );
+        let handle = std::thread::Builder::new()
+            .name("gatelet-encrypt".into())
+            .spawn(move || {
+                let result = encrypt_thread(iface, shared, sealer, bufs, encrypt_stop_rx);
+                let _ = done_tx.send(result);
+            })?;
+        encrypt = Some((handle, done_rx));
+    }
+
+    let result = loop {
         checkin.beat();
         let now = Instant::now();
-        resolving.start_if_wanted(&mut core, &endpoint, now);
+        {
+            let mut sh = lock(&shared);
+            resolving.start_if_wanted(&mut sh.core, &endpoint, now);
+        }
         let resolved = resolving.done();
+        let encrypt_done = async {
+            match encrypt.as_mut() {
+                Some((_, done)) => done.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.changed() => {
                 if shutdown.has_changed().is_err() || *shutdown.borrow() {
-                    break;
+                    break Ok(());
                 }
             }
             r = udp.readable() => {
                 let mut g = r?;
                 let mut deliver = Deliver::Iface {
-                    fd: iface.get_ref().as_raw_fd(),
+                    fd: iface_fd,
                     coalescer: coalescer.as_mut(),
                 };
-                on_udp_readable(&mut g, &mut core, &mut rx, &mut plain, &mut deliver);
+                decrypt_ready(&mut g, &shared, &mut opener, &mut rx, &mut plain, &mut deliver);
             }
-            r = iface.readable() => {
+            r = readable(iface_here.as_ref()) => {
                 let mut g = r?;
-                read_iface(&mut g, &udp, &mut core, &mut packet, &mut scratch, &mut tx).await?;
+                encrypt_ready(&mut g, &udp, &shared, &sealer, &mut bufs).await?;
+            }
+            r = encrypt_done => {
+                encrypt = None;
+                break match r {
+                    Ok(Err(e)) => Err(e),
+                    // It stops only when told to, or when it panicked (gone without a word).
+                    Ok(Ok(())) => Ok(()),
+                    Err(_) => Err(io::Error::other("the encrypting thread ended")),
+                };
             }
             _ = tick.tick() => {
-                if let Some(d) = core.on_timer(Instant::now(), &mut plain) {
-                    send_one(&mut core, udp.get_ref(), d);
+                {
+                    let mut sh = lock(&shared);
+                    if let Some(d) = sh.core.on_timer(Instant::now(), &mut plain) {
+                        send_one(&mut sh.core, udp.get_ref(), d);
+                    }
                 }
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(IFACE_CHECK_TICKS) {
-                    if let Some(why) = iface.get_ref().gone() {
-                        return Err(io::Error::new(io::ErrorKind::NotFound, why));
+                    if let Some(why) = iface.gone() {
+                        break Err(io::Error::new(io::ErrorKind::NotFound, why));
                     }
                 }
             }
             result = resolved => {
-                use_resolved(result, &mut core, &mut udp, &mut rx, &endpoint, &mut plain);
+                let mut sh = lock(&shared);
+                use_resolved(result, &mut sh.core, &mut udp, udp_interest, &mut rx, &endpoint, &mut plain);
+                if !Arc::ptr_eq(&sh.udp, udp.get_ref()) {
+                    sh.udp = Arc::clone(udp.get_ref());
+                }
             }
         }
+    };
+    let _ = stop_encrypt.send(true);
+    if let Some((handle, _)) = encrypt {
+        // It returns at its next await (a wait for the interface or for socket space).
+        let _ = handle.join();
     }
-    Ok(())
+    result
+}
+
+/// A descriptor's next readiness to read; never, when there is none.
+async fn readable<T: AsRawFd>(fd: Option<&AsyncFd<T>>) -> io::Result<AsyncFdReadyGuard<'_, T>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The encrypting thread's body: a current-thread runtime of its own with both descriptors
+/// registered anew (a descriptor can be in several epoll sets), the socket followed when the
+/// other loop replaces it. Returns when `stop` turns true or is dropped, or on an error
+/// reading the interface.
+fn encrypt_thread<T: PacketInterface>(
+    iface: Arc<T>,
+    shared: Arc<Mutex<Shared>>,
+    sealer: Sealer,
+    mut bufs: EncryptBufs,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        // Each descriptor for this direction's readiness only (see `run`).
+        let iface = crate::sys::fd::register_with(iface, Interest::READABLE)?;
+        let udp_now = Arc::clone(&lock(&shared).udp);
+        let mut udp = crate::sys::fd::register_with(udp_now, Interest::WRITABLE)?;
+        let work = async {
+            loop {
+                let mut g = iface.readable().await?;
+                let current = Arc::clone(&lock(&shared).udp);
+                if !Arc::ptr_eq(&current, udp.get_ref()) {
+                    udp = crate::sys::fd::register_with(current, Interest::WRITABLE)?;
+                }
+                encrypt_ready(&mut g, &udp, &shared, &sealer, &mut bufs).await?;
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            _ = stop.wait_for(|stop| *stop) => Ok(()),
+        }
+    })
 }
 
 /// Runs the userspace data path until shutdown (see [`spawn_stack`]). Must run inside a
@@ -254,7 +435,7 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
     let out_len = TunnelCore::dst_len(max_packet);
     let mut core = dp.core;
     let stack = dp.stack;
-    let mut udp = crate::sys::fd::register(dp.udp)?;
+    let mut udp = crate::sys::fd::register(Arc::new(dp.udp))?;
     let endpoint = dp.endpoint;
     let checkin = dp.checkin;
     let mut rx = RecvBatch::new(out_len);
@@ -302,7 +483,8 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
                 stack.release_drained();
             }
             result = resolved => {
-                use_resolved(result, &mut core, &mut udp, &mut rx, &endpoint, &mut plain);
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                use_resolved(result, &mut core, &mut udp, interest, &mut rx, &endpoint, &mut plain);
             }
         }
     }
@@ -312,7 +494,7 @@ pub async fn run_stack(dp: StackDataPath, mut shutdown: watch::Receiver<bool>) -
 /// Polls the stack and sends what it has, a batch at a time; returns its next deadline.
 async fn pump(
     stack: &Netstack,
-    udp: &AsyncFd<UdpSocket>,
+    udp: &AsyncFd<Arc<UdpSocket>>,
     core: &mut TunnelCore,
     tx: &mut PacketBatch,
 ) -> io::Result<Option<Instant>> {
@@ -362,11 +544,13 @@ impl Resolving {
 }
 
 /// Takes the outcome of a name resolution of the hub: connects the socket to the new address
-/// (a fresh socket when the family changed) and starts the handshake.
+/// (a fresh socket, registered for `interest`, when the family changed) and starts the
+/// handshake.
 fn use_resolved(
     result: Result<Result<Vec<SocketAddr>, String>, tokio::task::JoinError>,
     core: &mut TunnelCore,
-    udp: &mut AsyncFd<UdpSocket>,
+    udp: &mut AsyncFd<Arc<UdpSocket>>,
+    interest: Interest,
     rx: &mut RecvBatch,
     endpoint: &Endpoint,
     plain: &mut [u8],
@@ -387,7 +571,7 @@ fn use_resolved(
         } else {
             udp::socket_for(new, true).and_then(|fresh| {
                 let gro = udp::enable_gro(&fresh);
-                *udp = crate::sys::fd::register(fresh)?;
+                *udp = crate::sys::fd::register_with(Arc::new(fresh), interest)?;
                 rx.set_gro(gro);
                 Ok(())
             })
@@ -451,7 +635,7 @@ fn write_frame(fd: RawFd, frame: &[u8]) {
 
 /// Decrypts what the hub sent and delivers it (to the interface or the stack).
 fn on_udp_readable(
-    g: &mut AsyncFdReadyGuard<'_, UdpSocket>,
+    g: &mut AsyncFdReadyGuard<'_, Arc<UdpSocket>>,
     core: &mut TunnelCore,
     rx: &mut RecvBatch,
     plain: &mut [u8],
@@ -498,19 +682,113 @@ fn on_udp_readable(
     }
 }
 
-/// Reads up to a batch of frames from the interface, encrypts their packets into `tx` and
-/// sends them (several batches when GSO frames hold many segments).
-async fn read_iface<T: PacketInterface>(
-    g: &mut AsyncFdReadyGuard<'_, T>,
-    udp: &AsyncFd<UdpSocket>,
-    core: &mut TunnelCore,
-    packet: &mut [u8],
-    scratch: &mut [u8],
-    tx: &mut PacketBatch,
+/// Decrypts what the hub sent and writes it to the interface, opening data messages
+/// outside the core's lock (the sessions taken and the batch reported under it, once each);
+/// other messages (handshakes, cookies) go through the core under the lock.
+fn decrypt_ready(
+    g: &mut AsyncFdReadyGuard<'_, Arc<UdpSocket>>,
+    shared: &Mutex<Shared>,
+    opener: &mut Opener,
+    rx: &mut RecvBatch,
+    plain: &mut [u8],
+    deliver: &mut Deliver<'_>,
+) {
+    for _ in 0..ROUNDS_PER_WAKEUP {
+        let n = match g.try_io(|s| udp::recv_batch(s.get_ref(), rx)) {
+            Err(_would_block) => return,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => {
+                // On a connected socket an ICMP error from the hub's address shows up here.
+                let mut sh = lock(shared);
+                let msg = match sh.core.endpoint() {
+                    Some(ep) => format!("the hub at {ep} does not accept datagrams: {e}"),
+                    None => format!("UDP receive failed: {e}"),
+                };
+                tracing::debug!(error = %e, "UDP receive error");
+                sh.core.on_send_error(&msg);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let sock = g.get_ref().get_ref();
+        // A slot holds one datagram, or with GRO a run of them cut back at their size.
+        for datagram in (0..n).flat_map(|i| rx.datagrams(i)) {
+            let mut opened = opener.open(datagram, plain);
+            if opened == Opened::NeedsCore {
+                if let Some(idx) = Opener::data_receiver(datagram) {
+                    // Data for a session not held in this batch yet.
+                    let mut sh = lock(shared);
+                    if opener.is_full() {
+                        opener.finish(&mut sh.core);
+                    }
+                    opener.learn(idx, sh.core.receiving_session(idx));
+                    drop(sh);
+                    opened = opener.open(datagram, plain);
+                }
+            }
+            match opened {
+                Opened::ToTun(p) => deliver.packet(p),
+                Opened::Nothing => {}
+                Opened::NeedsCore => {
+                    let mut sh = lock(shared);
+                    // Sessions may change: the batch so far is reported, the rest looked up anew.
+                    opener.finish(&mut sh.core);
+                    let core = &mut sh.core;
+                    match core.from_network(now, datagram, plain) {
+                        FromNetwork::ToTun(p) => deliver.packet(p),
+                        FromNetwork::ToNetwork(d) => {
+                            send_one(core, sock, d);
+                            for _ in 0..BATCH * 8 {
+                                match core.poll_queued(plain) {
+                                    Some(q) => send_one(core, sock, q),
+                                    None => break,
+                                }
+                            }
+                        }
+                        FromNetwork::Nothing => {}
+                    }
+                }
+            }
+        }
+        opener.finish(&mut lock(shared).core);
+        deliver.end_of_batch();
+        if n < rx.capacity() {
+            return;
+        }
+    }
+}
+
+/// Reads up to a batch of frames from the interface, seals their packets into a batch
+/// outside the core's lock and sends them (several batches when GSO frames hold many
+/// segments). The lock is taken to get the session, to report what was sealed, and per
+/// packet only while there is no session (the core queues it and starts a handshake).
+async fn encrypt_ready<T: PacketInterface>(
+    g: &mut AsyncFdReadyGuard<'_, Arc<T>>,
+    udp: &AsyncFd<Arc<UdpSocket>>,
+    shared: &Mutex<Shared>,
+    sealer: &Sealer,
+    bufs: &mut EncryptBufs,
 ) -> io::Result<()> {
+    let (session, endpoint) = {
+        let sh = lock(shared);
+        (sh.core.sending_session(), sh.core.endpoint().is_some())
+    };
+    let mut sealed = Sealed {
+        session: session.as_deref(),
+        endpoint,
+        packets: 0,
+        bytes: 0,
+    };
+    let EncryptBufs {
+        packet,
+        scratch,
+        tx,
+    } = bufs;
     tx.clear();
     let fd = g.get_ref().get_ref().as_raw_fd();
     let vnet = g.get_ref().get_ref().vnet_hdr();
+    let mut result = Ok(());
     for _ in 0..BATCH {
         let len = match g.try_io(|_| read_fd(fd, packet)) {
             Err(_would_block) => break,
@@ -518,18 +796,15 @@ async fn read_iface<T: PacketInterface>(
             Ok(Ok(n)) => n,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => {
-                return Err(io::Error::new(
+                result = Err(io::Error::new(
                     e.kind(),
                     format!("cannot read from the interface: {e}"),
-                ))
+                ));
+                break;
             }
         };
         if !vnet {
-            if tx.free_slot().is_none() {
-                flush(udp, core, tx).await?;
-                tx.clear();
-            }
-            encrypt_into(core, &packet[..len], tx);
+            sealed.seal(shared, sealer, &packet[..len], udp, tx).await;
             continue;
         }
         let Some(mut segments) = Segments::new(&packet[..len]) else {
@@ -537,14 +812,69 @@ async fn read_iface<T: PacketInterface>(
             continue;
         };
         while let Some(seg) = segments.next(scratch) {
-            if tx.free_slot().is_none() {
-                flush(udp, core, tx).await?;
-                tx.clear();
-            }
-            encrypt_into(core, seg, tx);
+            sealed.seal(shared, sealer, seg, udp, tx).await;
         }
     }
-    flush(udp, core, tx).await
+    sealed.flush(shared, udp, tx).await;
+    if sealed.packets > 0 {
+        lock(shared).core.note_sent(sealed.packets, sealed.bytes);
+    }
+    result
+}
+
+/// One readiness worth of sealing: the session it uses and what it sealed.
+struct Sealed<'s> {
+    session: Option<&'s boringtun::noise::Session>,
+    endpoint: bool,
+    packets: usize,
+    bytes: usize,
+}
+
+impl Sealed<'_> {
+    /// Seals `packet` into the next slot of `tx`, sending the batch first when it is full.
+    async fn seal(
+        &mut self,
+        shared: &Mutex<Shared>,
+        sealer: &Sealer,
+        packet: &[u8],
+        udp: &AsyncFd<Arc<UdpSocket>>,
+        tx: &mut PacketBatch,
+    ) {
+        if tx.free_slot().is_none() {
+            self.flush(shared, udp, tx).await;
+            tx.clear();
+        }
+        let Some(slot) = tx.free_slot() else {
+            return;
+        };
+        match self.session {
+            Some(session) => {
+                if let Some(n) = sealer.seal(session, packet, slot) {
+                    tx.push(n);
+                    self.packets += 1;
+                    self.bytes += packet.len();
+                }
+            }
+            None => {
+                if let Some(out) = lock(shared).core.from_tun(packet, slot) {
+                    let n = out.len();
+                    tx.push(n);
+                }
+            }
+        }
+    }
+
+    /// Sends the batch (nowhere while the hub has no address).
+    async fn flush(
+        &self,
+        shared: &Mutex<Shared>,
+        udp: &AsyncFd<Arc<UdpSocket>>,
+        tx: &mut PacketBatch,
+    ) {
+        if self.endpoint {
+            send_all(udp, tx, |e| send_failed(&mut lock(shared).core, e)).await;
+        }
+    }
 }
 
 fn encrypt_into(core: &mut TunnelCore, packet: &[u8], tx: &mut PacketBatch) {
@@ -558,32 +888,40 @@ fn encrypt_into(core: &mut TunnelCore, packet: &[u8], tx: &mut PacketBatch) {
 
 /// Sends the batch, waiting for socket space when the kernel's buffer is full.
 async fn flush(
-    udp: &AsyncFd<UdpSocket>,
+    udp: &AsyncFd<Arc<UdpSocket>>,
     core: &mut TunnelCore,
     tx: &mut PacketBatch,
 ) -> io::Result<()> {
     if core.endpoint().is_none() {
         return Ok(());
     }
+    send_all(udp, tx, |e| send_failed(core, e)).await;
+    Ok(())
+}
+
+/// Sends the batch, waiting for socket space when the kernel's buffer is full (at most
+/// [`MAX_SEND_WAITS`] times, then the rest is dropped); `failed` gets a send error, after
+/// which the rest is dropped too.
+async fn send_all(
+    udp: &AsyncFd<Arc<UdpSocket>>,
+    tx: &mut PacketBatch,
+    failed: impl FnOnce(&io::Error),
+) {
     let mut sent = 0;
     for _ in 0..MAX_SEND_WAITS {
         if sent >= tx.len() {
-            return Ok(());
+            return;
         }
         match udp::send_batch(udp.get_ref(), tx, sent) {
             Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut g = udp.writable().await?;
-                g.clear_ready();
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match udp.writable().await {
+                Ok(mut g) => g.clear_ready(),
+                Err(e) => return failed(&e),
+            },
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                send_failed(core, &e);
-                return Ok(());
-            }
+            Err(e) => return failed(&e),
         }
     }
-    Ok(())
 }
 
 fn send_one(core: &mut TunnelCore, sock: &UdpSocket, datagram: &[u8]) {
@@ -675,14 +1013,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn data_path_carries_packets_both_ways_over_real_sockets() {
+    /// A gateway data path on a socket-pair interface and a hub on loopback.
+    struct Running {
+        hub: Hub,
+        /// The far end of the interface.
+        host: UnixDatagram,
+        stats: Arc<TunnelStats>,
+        checkin: CheckIn,
+        stop: watch::Sender<bool>,
+        thread: JoinHandle<io::Result<()>>,
+    }
+
+    fn start(threads: usize) -> Running {
         let (gw_secret, hub_secret) = ([0x44u8; 32], [0x55u8; 32]);
         let public = |s: [u8; 32]| PublicKey::from(&StaticSecret::from(s)).to_bytes();
         let hub_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         hub_sock.set_read_timeout(Some(WAIT)).unwrap();
         let hub_stats = Arc::new(TunnelStats::new(Instant::now(), "tun"));
-        let mut hub = Hub {
+        let hub = Hub {
             core: TunnelCore::new(
                 &TunnelKeys {
                     private_key: hub_secret,
@@ -719,10 +1067,40 @@ mod tests {
             },
             mtu: 1420,
             checkin: CheckIn::new(),
+            threads,
         };
         let checkin = dp.checkin.clone();
         let (stop, stop_rx) = watch::channel(false);
         let thread = spawn(dp, stop_rx).unwrap();
+        Running {
+            hub,
+            host,
+            stats,
+            checkin,
+            stop,
+            thread,
+        }
+    }
+
+    #[test]
+    fn data_path_carries_packets_both_ways_over_real_sockets() {
+        carries_packets_both_ways(1);
+    }
+
+    #[test]
+    fn data_path_with_a_thread_per_direction_carries_packets_both_ways() {
+        carries_packets_both_ways(2);
+    }
+
+    fn carries_packets_both_ways(threads: usize) {
+        let Running {
+            mut hub,
+            host,
+            stats,
+            checkin,
+            stop,
+            thread,
+        } = start(threads);
 
         let up = ipv4([10, 8, 0, 2], [10, 8, 0, 1], b"to the hub");
         host.send(&up).unwrap();
@@ -756,6 +1134,71 @@ mod tests {
 
         stop.send(true).unwrap();
         thread.join().unwrap().unwrap();
+    }
+
+    /// Windows of numbered packets both ways at once (the host sends a window up while the
+    /// hub sends one down), each direction checked complete and in order.
+    fn traffic_both_ways_at_once(threads: usize) {
+        const ROUNDS: u16 = 60;
+        const WINDOW: u16 = 40;
+        let Running {
+            mut hub,
+            host,
+            stats,
+            stop,
+            thread,
+            ..
+        } = start(threads);
+        let hello = ipv4([10, 8, 0, 2], [10, 8, 0, 1], b"hello");
+        host.send(&hello).unwrap();
+        assert_eq!(hub.recv_packet(), hello);
+        let seq = |p: &[u8]| u16::from_be_bytes([p[p.len() - 2], p[p.len() - 1]]);
+
+        let gateway_side = std::thread::spawn(move || {
+            let mut down = Vec::new();
+            let mut buf = [0u8; 2048];
+            for round in 0..ROUNDS {
+                for i in 0..WINDOW {
+                    let n = round * WINDOW + i;
+                    host.send(&ipv4([10, 8, 0, 2], [10, 8, 0, 1], &n.to_be_bytes()))
+                        .unwrap();
+                }
+                for _ in 0..WINDOW {
+                    let n = host.recv(&mut buf).expect("a packet from the hub");
+                    down.push(seq(&buf[..n]));
+                }
+            }
+            down
+        });
+        let mut up = Vec::new();
+        for round in 0..ROUNDS {
+            for i in 0..WINDOW {
+                let n = round * WINDOW + i;
+                hub.send_packet(&ipv4([10, 8, 0, 1], [10, 8, 0, 2], &n.to_be_bytes()));
+            }
+            for _ in 0..WINDOW {
+                up.push(seq(&hub.recv_packet()));
+            }
+        }
+        let down = gateway_side.join().unwrap();
+        let want: Vec<u16> = (0..ROUNDS * WINDOW).collect();
+        assert_eq!(up, want, "gateway to hub");
+        assert_eq!(down, want, "hub to gateway");
+        let st = stats.snapshot(Instant::now());
+        let total = u64::from(ROUNDS * WINDOW);
+        assert_eq!((st.tx_packets, st.rx_packets), (total + 1, total));
+        stop.send(true).unwrap();
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn one_thread_carries_traffic_both_ways_at_once_in_order() {
+        traffic_both_ways_at_once(1);
+    }
+
+    #[test]
+    fn a_thread_per_direction_carries_traffic_both_ways_at_once_in_order() {
+        traffic_both_ways_at_once(2);
     }
 
     fn checksum(b: &[u8]) -> [u8; 2] {

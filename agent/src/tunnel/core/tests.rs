@@ -469,3 +469,199 @@ fn unusable_endpoint_is_resolved_and_set_again() {
         "applied again"
     );
 }
+
+// Sealing and opening outside the core (the data path with a thread per direction).
+
+/// Opens `datagrams` on `side` as one batch of the split data path: sessions looked up when
+/// first needed, opened outside the core, the batch reported at the end. Returns what was
+/// delivered.
+fn open_split(side: &mut Side, datagrams: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut opener = side.core.opener();
+    let mut buf = vec![0; TunnelCore::dst_len(MAX_PACKET)];
+    let mut out = Vec::new();
+    for d in datagrams {
+        let mut opened = opener.open(d, &mut buf);
+        if opened == Opened::NeedsCore {
+            let idx = Opener::data_receiver(d).expect("a data message");
+            opener.learn(idx, side.core.receiving_session(idx));
+            opened = opener.open(d, &mut buf);
+        }
+        match opened {
+            Opened::ToTun(p) => out.push(p.to_vec()),
+            Opened::Nothing => {}
+            Opened::NeedsCore => panic!("a held session was not used"),
+        }
+    }
+    opener.finish(&mut side.core);
+    side.delivered.extend(out.iter().cloned());
+    out
+}
+
+/// Seals `packet` with `session` the split way; the datagram.
+fn seal_split(sealer: &Sealer, session: &Session, packet: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0; TunnelCore::dst_len(MAX_PACKET)];
+    let n = sealer.seal(session, packet, &mut buf).expect("allowed");
+    buf[..n].to_vec()
+}
+
+#[test]
+fn two_sealers_taking_turns_on_one_session_deliver_every_packet_once() {
+    let mut p = Pair::new();
+    p.connect();
+    let session = p.gw.core.sending_session().expect("a session");
+    // Two threads' worth: each seals every other packet with the same session.
+    let sealers = [p.gw.core.sealer(), p.gw.core.sealer()];
+    let packets: Vec<Vec<u8>> = (0..64).map(|i| ipv4(GW_IP, HUB_IP, 40 + i)).collect();
+    let sealed: Vec<Vec<u8>> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, pkt)| seal_split(&sealers[i % 2], &session, pkt))
+        .collect();
+    let bytes = packets.iter().map(Vec::len).sum();
+    p.gw.core.note_sent(packets.len(), bytes);
+    // The second thread's batch reaches the hub first: the replay window takes it.
+    for d in sealed
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .chain(sealed.iter().step_by(2))
+    {
+        p.put(Dir::ToHub, d);
+    }
+    p.deliver();
+    let want: Vec<Vec<u8>> = packets
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .chain(packets.iter().step_by(2))
+        .cloned()
+        .collect();
+    assert_eq!(p.hub.delivered, want);
+    // A replay of any of them delivers nothing.
+    p.put(Dir::ToHub, &sealed[5]);
+    p.deliver();
+    assert_eq!(p.hub.delivered.len(), 64);
+    let st = p.gw.stats.snapshot(p.now);
+    assert_eq!((st.tx_packets, st.tx_bytes), (64, bytes as u64));
+}
+
+#[test]
+fn a_batch_sealed_and_opened_across_a_rekey_is_delivered_whole() {
+    let mut p = Pair::new();
+    p.connect();
+    let old = p.gw.core.sending_session().unwrap();
+    let sealer = p.gw.core.sealer();
+    let packets: Vec<Vec<u8>> = (0..8).map(|i| ipv4(GW_IP, HUB_IP, 30 + i)).collect();
+    let mut batch: Vec<Vec<u8>> = packets[..4]
+        .iter()
+        .map(|pkt| seal_split(&sealer, &old, pkt))
+        .collect();
+    // Meanwhile the other thread completes a new handshake (the hub moved).
+    p.gw.core.resolve_started(p.now);
+    let b: SocketAddr = "192.0.2.2:51820".parse().unwrap();
+    assert_eq!(p.gw.core.resolve_finished(Ok(vec![b])), Some(b));
+    p.advance(Duration::from_secs(1));
+    p.tick();
+    let new = p.gw.core.sending_session().unwrap();
+    assert!(!Arc::ptr_eq(&old, &new), "rekeyed");
+    // The batch is finished with the session it started with.
+    batch.extend(
+        packets[4..]
+            .iter()
+            .map(|pkt| seal_split(&sealer, &old, pkt)),
+    );
+    p.gw.core.note_sent(8, packets.iter().map(Vec::len).sum());
+    assert_eq!(open_split(&mut p.hub, &batch), packets);
+    // The next batch uses the new session, and the hub opens it too.
+    let next = ipv4(GW_IP, HUB_IP, 99);
+    let d = seal_split(&sealer, &new, &next);
+    assert_ne!(d[4..8], batch[0][4..8], "another receiver index");
+    assert_eq!(open_split(&mut p.hub, &[d]), vec![next]);
+}
+
+#[test]
+fn the_opener_refuses_replays_forgeries_and_oversized_datagrams() {
+    let mut p = Pair::new();
+    p.connect();
+    let down = ipv4(HUB_IP, GW_IP, 200);
+    let mut buf = vec![0; TunnelCore::dst_len(MAX_PACKET)];
+    let d = p.hub.core.from_tun(&down, &mut buf).unwrap().to_vec();
+    assert_eq!(
+        open_split(&mut p.gw, &[d.clone(), d.clone()]),
+        vec![down.clone()],
+        "replayed within a batch"
+    );
+    assert!(
+        open_split(&mut p.gw, std::slice::from_ref(&d)).is_empty(),
+        "replayed later"
+    );
+    let mut forged = p.hub.core.from_tun(&down, &mut buf).unwrap().to_vec();
+    *forged.last_mut().unwrap() ^= 1;
+    assert!(open_split(&mut p.gw, &[forged]).is_empty());
+    // A data message bigger than any buffer (UDP GRO does not cut to the MTU): dropped by
+    // both paths, never a panic.
+    let mut huge = d.clone();
+    huge.resize(4 * MAX_PACKET, 0xaa);
+    assert!(open_split(&mut p.gw, &[huge.clone()]).is_empty());
+    assert_eq!(
+        p.gw.core.from_network(p.now, &huge, &mut buf),
+        FromNetwork::Nothing
+    );
+    let spoofed = ipv4([10, 9, 9, 9], GW_IP, 20);
+    let s = p.hub.core.from_tun(&spoofed, &mut buf).unwrap().to_vec();
+    assert!(open_split(&mut p.gw, &[s]).is_empty());
+    let st = p.gw.stats.snapshot(p.now);
+    assert_eq!((st.rx_packets, st.rx_dropped_not_allowed), (1, 1));
+}
+
+#[test]
+fn batches_sealed_outside_the_core_drive_the_rekey_as_encapsulated_packets_did() {
+    let mut p = Pair::new();
+    p.connect();
+    let sealer = p.gw.core.sealer();
+    let up = ipv4(GW_IP, HUB_IP, 40);
+    for _ in 0..130 {
+        let session = p.gw.core.sending_session().expect("a session throughout");
+        let d = seal_split(&sealer, &session, &up);
+        p.gw.core.note_sent(1, up.len());
+        p.put(Dir::ToHub, &d);
+        p.deliver();
+        p.run_for(Duration::from_secs(1));
+    }
+    let inits = p.gw_sent(MSG_HANDSHAKE_INIT, None);
+    assert_eq!(inits.len(), 2, "handshake initiations at {inits:?}");
+    assert!(
+        inits[1] >= Duration::from_secs(120) && inits[1] <= Duration::from_secs(123),
+        "{inits:?}"
+    );
+    assert_eq!(
+        p.hub.delivered.len(),
+        130,
+        "no packet lost across the rekey"
+    );
+}
+
+#[test]
+fn batches_opened_outside_the_core_drive_the_keepalive_as_decapsulated_ones_did() {
+    let mut p = Pair::new();
+    p.connect();
+    p.run_for(Duration::from_secs(1));
+    let down = ipv4(HUB_IP, GW_IP, 100);
+    let mut buf = vec![0; TunnelCore::dst_len(MAX_PACKET)];
+    let d = p.hub.core.from_tun(&down, &mut buf).unwrap().to_vec();
+    assert_eq!(open_split(&mut p.gw, &[d]), vec![down]);
+    let received = p.elapsed();
+    let before = p.log.len();
+    p.run_for(Duration::from_secs(12));
+    // Data received and nothing sent back for KEEPALIVE_TIMEOUT (10 s): a keepalive, long
+    // before the persistent one (25 s).
+    let keepalive = p.log[before..]
+        .iter()
+        .find(|(_, d, pkt)| *d == Dir::ToHub && pkt.len() == WG_OVERHEAD && pkt[0] == 4)
+        .map(|(t, _, _)| *t)
+        .expect("a keepalive within 12 s");
+    assert!(
+        keepalive - received <= Duration::from_secs(11),
+        "{keepalive:?}"
+    );
+}
