@@ -26,8 +26,9 @@
 //! - `fuzz_api`: the head parsers and the chunked decoder for the fuzz targets in `fuzz/` (hidden).
 //!
 //! Memory: a connection holds no buffer while idle between requests; while it reads a request
-//! head it holds one fixed buffer of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side), and while a
-//! request goes to a backend a second one (backend side); they also carry bodies. The proxy's
+//! head it holds one buffer of up to [`DEFAULT_HEAD_LIMIT_BYTES`] (client side, starting at
+//! 2 KiB), and while a request goes to a backend a second one (backend side); they also carry
+//! bodies. Released 2 KiB buffers are reused (a free list of at most 64 per thread, see `buf`). The proxy's
 //! own answers (4xx, 502, 503) need no backend buffer. Every wait is bounded by one of the
 //! timeouts below; connections and requests in flight are capped (see `admit`).
 
