@@ -14,7 +14,10 @@
 # Prints per case, path and metric (requests/s, p99 in ms from wrk --latency) the median, the
 # spread (min-max), the proxy's CPU use and requests per proxy CPU-second (tests-hw/bench/lib/
 # spread.py), and ours/nginx; a ratio is claimed only when the spreads do not overlap.
-# Target (issue 15): requests/s >= 1.2x nginx, p99 <= 1.0x nginx.
+# Target (issue 15): requests/s >= 1.2x nginx, p99 <= 1.0x nginx. In the close case the load
+# side (wrk + backend on CPU 1) is the limit ("direct", without a proxy, is no faster than the
+# proxies), so the proxies' cost shows in requests per proxy CPU-second, and best in the counts
+# of SYSCALLS=1 and IREFS=1 (see the end of this file).
 # Needs nginx, wrk, taskset and 2 CPUs (apt-get install -y nginx-light wrk).
 # Run by hand or from tests-hw/bench/run; not a timed test.
 set -euo pipefail
@@ -112,7 +115,7 @@ PY
 done
 
 # wrk prints "Requests/sec: N", "Non-2xx or 3xx responses: N", socket errors and, with
-# --latency, "99%  1.23ms". -> "rps=N p99_ms=N errors=N" (errors: non-2xx answers, socket
+# --latency, "99%  1.23ms". -> "rps=N p99_ms=N p50_ms=N errors=N" (errors: non-2xx answers, socket
 # errors and requests wrk timed out, counted and printed rather than fatal: a loaded machine
 # can time out a few).
 measure() { # $1 port, $2 case
@@ -128,9 +131,11 @@ sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeou
 if sock:
     errors += sum(int(n) for n in sock.groups())
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-v, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
-scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-print("rps=%s p99_ms=%s errors=%d" % (rps, float(v) * scale, errors))
+def pct(p):
+    v, unit = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, text, re.M).groups()
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+print("rps=%s p99_ms=%s p50_ms=%s errors=%d requests=%d" % (rps, pct(99), pct(50), errors, requests))
 '
 }
 
@@ -145,6 +150,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for name in direct "${order[@]}"; do
             before=$(cpu "${PID[$name]:-}")
             line=$(measure "${PORT[$name]}" "$case")
+            line=${line% requests=*}
             after=$(cpu "${PID[$name]:-}")
             cpu_pct=$(python3 -c "print(100*($after-$before)/$DURATION)")
             [ "$name" = direct ] && cpu_pct=0
@@ -158,3 +164,101 @@ echo "HTTP proxy on loopback: proxy pinned to CPU 0, wrk -t1 -c$CONNECTIONS and 
     "to CPU 1; $ROUNDS interleaved rounds of ${DURATION} s; nginx worker_processes 1" \
     "${BASE:+; base = $BASE}"
 python3 tests-hw/bench/lib/spread.py "$T/results" nginx "rps:>=:1.2,p99_ms:<=:1.0"
+
+# SYSCALLS=1: one more run per case and proxy with the proxy's system calls counted by name
+# (perf stat on the syscall tracepoints of its process; needs perf: apt-get install -y
+# linux-perf): calls per request, the breakdown to compare with nginx's.
+if [ "${SYSCALLS:-0}" = 1 ]; then
+    : >"$T/syscalls"
+    for case in $CASES; do
+        for name in $PROXIES; do
+            perf stat -x, -o "$T/sys-$name-$case" -e 'syscalls:sys_enter_*' -p "${PID[$name]}" &
+            perf=$!
+            sleep 1
+            line=$(measure "${PORT[$name]}" "$case")
+            kill -INT "$perf"
+            wait "$perf" || true
+            python3 - "$T/sys-$name-$case" "${line##*requests=}" "$case" "$name" >>"$T/syscalls" <<'PY'
+import sys
+path, requests, case, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+for line in open(path):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[2].startswith("syscalls:sys_enter_") and f[0].isdigit() and int(f[0]):
+        print(case, name, f[2][len("syscalls:sys_enter_"):], int(f[0]) / requests)
+PY
+        done
+    done
+    python3 - "$T/syscalls" "$PROXIES" <<'PY'
+import collections, sys
+rows = [l.split() for l in open(sys.argv[1])]
+proxies = sys.argv[2].split()
+for case in dict.fromkeys(r[0] for r in rows):
+    per = collections.defaultdict(dict)
+    for c, name, call, n in rows:
+        if c == case:
+            per[call][name] = float(n)
+    print(f"system calls per request, {case} (one run each):")
+    print("  %-16s" % "call" + "".join("%10s" % p for p in proxies))
+    for call in sorted(per, key=lambda k: -max(per[k].values())):
+        print("  %-16s" % call + "".join("%10.3f" % per[call].get(p, 0) for p in proxies))
+    print("  %-16s" % "total" + "".join(
+        "%10.3f" % sum(per[c].get(p, 0) for c in per) for p in proxies))
+PY
+fi
+
+# IREFS=1: user-space instructions per request of each proxy, counted by valgrind's callgrind
+# (exact, whatever else the machine runs; the kernel's share is not in it: see SYSCALLS). Each
+# proxy is started once more under callgrind on a port of its own, instrumented (counting) only
+# while wrk runs
+# (IREFS_DURATION s, default 10); prints instructions per request and each proxy's top
+# functions by own cost (names need an unstripped build:
+# CARGO_PROFILE_BENCH_RELEASE_STRIP=false). The proxies are ~50x slower under valgrind, so the
+# rates are not comparable with the rounds above, only the instructions.
+if [ "${IREFS:-0}" = 1 ]; then
+    command -v valgrind >/dev/null || { echo "IREFS=1 needs valgrind (apt-get install -y valgrind)" >&2; exit 1; }
+    declare -A VPORT VPID
+    for name in $PROXIES; do
+        VPORT[$name]=$(free_port)
+        case $name in
+            nginx)
+                sed "s/listen 127.0.0.1:${PORT[nginx]};/listen 127.0.0.1:${VPORT[nginx]};/; s#$T/proxy/#$T/proxyvg/#g" \
+                    "$T/proxy/nginx.conf" >"$T/proxyvg.conf"
+                mkdir -p "$T/proxyvg"
+                mv "$T/proxyvg.conf" "$T/proxyvg/nginx.conf"
+                cmd=(nginx -p "$T/proxyvg" -c "$T/proxyvg/nginx.conf") ;;
+            ours) cmd=("$PROXY" "127.0.0.1:${VPORT[$name]}" "127.0.0.1:$BACKEND" bench.local) ;;
+            base) cmd=("$BASE" "127.0.0.1:${VPORT[$name]}" "127.0.0.1:$BACKEND" bench.local) ;;
+        esac
+        taskset -c 0 valgrind -q --tool=callgrind --instr-atstart=no \
+            --callgrind-out-file="$T/cg-$name" "${cmd[@]}" & pids+=($!)
+        VPID[$name]=$!
+    done
+    for name in $PROXIES; do
+        for _ in $(seq 1 300); do
+            python3 -c "import socket; socket.create_connection(('127.0.0.1',${VPORT[$name]}),0.2)" 2>/dev/null && break
+            sleep 0.1
+        done
+    done
+    for case in $CASES; do
+        for name in $PROXIES; do
+            rm -f "$T/cg-$name".*
+            callgrind_control -z "${VPID[$name]}" >/dev/null
+            callgrind_control -i on "${VPID[$name]}" >/dev/null
+            line=$(DURATION=${IREFS_DURATION:-10} measure "${VPORT[$name]}" "$case")
+            callgrind_control -i off "${VPID[$name]}" >/dev/null
+            callgrind_control -d "$case" "${VPID[$name]}" >/dev/null
+            for _ in $(seq 1 100); do ls "$T/cg-$name".* >/dev/null 2>&1 && break; sleep 0.1; done
+            sleep 0.5
+            dump=$(ls "$T/cg-$name".* | tail -1)
+            python3 - "$dump" "${line##*requests=}" "$case" "$name" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+total = int(re.search(r"^totals:\s+(\d+)", text, re.M).group(1))
+print("%s %s: %.0f instructions per request (%d requests)" % (
+    sys.argv[3], sys.argv[4], total / int(sys.argv[2]), int(sys.argv[2])))
+PY
+            { callgrind_annotate --inclusive=no "$dump" 2>/dev/null || true; } |
+                grep -E '^ *[0-9,]+ \(' | head -n "${IREFS_TOP:-15}" | sed 's/^/    /' || true
+        done
+    done
+fi

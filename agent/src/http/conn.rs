@@ -3,6 +3,7 @@
 //! error answers when no backend response can be relayed.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,37 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Most interim (1xx) responses relayed before the final one.
 const MAX_INTERIM_RESPONSES: usize = 8;
 
+/// Nagle's algorithm on a client connection: on until just before the connection's second write.
+///
+/// Nagle holds a small write back only while earlier data is unacknowledged, so the first write
+/// of a connection always goes out at once. A connection whose only answer is one write (head
+/// and whole body buffered: a client that sends `Connection: close`, the benchmark's
+/// connection-per-request case) therefore never needs TCP_NODELAY; that spares a `setsockopt`
+/// per connection, which nginx does not make either (issue 15). Before any other write (an
+/// interim response, a body streamed in more than one write, an upgraded connection, the
+/// answers to a later request) it is set, once: a small write behind unacknowledged data would
+/// otherwise wait for the client's (possibly delayed) acknowledgement.
+pub(crate) struct NoDelay {
+    /// The kernel socket's descriptor (None: a smoltcp connection, which sends at once anyway,
+    /// or TCP_NODELAY already set). The socket outlives every use: `serve_requests` owns it.
+    fd: Option<RawFd>,
+}
+
+impl NoDelay {
+    fn new(client: &Stream) -> Self {
+        NoDelay {
+            fd: client.as_kernel().map(AsRawFd::as_raw_fd),
+        }
+    }
+
+    /// Turns Nagle's algorithm off (a system call the first time only).
+    pub(crate) fn set(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            let _ = crate::sys::sock::set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+        }
+    }
+}
+
 /// Keeps [`HttpStats::active`] right whatever way the connection ends.
 struct ActiveGuard(Arc<Shared>);
 
@@ -47,6 +79,26 @@ impl Drop for ActiveGuard {
             .stats
             .active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Makes the first read of a just accepted connection wait for the runtime to see its first
+/// bytes, as nginx does, instead of trying the socket at once.
+///
+/// tokio (1.54) takes an accepted socket for readable, so its first read goes to the kernel
+/// before any readiness event. The client's request usually arrives after the handshake that
+/// made the connection acceptable, and that read then fails with EAGAIN: 0.93 wasted system
+/// calls per request in the `Connection: close` benchmark (issue 15). This clears that
+/// assumed readiness without a system call. Call it right after the accept, in the same poll
+/// of the same task, on a current-thread runtime: no readiness event can have been recorded
+/// for the socket yet, so only the assumption is cleared; bytes that arrived before (or after)
+/// the accept still produce their event (the socket was registered edge-triggered after it was
+/// accepted, and registering reports what is already there).
+pub(crate) fn await_first_bytes(client: &Stream) {
+    if let Some(s) = client.as_kernel() {
+        let _ = s.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
     }
 }
 
@@ -91,7 +143,7 @@ async fn serve_requests(
     attached: &mut Option<(PoolKey, Backend)>,
     ticket: &mut Ticket,
 ) {
-    let _ = client.set_nodelay(true);
+    let mut nodelay = NoDelay::new(&client);
     let cfg = &shared.config;
     let mut cbuf: Option<IoBuf> = None;
     let mut bbuf: Option<IoBuf> = None;
@@ -142,6 +194,8 @@ async fn serve_requests(
         let head_deadline = if first {
             accepted + cfg.head_timeout
         } else {
+            // A second request: its answer may follow an earlier write (see `NoDelay`).
+            nodelay.set();
             Instant::now() + cfg.head_timeout
         };
         first = false;
@@ -193,6 +247,7 @@ async fn serve_requests(
             shared,
             attached,
             &mut client,
+            &mut nodelay,
             cb,
             &mut bbuf,
             &req,
@@ -303,6 +358,7 @@ async fn handle(
     shared: &Arc<Shared>,
     attached: &mut Option<(PoolKey, Backend)>,
     client: &mut Stream,
+    nodelay: &mut NoDelay,
     cb: &mut IoBuf,
     bbuf: &mut Option<IoBuf>,
     req: &Request,
@@ -427,7 +483,17 @@ async fn handle(
         };
         // Allocated only for a backend exchange (not for the proxy's own answers).
         let bb = bbuf.get_or_insert_with(|| IoBuf::new(cfg.head_limit));
-        let ex = exchange(shared, client, cb, &mut backend, bb, req, client_keep_alive).await;
+        let ex = exchange(
+            shared,
+            client,
+            nodelay,
+            cb,
+            &mut backend,
+            bb,
+            req,
+            client_keep_alive,
+        )
+        .await;
         match ex {
             Exchange::Failed {
                 retryable: true, ..
@@ -490,9 +556,9 @@ fn log(
     key: Option<&PoolKey>,
 ) {
     access(&Access {
-        method: &req.method,
+        method: req.method(),
         host: req.host.as_deref().unwrap_or("-"),
-        path: &req.path,
+        path: req.path(),
         status,
         bytes,
         ms: started.elapsed().as_millis() as u64,
@@ -544,6 +610,7 @@ async fn read_response<BR, CW>(
     br: &mut BR,
     bb: &mut IoBuf,
     cw: &mut CW,
+    nodelay: &mut NoDelay,
     ctx: ResponseContext,
     forward_interim: bool,
     idle: std::time::Duration,
@@ -563,6 +630,8 @@ where
                     }
                     bb.consume(resp.head_len);
                     if forward_interim {
+                        // The final response follows this write.
+                        nodelay.set();
                         bounded(idle, write_two(cw, &resp.out, &[]))
                             .await
                             .map_err(|_| HeadFailure::ClientGone)?;
@@ -586,9 +655,11 @@ where
 }
 
 /// Sends the request on `backend` and relays the response (or the upgraded stream).
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     shared: &Shared,
     client: &mut Stream,
+    nodelay: &mut NoDelay,
     cb: &mut IoBuf,
     backend: &mut Backend,
     bb: &mut IoBuf,
@@ -616,7 +687,7 @@ async fn exchange(
         tokio::pin!(upload);
         let mut uploaded: Option<Result<u64, CopyError>> = None;
         let head = {
-            let read = read_response(&mut br, bb, &mut cw, ctx, !req.http10, idle);
+            let read = read_response(&mut br, bb, &mut cw, nodelay, ctx, !req.http10, idle);
             tokio::pin!(read);
             let timer = tokio::time::sleep(cfg.response_timeout);
             tokio::pin!(timer);
@@ -674,6 +745,16 @@ async fn exchange(
             }
         };
         bb.consume(resp.head_len);
+        // An answer that goes out in one write (its head and its whole body, already
+        // buffered) leaves Nagle's algorithm as it is (see `NoDelay`).
+        let one_write = match resp.body {
+            BodyKind::None => true,
+            BodyKind::Length(n) => n <= bb.len() as u64,
+            BodyKind::Chunked | BodyKind::UntilClose => false,
+        };
+        if resp.upgrade || !one_write {
+            nodelay.set();
+        }
         if resp.upgrade {
             if uploaded.is_none() {
                 // An upgrade request has no body: the upload is only its head.
@@ -761,6 +842,132 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap() == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        head
+    }
+
+    /// A backend answering every request head on its connections with `10` bytes of body:
+    /// `first` bytes at once with the head, the rest only after `more` says so (when `first`
+    /// is under 10).
+    async fn backend(first: usize, more: tokio::sync::mpsc::Receiver<()>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let more = Arc::new(tokio::sync::Mutex::new(more));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let more = more.clone();
+                tokio::spawn(async move {
+                    while !read_head(&mut s).await.is_empty() {
+                        let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec();
+                        out.extend_from_slice(&b"0123456789"[..first]);
+                        s.write_all(&out).await.unwrap();
+                        if first < 10 {
+                            more.lock().await.recv().await;
+                            s.write_all(&b"0123456789"[first..]).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A client connection served by `run` towards `backend`, with a second descriptor of the
+    /// proxy's side of it (to read its socket options) and the shutdown sender to keep.
+    async fn served(backend: SocketAddr) -> (TcpStream, std::net::TcpStream, watch::Sender<bool>) {
+        let table = crate::http::HttpTable::new(vec![HttpRoute {
+            id: 1,
+            domain: "t.test".into(),
+            target_host: "127.0.0.1".into(),
+            target_port: backend.port(),
+            backend_https: false,
+            wol: None,
+        }]);
+        let shared = Arc::new(Shared::new(
+            table,
+            Arc::default(),
+            super::super::ProxyConfig::default(),
+            None,
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        let s = s.into_std().unwrap();
+        let dup = s.try_clone().unwrap();
+        let s = TcpStream::from_std(s).unwrap();
+        let super::super::admit::Admit::Admitted(ticket) = shared.admission.admit() else {
+            panic!("no slot");
+        };
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(run(shared, s.into(), peer, rx, ticket));
+        (c, dup, tx)
+    }
+
+    async fn answer(c: &mut TcpStream) -> Vec<u8> {
+        let mut got = read_head(c).await;
+        let mut body = [0u8; 10];
+        c.read_exact(&mut body).await.unwrap();
+        got.extend_from_slice(&body);
+        got
+    }
+
+    /// Nagle's algorithm stays on for a connection's first answer when it is one write (the
+    /// `Connection: close` case: no `setsockopt`); a second request, or a body streamed in
+    /// more than one write, turns it off first (see `NoDelay`).
+    #[tokio::test]
+    async fn nodelay_only_from_the_second_write_on() {
+        let (_tx, more) = tokio::sync::mpsc::channel(1);
+        let addr = backend(10, more).await;
+        // Connection: close, one write.
+        let (mut c, proxy_side, _stop) = served(addr).await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // (Read by its length: the second descriptor keeps the socket open, no end of stream.)
+        let all = answer(&mut c).await;
+        assert!(all.ends_with(b"\r\n\r\n0123456789"), "{all:?}");
+        assert!(!proxy_side.nodelay().unwrap(), "one answer in one write");
+        // Keep-alive: the first answer leaves it, the second request turns it off.
+        let (mut c, proxy_side, _stop) = served(addr).await;
+        let req = b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n";
+        c.write_all(req).await.unwrap();
+        assert!(answer(&mut c).await.ends_with(b"0123456789"));
+        assert!(!proxy_side.nodelay().unwrap());
+        c.write_all(req).await.unwrap();
+        assert!(answer(&mut c).await.ends_with(b"0123456789"));
+        assert!(
+            proxy_side.nodelay().unwrap(),
+            "set before the second answer"
+        );
+        // A body in two parts (the second sent only once the first arrived): set before the
+        // first write, whether the connection closes or not.
+        let (tx, more) = tokio::sync::mpsc::channel(1);
+        let addr = backend(4, more).await;
+        let (mut c, proxy_side, _stop) = served(addr).await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut c).await;
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        let mut part = [0u8; 4];
+        c.read_exact(&mut part).await.unwrap();
+        assert!(proxy_side.nodelay().unwrap(), "set before a streamed body");
+        tx.send(()).await.unwrap();
+        let mut rest = [0u8; 6];
+        c.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"456789");
+    }
 
     /// An idle keep-alive connection costs its task plus the socket: keep the task small.
     #[tokio::test]

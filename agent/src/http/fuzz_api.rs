@@ -72,8 +72,8 @@ pub fn request_head(
     let r = prepare_request(buf, &ctx).map_err(|e| e.status())?;
     Ok(r.map(|r| RequestHead {
         head_len: r.head_len,
-        method: r.method,
-        path: r.path,
+        method: r.method().to_owned(),
+        path: r.path().to_owned(),
         host: r.host,
         framing: r.body.into(),
         keep_alive: r.keep_alive,

@@ -26,8 +26,9 @@
 //! - `fuzz_api`: the head parsers and the chunked decoder for the fuzz targets in `fuzz/` (hidden).
 //!
 //! Memory: a connection holds no buffer while idle between requests; while it reads a request
-//! head it holds one fixed buffer of [`DEFAULT_HEAD_LIMIT_BYTES`] (client side), and while a
-//! request goes to a backend a second one (backend side); they also carry bodies. The proxy's
+//! head it holds one buffer of up to [`DEFAULT_HEAD_LIMIT_BYTES`] (client side, starting at
+//! 2 KiB), and while a request goes to a backend a second one (backend side); they also carry
+//! bodies. Released 2 KiB buffers are reused (a free list of at most 64 per thread, see `buf`). The proxy's
 //! own answers (4xx, 502, 503) need no backend buffer. Every wait is bounded by one of the
 //! timeouts below; connections and requests in flight are capped (see `admit`).
 
@@ -72,12 +73,14 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest silence in both directions of an upgraded (WebSocket) connection.
 pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Idle backend connections kept per target. The runtime serves the requests that became
-/// ready together in one batch: each takes a backend connection and gives it back at its
-/// answer, so the pool must hold about a batch's worth, or the surplus is closed and opened
-/// again by the next batch (issue 15: with 4, a benchmark of 50 clients sending
-/// `Connection: close` opened a backend connection for 4 requests in 5). Each idle connection
-/// costs a socket and a file descriptor for at most [`DEFAULT_POOL_IDLE_TIMEOUT`].
+/// Idle backend connections kept per target, and more while they are all in use at once (up
+/// to [`DEFAULT_MAX_REQUESTS_PER_ROUTE`] per target and [`DEFAULT_MAX_CONNECTIONS`] in all;
+/// see `pool`). The runtime serves the requests that became ready together in one batch: each
+/// takes a backend connection and gives it back at its answer, so the pool must hold about a
+/// batch's worth, or the surplus is closed and opened again by the next batch (issue 15: with
+/// 4, a benchmark of 50 clients sending `Connection: close` opened a backend connection for 4
+/// requests in 5; with a fixed 32, for 3 in 20). Each idle connection costs a socket and a
+/// file descriptor for at most [`DEFAULT_POOL_IDLE_TIMEOUT`].
 pub const DEFAULT_POOL_IDLE_PER_TARGET: usize = 32;
 /// How long an idle backend connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -193,7 +196,12 @@ impl Shared {
             table,
             waker,
             stats,
-            pool: pool::Pool::new(config.pool_idle_per_target, config.pool_idle_timeout),
+            pool: pool::Pool::new(
+                config.pool_idle_per_target,
+                config.max_requests_per_route,
+                config.max_connections,
+                config.pool_idle_timeout,
+            ),
             admission: admit::Admission::new(
                 config.max_connections,
                 config.max_requests_per_route,
@@ -346,6 +354,10 @@ pub async fn serve_with(
     let shared = Arc::new(Shared::new(table, stats, config, waker));
     let mut sweep = tokio::time::interval(POOL_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // See `conn::await_first_bytes`: safe only where no driver turn can come between the
+    // accept and the call (the agent's runtime).
+    let current_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread;
     loop {
         let due = shared.refusals_due();
         tokio::select! {
@@ -356,6 +368,9 @@ pub async fn serve_with(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if current_thread {
+                        conn::await_first_bytes(&stream);
+                    }
                     let ticket = match shared.admission.admit() {
                         admit::Admit::Admitted(t) => t,
                         admit::Admit::Evicted(t) => {
