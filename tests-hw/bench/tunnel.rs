@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use gatelet_tests_hw::{
-    build, memory_kib, require_root, wait_until, Gateway, GatewayRole, Testbed, TestbedOptions,
-    WgImpl, GW_TUNNEL_IP,
+    build, cpu_ticks, memory_kib, require_root, wait_until, Gateway, GatewayRole, Spread, Testbed,
+    TestbedOptions, WgImpl, GW_TUNNEL_IP,
 };
 
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
@@ -366,43 +366,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Median and spread of one figure over the runs.
-#[derive(Clone, Copy)]
-struct Spread {
-    median: f64,
-    low: f64,
-    high: f64,
-}
-
-impl Spread {
-    fn of(mut values: Vec<f64>) -> Spread {
-        values.sort_by(f64::total_cmp);
-        Spread {
-            median: values.get(values.len() / 2).copied().unwrap_or_default(),
-            low: values.first().copied().unwrap_or_default(),
-            high: values.last().copied().unwrap_or_default(),
-        }
-    }
-
-    /// `median (low-high)`.
-    fn show(&self) -> String {
-        format!("{:.2} ({:.2}-{:.2})", self.median, self.low, self.high)
-    }
-
-    /// The ratio of the medians, claimed only when the two spreads do not overlap.
-    fn ratio_to(&self, base: &Spread) -> String {
-        if base.median <= 0.0 {
-            return "no baseline".into();
-        }
-        let r = self.median / base.median;
-        if self.low > base.high || self.high < base.low {
-            format!("{r:.2}x")
-        } else {
-            format!("{r:.2}x (spreads overlap: not claimed)")
-        }
-    }
-}
-
 /// What the runs of one gateway measured: throughput and cost with their spreads, and the
 /// run with the median throughput (for CPU and memory columns).
 struct Stats {
@@ -424,8 +387,8 @@ impl Stats {
 
     fn of(samples: &[Sample]) -> Stats {
         Stats {
-            gbit_s: Spread::of(samples.iter().map(|s| s.gbit_s).collect()),
-            per_core: Spread::of(samples.iter().map(Sample::per_core).collect()),
+            gbit_s: Spread::of(samples.iter().map(|s| s.gbit_s)),
+            per_core: Spread::of(samples.iter().map(Sample::per_core)),
             median: median(samples),
         }
     }
@@ -584,24 +547,4 @@ fn gateway_log(tb: &Testbed) -> String {
         Gateway::Agent(a) => a.log(),
         Gateway::Userspace(wg) => wg.process().log(),
     }
-}
-
-/// utime + stime of `pid` (all threads), in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .context("malformed /proc/<pid>/stat")
-    };
-    // `rest` starts at field 3 (state), so field n is rest[n - 3].
-    Ok(field(14 - 3)? + field(15 - 3)?)
 }
