@@ -537,3 +537,35 @@ fn rekey_under_traffic(mode: NetstackMode) {
         "at most one ping may be lost across the rekey: {summary}"
     );
 }
+
+/// A thread per direction (`GATELET_DATAPATH_THREADS=2`, what `auto` picks on 3 or more
+/// cores): the encrypting thread runs, and ping and a 256 KiB TCP echo go both ways.
+#[test]
+fn agent_with_a_thread_per_direction_carries_ping_and_tcp_echo_both_ways() {
+    require_root().unwrap();
+    let binary = product_binary("gatelet-agent").unwrap();
+    let options = TestbedOptions {
+        agent_env_extra: vec![("GATELET_DATAPATH_THREADS".into(), "2".into())],
+        ..TestbedOptions::default()
+    };
+    let tb = Testbed::start_with(&GatewayRole::Agent(binary), &options).unwrap();
+    ok(&tb, tb.wait_handshake(None, HANDSHAKE_TIMEOUT));
+    let pid = ok(&tb, tb.agent()).pid();
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "gatelet-encrypt"),
+        "no encrypting thread among {threads:?}"
+    );
+    let before = ok(&tb, tb.agent_status()).tunnel;
+    ok(&tb, tb.check_traffic_both_ways(ECHO_BYTES));
+    let after = ok(&tb, tb.agent_status()).tunnel;
+    assert!(
+        after.rx_bytes >= before.rx_bytes + ECHO_BYTES as u64
+            && after.tx_bytes >= before.tx_bytes + ECHO_BYTES as u64,
+        "{before:?} -> {after:?}"
+    );
+}
