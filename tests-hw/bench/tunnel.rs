@@ -215,18 +215,7 @@ fn main() -> anyhow::Result<()> {
         bail!("no boringtun-cli: pass --boringtun PATH or set BORINGTUN_CLI (tunnel.sh does)");
     }
     // Each baseline at every setting worth trying on this machine; it is compared at its best.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u16);
-    let mut baselines = vec![WgImpl::WIREGUARD_GO];
-    if cores > 1 {
-        baselines.push(WgImpl::WireguardGo { procs: Some(1) });
-    }
-    for threads in [None, Some(1), Some(2)] {
-        baselines.push(WgImpl::BoringtunCli {
-            path: args.boringtun.clone(),
-            threads,
-        });
-    }
-    for imp in baselines {
+    for imp in WgImpl::baselines(&args.boringtun) {
         contenders.push(Contender {
             label: imp.describe(),
             role: GatewayRole::Userspace(imp),

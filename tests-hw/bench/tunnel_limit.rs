@@ -203,14 +203,7 @@ fn main() -> anyhow::Result<()> {
             role: GatewayRole::Agent(path.clone()),
         });
     }
-    let mut baselines = vec![WgImpl::WIREGUARD_GO, WgImpl::WireguardGo { procs: Some(1) }];
-    for threads in [None, Some(1), Some(2)] {
-        baselines.push(WgImpl::BoringtunCli {
-            path: args.boringtun.clone(),
-            threads,
-        });
-    }
-    for imp in baselines {
+    for imp in WgImpl::baselines(&args.boringtun) {
         contenders.push(Contender {
             label: imp.describe(),
             role: GatewayRole::Userspace(imp),

@@ -45,6 +45,25 @@ impl WgImpl {
         }
     }
 
+    /// Every setting of the baselines worth trying on this machine, for the benches to
+    /// compare the agent with each at its best: wireguard-go with its default GOMAXPROCS and,
+    /// on more than one core, with 1; boringtun-cli (at `boringtun`) with its default 4
+    /// threads, 1 and 2.
+    pub fn baselines(boringtun: &std::path::Path) -> Vec<WgImpl> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut all = vec![WgImpl::WIREGUARD_GO];
+        if cores > 1 {
+            all.push(WgImpl::WireguardGo { procs: Some(1) });
+        }
+        for threads in [None, Some(1), Some(2)] {
+            all.push(WgImpl::BoringtunCli {
+                path: boringtun.to_owned(),
+                threads,
+            });
+        }
+        all
+    }
+
     /// A short name for tables and messages.
     pub fn label(&self) -> &'static str {
         match self {

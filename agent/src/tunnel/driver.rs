@@ -661,19 +661,7 @@ fn on_udp_readable(
         let sock = g.get_ref().get_ref();
         // A slot holds one datagram, or with GRO a run of them cut back at their size.
         for datagram in (0..n).flat_map(|i| rx.datagrams(i)) {
-            match core.from_network(now, datagram, plain) {
-                FromNetwork::ToTun(p) => deliver.packet(p),
-                FromNetwork::ToNetwork(d) => {
-                    send_one(core, sock, d);
-                    for _ in 0..BATCH * 8 {
-                        match core.poll_queued(plain) {
-                            Some(q) => send_one(core, sock, q),
-                            None => break,
-                        }
-                    }
-                }
-                FromNetwork::Nothing => {}
-            }
+            through_core(core, sock, now, datagram, plain, deliver);
         }
         deliver.end_of_batch();
         if n < rx.capacity() {
@@ -734,20 +722,7 @@ fn decrypt_ready(
                     let mut sh = lock(shared);
                     // Sessions may change: the batch so far is reported, the rest looked up anew.
                     opener.finish(&mut sh.core);
-                    let core = &mut sh.core;
-                    match core.from_network(now, datagram, plain) {
-                        FromNetwork::ToTun(p) => deliver.packet(p),
-                        FromNetwork::ToNetwork(d) => {
-                            send_one(core, sock, d);
-                            for _ in 0..BATCH * 8 {
-                                match core.poll_queued(plain) {
-                                    Some(q) => send_one(core, sock, q),
-                                    None => break,
-                                }
-                            }
-                        }
-                        FromNetwork::Nothing => {}
-                    }
+                    through_core(&mut sh.core, sock, now, datagram, plain, deliver);
                 }
             }
         }
@@ -921,6 +896,31 @@ async fn send_all(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return failed(&e),
         }
+    }
+}
+
+/// One datagram through the whole core (`from_network`): a packet for the interface is
+/// delivered; a handshake answer is sent, then what the core queued behind it (bounded).
+fn through_core(
+    core: &mut TunnelCore,
+    sock: &UdpSocket,
+    now: Instant,
+    datagram: &[u8],
+    plain: &mut [u8],
+    deliver: &mut Deliver<'_>,
+) {
+    match core.from_network(now, datagram, plain) {
+        FromNetwork::ToTun(p) => deliver.packet(p),
+        FromNetwork::ToNetwork(d) => {
+            send_one(core, sock, d);
+            for _ in 0..BATCH * 8 {
+                match core.poll_queued(plain) {
+                    Some(q) => send_one(core, sock, q),
+                    None => break,
+                }
+            }
+        }
+        FromNetwork::Nothing => {}
     }
 }
 
