@@ -633,6 +633,17 @@ fn write_frame(fd: RawFd, frame: &[u8]) {
     }
 }
 
+/// Tells the core that receiving from the hub failed. On a connected socket an ICMP error
+/// from the hub's address shows up here.
+fn receive_failed(core: &mut TunnelCore, e: &io::Error) {
+    let msg = match core.endpoint() {
+        Some(ep) => format!("the hub at {ep} does not accept datagrams: {e}"),
+        None => format!("UDP receive failed: {e}"),
+    };
+    tracing::debug!(error = %e, "UDP receive error");
+    core.on_send_error(&msg);
+}
+
 /// Decrypts what the hub sent and delivers it (to the interface or the stack).
 fn on_udp_readable(
     g: &mut AsyncFdReadyGuard<'_, Arc<UdpSocket>>,
@@ -647,13 +658,7 @@ fn on_udp_readable(
             Ok(Ok(n)) => n,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => {
-                // On a connected socket an ICMP error from the hub's address shows up here.
-                let msg = match core.endpoint() {
-                    Some(ep) => format!("the hub at {ep} does not accept datagrams: {e}"),
-                    None => format!("UDP receive failed: {e}"),
-                };
-                tracing::debug!(error = %e, "UDP receive error");
-                core.on_send_error(&msg);
+                receive_failed(core, &e);
                 return;
             }
         };
@@ -687,14 +692,7 @@ fn decrypt_ready(
             Ok(Ok(n)) => n,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => {
-                // On a connected socket an ICMP error from the hub's address shows up here.
-                let mut sh = lock(shared);
-                let msg = match sh.core.endpoint() {
-                    Some(ep) => format!("the hub at {ep} does not accept datagrams: {e}"),
-                    None => format!("UDP receive failed: {e}"),
-                };
-                tracing::debug!(error = %e, "UDP receive error");
-                sh.core.on_send_error(&msg);
+                receive_failed(&mut lock(shared).core, &e);
                 return;
             }
         };
