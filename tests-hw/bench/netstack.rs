@@ -208,7 +208,11 @@ fn measure_mode(mode: NetstackMode, agent: &std::path::Path, args: &Args) -> any
 
         thread::sleep(Duration::from_secs(3));
         row.rss_50_kib = memory_kib(pid)?.1;
-        eprintln!("  RSS idle with {ROUTES} routes: {} KiB", row.rss_50_kib);
+        eprintln!(
+            "  RSS idle with {ROUTES} routes: {} KiB; {}",
+            row.rss_50_kib,
+            smaps_summary(pid)
+        );
 
         let before = context_switches(pid)?;
         let t = Instant::now();

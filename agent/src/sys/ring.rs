@@ -1,6 +1,8 @@
 //! The netstack's socket rings in anonymous memory maps, so that a multi-MiB window costs only
 //! the pages that data has touched, and those pages go back to the kernel when the ring drains
-//! ([`Ring::release`]).
+//! ([`Ring::release`]). The tunnel's receive slots use the same maps ([`Ring::zeroed`]): a
+//! zeroed `Vec` of 2 MiB is all resident on a static musl build, whose `calloc` writes the
+//! zeros itself.
 
 use std::io;
 use std::ptr::NonNull;
@@ -14,6 +16,9 @@ pub struct Ring {
 
 // SAFETY: the mapping is plain memory owned by this value; nothing is tied to a thread.
 unsafe impl Send for Ring {}
+// SAFETY: shared references only read (`as_slice`, `len`, `resident`) or drop pages that the
+// caller of `release` promises nobody uses.
+unsafe impl Sync for Ring {}
 
 impl Ring {
     /// Maps `len` bytes (address space only: no page is resident until written).
@@ -34,6 +39,30 @@ impl Ring {
         }
         let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Ring { ptr, len })
+    }
+
+    /// `len` zero bytes that cost memory only where written, as a slice for safe code; the
+    /// allocator's failure handler runs when the kernel refuses the map (as for a `Vec`).
+    pub fn zeroed(len: usize) -> Self {
+        Ring::new(len).unwrap_or_else(|_| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(len.max(1), 1).expect("a byte layout"),
+            )
+        })
+    }
+
+    /// The mapping's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` bytes at `ptr` are mapped read-write for as long as `self` lives; the
+        // slice borrows `self`. Only `storage` hands out a longer-lived slice, and its caller
+        // promises never to use the `Ring` otherwise.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The mapping's bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`, and the borrow of `self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// Its size in bytes.
