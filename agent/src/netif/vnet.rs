@@ -16,6 +16,7 @@
 //! and leaves checksums partial: [`Segments`] cuts such a frame into MTU-sized packets with
 //! complete checksums, as a NIC would.
 use crate::checksum;
+use crate::sys::ring::Ring;
 
 /// Size of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
@@ -108,7 +109,8 @@ fn mergeable(p: &[u8], udp: bool) -> Option<Segment> {
 pub struct Coalescer {
     /// Whether UDP datagrams are merged too (the device takes `GSO_UDP_L4` frames).
     udp: bool,
-    buf: Vec<u8>,
+    /// 64 KiB in an anonymous map (resident only where written).
+    buf: Ring,
     /// Bytes of `buf` in use (0: nothing pending).
     len: usize,
     /// The pending frame is a mergeable segment that may still grow.
@@ -124,7 +126,7 @@ impl Coalescer {
     pub fn new(udp: bool) -> Self {
         Coalescer {
             udp,
-            buf: vec![0; VNET_HDR_LEN + MAX_IP_LEN],
+            buf: Ring::zeroed(VNET_HDR_LEN + MAX_IP_LEN),
             len: 0,
             open: None,
             segments: 0,

@@ -1,8 +1,8 @@
 //! The netstack's socket rings in anonymous memory maps, so that a multi-MiB window costs only
 //! the pages that data has touched, and those pages go back to the kernel when the ring drains
-//! ([`Ring::release`]). The tunnel's receive slots use the same maps ([`Ring::zeroed`]): a
-//! zeroed `Vec` of 2 MiB is all resident on a static musl build, whose `calloc` writes the
-//! zeros itself.
+//! ([`Ring::release`]). The tunnel's buffers use the same maps ([`Ring::zeroed`]): a zeroed
+//! `Vec` is all resident on a static musl build, whose `calloc` writes the zeros itself (the
+//! 2 MiB of UDP GRO slots were 2 MiB of the agent's idle memory).
 
 use std::io;
 use std::ptr::NonNull;
@@ -16,7 +16,7 @@ pub struct Ring {
 
 // SAFETY: the mapping is plain memory owned by this value; nothing is tied to a thread.
 unsafe impl Send for Ring {}
-// SAFETY: shared references only read (`as_slice`, `len`, `resident`) or drop pages that the
+// SAFETY: shared references only read (`deref`, `len`, `resident`) or drop pages that the
 // caller of `release` promises nobody uses.
 unsafe impl Sync for Ring {}
 
@@ -41,28 +41,21 @@ impl Ring {
         Ok(Ring { ptr, len })
     }
 
-    /// `len` zero bytes that cost memory only where written, as a slice for safe code; the
+    /// `len` zero bytes that cost memory only where written (a slice through `Deref`); the
     /// allocator's failure handler runs when the kernel refuses the map (as for a `Vec`).
     pub fn zeroed(len: usize) -> Self {
+        if len == 0 {
+            // No map (mmap refuses zero bytes): an empty slice, nothing to unmap.
+            return Ring {
+                ptr: NonNull::dangling(),
+                len: 0,
+            };
+        }
         Ring::new(len).unwrap_or_else(|_| {
             std::alloc::handle_alloc_error(
                 std::alloc::Layout::from_size_align(len.max(1), 1).expect("a byte layout"),
             )
         })
-    }
-
-    /// The mapping's bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `len` bytes at `ptr` are mapped read-write for as long as `self` lives; the
-        // slice borrows `self`. Only `storage` hands out a longer-lived slice, and its caller
-        // promises never to use the `Ring` otherwise.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The mapping's bytes, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as `as_slice`, and the borrow of `self` is unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// Its size in bytes.
@@ -86,6 +79,9 @@ impl Ring {
     /// while the ring is empty, with the stack's lock held: the contents are then
     /// meaningless and nothing reads or writes them meanwhile.
     pub fn release(&self) {
+        if self.len == 0 {
+            return;
+        }
         // SAFETY: the range is our own mapping; MADV_DONTNEED on private anonymous memory
         // only replaces its pages with zero pages.
         let rc = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTNEED) };
@@ -98,6 +94,9 @@ impl Ring {
 impl Ring {
     /// Bytes of the ring resident in memory now (`mincore`; a diagnostic, it allocates).
     pub fn resident(&self) -> io::Result<usize> {
+        if self.len == 0 {
+            return Ok(0);
+        }
         // SAFETY: sysconf has no memory effects.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .map_err(|_| io::Error::other("no page size"))?;
@@ -111,11 +110,55 @@ impl Ring {
     }
 }
 
+/// The mapping's bytes, for safe code.
+impl std::ops::Deref for Ring {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` bytes at `ptr` are mapped read-write for as long as `self` lives; the
+        // slice borrows `self`. Only `storage` hands out a longer-lived slice, and its caller
+        // promises never to use the `Ring` otherwise.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Ring {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `deref`, and the borrow of `self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         // SAFETY: our own mapping, unmapped once; its users are gone (see `storage`).
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zeroed_map_reads_zeros_costs_pages_only_where_written_and_may_be_empty() {
+        let mut r = Ring::zeroed(1 << 20);
+        assert_eq!(r.len(), 1 << 20);
+        r[100_000] = 7;
+        // Only the written page is resident (mincore also counts pages that were only read,
+        // which map the shared zero page: so the reads come after).
+        assert!(r.resident().unwrap() <= 64 * 1024, "{}", r.resident().unwrap());
+        assert_eq!(r[100_000], 7);
+        assert_eq!(r.iter().filter(|&&b| b != 0).count(), 1, "zeros elsewhere");
+        let mut empty = Ring::zeroed(0);
+        assert!(empty.is_empty());
+        assert!(empty.iter_mut().next().is_none());
+        assert_eq!(empty.resident().unwrap(), 0);
+        empty.release();
     }
 }

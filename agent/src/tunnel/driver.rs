@@ -72,6 +72,7 @@ use super::resolve::resolve;
 use super::udp::{self, PacketBatch, RecvBatch, BATCH};
 use crate::netif::vnet::{Coalescer, Segments, VNET_HDR_LEN};
 use crate::netstack::Netstack;
+use crate::sys::ring::Ring;
 use crate::watchdog::CheckIn;
 
 /// Batches handled per readiness before the loop looks at the other sources again.
@@ -225,7 +226,8 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// The encrypting direction's buffers: a frame from the interface (up to 64 KiB with TSO),
 /// a segment cut from it, and the batch of datagrams being sealed.
 struct EncryptBufs {
-    packet: Vec<u8>,
+    /// Up to 64 KiB in an anonymous map (resident only where a read wrote).
+    packet: Ring,
     scratch: Vec<u8>,
     tx: PacketBatch,
 }
@@ -263,14 +265,11 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
     let iface_fd = iface.as_raw_fd();
     let mut bufs = EncryptBufs {
         // With offloads, a frame from the interface may be a TCP segment of up to 64 KiB.
-        packet: vec![
-            0u8;
-            if vnet {
-                VNET_HDR_LEN + MAX_GSO_FRAME
-            } else {
-                max_packet
-            }
-        ],
+        packet: Ring::zeroed(if vnet {
+            VNET_HDR_LEN + MAX_GSO_FRAME
+        } else {
+            max_packet
+        }),
         scratch: vec![0u8; max_packet],
         tx: PacketBatch::new(out_len),
     };
@@ -298,7 +297,7 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
         let bufs = std::mem::replace(
             &mut bufs,
             EncryptBufs {
-                packet: Vec::new(),
+                packet: Ring::zeroed(0),
                 scratch: Vec::new(),
                 tx: PacketBatch::new(0),
             },

@@ -16,10 +16,10 @@ pub const BATCH: usize = 32;
 /// while datagrams wait; not part of the agent's RSS.
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// [`BATCH`] equal-size slots in one allocation, each holding one datagram.
+/// [`BATCH`] equal-size slots in one anonymous map, each holding one datagram.
 #[derive(Debug)]
 pub struct PacketBatch {
-    data: Vec<u8>,
+    data: Ring,
     slot: usize,
     lens: [usize; BATCH],
     count: usize,
@@ -32,7 +32,7 @@ impl PacketBatch {
     /// Slots of `slot` bytes each.
     pub fn new(slot: usize) -> Self {
         PacketBatch {
-            data: vec![0; slot * BATCH],
+            data: Ring::zeroed(slot * BATCH),
             slot,
             lens: [0; BATCH],
             count: 0,
@@ -156,7 +156,7 @@ impl RecvBatch {
     /// none when it was truncated.
     pub fn datagrams(&self, i: usize) -> std::slice::Chunks<'_, u8> {
         let start = i * self.slot;
-        let bytes = &self.data.as_slice()[start..start + self.lens[i]];
+        let bytes = &self.data[start..start + self.lens[i]];
         let seg = match self.segs[i] {
             0 => bytes.len().max(1),
             n => n,
@@ -185,7 +185,7 @@ pub fn recv_batch(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> 
     batch.count = 0;
     let n = sys::mmsg::recv_slots::<BATCH>(
         sock.as_raw_fd(),
-        batch.data.as_mut_slice(),
+        &mut batch.data,
         batch.slot,
         batch.slots,
         &mut batch.lens,
