@@ -152,7 +152,11 @@ mod tests {
         r[100_000] = 7;
         // Only the written page is resident (mincore also counts pages that were only read,
         // which map the shared zero page: so the reads come after).
-        assert!(r.resident().unwrap() <= 64 * 1024, "{}", r.resident().unwrap());
+        assert!(
+            r.resident().unwrap() <= 64 * 1024,
+            "{}",
+            r.resident().unwrap()
+        );
         assert_eq!(r[100_000], 7);
         assert_eq!(r.iter().filter(|&&b| b != 0).count(), 1, "zeros elsewhere");
         let mut empty = Ring::zeroed(0);
