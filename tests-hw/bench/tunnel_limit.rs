@@ -10,6 +10,11 @@
 //!   of 1,420-byte IPv4/UDP packets (to a port the gateway's namespace drops with iptables)
 //!   *before* the measurement, then sends them as fast as `sendmmsg` goes. The gateway
 //!   receives, decrypts and writes each packet to its TUN device;
+//! - **decrypt-gro**: the same packets, sent as UDP GSO runs of [`GSO_SEGMENTS`] datagrams
+//!   (`UDP_SEGMENT`). The veth keeps a run whole, as a NIC with GRO hands one to the stack: a
+//!   gateway whose socket has `UDP_GRO` on reads it in one go, for any other the kernel cuts it
+//!   before the socket. The wire is the same for every gateway, and the load costs far less
+//!   per byte, so it can offer more than `sendmmsg` of single datagrams;
 //! - **encrypt** (gateway -> hub): a UDP sender in the gateway's namespace sends 1,392-byte
 //!   datagrams to the hub's tunnel address as fast as `sendmmsg` goes; the gateway reads them
 //!   from its TUN device, encrypts and sends them; the hub's namespace drops them with iptables
@@ -24,7 +29,8 @@
 //! against each baseline's best, claimed only when the spreads do not overlap.
 //!
 //! UDP is the gateway's dearest case per byte: no TSO/GRO frames from the kernel, so one TUN
-//! read or write per packet. TCP through the tunnel (tunnel.sh) gets 64 KiB frames.
+//! read or write per packet (in `decrypt-gro`, a gateway with USO on its TUN device may write a
+//! run as one frame). TCP through the tunnel (tunnel.sh) gets 64 KiB frames.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -42,7 +48,7 @@ use gatelet_tests_hw::{
 };
 
 const USAGE: &str = "usage: bench-tunnel-limit --boringtun PATH [--agent-bin LABEL=PATH]... \
-                     [--direction decrypt|encrypt|both] [--seconds N] [--runs N] \
+                     [--direction decrypt|decrypt-gro|encrypt|both|all] [--seconds N] [--runs N] \
                      [--megabytes N] [--only LABEL-PART]";
 /// The port the load's packets go to; both namespaces drop it (iptables) once it arrives.
 const SINK_PORT: u16 = 9;
@@ -54,6 +60,15 @@ const LOAD_CORE: usize = 1;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Datagrams per `sendmmsg`.
 const SEND_BATCH: usize = 64;
+/// Datagrams per UDP GSO send (`decrypt-gro`): as many 1,452-byte data messages as fit in one
+/// 64 KiB UDP datagram.
+const GSO_SEGMENTS: usize = 44;
+/// What the `decrypt-gro` load offers, in Gbit/s of inner IP bytes: well above what a gateway
+/// takes (about 11), so it stays saturated, and low enough that the packets encrypted
+/// beforehand last a while (3,000 MB: 1.5 s).
+const GRO_OFFER_GBIT: f64 = 16.0;
+/// `UDP_SEGMENT` (linux/udp.h; Linux 4.18): the control message asking the kernel to cut a send.
+const UDP_SEGMENT: libc::c_int = 103;
 /// WireGuard's data message overhead: type, receiver, counter (16) and the tag (16).
 const WG_OVERHEAD: usize = 32;
 /// The outer IPv4 and UDP headers around a WireGuard message.
@@ -65,6 +80,8 @@ const DRAIN: Duration = Duration::from_millis(300);
 enum Direction {
     /// Hub -> gateway: the gateway decrypts.
     Decrypt,
+    /// Hub -> gateway in UDP GSO runs (as from a NIC with GRO): the gateway decrypts.
+    DecryptGro,
     /// Gateway -> hub: the gateway encrypts.
     Encrypt,
 }
@@ -73,6 +90,10 @@ impl Direction {
     fn describe(self) -> &'static str {
         match self {
             Direction::Decrypt => "hub -> gateway, the gateway decrypts",
+            Direction::DecryptGro => {
+                "hub -> gateway in UDP GSO runs of 44 (as a NIC with GRO delivers them), the \
+                 gateway decrypts"
+            }
             Direction::Encrypt => "gateway -> hub, the gateway encrypts",
         }
     }
@@ -94,7 +115,11 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(PathBuf::from)
             .unwrap_or_default(),
         agent_bins: Vec::new(),
-        directions: vec![Direction::Decrypt, Direction::Encrypt],
+        directions: vec![
+            Direction::Decrypt,
+            Direction::DecryptGro,
+            Direction::Encrypt,
+        ],
         seconds: 5,
         runs: 5,
         megabytes: 3_000,
@@ -118,8 +143,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--direction" => {
                 args.directions = match value()?.as_str() {
                     "decrypt" => vec![Direction::Decrypt],
+                    "decrypt-gro" => vec![Direction::DecryptGro],
                     "encrypt" => vec![Direction::Encrypt],
                     "both" => vec![Direction::Decrypt, Direction::Encrypt],
+                    "all" => vec![
+                        Direction::Decrypt,
+                        Direction::DecryptGro,
+                        Direction::Encrypt,
+                    ],
                     other => bail!("unknown direction {other:?}; {USAGE}"),
                 }
             }
@@ -372,13 +403,22 @@ fn measure(c: &Contender, direction: Direction, args: &Args) -> anyhow::Result<S
     tb.hub.stop();
     let mut hub = Hub::connect(&tb, endpoint)?;
     match direction {
-        Direction::Decrypt => {
+        Direction::Decrypt | Direction::DecryptGro => {
             let sink = drop_rule(&tb.gw_ns, "-d", &GW_TUNNEL_IP.to_string(), SINK_PORT)?;
             let batch = hub.encrypt_load(args.megabytes)?;
             let sock = &hub.socket;
+            // The GSO load outruns any gateway and ends in a second or two (the packets are
+            // encrypted beforehand, and a replay is refused): it is counted while it runs, the
+            // gateway saturated throughout, and nothing after.
+            let gso = direction == Direction::DecryptGro;
+            let drain = if gso { Duration::ZERO } else { DRAIN };
             let (bytes, offered, cpu, elapsed): (u64, _, _, _) =
-                run_load(pid, &sink, args.seconds, |deadline| {
-                    send_all(sock, &batch, deadline)
+                run_load(pid, &sink, args.seconds, drain, |deadline| {
+                    if gso {
+                        send_all_gso(sock, &batch, deadline)
+                    } else {
+                        send_all(sock, &batch, deadline)
+                    }
                 })?;
             let inner = (batch.stride - WG_OVERHEAD) as u64;
             Ok(Sample {
@@ -398,7 +438,7 @@ fn measure(c: &Contender, direction: Direction, args: &Args) -> anyhow::Result<S
             })??;
             let batch = Batch::repeated(&payload, SEND_BATCH);
             let (packets_bytes, offered, cpu, elapsed): ((u64, u64), _, _, _) =
-                run_load(pid, &sink, args.seconds, |deadline| {
+                run_load(pid, &sink, args.seconds, DRAIN, |deadline| {
                     send_repeated(&sender, &batch, deadline)
                 })?;
             // The rule counts the outer IP packets: take their headers and WireGuard's off.
@@ -414,14 +454,15 @@ fn measure(c: &Contender, direction: Direction, args: &Args) -> anyhow::Result<S
     }
 }
 
-/// Runs `load` (which returns the datagrams it sent) until `seconds` pass, then waits for the
-/// queues to drain; returns what the sink's rule counted (decrypt: inner bytes; encrypt:
+/// Runs `load` (which returns the datagrams it sent) until `seconds` pass, then waits `drain`
+/// for the queues to drain; returns what the sink's rule counted (decrypt: inner bytes; encrypt:
 /// packets and outer bytes, see the callers), the datagrams offered, the gateway's CPU % and
 /// the seconds the load ran.
 fn run_load<C: SinkCount>(
     pid: u32,
     sink: &Sink,
     seconds: u64,
+    drain: Duration,
     load: impl FnOnce(Instant) -> io::Result<u64>,
 ) -> anyhow::Result<(C, u64, Busy, f64)> {
     let before = C::read(sink)?;
@@ -430,7 +471,7 @@ fn run_load<C: SinkCount>(
     let started = Instant::now();
     let offered = load(started + Duration::from_secs(seconds)).context("the load")?;
     let elapsed = started.elapsed().as_secs_f64();
-    std::thread::sleep(DRAIN);
+    std::thread::sleep(drain);
     let cpu_after = cpu_ticks(pid)?;
     let core_after = core_ticks(GATEWAY_CORE)?;
     let after = C::read(sink)?;
@@ -438,7 +479,7 @@ fn run_load<C: SinkCount>(
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let cpu_s = cpu_after.saturating_sub(cpu_before) as f64 / ticks_per_s;
     // The CPU time includes the drain; so does the count.
-    let pct = cpu_s / (elapsed + DRAIN.as_secs_f64()) * 100.0;
+    let pct = cpu_s / (elapsed + drain.as_secs_f64()) * 100.0;
     let busy = core_after.busy.saturating_sub(core_before.busy) as f64;
     let all = core_after.all.saturating_sub(core_before.all).max(1) as f64;
     Ok((
@@ -699,6 +740,68 @@ fn send_all(sock: &UdpSocket, batch: &Batch, deadline: Instant) -> io::Result<u6
         )?;
     }
     Ok(sent as u64)
+}
+
+/// Sends every datagram of `batch` once, in order, in UDP GSO runs of [`GSO_SEGMENTS`], no
+/// faster than [`GRO_OFFER_GBIT`], until `deadline`; returns how many datagrams went.
+fn send_all_gso(sock: &UdpSocket, batch: &Batch, deadline: Instant) -> io::Result<u64> {
+    let started = Instant::now();
+    let inner_bits = ((batch.stride - WG_OVERHEAD) * 8) as f64;
+    let mut sent = 0usize;
+    while sent < batch.count() && Instant::now() < deadline {
+        let due = Duration::from_secs_f64(sent as f64 * inner_bits / (GRO_OFFER_GBIT * 1e9));
+        if started.elapsed() < due {
+            std::hint::spin_loop();
+            continue;
+        }
+        let n = GSO_SEGMENTS.min(batch.count() - sent);
+        let from = sent * batch.stride;
+        if send_gso(
+            sock,
+            &batch.data[from..from + n * batch.stride],
+            batch.stride,
+        )? {
+            sent += n;
+        }
+    }
+    Ok(sent as u64)
+}
+
+/// One send of `data` on a connected socket, which the kernel cuts into datagrams of `segment`
+/// bytes; false when its buffer is full.
+fn send_gso(sock: &UdpSocket, data: &[u8], segment: usize) -> io::Result<bool> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for one cmsg with a u16, aligned as a cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: all-zero is a valid msghdr; CMSG_FIRSTHDR points into `control`, which is large
+    // enough for CMSG_SPACE(2) (checked), and the kernel only reads `data` through `iov`.
+    let rc = unsafe {
+        let space = libc::CMSG_SPACE(2) as usize;
+        assert!(space <= std::mem::size_of_val(&control));
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
+        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT)
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+            io::ErrorKind::ConnectionRefused => Ok(false),
+            _ => Err(e),
+        };
+    }
+    Ok(true)
 }
 
 /// Sends `batch` over and over until `deadline`; returns how many datagrams went.

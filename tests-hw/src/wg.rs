@@ -50,7 +50,10 @@ impl WgImpl {
     /// on more than one core, with 1; boringtun-cli (at `boringtun`) with its default 4
     /// threads, 1 and 2.
     pub fn baselines(boringtun: &std::path::Path) -> Vec<WgImpl> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The machine's cores, not this thread's affinity: a bench pinned to its load core
+        // still runs the gateway on another.
+        // SAFETY: sysconf(3) has no preconditions.
+        let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         let mut all = vec![WgImpl::WIREGUARD_GO];
         if cores > 1 {
             all.push(WgImpl::WireguardGo { procs: Some(1) });
