@@ -285,8 +285,13 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
     );
     let (stop, stop_rx) = watch::channel(false);
     let datapath_checkin = CheckIn::new();
+    // The loops the watchdog watches: the data path, and on a TUN device its encrypting
+    // direction apart (a thread of its own with 2 data path threads).
+    let mut loops = vec![("datapath", datapath_checkin.clone())];
     let (datapath, netstack) = match iface {
         Interface::Tun(tun) => {
+            let encrypt_checkin = CheckIn::new();
+            loops.push(("encrypt", encrypt_checkin.clone()));
             let dp = DataPath {
                 core,
                 iface: tun,
@@ -294,6 +299,7 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
                 endpoint: env.wg_endpoint.clone(),
                 mtu: env.mtu,
                 checkin: datapath_checkin.clone(),
+                encrypt_checkin,
                 threads: env
                     .datapath_threads
                     .resolve(std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -345,15 +351,16 @@ fn run(args: &Args, env: &GatewayEnv, control_gid: Option<u32>) -> anyhow::Resul
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
         }
-        // Every WatchdogSec/2 (WATCHDOG_USEC from systemd), and only while the data path thread
-        // turns; this task runs on this (the relay) runtime, so a stalled runtime stops it too.
+        // Every WatchdogSec/2 (WATCHDOG_USEC from systemd), and only while the data path's loops
+        // turn (`loops`); this task runs on this (the relay) runtime, so a stalled runtime stops
+        // it too.
         let watchdog = match notify::watchdog_period_from_env() {
             Some(period) => {
                 tracing::info!(
                     period_ms = period.as_millis() as u64,
                     "watchdog keep-alive on"
                 );
-                let dog = Watchdog::new([("datapath", datapath_checkin)]);
+                let dog = Watchdog::new(loops);
                 tokio::spawn(watchdog::run(period, dog, || {
                     let _ = notify::notify("WATCHDOG=1");
                 }))

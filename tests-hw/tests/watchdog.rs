@@ -3,7 +3,8 @@
 //! `WATCHDOG=1` arrives every 500 ms; when the data path thread alone is stopped (ptrace stops
 //! one thread; the relay runtime goes on and the control socket still answers), the keep-alive
 //! stops, which is what makes systemd restart a stalled agent; when the thread runs again, the
-//! keep-alive resumes. Needs root.
+//! keep-alive resumes. The same with two data path threads (`GATELET_DATAPATH_THREADS=2`)
+//! when only the encrypting thread stops. Needs root.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -22,6 +23,8 @@ const FLOWING: usize = 3;
 
 /// The data path thread's name (agent/src/tunnel/driver.rs).
 const DATAPATH_THREAD: &str = "gatelet-datapath";
+/// The encrypting thread's name, with two data path threads (agent/src/tunnel/driver.rs).
+const ENCRYPT_THREAD: &str = "gatelet-encrypt";
 
 fn drain(sock: &UnixDatagram) -> Vec<String> {
     let mut got = Vec::new();
@@ -102,6 +105,17 @@ impl Drop for StoppedThread {
 
 #[test]
 fn agent_withholds_the_watchdog_keep_alive_while_its_data_path_thread_is_stopped() {
+    withholds_the_keep_alive_while_stopped(DATAPATH_THREAD, None);
+}
+
+#[test]
+fn with_a_thread_per_direction_a_stopped_encrypting_thread_withholds_the_keep_alive() {
+    withholds_the_keep_alive_while_stopped(ENCRYPT_THREAD, Some("2"));
+}
+
+/// Starts the agent with `GATELET_DATAPATH_THREADS=threads` (when given) under a watchdog,
+/// stops its thread named `thread` and checks that the keep-alive stops, then resumes.
+fn withholds_the_keep_alive_while_stopped(thread: &str, threads: Option<&str>) {
     require_root().unwrap();
     let binary = product_binary("gatelet-agent").unwrap();
     let mut tb = Testbed::start(&GatewayRole::Agent(binary.clone())).unwrap();
@@ -117,7 +131,11 @@ fn agent_withholds_the_watchdog_keep_alive_while_its_data_path_thread_is_stopped
     cmd.env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", WATCHDOG_USEC)
         .env_remove("WATCHDOG_PID");
-    let env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
+    let mut env = gatelet_tests_hw::agent_env(&tb.gw_key, &tb.hub_key, tb.psk.as_deref());
+    if let Some(n) = threads {
+        env.extra
+            .push(("GATELET_DATAPATH_THREADS".into(), n.into()));
+    }
     tb.gateway = Gateway::Agent(Agent::start_command(&tb.gw_ns, &env, None, cmd).unwrap());
     let agent = tb.agent().unwrap();
 
@@ -128,7 +146,7 @@ fn agent_withholds_the_watchdog_keep_alive_while_its_data_path_thread_is_stopped
         "{notes:?}"
     );
 
-    let stopped = StoppedThread::stop(thread_id(agent.pid(), DATAPATH_THREAD));
+    let stopped = StoppedThread::stop(thread_id(agent.pid(), thread));
     // The period in which the thread stopped may still have seen it turn: skip it.
     std::thread::sleep(PERIOD * 2);
     drain(&notify);
@@ -137,7 +155,7 @@ fn agent_withholds_the_watchdog_keep_alive_while_its_data_path_thread_is_stopped
     assert_eq!(
         keep_alives(&during),
         0,
-        "keep-alives while the data path was stopped: {during:?}"
+        "keep-alives while {thread} was stopped: {during:?}"
     );
     // Only the data path stopped: the relay runtime still answers on the control socket.
     tb.agent_status()

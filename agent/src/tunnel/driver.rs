@@ -26,7 +26,9 @@
 //! timer keepalives, packets queued before a session exists). Sealing and opening run
 //! outside it ([`Sealer`], [`Opener`]): boringtun's sessions are shared as `Arc` with an
 //! atomic send counter and a locked replay window (third_party/boringtun/GATELET-PATCH.md).
-//! Both loops use the same code in both modes; one thread takes the lock uncontended.
+//! Both loops use the same code in both modes; one thread takes the lock uncontended. Each
+//! loop checks in with the watchdog on every turn and timer tick ([`DataPath::checkin`],
+//! [`DataPath::encrypt_checkin`]), so a stall of either stops systemd's keep-alive.
 //!
 //! Why a thread per direction and not crypto workers fed by one I/O thread: crypto is about
 //! a third of the cost per packet here (perf, `tests-hw/bench/tunnel.sh --pin`); the rest is
@@ -149,6 +151,10 @@ pub struct DataPath<T: PacketInterface> {
     /// Beaten on every turn of the loop (timer ticks included, so also when idle); the
     /// watchdog withholds systemd's keep-alive when it stops.
     pub checkin: CheckIn,
+    /// Beaten on every turn of the loop that encrypts (timer ticks included): the loop above
+    /// with 1 thread, the `gatelet-encrypt` thread with 2. Watched apart from
+    /// [`DataPath::checkin`], so that a stalled encrypting thread stops the keep-alive too.
+    pub encrypt_checkin: CheckIn,
     /// Threads: 1 (both directions in one loop) or 2 (the encrypting direction on a thread
     /// of its own); see the module documentation. 0 counts as 1, more than 2 as 2.
     pub threads: usize,
@@ -252,6 +258,7 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
     let mut udp = crate::sys::fd::register_with(Arc::clone(&udp_sock), udp_interest)?;
     let endpoint = dp.endpoint;
     let checkin = dp.checkin;
+    let encrypt_checkin = dp.encrypt_checkin;
     let sealer = dp.core.sealer();
     let mut opener = dp.core.opener();
     let shared = Arc::new(Mutex::new(Shared {
@@ -294,6 +301,7 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (iface, shared) = (Arc::clone(&iface), Arc::clone(&shared));
         let sealer = sealer.clone();
+        let checkin = encrypt_checkin.clone();
         let bufs = std::mem::replace(
             &mut bufs,
             EncryptBufs {
@@ -305,7 +313,7 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
         let handle = std::thread::Builder::new()
             .name("gatelet-encrypt".into())
             .spawn(move || {
-                let result = encrypt_thread(iface, shared, sealer, bufs, encrypt_stop_rx);
+                let result = encrypt_thread(iface, shared, sealer, bufs, checkin, encrypt_stop_rx);
                 let _ = done_tx.send(result);
             })?;
         encrypt = Some((handle, done_rx));
@@ -313,6 +321,9 @@ pub async fn run<T: PacketInterface + Send + Sync + 'static>(
 
     let result = loop {
         checkin.beat();
+        if encrypt.is_none() {
+            encrypt_checkin.beat();
+        }
         let now = Instant::now();
         {
             let mut sh = lock(&shared);
@@ -400,19 +411,28 @@ fn encrypt_thread<T: PacketInterface>(
     shared: Arc<Mutex<Shared>>,
     sealer: Sealer,
     mut bufs: EncryptBufs,
+    checkin: CheckIn,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     rt.block_on(async {
         // Each descriptor for this direction's readiness only (see `run`).
         let iface = crate::sys::fd::register_with(iface, Interest::READABLE)?;
         let udp_now = Arc::clone(&lock(&shared).udp);
         let mut udp = crate::sys::fd::register_with(udp_now, Interest::WRITABLE)?;
+        // Only to check in with the watchdog while no packet comes.
+        let mut tick = tokio::time::interval(TIMER_TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let work = async {
             loop {
-                let mut g = iface.readable().await?;
+                checkin.beat();
+                let mut g = tokio::select! {
+                    g = iface.readable() => g?,
+                    _ = tick.tick() => continue,
+                };
                 let current = Arc::clone(&lock(&shared).udp);
                 if !Arc::ptr_eq(&current, udp.get_ref()) {
                     udp = crate::sys::fd::register_with(current, Interest::WRITABLE)?;
@@ -1017,6 +1037,7 @@ mod tests {
         host: UnixDatagram,
         stats: Arc<TunnelStats>,
         checkin: CheckIn,
+        encrypt_checkin: CheckIn,
         stop: watch::Sender<bool>,
         thread: JoinHandle<io::Result<()>>,
     }
@@ -1064,9 +1085,11 @@ mod tests {
             },
             mtu: 1420,
             checkin: CheckIn::new(),
+            encrypt_checkin: CheckIn::new(),
             threads,
         };
         let checkin = dp.checkin.clone();
+        let encrypt_checkin = dp.encrypt_checkin.clone();
         let (stop, stop_rx) = watch::channel(false);
         let thread = spawn(dp, stop_rx).unwrap();
         Running {
@@ -1074,6 +1097,7 @@ mod tests {
             host,
             stats,
             checkin,
+            encrypt_checkin,
             stop,
             thread,
         }
@@ -1095,6 +1119,7 @@ mod tests {
             host,
             stats,
             checkin,
+            encrypt_checkin,
             stop,
             thread,
         } = start(threads);
@@ -1124,10 +1149,14 @@ mod tests {
         assert_eq!(st.rx_dropped_not_allowed, 1);
         assert_eq!((st.rx_packets, st.tx_packets), (2, 1));
         assert_eq!(st.handshake_age_s, Some(0));
-        // Idle now: the timer tick alone keeps the loop checking in with the watchdog.
-        let mut watchdog = crate::watchdog::Watchdog::new([("datapath", checkin)]);
-        std::thread::sleep(TIMER_TICK * 3);
-        assert_eq!(watchdog.check(), Ok(()), "the idle data path beats");
+        // Idle now: the timer ticks alone keep both directions checking in with the watchdog
+        // (with 2 threads, the encrypting thread's own).
+        let mut watchdog =
+            crate::watchdog::Watchdog::new([("datapath", checkin), ("encrypt", encrypt_checkin)]);
+        for _ in 0..2 {
+            std::thread::sleep(TIMER_TICK * 3);
+            assert_eq!(watchdog.check(), Ok(()), "the idle data path beats");
+        }
 
         stop.send(true).unwrap();
         thread.join().unwrap().unwrap();
