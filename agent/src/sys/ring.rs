@@ -16,8 +16,8 @@ pub struct Ring {
 
 // SAFETY: the mapping is plain memory owned by this value; nothing is tied to a thread.
 unsafe impl Send for Ring {}
-// SAFETY: shared references only read (`deref`, `len`, `resident`) or drop pages that the
-// caller of `release` promises nobody uses.
+// SAFETY: shared references only read (`deref`, `len`, `resident`); writing and dropping pages
+// (`deref_mut`, `release`) take `&mut self`.
 unsafe impl Sync for Ring {}
 
 impl Ring {
@@ -59,7 +59,7 @@ impl Ring {
     }
 
     /// Its size in bytes.
-    #[allow(clippy::len_without_is_empty)] // never empty: a map has at least one page
+    #[allow(clippy::len_without_is_empty)] // `is_empty` comes with the slice (`Deref`)
     pub fn len(&self) -> usize {
         self.len
     }
@@ -77,8 +77,9 @@ impl Ring {
 
     /// Gives the pages back to the kernel (they read as zeros afterwards). Call it only
     /// while the ring is empty, with the stack's lock held: the contents are then
-    /// meaningless and nothing reads or writes them meanwhile.
-    pub fn release(&self) {
+    /// meaningless and nothing reads or writes them meanwhile. It takes `&mut self` so that
+    /// no slice borrowed through `Deref` can see its bytes turn to zeros.
+    pub fn release(&mut self) {
         if self.len == 0 {
             return;
         }
