@@ -29,3 +29,8 @@ cpu() {
     if [ -z "${1:-}" ]; then echo 0; return; fi
     python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print(sum(int(x) for x in f[11:15])/os.sysconf('SC_CLK_TCK'))"
 }
+# cpu_user PID: the user-space part of the above (utime and cutime).
+cpu_user() {
+    if [ -z "${1:-}" ]; then echo 0; return; fi
+    python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[13]))/os.sysconf('SC_CLK_TCK'))"
+}

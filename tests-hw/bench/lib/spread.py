@@ -7,8 +7,10 @@ the median CPU use of the process under test and the metric per CPU-second of it
 only). Then the ratio of each path to the baseline path, claimed only when the two spreads do
 not overlap.
 
-For each rate with a ">=" goal, "<rate>/cpu-s" (the rate per CPU-second of the process under
-test, computed per round) is summarized the same way; its ratio is printed without a target.
+For each rate with a ">=" goal, and each metric named "*_rps" (a rate without a goal, such as
+the answered rate of a fixed-rate load), "<rate>/cpu-s" (the rate per CPU-second of the process
+under test, computed per round) is summarized the same way; its ratio is printed without a
+target.
 
 Usage: spread.py RESULTS BASELINE TARGETS
   BASELINE: the path the others are compared with (e.g. nginx)
@@ -34,8 +36,10 @@ for line in open(path):
     # The cost of each rate: per CPU-second of the process under test, per round (a loaded
     # machine moves the rate much more than the cost).
     if values.get("cpu", 0) > 0:
-        for k, (op, _) in list(goals.items()):
-            if op == ">=" and k in values:
+        rates = [k for k, (op, _) in goals.items() if op == ">="]
+        rates += [k for k in values if k.endswith("_rps") and k not in goals]
+        for k in rates:
+            if k in values:
                 values[k + "/cpu-s"] = values[k] / (values["cpu"] / 100)
     rows.append((parts[0], parts[1], values))
 
