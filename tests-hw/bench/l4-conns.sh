@@ -7,8 +7,10 @@
 # current-thread runtime, as the agent runs it, with splice) is pinned to CPU 0, the load generator and the
 # backend to CPU 1, so the relay has one core as it would on a small board and the two do not
 # share the scheduler. ROUNDS (default 5) interleaved rounds of SECONDS (default 5) each; prints
-# the median and the spread (min-max) of each, the relay's CPU use and its cost (connections per
-# CPU-second, Gbit/s per core), and the ratio to HAProxy. A ratio is claimed only when the two
+# the median and the spread (min-max) of each, the relay's CPU use, the user-space part of it
+# ("user%": the rest is the kernel's TCP and splice work, the same for every relay, which bounds
+# the cost ratio a relay's own code can reach), its cost (connections per CPU-second, Gbit/s per
+# core), and the ratio to HAProxy. A ratio is claimed only when the two
 # spreads do not overlap. HAProxy runs at each of its settings worth trying here, in the same
 # rounds: without splice ("haproxy"), `option splice-auto` ("haproxy-auto") and
 # `option splice-request` + `splice-response` ("haproxy-splice"); each measure is compared with
@@ -93,28 +95,31 @@ for kind in echo bulk; do
 done
 for k in "${!PORT[@]}"; do wait_port "${PORT[$k]}"; done
 
-# Results: one line per round and relay, "metric relay value cpu_pct".
+# Results: one line per round and relay, "metric relay value cpu_pct user_pct" (user_pct: the
+# user-space part of the relay's CPU time, from the kernel's tick sampling: a rough split).
 : >"$T/results"
 for round in $(seq 1 "$ROUNDS"); do
   for relay in "${RELAYS[@]}"; do
     pid=${PID[$relay-echo]}
-    before=$(cpu "$pid")
+    before=$(cpu "$pid"); user_before=$(cpu_user "$pid")
     line=$(taskset -c 1 "$LOAD" rate "127.0.0.1:${PORT[$relay-echo]}" --seconds "$SECS" \
       --concurrency "$CONCURRENCY" --bytes "$BYTES")
-    after=$(cpu "$pid")
+    after=$(cpu "$pid"); user_after=$(cpu_user "$pid")
     rate=$(sed -n 's/.*per_s=\([0-9.]*\).*/\1/p' <<<"$line")
     errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
     cpu_pct=$(python3 -c "print(100*($after-$before)/$SECS)")
-    echo "conns $relay $rate $cpu_pct" >>"$T/results"
+    user_pct=$(python3 -c "print(100*($user_after-$user_before)/max($after-$before,1e-9))")
+    echo "conns $relay $rate $cpu_pct $user_pct" >>"$T/results"
     echo "round $round $relay: $rate conns/s, relay CPU ${cpu_pct%.*}%, errors $errors" >&2
 
     pid=${PID[$relay-bulk]}
-    before=$(cpu "$pid")
+    before=$(cpu "$pid"); user_before=$(cpu_user "$pid")
     gbit=$(taskset -c 1 iperf3 -c 127.0.0.1 -p "${PORT[$relay-bulk]}" -P 100 -t "$SECS" -J |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
-    after=$(cpu "$pid")
+    after=$(cpu "$pid"); user_after=$(cpu_user "$pid")
     cpu_pct=$(python3 -c "print(100*($after-$before)/$SECS)")
-    echo "flows $relay $gbit $cpu_pct" >>"$T/results"
+    user_pct=$(python3 -c "print(100*($user_after-$user_before)/max($after-$before,1e-9))")
+    echo "flows $relay $gbit $cpu_pct $user_pct" >>"$T/results"
     echo "round $round $relay: 100 flows $(printf '%.2f' "$gbit") Gbit/s, relay CPU ${cpu_pct%.*}%" >&2
   done
 done
@@ -130,7 +135,7 @@ def series(metric, relay, col):
     return [float(r[col]) for r in rows if r[0] == metric and r[1] == relay]
 print(f"L4 relay on loopback, relay pinned to CPU 0, load and backend to CPU 1; "
       f"{rounds} interleaved rounds of {secs} s; HAProxy nbthread 1")
-print(f"{'measure':<30} {'relay':<14} {'median':>9} {'spread':>17} {'CPU%':>5} {'per CPU-s':>10}")
+print(f"{'measure':<30} {'relay':<14} {'median':>9} {'spread':>17} {'CPU%':>5} {'user%':>5} {'per CPU-s':>10}")
 print(f"connections/s: {size} B each way then close, {conc} at once")
 units = {"conns": ("connections/s", "conns"),
          "flows": ("100 concurrent flows, Gbit/s", "Gbit")}
@@ -142,10 +147,11 @@ for metric, (label, unit) in units.items():
         med[relay] = statistics.median(v)
         spread[relay] = (min(v), max(v))
         cpu = statistics.median(c)
+        user = statistics.median(series(metric, relay, 4))
         costs[relay] = [x / (y / 100) for x, y in zip(v, c) if y > 0] or [0.0]
         cost = statistics.median(costs[relay])
         print(f"{label:<30} {relay:<14} {med[relay]:>9.2f} {spread[relay][0]:>8.2f}-{spread[relay][1]:<8.2f} "
-              f"{cpu:>5.0f} {cost:>10.1f} ({min(costs[relay]):.1f}-{max(costs[relay]):.1f})")
+              f"{cpu:>5.0f} {user:>5.0f} {cost:>10.1f} ({min(costs[relay]):.1f}-{max(costs[relay]):.1f})")
     def apart(a, b):
         return min(a) > max(b) or max(a) < min(b)
     # HAProxy at its best setting for this measure: the highest median.
