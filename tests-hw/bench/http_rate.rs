@@ -16,7 +16,8 @@
 //! Requests scheduled in the first W seconds (default 1) warm up and are not counted. Prints
 //! one line: `answered_rps=<answered per second> p50_ms= p90_ms= p99_ms= p999_ms= max_ms=
 //! errors= requests=` (errors: connections that failed, answers that were not 200, and requests never
-//! answered within the I/O timeout).
+//! answered within the I/O timeout). The run ends within S seconds and a few I/O timeouts (5 s)
+//! even when the server stops answering.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -138,6 +139,13 @@ fn connection(load: &Load, first: Instant, start: Instant) -> Tally {
     let mut at = first;
     while at < end {
         let now = Instant::now();
+        if now > end + IO_TIMEOUT {
+            // A proxy that stopped answering: the requests still due count as failed, and the
+            // run ends within its time (plus one I/O timeout).
+            let left = (end - at).as_secs_f64() / load.interval.as_secs_f64();
+            tally.errors += left.ceil() as u64;
+            break;
+        }
         if at > now {
             std::thread::sleep(at - now);
         }
