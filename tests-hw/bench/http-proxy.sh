@@ -27,7 +27,7 @@
 # side (wrk + backend on CPU 1) is the limit ("direct", without a proxy, is no faster than the
 # proxies), so the proxies' cost shows in requests per proxy CPU-second, and best in the counts
 # of SYSCALLS=1 and IREFS=1 (see the end of this file). On loopback the kernel's TCP work is
-# most of either proxy's CPU time (user_cpu shows how much), and it is the same for both: that
+# most of either proxy's CPU time (user_cpu shows how much), and about the same for both: that
 # bounds any cost ratio a proxy can reach by its own code.
 # Needs nginx, wrk, taskset and 2 CPUs (apt-get install -y nginx-light wrk).
 # Run by hand or from tests-hw/bench/run; not a timed test.
@@ -187,7 +187,8 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-echo "HTTP proxy on loopback: proxy pinned to CPU 0, wrk -t1 -c$CONNECTIONS and the backend nginx" \
+echo "HTTP proxy on loopback: proxy pinned to CPU 0, the load (wrk -t1 -c$CONNECTIONS; in the rate" \
+    "case bench-http-rate, $RATE requests/s over $CONNECTIONS connections) and the backend nginx" \
     "to CPU 1; $ROUNDS interleaved rounds of ${DURATION} s; nginx worker_processes 1" \
     "${BASE:+; base = $BASE}"
 python3 tests-hw/bench/lib/spread.py "$T/results" nginx "rps:>=:1.2,p99_ms:<=:1.0"

@@ -8,8 +8,8 @@
 # backend to CPU 1, so the relay has one core as it would on a small board and the two do not
 # share the scheduler. ROUNDS (default 5) interleaved rounds of SECONDS (default 5) each; prints
 # the median and the spread (min-max) of each, the relay's CPU use, the user-space part of it
-# ("user%": the rest is the kernel's TCP and splice work, the same for every relay, which bounds
-# the cost ratio a relay's own code can reach), its cost (connections per CPU-second, Gbit/s per
+# ("user%": the rest is the kernel's TCP and splice work, about the same for every relay, which
+# bounds the cost ratio a relay's own code can reach), its cost (connections per CPU-second, Gbit/s per
 # core), and the ratio to HAProxy. A ratio is claimed only when the two
 # spreads do not overlap. HAProxy runs at each of its settings worth trying here, in the same
 # rounds: without splice ("haproxy"), `option splice-auto` ("haproxy-auto") and
