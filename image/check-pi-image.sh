@@ -2,7 +2,8 @@
 # Static checks of the Raspberry Pi side of the gatelet image (no hardware here): the partition
 # table, the boot partition's firmware files, config.txt, cmdline.txt, kernel, initrd and device
 # trees, both filesystems (fsck, read-only), and that the root filesystem carries what a Pi boot
-# needs (the import unit, the fstab entry for the boot partition, no SSH server), and the Pi 5's
+# needs (the import unit, the fstab entry for the boot partition, no SSH server, the license
+# texts), and the Pi 5's
 # device trees and drivers (SD, PCIe south bridge, Ethernet). That the root
 # filesystem mounts and boots on an emulated board is image/boot-test.sh (the same image).
 #
@@ -98,6 +99,11 @@ for m in misc/rp1/rp1_pci net/ethernet/cadence/macb clk/clk-rp1 pinctrl/pinctrl-
 done
 rootfile /etc/fstab | grep -qE '^LABEL=GATELETBOOT +/boot/firmware +vfat' && ok "fstab mounts the boot partition on /boot/firmware" ||
   bad "fstab has no /boot/firmware entry"
+# The license terms travel with the binaries: gatelet's own and every linked crate's.
+for f in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.txt; do
+  rootfile "/usr/share/doc/gatelet/$f" | cmp -s - "$f" && ok "root has /usr/share/doc/gatelet/$f (as in the repository)" ||
+    bad "root lacks /usr/share/doc/gatelet/$f or has another one"
+done
 rootfile /etc/systemd/journald.conf.d/gatelet.conf | grep -qx 'Storage=persistent' &&
   ok "the journal persists across reboots (bounded: $(rootfile /etc/systemd/journald.conf.d/gatelet.conf | grep SystemMaxUse))" ||
   bad "the journal is not persistent"

@@ -14,7 +14,8 @@
 # the agent's control socket is group 65532 and the companion reaches it, the HTTP route and the
 # L4 route answer from the hub, and Docker reports the HEALTHCHECK healthy; then the same for the
 # userspace variant, plus: the agent's uid/gid 65532 and empty capability sets (from /proc), no
-# /dev/net/tun open, no gatelet0, its socket 65532:65532 0660. Prints the image size.
+# /dev/net/tun open, no gatelet0, its socket 65532:65532 0660. Prints the image size. Before
+# all that: the image carries the license texts (/usr/share/doc/gatelet, as in the repository).
 #
 # Usage: tests-hw/container-check.sh   (root; installs docker.io, docker-compose, wireguard-go,
 # wireguard-tools, iproute2, curl with apt-get when missing; builds with deploy/build-image.sh,
@@ -49,6 +50,17 @@ t0=$(date +%s)
 bash deploy/build-image.sh --tag "$TAG" | tee "$RUN/build.out"
 size=$(sed -n 's/^image size: \([0-9]*\) bytes$/\1/p' "$RUN/build.out")
 echo "container-check.sh: image built in $(($(date +%s) - t0))s: $size bytes ($(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e6 }') MB)"
+# The license terms travel with the binaries (the image has no shell: read them with docker cp).
+docker create --name gatelet-check-doc "$TAG" >/dev/null
+for f in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.txt; do
+  if ! docker cp "gatelet-check-doc:/usr/share/doc/gatelet/$f" - | tar -xO | cmp -s - "$f"; then
+    docker rm gatelet-check-doc >/dev/null
+    echo "container-check.sh: FAILED: the image lacks /usr/share/doc/gatelet/$f or has another one" >&2
+    exit 1
+  fi
+done
+docker rm gatelet-check-doc >/dev/null
+echo "container-check.sh: OK: the image carries LICENSE-MIT, LICENSE-APACHE and THIRD-PARTY-LICENSES.txt"
 
 ce_hub
 ce_gateway_env

@@ -6,7 +6,9 @@
 #   - kernel-hooks/nftables/gatelet.nft loads twice (idempotent) and filters as documented, in two
 #     private network namespaces: a "hub" peer reaches the proxy port over the tunnel interface, not
 #     an unlisted port until that port is added to the set; the LAN side is not filtered.
-#   - shell scripts of the deployment trees pass `bash -n` / `sh -n`.
+#   - shell scripts of the deployment trees pass `bash -n` / `sh -n`;
+#   - THIRD-PARTY-LICENSES.txt is current and every crate in the binaries passes the license
+#     policy (third_party/notices.py).
 # Needs root (network namespaces, nft). Creates and removes its own namespaces; touches nothing of
 # the host's network. Exit status non-zero on any failed check.
 set -euo pipefail
@@ -95,6 +97,17 @@ while IFS= read -r script; do
   fi
 done < <(find buildroot board-configs kernel-hooks tests-hw .ci -type f \( -name '*.sh' -o -name run -o -name 'post-*' \) 2>/dev/null)
 ok "shell scripts parse"
+
+# --- third-party licenses ---------------------------------------------------------------------
+# THIRD-PARTY-LICENSES.txt (shipped in the image, the container and the Buildroot and OpenWrt
+# packages' legal info) must be what third_party/notices.py writes from Cargo.lock today, and every
+# crate in the binaries must pass its license policy (permissive licenses only, a notice file each).
+if python3 third_party/notices.py --self-test; then ok "license policy: the expression table"; else fail "license policy: the expression table"; fi
+if python3 third_party/notices.py --check; then
+  ok "THIRD-PARTY-LICENSES.txt covers every crate in the binaries, each under an allowed license"
+else
+  fail "THIRD-PARTY-LICENSES.txt: see above"
+fi
 
 # --- board configs and the Buildroot post-build script ---------------------------------------
 for toml in board-configs/*/board.toml; do

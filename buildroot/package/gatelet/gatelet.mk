@@ -14,8 +14,10 @@ GATELET_VERSION = 0.1.0
 GATELET_SOURCE = gatelet-$(GATELET_VERSION).tar.gz
 GATELET_SITE = $(BR2_EXTERNAL_GATELET_PATH)/../target/release-tarball
 GATELET_SITE_METHOD = file
-GATELET_LICENSE = MIT or Apache-2.0
-GATELET_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE
+# gatelet itself; the crates linked into its binaries have permissive licenses of their own,
+# each with its text in THIRD-PARTY-LICENSES.txt (third_party/notices.py checks which are allowed).
+GATELET_LICENSE = MIT or Apache-2.0, bundled Rust crates: see THIRD-PARTY-LICENSES.txt
+GATELET_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.txt
 # With GATELET_OVERRIDE_SRCDIR (local.mk, a checkout instead of the tarball) the build dir has no
 # VENDOR/: GATELET_CARGO_FETCH below fetches the crates (needs network once). Build outputs of the
 # checkout (cargo target dirs) are not sources: keep them out of the rsync.
