@@ -38,6 +38,14 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   for unit in systemd/*.service systemd/*.path deploy/*.service deploy/*.path; do
     sed 's#^ExecStart=[^ ]*#ExecStart=/bin/true#' "$unit" >"$work/$(basename "$unit")"
   done
+  # The container updater's unit requires Docker's. Where docker.io is not installed (a fresh
+  # machine: CI installs it only in its container stages), a stand-in lets the unit load; the
+  # directory of the units verified is on systemd-analyze's search path.
+  if [ ! -e /lib/systemd/system/docker.service ] && [ ! -e /usr/lib/systemd/system/docker.service ] &&
+    [ ! -e /etc/systemd/system/docker.service ]; then
+    printf '[Unit]\nDescription=stand-in for docker.io'"'"'s unit (deploy-check)\n[Service]\nExecStart=/bin/true\n' \
+      >"$work/docker.service"
+  fi
   if out=$(cd "$work" && systemd-analyze verify ./*.service ./*.path 2>&1) && [ -z "$out" ]; then
     ok "systemd units verify cleanly"
   else

@@ -15,35 +15,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use gatelet_tests_hw::{BenchArgs, LOAD_IO_TIMEOUT as IO_TIMEOUT};
 
 const USAGE: &str = "usage: bench-conns echo LISTEN [--threads N] | \
                      bench-conns rate ADDR [--seconds S] [--concurrency C] [--bytes B]";
-/// How long one connection may take before it counts as failed.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str, default: u64| -> anyhow::Result<u64> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => args
-                .get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{name} needs a number; {USAGE}")),
-            None => Ok(default),
-        }
-    };
-    let addr: SocketAddr = args
-        .get(1)
-        .context(USAGE)?
-        .parse()
-        .with_context(|| format!("not an address; {USAGE}"))?;
-    match args.first().map(String::as_str) {
-        Some("echo") => echo(addr, flag("--threads", 8)? as usize),
+    let args = BenchArgs::from_env(USAGE);
+    let addr = args.addr(1)?;
+    match args.word(0) {
+        Some("echo") => echo(addr, args.value("--threads", 8)?),
         Some("rate") => rate(
             addr,
-            Duration::from_secs(flag("--seconds", 10)?),
-            flag("--concurrency", 32)? as usize,
-            flag("--bytes", 1024)? as usize,
+            args.seconds("--seconds", 10.0)?,
+            args.value("--concurrency", 32)?,
+            args.value("--bytes", 1024)?,
         ),
         _ => bail!("{USAGE}"),
     }

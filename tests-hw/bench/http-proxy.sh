@@ -175,8 +175,8 @@ for round in $(seq 1 "$ROUNDS"); do
             line=${line% requests=*}
             after=$(cpu "${PID[$name]:-}")
             user_after=$(cpu_user "${PID[$name]:-}")
-            cpu_pct=$(python3 -c "print(100*($after-$before)/$DURATION)")
-            user_pct=$(python3 -c "print(100*($user_after-$user_before)/max($after-$before,1e-9))")
+            cpu_pct=$(percent "$after-$before" "$DURATION")
+            user_pct=$(percent "$user_after-$user_before" "$after-$before")
             if [ "$name" = direct ]; then
                 echo "$case $name $line cpu=0" >>"$T/results"
             else

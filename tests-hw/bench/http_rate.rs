@@ -24,11 +24,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use gatelet_tests_hw::{BenchArgs, LOAD_IO_TIMEOUT as IO_TIMEOUT};
 
 const USAGE: &str = "usage: bench-http-rate ADDR --rate R [--seconds S] [--warmup W] \
                      [--connections C] [--host H] [--path P]";
-/// How long one answer may take before the connection counts as failed.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest answer read (head and body); the bench serves a small file.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -50,43 +49,21 @@ struct Tally {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args.get(i + 1));
-    let number = |name: &str, default: f64| -> anyhow::Result<f64> {
-        match flag(name) {
-            None => Ok(default),
-            Some(v) => v
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .with_context(|| format!("{name} needs a number; {USAGE}")),
-        }
-    };
-    let text = |name: &str, default: &str| -> anyhow::Result<String> {
-        match flag(name) {
-            None => Ok(default.to_string()),
-            Some(v) => v
-                .cloned()
-                .with_context(|| format!("{name} needs a value; {USAGE}")),
-        }
-    };
-    let addr: SocketAddr = args
-        .first()
-        .context(USAGE)?
-        .parse()
-        .with_context(|| format!("not an address; {USAGE}"))?;
-    let rate = number("--rate", 0.0)?;
-    let connections = number("--connections", 50.0)? as usize;
-    if rate < 1.0 || connections == 0 {
+    let args = BenchArgs::from_env(USAGE);
+    let addr = args.addr(0)?;
+    let rate: f64 = args.value("--rate", 0.0)?;
+    let connections: usize = args.value("--connections", 50)?;
+    if !(rate >= 1.0 && rate.is_finite()) || connections == 0 {
         bail!("--rate (at least 1) and --connections (at least 1) are needed; {USAGE}");
     }
-    let host = text("--host", "localhost")?;
-    let path = text("--path", "/")?;
+    let host: String = args.value("--host", "localhost".into())?;
+    let path: String = args.value("--path", "/".into())?;
     let load = Load {
         addr,
         request: format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
         interval: Duration::from_secs_f64(connections as f64 / rate),
-        warmup: Duration::from_secs_f64(number("--warmup", 1.0)?),
-        seconds: Duration::from_secs_f64(number("--seconds", 10.0)?),
+        warmup: args.seconds("--warmup", 1.0)?,
+        seconds: args.seconds("--seconds", 10.0)?,
     };
     let start = Instant::now() + Duration::from_millis(100);
     let tallies: Vec<Tally> = std::thread::scope(|s| {
@@ -149,7 +126,7 @@ fn connection(load: &Load, first: Instant, start: Instant) -> Tally {
         if at > now {
             std::thread::sleep(at - now);
         }
-        let s = match stream.take() {
+        let mut s = match stream.take() {
             Some(s) => s,
             None => match open(load.addr) {
                 Ok(s) => s,
@@ -160,7 +137,6 @@ fn connection(load: &Load, first: Instant, start: Instant) -> Tally {
                 }
             },
         };
-        let mut s = s;
         match exchange(&mut s, &load.request, &mut answer) {
             Ok(()) => {
                 if at >= counted_from {

@@ -107,8 +107,8 @@ for round in $(seq 1 "$ROUNDS"); do
     after=$(cpu "$pid"); user_after=$(cpu_user "$pid")
     rate=$(sed -n 's/.*per_s=\([0-9.]*\).*/\1/p' <<<"$line")
     errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
-    cpu_pct=$(python3 -c "print(100*($after-$before)/$SECS)")
-    user_pct=$(python3 -c "print(100*($user_after-$user_before)/max($after-$before,1e-9))")
+    cpu_pct=$(percent "$after-$before" "$SECS")
+    user_pct=$(percent "$user_after-$user_before" "$after-$before")
     echo "conns $relay $rate $cpu_pct $user_pct" >>"$T/results"
     echo "round $round $relay: $rate conns/s, relay CPU ${cpu_pct%.*}%, errors $errors" >&2
 
@@ -117,8 +117,8 @@ for round in $(seq 1 "$ROUNDS"); do
     gbit=$(taskset -c 1 iperf3 -c 127.0.0.1 -p "${PORT[$relay-bulk]}" -P 100 -t "$SECS" -J |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
     after=$(cpu "$pid"); user_after=$(cpu_user "$pid")
-    cpu_pct=$(python3 -c "print(100*($after-$before)/$SECS)")
-    user_pct=$(python3 -c "print(100*($user_after-$user_before)/max($after-$before,1e-9))")
+    cpu_pct=$(percent "$after-$before" "$SECS")
+    user_pct=$(percent "$user_after-$user_before" "$after-$before")
     echo "flows $relay $gbit $cpu_pct $user_pct" >>"$T/results"
     echo "round $round $relay: 100 flows $(printf '%.2f' "$gbit") Gbit/s, relay CPU ${cpu_pct%.*}%" >&2
   done

@@ -38,9 +38,9 @@ use gatelet_agent_api::control::{
     AgentConfig, HttpRoute, L4Route, ListenerState, Request, Response,
 };
 use gatelet_tests_hw::{
-    control_request, gc_lines_for, memory_kib, product_binary, require_root, wait_until,
-    GatewayRole, Lan, Netns, NetstackMode, Testbed, TestbedOptions, GW_TUNNEL_IP, HUB_LAN_IP,
-    HUB_NAME, HUB_PORT, LAN_ECHO_IP,
+    control_request, cpu_seconds, gc_lines_for, memory_kib, product_binary, require_root,
+    wait_until, GatewayRole, Lan, Netns, NetstackMode, Testbed, TestbedOptions, GW_TUNNEL_IP,
+    HUB_LAN_IP, HUB_NAME, HUB_PORT, LAN_ECHO_IP,
 };
 
 const USAGE: &str = "usage: bench-netstack [--agent PATH] [--seconds N] [--idle-seconds N] \
@@ -832,21 +832,6 @@ fn smaps_summary(pid: u32) -> String {
         .map(|(name, (count, kib))| format!("{name} x{count}: {kib} KiB"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// utime + stime of `pid` (all threads) in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        f.get(i - 3)
-            .and_then(|v| v.parse().ok())
-            .context("malformed /proc/<pid>/stat")
-    };
-    // SAFETY: sysconf(3) has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((field(14)? + field(15)?) as f64 / hz)
 }
 
 fn raise_nofile_limit() {

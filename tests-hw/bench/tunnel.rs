@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use gatelet_tests_hw::{
-    build, cpu_ticks, memory_kib, require_root, wait_until, Gateway, GatewayRole, Spread, Testbed,
-    TestbedOptions, WgImpl, GW_TUNNEL_IP,
+    build, cpu_seconds, memory_kib, require_root, wait_until, Gateway, GatewayRole, Spread,
+    Testbed, TestbedOptions, WgImpl, GW_TUNNEL_IP,
 };
 
 const USAGE: &str = "usage: bench-tunnel --boringtun PATH [--agent-profile P]... [--seconds N] \
@@ -482,8 +482,8 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
         })
     });
     let hub_pid = tb.hub.process().pid();
-    let cpu_before = cpu_ticks(pid)?;
-    let hub_cpu_before = cpu_ticks(hub_pid)?;
+    let cpu_before = cpu_seconds(pid)?;
+    let hub_cpu_before = cpu_seconds(hub_pid)?;
     let started = Instant::now();
     let (target, port, seconds) = (
         GW_TUNNEL_IP.to_string(),
@@ -502,8 +502,8 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
     }
     let client = tb.hub_ns.exec(&client);
     let elapsed = started.elapsed();
-    let cpu_after = cpu_ticks(pid)?;
-    let hub_cpu_after = cpu_ticks(hub_pid)?;
+    let cpu_after = cpu_seconds(pid)?;
+    let hub_cpu_after = cpu_seconds(hub_pid)?;
     let (hwm_kib, _) = if c.is_agent { memory_kib(pid)? } else { (0, 0) };
     stop.store(true, Ordering::Relaxed);
     let rss_kib = sampler
@@ -519,13 +519,11 @@ fn measure(c: &Contender, hub: &WgImpl, args: &Args) -> anyhow::Result<Sample> {
         + v["end"]["sum_received_bidir_reverse"]["bits_per_second"]
             .as_f64()
             .unwrap_or_default();
-    // SAFETY: sysconf(3) has no preconditions.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let pct = |ticks: u64| ticks as f64 / ticks_per_s / elapsed.as_secs_f64() * 100.0;
+    let pct = |cpu_s: f64| cpu_s.max(0.0) / elapsed.as_secs_f64() * 100.0;
     Ok(Sample {
         gbit_s: bps / 1e9,
-        cpu_pct: pct(cpu_after.saturating_sub(cpu_before)),
-        hub_cpu_pct: pct(hub_cpu_after.saturating_sub(hub_cpu_before)),
+        cpu_pct: pct(cpu_after - cpu_before),
+        hub_cpu_pct: pct(hub_cpu_after - hub_cpu_before),
         hwm_kib,
         rss_kib,
     })

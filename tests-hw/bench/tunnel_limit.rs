@@ -43,7 +43,7 @@ use base64::Engine as _;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use gatelet_tests_hw::{
-    build, cpu_ticks, require_root, Gateway, GatewayRole, Netns, Spread, Testbed, WgImpl,
+    build, cpu_seconds, require_root, Gateway, GatewayRole, Netns, Spread, Testbed, WgImpl,
     GW_TUNNEL_IP, HUB_LAN_IP, HUB_PORT, HUB_TUNNEL_IP, TUNNEL_MTU,
 };
 
@@ -466,18 +466,16 @@ fn run_load<C: SinkCount>(
     load: impl FnOnce(Instant) -> io::Result<u64>,
 ) -> anyhow::Result<(C, u64, Busy, f64)> {
     let before = C::read(sink)?;
-    let cpu_before = cpu_ticks(pid)?;
+    let cpu_before = cpu_seconds(pid)?;
     let core_before = core_ticks(GATEWAY_CORE)?;
     let started = Instant::now();
     let offered = load(started + Duration::from_secs(seconds)).context("the load")?;
     let elapsed = started.elapsed().as_secs_f64();
     std::thread::sleep(drain);
-    let cpu_after = cpu_ticks(pid)?;
+    let cpu_after = cpu_seconds(pid)?;
     let core_after = core_ticks(GATEWAY_CORE)?;
     let after = C::read(sink)?;
-    // SAFETY: sysconf(3) has no preconditions.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu_s = cpu_after.saturating_sub(cpu_before) as f64 / ticks_per_s;
+    let cpu_s = (cpu_after - cpu_before).max(0.0);
     // The CPU time includes the drain; so does the count.
     let pct = cpu_s / (elapsed + drain.as_secs_f64()) * 100.0;
     let busy = core_after.busy.saturating_sub(core_before.busy) as f64;

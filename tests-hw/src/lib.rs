@@ -11,6 +11,7 @@
 //! product. Traffic stays inside the namespaces a test creates.
 
 mod agent;
+mod bench_args;
 mod companion;
 mod deployment;
 mod error;
@@ -34,6 +35,7 @@ mod wg;
 pub use agent::{
     control_request, memory_kib, Agent, GatewayEnv, AGENT_START_TIMEOUT, CONTROL_TIMEOUT,
 };
+pub use bench_args::{BenchArgs, LOAD_IO_TIMEOUT};
 pub use companion::Companion;
 pub use deployment::{
     fixture_gc_lines, fixture_port, fixture_value, gatecontrol_addr, gc_lines_for, Deployment,
@@ -58,7 +60,7 @@ pub use mode::{
 };
 pub use net::{ping, tcp_echo, udp_socket, EchoServer, ECHO_IO_TIMEOUT};
 pub use netns::{sweep_leftovers, Netns, NETNS_ETC, NETNS_RUN, WG_SOCKET_DIR};
-pub use process::{cpu_ticks, describe, run, Process, TERM_GRACE};
+pub use process::{cpu_seconds, describe, run, ticks_per_second, Process, TERM_GRACE};
 pub use products::{
     build, example_binary, product_binary, product_profile, profile_dir, target_dir,
     workspace_root, PRODUCT_PACKAGES, TEST_PROFILE,

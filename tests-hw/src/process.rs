@@ -168,9 +168,9 @@ impl Drop for Process {
     }
 }
 
-/// CPU time of process `pid` so far, user and system, in clock ticks (`_SC_CLK_TCK` per
-/// second), from `/proc/<pid>/stat`.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
+/// CPU time of process `pid` so far, user and system (all its threads), in seconds, from
+/// `/proc/<pid>/stat` (whose unit is the clock tick, [`ticks_per_second`]).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat =
         std::fs::read_to_string(&path).map_err(|e| HarnessError::io(format!("read {path}"), e))?;
@@ -179,10 +179,18 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
-    parse().ok_or_else(|| HarnessError::Parse {
+    let ticks = parse().ok_or_else(|| HarnessError::Parse {
         what: path.clone(),
         detail: "no utime and stime fields".into(),
-    })
+    })?;
+    Ok(ticks as f64 / ticks_per_second())
+}
+
+/// The unit of the CPU times in `/proc` (`_SC_CLK_TCK`, 100 on Linux).
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    hz.max(1) as f64
 }
 
 #[cfg(test)]
@@ -216,6 +224,34 @@ mod tests {
             })
         })
         .unwrap();
+    }
+
+    #[test]
+    fn cpu_seconds_counts_work_in_seconds() {
+        let pid = std::process::id();
+        let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let before = cpu_seconds(pid).unwrap();
+        let started = Instant::now();
+        let mut x = 0u64;
+        // Spin until the kernel has counted a tenth of a second (ten ticks), at most 30 s.
+        let spent = loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let spent = cpu_seconds(pid).unwrap() - before;
+            if spent >= 0.1 || started.elapsed() > Duration::from_secs(30) {
+                break spent;
+            }
+        };
+        let wall = started.elapsed().as_secs_f64();
+        assert!(spent >= 0.1, "{spent} s of CPU counted in {wall} s");
+        // Seconds, not ticks: the process cannot use more than all cores for the whole time
+        // (plus one tick of rounding at either end).
+        assert!(
+            spent <= wall * cores + 0.02,
+            "{spent} s of CPU in {wall} s on {cores} cores"
+        );
+        assert!(cpu_seconds(u32::MAX).is_err());
     }
 
     #[test]

@@ -663,6 +663,30 @@ fn receive_failed(core: &mut TunnelCore, e: &io::Error) {
     core.on_send_error(&msg);
 }
 
+/// Receives from the hub while the socket stays readable: up to [`ROUNDS_PER_WAKEUP`] batches,
+/// each handed to `batch` with its datagram count and the time it came in. Ends early when a
+/// batch is not full (the socket is drained). A receive error is returned for the caller to
+/// report ([`receive_failed`]).
+fn receive_rounds(
+    g: &mut AsyncFdReadyGuard<'_, Arc<UdpSocket>>,
+    rx: &mut RecvBatch,
+    mut batch: impl FnMut(&UdpSocket, &RecvBatch, usize, Instant),
+) -> io::Result<()> {
+    for _ in 0..ROUNDS_PER_WAKEUP {
+        let n = match g.try_io(|s| udp::recv_batch(s.get_ref(), rx)) {
+            Err(_would_block) => return Ok(()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => return Err(e),
+        };
+        batch(g.get_ref().get_ref(), rx, n, Instant::now());
+        if n < rx.capacity() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Decrypts what the hub sent and delivers it (to the interface or the stack).
 fn on_udp_readable(
     g: &mut AsyncFdReadyGuard<'_, Arc<UdpSocket>>,
@@ -671,26 +695,15 @@ fn on_udp_readable(
     plain: &mut [u8],
     deliver: &mut Deliver<'_>,
 ) {
-    for _ in 0..ROUNDS_PER_WAKEUP {
-        let n = match g.try_io(|s| udp::recv_batch(s.get_ref(), rx)) {
-            Err(_would_block) => return,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(e)) => {
-                receive_failed(core, &e);
-                return;
-            }
-        };
-        let now = Instant::now();
-        let sock = g.get_ref().get_ref();
+    let received = receive_rounds(g, rx, |sock, rx, n, now| {
         // A slot holds one datagram, or with GRO a run of them cut back at their size.
         for datagram in (0..n).flat_map(|i| rx.datagrams(i)) {
             through_core(core, sock, now, datagram, plain, deliver);
         }
         deliver.end_of_batch();
-        if n < rx.capacity() {
-            return;
-        }
+    });
+    if let Err(e) = received {
+        receive_failed(core, &e);
     }
 }
 
@@ -705,18 +718,7 @@ fn decrypt_ready(
     plain: &mut [u8],
     deliver: &mut Deliver<'_>,
 ) {
-    for _ in 0..ROUNDS_PER_WAKEUP {
-        let n = match g.try_io(|s| udp::recv_batch(s.get_ref(), rx)) {
-            Err(_would_block) => return,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(e)) => {
-                receive_failed(&mut lock(shared).core, &e);
-                return;
-            }
-        };
-        let now = Instant::now();
-        let sock = g.get_ref().get_ref();
+    let received = receive_rounds(g, rx, |sock, rx, n, now| {
         // A slot holds one datagram, or with GRO a run of them cut back at their size.
         for datagram in (0..n).flat_map(|i| rx.datagrams(i)) {
             let mut opened = opener.open(datagram, plain);
@@ -745,9 +747,9 @@ fn decrypt_ready(
         }
         opener.finish(&mut lock(shared).core);
         deliver.end_of_batch();
-        if n < rx.capacity() {
-            return;
-        }
+    });
+    if let Err(e) = received {
+        receive_failed(&mut lock(shared).core, &e);
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared by the loopback benchmarks (sourced, not run; tests-hw/bench/run runs only bench/*.sh):
 # a temporary directory $T, processes in $pids killed on exit, free ports and waiting for them,
-# CPU seconds of a process.
+# CPU seconds of a process, percentages.
 T=$(mktemp -d)
 pids=()
 cleanup() {
@@ -34,3 +34,8 @@ cpu_user() {
     if [ -z "${1:-}" ]; then echo 0; return; fi
     python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[13]))/os.sysconf('SC_CLK_TCK'))"
 }
+
+# percent PART WHOLE: 100 * PART / WHOLE, each a Python expression of numbers ("$after-$before"),
+# a WHOLE of 0 taken as 1e-9. For a process's CPU use over a run (PART its CPU seconds, WHOLE the
+# run's seconds) and the user-space share of it (PART its user seconds, WHOLE its CPU seconds).
+percent() { python3 -c "print(100*($1)/max($2,1e-9))"; }
