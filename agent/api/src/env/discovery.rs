@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::reader::Reader;
 use super::file::EnvError;
+use super::reader::Reader;
 
 /// `GC_DISCOVERY_MAX_PREFIX` when absent: the smallest subnet size scanned is a /22.
 pub const DEFAULT_DISCOVERY_MAX_PREFIX: u8 = 22;
