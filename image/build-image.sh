@@ -240,10 +240,13 @@ install -D -m 0644 kernel-hooks/modules-load.d/gatelet.conf "$ROOT/usr/lib/modul
 install -D -m 0644 kernel-hooks/sysctl.d/60-gatelet.conf "$ROOT/usr/lib/sysctl.d/60-gatelet.conf"
 install -D -m 0644 kernel-hooks/nftables/gatelet.nft "$ROOT/etc/nftables.d/gatelet.nft"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/gatelet/README.md"
-# License terms: gatelet's own, and those of every crate linked into the binaries.
-for f in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.txt; do
+# License terms: gatelet's own, and those of every crate linked into the binaries (gzip -9n, as
+# Debian policy wants documents over 4 KB).
+for f in LICENSE-MIT LICENSE-APACHE; do
   install -D -m 0644 "$f" "$ROOT/usr/share/doc/gatelet/$f"
 done
+gzip -9n <THIRD-PARTY-LICENSES.txt >"$ROOT/usr/share/doc/gatelet/THIRD-PARTY-LICENSES.txt.gz"
+chmod 0644 "$ROOT/usr/share/doc/gatelet/THIRD-PARTY-LICENSES.txt.gz"
 # The image's own files (network, fstab, the gateway.env import unit, the test console unit).
 cp -a image/rootfs/. "$ROOT/"
 chown -R root:root "$ROOT/etc/systemd" "$ROOT/usr/lib/systemd/system" "$ROOT/usr/libexec/gatelet"

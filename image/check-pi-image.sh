@@ -100,10 +100,13 @@ done
 rootfile /etc/fstab | grep -qE '^LABEL=GATELETBOOT +/boot/firmware +vfat' && ok "fstab mounts the boot partition on /boot/firmware" ||
   bad "fstab has no /boot/firmware entry"
 # The license terms travel with the binaries: gatelet's own and every linked crate's.
-for f in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.txt; do
+for f in LICENSE-MIT LICENSE-APACHE; do
   rootfile "/usr/share/doc/gatelet/$f" | cmp -s - "$f" && ok "root has /usr/share/doc/gatelet/$f (as in the repository)" ||
     bad "root lacks /usr/share/doc/gatelet/$f or has another one"
 done
+rootfile /usr/share/doc/gatelet/THIRD-PARTY-LICENSES.txt.gz | gzip -dc 2>/dev/null | cmp -s - THIRD-PARTY-LICENSES.txt &&
+  ok "root has /usr/share/doc/gatelet/THIRD-PARTY-LICENSES.txt.gz (the repository's file, compressed)" ||
+  bad "root lacks /usr/share/doc/gatelet/THIRD-PARTY-LICENSES.txt.gz or has another one"
 rootfile /etc/systemd/journald.conf.d/gatelet.conf | grep -qx 'Storage=persistent' &&
   ok "the journal persists across reboots (bounded: $(rootfile /etc/systemd/journald.conf.d/gatelet.conf | grep SystemMaxUse))" ||
   bad "the journal is not persistent"

@@ -52,15 +52,19 @@ size=$(sed -n 's/^image size: \([0-9]*\) bytes$/\1/p' "$RUN/build.out")
 echo "container-check.sh: image built in $(($(date +%s) - t0))s: $size bytes ($(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e6 }') MB)"
 # The license terms travel with the binaries (the image has no shell: read them with docker cp).
 docker create --name gatelet-check-doc "$TAG" >/dev/null
-for f in LICENSE-MIT LICENSE-APACHE THIRD-PARTY-LICENSES.txt; do
-  if ! docker cp "gatelet-check-doc:/usr/share/doc/gatelet/$f" - | tar -xO | cmp -s - "$f"; then
-    docker rm gatelet-check-doc >/dev/null
-    echo "container-check.sh: FAILED: the image lacks /usr/share/doc/gatelet/$f or has another one" >&2
-    exit 1
-  fi
+image_doc() { docker cp "gatelet-check-doc:/usr/share/doc/gatelet/$1" - | tar -xO; }
+docs_ok=true
+for f in LICENSE-MIT LICENSE-APACHE; do
+  image_doc "$f" | cmp -s - "$f" || { echo "container-check.sh: /usr/share/doc/gatelet/$f differs or is missing" >&2; docs_ok=false; }
 done
+image_doc THIRD-PARTY-LICENSES.txt.gz | gzip -dc | cmp -s - THIRD-PARTY-LICENSES.txt ||
+  { echo "container-check.sh: /usr/share/doc/gatelet/THIRD-PARTY-LICENSES.txt.gz differs or is missing" >&2; docs_ok=false; }
 docker rm gatelet-check-doc >/dev/null
-echo "container-check.sh: OK: the image carries LICENSE-MIT, LICENSE-APACHE and THIRD-PARTY-LICENSES.txt"
+if [ "$docs_ok" != true ]; then
+  echo "container-check.sh: FAILED: the image does not carry the license texts of the repository" >&2
+  exit 1
+fi
+echo "container-check.sh: OK: the image carries LICENSE-MIT, LICENSE-APACHE and THIRD-PARTY-LICENSES.txt.gz"
 
 ce_hub
 ce_gateway_env
